@@ -1,0 +1,75 @@
+//! The scheduling brain of Dispatch, with no I/O.
+//!
+//! [`Scheduler`] holds every live (non-terminal) task and every registered
+//! worker. The server feeds it inputs — a task was submitted, a worker
+//! registered, polled, heartbeated, completed or failed a task, the clock
+//! moved — and it answers with [`Event`]s: the state transitions the server
+//! must persist and the assignments it must deliver.
+//!
+//! Time is always a parameter ([`Millis`], milliseconds since the Unix epoch):
+//! this crate never reads a clock, a socket or a file, and randomness (retry
+//! jitter) comes from a PRNG seeded by the caller. The same inputs therefore
+//! always give the same outputs, which is what lets the property tests and the
+//! seeded simulation in `tests/` replay any failure exactly.
+//!
+//! ```
+//! use dispatch_core::{Scheduler, Config, TaskId, TaskSpec, WorkerSpec, TaskState};
+//!
+//! let mut s: Scheduler<()> = Scheduler::new(Config::default(), 7);
+//! let w = s.register_worker(WorkerSpec::new("w1", ["email"], 2), 0);
+//! s.submit(TaskId(1), TaskSpec::new("email"), (), 0).unwrap();
+//! s.tick(0);
+//! assert_eq!(s.poll(w, 10, 1).unwrap(), vec![TaskId(1)]);
+//! s.complete(TaskId(1), w, 5).unwrap();
+//! let last = s.drain_events().into_iter().last().unwrap();
+//! assert!(matches!(last, dispatch_core::Event::Transition(t) if t.state == TaskState::Succeeded));
+//! ```
+
+mod backoff;
+mod rng;
+mod scheduler;
+mod task;
+mod worker;
+
+pub use backoff::Backoff;
+pub use scheduler::{Config, CoreError, Event, Scheduler, Transition};
+pub use task::{Task, TaskSpec, TaskState};
+pub use worker::{Worker, WorkerSpec, WorkerState};
+
+/// Milliseconds since the Unix epoch. The core's only notion of time.
+pub type Millis = u64;
+
+/// A task's identity, assigned by the server before the task reaches the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+/// A registered worker's identity, assigned by the scheduler at registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u64);
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "w{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(TaskId)
+    }
+}
+
+impl std::str::FromStr for WorkerId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex = s.strip_prefix('w').unwrap_or(s);
+        u64::from_str_radix(hex, 16).map(WorkerId)
+    }
+}

@@ -1,0 +1,703 @@
+//! The [`Scheduler`]: the state machine that decides which task runs where.
+//!
+//! Every public method is one input. Methods that change state append
+//! [`Event`]s to an internal buffer that the caller drains with
+//! [`Scheduler::drain_events`] and persists; `tick` fires timers, expires
+//! worker leases and assigns ready tasks to workers with free slots.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::rng::SplitMix64;
+use crate::{Millis, Task, TaskId, TaskSpec, TaskState, Worker, WorkerId, WorkerSpec, WorkerState};
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A worker that neither heartbeats, polls nor reports for this long is
+    /// declared dead and its tasks are requeued.
+    pub lease_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { lease_ms: 10_000 }
+    }
+}
+
+/// Why an input was refused. Refusals never change state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoreError {
+    /// The core holds no live task with this id (it may be terminal).
+    UnknownTask(TaskId),
+    /// No such registered worker (never registered, left, or lease lost).
+    UnknownWorker(WorkerId),
+    /// A task with this id is already live.
+    DuplicateTask(TaskId),
+    /// The task is not leased to this worker (any more).
+    NotLeased {
+        /// The task reported on.
+        task: TaskId,
+        /// The worker that reported.
+        worker: WorkerId,
+    },
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreError::UnknownTask(t) => write!(f, "no live task {t}"),
+            CoreError::UnknownWorker(w) => write!(f, "no registered worker {w}"),
+            CoreError::DuplicateTask(t) => write!(f, "task {t} already exists"),
+            CoreError::NotLeased { task, worker } => {
+                write!(f, "task {task} is not leased to worker {worker}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+/// A task's new state, to be persisted by the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// The task.
+    pub task: TaskId,
+    /// Its new state.
+    pub state: TaskState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// The worker holding it (when `Running`) or that last held it.
+    pub worker: Option<WorkerId>,
+    /// When the current or last attempt started.
+    pub started_at: Option<Millis>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Millis>,
+    /// When a `Scheduled` task becomes ready.
+    pub ready_at: Option<Millis>,
+    /// The error of the last failed attempt, or the reason for cancellation.
+    pub error: Option<String>,
+}
+
+/// Something the caller must persist or act on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A task changed state. `Running` transitions are assignments: the
+    /// task waits in the worker's delivery queue.
+    Transition(Transition),
+    /// A worker missed its lease and was removed; its tasks were requeued
+    /// (each requeue is its own `Transition`).
+    WorkerLost {
+        /// The worker.
+        worker: WorkerId,
+        /// When it was declared dead.
+        at: Millis,
+    },
+}
+
+/// Order of the ready queue: higher priority first, then submission order.
+type ReadyKey = (Reverse<i8>, u64, TaskId);
+
+/// The workers that run one task type, for routing.
+#[derive(Debug, Default)]
+struct TypeWorkers {
+    /// In registration order; the round-robin ring.
+    workers: Vec<WorkerId>,
+    /// Where the next round-robin scan starts.
+    cursor: usize,
+    /// Free slots summed over `workers`, so that a type with nobody free is
+    /// skipped without scanning.
+    free: u64,
+}
+
+/// Why a running attempt ended without a result.
+enum Interruption {
+    /// The worker died: the attempt counts and its error is recorded.
+    WorkerLost,
+    /// The worker left or the scheduler gave the task back: the attempt does
+    /// not count.
+    Returned,
+}
+
+/// The scheduling state machine. `B` is the caller's opaque task body.
+#[derive(Debug)]
+pub struct Scheduler<B> {
+    config: Config,
+    rng: SplitMix64,
+    tasks: HashMap<TaskId, Task<B>>,
+    /// Queued tasks, per type.
+    ready: HashMap<Arc<str>, BTreeSet<ReadyKey>>,
+    /// Scheduled tasks by the time they become ready.
+    timers: BTreeSet<(Millis, TaskId)>,
+    workers: BTreeMap<WorkerId, Worker>,
+    by_type: HashMap<Arc<str>, TypeWorkers>,
+    next_seq: u64,
+    /// No lease can expire before this time; a lower bound recomputed by
+    /// each scan so that most ticks skip the scan.
+    lease_check_at: Millis,
+    events: Vec<Event>,
+}
+
+impl<B> Scheduler<B> {
+    /// An empty scheduler. `seed` drives worker ids and retry jitter.
+    pub fn new(config: Config, seed: u64) -> Self {
+        Scheduler {
+            config,
+            rng: SplitMix64::new(seed),
+            tasks: HashMap::new(),
+            ready: HashMap::new(),
+            timers: BTreeSet::new(),
+            workers: BTreeMap::new(),
+            by_type: HashMap::new(),
+            next_seq: 0,
+            lease_check_at: Millis::MAX,
+            events: Vec::new(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ---- inputs: tasks ------------------------------------------------
+
+    /// Admits a newly submitted task. It is `Scheduled` when `spec.run_at`
+    /// is in the future, `Queued` otherwise. No event: the caller persisted
+    /// the task before handing it over.
+    pub fn submit(&mut self, id: TaskId, spec: TaskSpec, body: B, now: Millis) -> Result<(), CoreError> {
+        self.restore(id, spec, body, 0, None, now)
+    }
+
+    /// Admits a task read back from the store after a restart, with the
+    /// attempts it already used. A task that was running when the scheduler
+    /// stopped must be passed with that interrupted attempt not counted.
+    pub fn restore(
+        &mut self,
+        id: TaskId,
+        spec: TaskSpec,
+        body: B,
+        attempts: u32,
+        last_error: Option<String>,
+        now: Millis,
+    ) -> Result<(), CoreError> {
+        if self.tasks.contains_key(&id) {
+            return Err(CoreError::DuplicateTask(id));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let ready_at = spec.run_at.filter(|&t| t > now);
+        let task = Task {
+            id,
+            spec,
+            body,
+            state: TaskState::Queued,
+            attempts,
+            worker: None,
+            started_at: None,
+            ready_at: None,
+            last_error,
+            seq,
+        };
+        self.tasks.insert(id, task);
+        match ready_at {
+            Some(at) => self.make_scheduled(id, at),
+            None => self.make_queued(id),
+        }
+        Ok(())
+    }
+
+    /// A worker finished a task successfully.
+    pub fn complete(&mut self, task: TaskId, worker: WorkerId, now: Millis) -> Result<(), CoreError> {
+        self.check_lease(task, worker)?;
+        self.renew(worker, now);
+        self.release(task);
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.completed += 1;
+        }
+        self.finish(task, TaskState::Succeeded, None, now);
+        Ok(())
+    }
+
+    /// A worker reports a failed attempt. The task is retried after
+    /// `retry_after_ms` (or the task's backoff) unless `abort` is set or its
+    /// attempts are exhausted, in which case it is `Dead`.
+    pub fn fail(
+        &mut self,
+        task: TaskId,
+        worker: WorkerId,
+        error: String,
+        retry_after_ms: Option<u64>,
+        abort: bool,
+        now: Millis,
+    ) -> Result<(), CoreError> {
+        self.check_lease(task, worker)?;
+        self.renew(worker, now);
+        self.release(task);
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.failed += 1;
+        }
+        let t = &self.tasks[&task];
+        if abort || t.attempts >= t.spec.max_attempts {
+            self.finish(task, TaskState::Dead, Some(error), now);
+        } else {
+            let delay = retry_after_ms.unwrap_or_else(|| {
+                let unit = self.rng.next_f64();
+                t.spec.backoff.delay(t.attempts, unit)
+            });
+            self.retry(task, error, now.saturating_add(delay), now);
+        }
+        Ok(())
+    }
+
+    /// Cancels a live task. A running task's worker is told through
+    /// [`Scheduler::heartbeat`]; its slot is freed at once.
+    pub fn cancel(&mut self, task: TaskId, reason: String, now: Millis) -> Result<(), CoreError> {
+        let t = self.tasks.get(&task).ok_or(CoreError::UnknownTask(task))?;
+        if t.state == TaskState::Running {
+            let worker = t.worker;
+            let undelivered = self.release(task);
+            if let (Some(w), false) = (worker.and_then(|w| self.workers.get_mut(&w)), undelivered) {
+                w.cancel_notices.push(task);
+            }
+        } else {
+            self.unindex(task);
+        }
+        self.finish(task, TaskState::Cancelled, Some(reason), now);
+        Ok(())
+    }
+
+    // ---- inputs: workers ----------------------------------------------
+
+    /// Registers a worker; it can receive tasks at the next `tick`.
+    pub fn register_worker(&mut self, mut spec: WorkerSpec, now: Millis) -> WorkerId {
+        spec.types.sort();
+        spec.types.dedup();
+        let id = loop {
+            let id = WorkerId(self.rng.next_u64());
+            if !self.workers.contains_key(&id) {
+                break id;
+            }
+        };
+        for kind in &spec.types {
+            let tw = self.by_type.entry(kind.clone()).or_default();
+            tw.workers.push(id);
+            tw.free += u64::from(spec.capacity);
+        }
+        self.workers.insert(
+            id,
+            Worker {
+                id,
+                spec,
+                state: WorkerState::Active,
+                registered_at: now,
+                last_seen_at: now,
+                running: BTreeSet::new(),
+                undelivered: Default::default(),
+                cancel_notices: Vec::new(),
+                completed: 0,
+                failed: 0,
+            },
+        );
+        self.lease_check_at = self.lease_check_at.min(now.saturating_add(self.config.lease_ms));
+        id
+    }
+
+    /// Renews a worker's lease and returns the running tasks it must stop.
+    pub fn heartbeat(&mut self, worker: WorkerId, now: Millis) -> Result<Vec<TaskId>, CoreError> {
+        let w = self.workers.get_mut(&worker).ok_or(CoreError::UnknownWorker(worker))?;
+        w.last_seen_at = w.last_seen_at.max(now);
+        Ok(std::mem::take(&mut w.cancel_notices))
+    }
+
+    /// Renews a worker's lease and hands over up to `max` of the tasks
+    /// assigned to it, oldest assignment first.
+    pub fn poll(&mut self, worker: WorkerId, max: usize, now: Millis) -> Result<Vec<TaskId>, CoreError> {
+        let w = self.workers.get_mut(&worker).ok_or(CoreError::UnknownWorker(worker))?;
+        w.last_seen_at = w.last_seen_at.max(now);
+        let n = max.min(w.undelivered.len());
+        Ok(w.undelivered.drain(..n).collect())
+    }
+
+    /// A worker leaves gracefully; its tasks go back to the queue without
+    /// counting the interrupted attempts.
+    pub fn deregister(&mut self, worker: WorkerId, now: Millis) -> Result<(), CoreError> {
+        if !self.workers.contains_key(&worker) {
+            return Err(CoreError::UnknownWorker(worker));
+        }
+        self.remove_worker(worker, Interruption::Returned, now);
+        Ok(())
+    }
+
+    /// Advances time: fires due timers, expires lapsed worker leases, then
+    /// assigns ready tasks to workers with free slots.
+    pub fn tick(&mut self, now: Millis) {
+        self.fire_timers(now);
+        self.expire_leases(now);
+        self.dispatch(now);
+    }
+
+    /// The events produced since the last drain, in order.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    // ---- queries ------------------------------------------------------
+
+    /// A live task.
+    pub fn task(&self, id: TaskId) -> Option<&Task<B>> {
+        self.tasks.get(&id)
+    }
+
+    /// Every live task, in no particular order.
+    pub fn tasks(&self) -> impl Iterator<Item = &Task<B>> {
+        self.tasks.values()
+    }
+
+    /// Number of live tasks.
+    pub fn live_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// A registered worker.
+    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.get(&id)
+    }
+
+    /// Every registered worker, by id.
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// Tasks assigned to a worker and not yet collected by a poll.
+    pub fn undelivered(&self, worker: WorkerId) -> usize {
+        self.workers.get(&worker).map_or(0, |w| w.undelivered.len())
+    }
+
+    /// The earliest time at which `tick` has something to do without any
+    /// other input (a timer or a lease check), if any.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let timer = self.timers.first().map(|&(at, _)| at);
+        let lease = (!self.workers.is_empty()).then_some(self.lease_check_at);
+        timer.into_iter().chain(lease).min()
+    }
+
+    /// Checks the internal invariants; tests call it after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut leased = BTreeSet::new();
+        for w in self.workers.values() {
+            if w.in_flight() > w.spec.capacity {
+                return Err(format!("worker {} over capacity", w.id));
+            }
+            for t in &w.running {
+                let task = self.tasks.get(t).ok_or(format!("worker {} holds unknown task {t}", w.id))?;
+                if task.state != TaskState::Running || task.worker != Some(w.id) {
+                    return Err(format!("task {t} on worker {} is {:?}/{:?}", w.id, task.state, task.worker));
+                }
+                if !w.handles(&task.spec.kind) {
+                    return Err(format!("worker {} got type {} it did not register", w.id, task.spec.kind));
+                }
+                if !leased.insert(*t) {
+                    return Err(format!("task {t} leased twice"));
+                }
+            }
+            for t in &w.undelivered {
+                if !w.running.contains(t) {
+                    return Err(format!("undelivered task {t} not running on {}", w.id));
+                }
+            }
+        }
+        let mut queued = 0;
+        let mut scheduled = 0;
+        for t in self.tasks.values() {
+            match t.state {
+                TaskState::Running if !leased.contains(&t.id) => {
+                    return Err(format!("running task {} held by no worker", t.id));
+                }
+                TaskState::Queued => {
+                    queued += 1;
+                    let key = (Reverse(t.spec.priority), t.seq, t.id);
+                    if !self.ready.get(&t.spec.kind).is_some_and(|r| r.contains(&key)) {
+                        return Err(format!("queued task {} not in the ready queue", t.id));
+                    }
+                }
+                TaskState::Scheduled => {
+                    scheduled += 1;
+                    let at = t.ready_at.ok_or(format!("scheduled task {} without time", t.id))?;
+                    if !self.timers.contains(&(at, t.id)) {
+                        return Err(format!("scheduled task {} has no timer", t.id));
+                    }
+                }
+                s if s.is_terminal() => return Err(format!("terminal task {} still held", t.id)),
+                _ => {}
+            }
+        }
+        let ready_len: usize = self.ready.values().map(BTreeSet::len).sum();
+        if ready_len != queued || self.timers.len() != scheduled {
+            return Err(format!(
+                "index sizes: ready {ready_len} vs {queued} queued, timers {} vs {scheduled} scheduled",
+                self.timers.len()
+            ));
+        }
+        for (kind, tw) in &self.by_type {
+            let free: u64 = tw
+                .workers
+                .iter()
+                .map(|w| u64::from(self.workers[w].free_slots()))
+                .sum();
+            if free != tw.free {
+                return Err(format!("free slots of {kind}: counted {} but {free}", tw.free));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- internals ----------------------------------------------------
+
+    fn check_lease(&self, task: TaskId, worker: WorkerId) -> Result<(), CoreError> {
+        match self.tasks.get(&task) {
+            Some(t) if t.state == TaskState::Running && t.worker == Some(worker) => Ok(()),
+            _ => Err(CoreError::NotLeased { task, worker }),
+        }
+    }
+
+    fn renew(&mut self, worker: WorkerId, now: Millis) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen_at = w.last_seen_at.max(now);
+        }
+    }
+
+    /// Takes a running task off its worker, freeing the slot. Returns true
+    /// when the worker had not collected it yet.
+    fn release(&mut self, task: TaskId) -> bool {
+        let Some(wid) = self.tasks.get_mut(&task).and_then(|t| t.worker) else {
+            return false;
+        };
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return false;
+        };
+        let mut undelivered = false;
+        if w.running.remove(&task) {
+            if let Some(pos) = w.undelivered.iter().position(|&t| t == task) {
+                w.undelivered.remove(pos);
+                undelivered = true;
+            }
+            for kind in &w.spec.types {
+                if let Some(tw) = self.by_type.get_mut(kind) {
+                    tw.free += 1;
+                }
+            }
+        }
+        undelivered
+    }
+
+    /// Removes a queued or scheduled task from the ready queue or timers.
+    fn unindex(&mut self, task: TaskId) {
+        let t = &self.tasks[&task];
+        match t.state {
+            TaskState::Queued => {
+                if let Some(r) = self.ready.get_mut(&t.spec.kind) {
+                    r.remove(&(Reverse(t.spec.priority), t.seq, task));
+                }
+            }
+            TaskState::Scheduled => {
+                if let Some(at) = t.ready_at {
+                    self.timers.remove(&(at, task));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn make_queued(&mut self, id: TaskId) {
+        let t = self.tasks.get_mut(&id).expect("task is live");
+        t.state = TaskState::Queued;
+        t.worker = None;
+        t.ready_at = None;
+        self.ready
+            .entry(t.spec.kind.clone())
+            .or_default()
+            .insert((Reverse(t.spec.priority), t.seq, id));
+    }
+
+    fn make_scheduled(&mut self, id: TaskId, at: Millis) {
+        let t = self.tasks.get_mut(&id).expect("task is live");
+        t.state = TaskState::Scheduled;
+        t.worker = None;
+        t.ready_at = Some(at);
+        self.timers.insert((at, id));
+    }
+
+    /// Requeues a task after a failed attempt, at once or after a delay.
+    fn retry(&mut self, id: TaskId, error: String, at: Millis, now: Millis) {
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.last_error = Some(error);
+        }
+        if at > now {
+            self.make_scheduled(id, at);
+        } else {
+            self.make_queued(id);
+        }
+        self.emit(id, None);
+    }
+
+    /// Moves a task to a terminal state and forgets it.
+    fn finish(&mut self, id: TaskId, state: TaskState, error: Option<String>, now: Millis) {
+        let Some(mut t) = self.tasks.remove(&id) else {
+            return;
+        };
+        t.state = state;
+        if error.is_some() {
+            t.last_error = error;
+        }
+        self.events.push(Event::Transition(Transition {
+            task: id,
+            state,
+            attempts: t.attempts,
+            worker: t.worker,
+            started_at: t.started_at,
+            finished_at: Some(now),
+            ready_at: None,
+            error: t.last_error,
+        }));
+    }
+
+    /// Records the current state of a live task as an event.
+    fn emit(&mut self, id: TaskId, finished_at: Option<Millis>) {
+        let t = &self.tasks[&id];
+        self.events.push(Event::Transition(Transition {
+            task: id,
+            state: t.state,
+            attempts: t.attempts,
+            worker: t.worker,
+            started_at: t.started_at,
+            finished_at,
+            ready_at: t.ready_at,
+            error: t.last_error.clone(),
+        }));
+    }
+
+    fn fire_timers(&mut self, now: Millis) {
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, id));
+            self.make_queued(id);
+            self.emit(id, None);
+        }
+    }
+
+    fn expire_leases(&mut self, now: Millis) {
+        if now < self.lease_check_at {
+            return;
+        }
+        let lease = self.config.lease_ms;
+        let lapsed: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| w.last_seen_at.saturating_add(lease) <= now)
+            .map(|w| w.id)
+            .collect();
+        for id in lapsed {
+            self.remove_worker(id, Interruption::WorkerLost, now);
+            self.events.push(Event::WorkerLost { worker: id, at: now });
+        }
+        self.lease_check_at = self
+            .workers
+            .values()
+            .map(|w| w.last_seen_at.saturating_add(lease))
+            .min()
+            .unwrap_or(Millis::MAX);
+    }
+
+    fn remove_worker(&mut self, id: WorkerId, why: Interruption, now: Millis) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
+        for kind in &w.spec.types {
+            if let Some(tw) = self.by_type.get_mut(kind) {
+                tw.workers.retain(|&x| x != id);
+                tw.free -= u64::from(w.free_slots());
+                if tw.workers.is_empty() {
+                    self.by_type.remove(kind);
+                }
+            }
+        }
+        for task in w.running {
+            let t = self.tasks.get_mut(&task).expect("running task is live");
+            match why {
+                Interruption::Returned => {
+                    t.attempts = t.attempts.saturating_sub(1);
+                    self.make_queued(task);
+                    self.emit(task, None);
+                }
+                Interruption::WorkerLost => {
+                    let error = format!("worker {id} lost");
+                    if t.attempts >= t.spec.max_attempts {
+                        self.finish(task, TaskState::Dead, Some(error), now);
+                    } else {
+                        self.retry(task, error, now, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Assigns ready tasks, best first, to workers with free slots.
+    fn dispatch(&mut self, now: Millis) {
+        loop {
+            // The best head among the types that some worker can take now.
+            let best = self
+                .ready
+                .iter()
+                .filter(|(kind, _)| self.by_type.get(*kind).is_some_and(|tw| tw.free > 0))
+                .filter_map(|(kind, r)| r.first().map(|key| (*key, kind)))
+                .min_by_key(|(key, _)| *key);
+            let Some((key, kind)) = best else { break };
+            let kind = kind.clone();
+            let Some(worker) = self.route_round_robin(&kind) else {
+                break;
+            };
+            let ready = self.ready.get_mut(&kind).expect("type has a ready queue");
+            ready.remove(&key);
+            if ready.is_empty() {
+                self.ready.remove(&kind);
+            }
+            self.assign(key.2, worker, now);
+        }
+    }
+
+    /// The next worker of `kind`'s ring with a free slot.
+    fn route_round_robin(&mut self, kind: &str) -> Option<WorkerId> {
+        let tw = self.by_type.get_mut(kind)?;
+        let n = tw.workers.len();
+        for step in 0..n {
+            let i = (tw.cursor + step) % n;
+            let id = tw.workers[i];
+            if self.workers[&id].free_slots() > 0 {
+                tw.cursor = (i + 1) % n;
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn assign(&mut self, task: TaskId, worker: WorkerId, now: Millis) {
+        let w = self.workers.get_mut(&worker).expect("routed to a live worker");
+        w.running.insert(task);
+        w.undelivered.push_back(task);
+        for kind in &w.spec.types {
+            if let Some(tw) = self.by_type.get_mut(kind) {
+                tw.free -= 1;
+            }
+        }
+        let t = self.tasks.get_mut(&task).expect("ready task is live");
+        t.state = TaskState::Running;
+        t.attempts += 1;
+        t.worker = Some(worker);
+        t.started_at = Some(now);
+        self.emit(task, None);
+    }
+}

@@ -1,0 +1,91 @@
+//! Workers as the core sees them: what they run, how much, and their lease.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::{Millis, TaskId, WorkerId};
+
+/// What a worker declares when it registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// A human-readable name (host, pod, process); not necessarily unique.
+    pub name: String,
+    /// The task types it runs; never empty.
+    pub types: Vec<Arc<str>>,
+    /// Free-form labels describing the worker.
+    pub labels: BTreeMap<String, String>,
+    /// How many tasks it runs at once (>= 1).
+    pub capacity: u32,
+}
+
+impl WorkerSpec {
+    /// A spec with no labels.
+    pub fn new<'a>(name: &str, types: impl IntoIterator<Item = &'a str>, capacity: u32) -> Self {
+        WorkerSpec {
+            name: name.to_owned(),
+            types: types.into_iter().map(Arc::from).collect(),
+            labels: BTreeMap::new(),
+            capacity,
+        }
+    }
+}
+
+/// Whether a worker is taking tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Registered and within its lease.
+    Active,
+}
+
+impl WorkerState {
+    /// The contract name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Active => "active",
+        }
+    }
+}
+
+/// A registered worker held by the [`crate::Scheduler`].
+#[derive(Clone, Debug)]
+pub struct Worker {
+    /// Its identity.
+    pub id: WorkerId,
+    /// What it declared at registration.
+    pub spec: WorkerSpec,
+    /// Its state.
+    pub state: WorkerState,
+    /// When it registered.
+    pub registered_at: Millis,
+    /// Last time it heartbeated, polled or reported.
+    pub last_seen_at: Millis,
+    /// Tasks leased to it (delivered or not).
+    pub running: BTreeSet<TaskId>,
+    /// Tasks assigned to it but not yet handed over (HTTP workers collect
+    /// them with a poll).
+    pub(crate) undelivered: VecDeque<TaskId>,
+    /// Running tasks that were cancelled and that the worker must be told
+    /// to stop.
+    pub(crate) cancel_notices: Vec<TaskId>,
+    /// Tasks completed over its lifetime.
+    pub completed: u64,
+    /// Tasks failed over its lifetime.
+    pub failed: u64,
+}
+
+impl Worker {
+    /// Tasks it holds right now.
+    pub fn in_flight(&self) -> u32 {
+        self.running.len() as u32
+    }
+
+    /// Slots it has free for new tasks.
+    pub fn free_slots(&self) -> u32 {
+        self.spec.capacity.saturating_sub(self.in_flight())
+    }
+
+    /// True when it registered the task type.
+    pub fn handles(&self, kind: &str) -> bool {
+        self.spec.types.iter().any(|t| &**t == kind)
+    }
+}

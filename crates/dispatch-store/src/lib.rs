@@ -1,0 +1,102 @@
+//! Durable storage for Dispatch, behind one narrow trait.
+//!
+//! - [`Store`]: what every backend implements — apply a batch of writes in one
+//!   transaction, read a task, list tasks, load the live ones at start-up.
+//! - [`StoreError`] / [`ErrorKind`]: what can go wrong, classified so that the
+//!   server can answer 503 for an unavailable store and 500 for a bug.
+//! - [`GroupCommitWriter`]: the single writer thread in front of a store. It
+//!   drains a channel and commits everything waiting as one transaction, so
+//!   one fsync acknowledges many tasks (group commit).
+//! - [`MemoryStore`]: an in-memory double for tests. It is not durable and
+//!   is never used by the server.
+//! - [`conformance`]: the suite every backend must pass, instantiated with
+//!   [`store_conformance_tests!`].
+//!
+//! The record types ([`TaskRecord`], [`TaskBody`], [`TaskUpdate`]) are plain
+//! Rust: serialization to JSON happens in `dispatch-proto`, and each backend
+//! chooses its own column encoding.
+
+mod memory;
+mod record;
+mod writer;
+
+pub mod conformance;
+
+pub use memory::MemoryStore;
+pub use record::{InsertOutcome, TaskBody, TaskQuery, TaskRecord, TaskUpdate, Write, WriteOutcome};
+pub use writer::{GroupCommitWriter, WriterClosed};
+
+/// How a store failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The store cannot be reached or written right now (disk full, I/O
+    /// error, database down). Retrying later may succeed.
+    Unavailable,
+    /// The stored data could not be decoded: a bug or a corrupted file.
+    Corrupt,
+    /// A constraint the caller should have upheld was violated (a duplicate
+    /// task id): a bug in the caller.
+    Conflict,
+}
+
+/// A store failure with its kind and a message for logs.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// A human-readable description.
+    pub message: String,
+}
+
+impl StoreError {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A durable home for tasks. Implementations are used from one writer
+/// thread ([`Store::apply`]) and from any number of readers at once.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `writes` in order as one transaction: all take effect or none
+    /// does. When it returns `Ok` the batch is as durable as the store's
+    /// durability mode promises. Returns one outcome per write.
+    fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// One task, terminal or not.
+    fn get_task(&self, id: dispatch_core::TaskId) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Tasks matching `query`, newest (highest id) first, starting below
+    /// `query.before`.
+    fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Every task that is not terminal, oldest first: what the scheduler
+    /// rebuilds its state from at start-up.
+    fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// The highest task id ever stored, so that new ids never reuse one.
+    fn max_task_id(&self) -> Result<Option<dispatch_core::TaskId>, StoreError>;
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
+        (**self).apply(writes)
+    }
+    fn get_task(&self, id: dispatch_core::TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        (**self).get_task(id)
+    }
+    fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        (**self).list_tasks(query)
+    }
+    fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        (**self).load_live()
+    }
+    fn max_task_id(&self) -> Result<Option<dispatch_core::TaskId>, StoreError> {
+        (**self).max_task_id()
+    }
+}

@@ -1,0 +1,156 @@
+//! The records a store keeps and the writes it applies.
+
+use std::collections::BTreeMap;
+
+use dispatch_core::{Millis, TaskId, TaskSpec, TaskState, WorkerId};
+
+/// Everything about a task that the scheduling core does not need: kept by
+/// the server beside the core's [`dispatch_core::Task`], and stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskBody {
+    /// The payload, as JSON text.
+    pub payload: Box<str>,
+    /// The client's deduplication key.
+    pub idempotency_key: Option<String>,
+    /// Key for key-based routing and per-key limits.
+    pub routing_key: Option<String>,
+    /// The routing strategy asked for.
+    pub strategy: Option<String>,
+    /// Worker labels the task requires.
+    pub labels: BTreeMap<String, String>,
+    /// Tasks that must succeed first.
+    pub depends_on: Vec<TaskId>,
+    /// When the task was accepted.
+    pub created_at: Millis,
+}
+
+/// A task as stored: spec, body and current state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRecord {
+    /// Its identity.
+    pub id: TaskId,
+    /// What to run; `spec.run_at` is the time a scheduled task becomes ready.
+    pub spec: TaskSpec,
+    /// Payload and the rest.
+    pub body: TaskBody,
+    /// Current state.
+    pub state: TaskState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// The worker holding or last holding it.
+    pub worker: Option<WorkerId>,
+    /// When the current or last attempt started.
+    pub started_at: Option<Millis>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Millis>,
+    /// The result of a successful run, as JSON text.
+    pub result: Option<Box<str>>,
+    /// The last error, or the reason for a cancellation.
+    pub error: Option<String>,
+}
+
+/// A change of a stored task's state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskUpdate {
+    /// The task.
+    pub id: TaskId,
+    /// New state.
+    pub state: TaskState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// The worker holding or last holding it.
+    pub worker: Option<WorkerId>,
+    /// When the current or last attempt started.
+    pub started_at: Option<Millis>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Millis>,
+    /// When a scheduled task becomes ready.
+    pub run_at: Option<Millis>,
+    /// Result of a successful run, as JSON text.
+    pub result: Option<Box<str>>,
+    /// Last error.
+    pub error: Option<String>,
+}
+
+impl From<dispatch_core::Transition> for TaskUpdate {
+    fn from(t: dispatch_core::Transition) -> Self {
+        TaskUpdate {
+            id: t.task,
+            state: t.state,
+            attempts: t.attempts,
+            worker: t.worker,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            run_at: t.ready_at,
+            result: None,
+            error: t.error,
+        }
+    }
+}
+
+/// One write in a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// New tasks, all or nothing. A task whose idempotency key is already
+    /// stored is not inserted; its outcome names the original instead.
+    Insert(Vec<TaskRecord>),
+    /// A state change of an existing task.
+    Update(TaskUpdate),
+}
+
+/// What one [`Write`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOutcome {
+    /// One outcome per inserted record, in order.
+    Inserted(Vec<InsertOutcome>),
+    /// The update was applied (`false`: no such task).
+    Updated(bool),
+}
+
+/// What happened to one record of a [`Write::Insert`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored under its own id.
+    Created,
+    /// Its idempotency key belongs to this earlier task; nothing was stored.
+    Existing(TaskId),
+}
+
+/// A filter for [`crate::Store::list_tasks`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskQuery {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Only tasks of this type.
+    pub kind: Option<String>,
+    /// Only tasks in this queue.
+    pub queue: Option<String>,
+    /// Only tasks with an id below this one (the page cursor).
+    pub before: Option<TaskId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl TaskRecord {
+    /// Applies an update to this record, as a store does.
+    pub fn apply(&mut self, u: &TaskUpdate) {
+        self.state = u.state;
+        self.attempts = u.attempts;
+        self.worker = u.worker;
+        self.started_at = u.started_at;
+        self.finished_at = u.finished_at;
+        self.spec.run_at = u.run_at;
+        if u.result.is_some() {
+            self.result = u.result.clone();
+        }
+        self.error = u.error.clone();
+    }
+
+    /// True when the record matches the query's filters (not its cursor).
+    pub fn matches(&self, q: &TaskQuery) -> bool {
+        q.state.is_none_or(|s| s == self.state)
+            && q.kind.as_deref().is_none_or(|k| k == &*self.spec.kind)
+            && q.queue.as_deref().is_none_or(|k| k == &*self.spec.queue)
+            && q.before.is_none_or(|b| self.id < b)
+    }
+}
