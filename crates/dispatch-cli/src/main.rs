@@ -1,0 +1,300 @@
+//! `dispatch`: the one binary of Dispatch.
+//!
+//! `dispatch server` runs the scheduler; `dispatch submit`, `task`, `tasks`,
+//! `cancel` and `workers` talk to a running one over its REST API;
+//! `dispatch demo` starts a server on a throw-away store with a few workers
+//! and shows tasks flowing. Errors are `anyhow` with context, printed on one
+//! line.
+
+mod demo;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use dispatch_client::{Client, ClientError};
+use dispatch_proto::{ListTasks, SubmitTask};
+
+#[derive(Parser)]
+#[command(name = "dispatch", version, about = "A distributed task scheduler and dispatcher")]
+struct Cli {
+    /// Server URL for client commands.
+    #[arg(long, global = true, env = "DISPATCH_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Acknowledge a write after it is fsynced (group commit).
+    Durable,
+    /// Acknowledge after the commit, without waiting for fsync.
+    Relaxed,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scheduler on the embedded store.
+    Server {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Folder of the embedded store.
+        #[arg(long, default_value = "./dispatch-data")]
+        data: PathBuf,
+        /// A worker silent for this long is declared dead.
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
+        /// Largest request body, in bytes.
+        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// When writes are acknowledged.
+        #[arg(long, value_enum, default_value = "durable")]
+        durability: DurabilityArg,
+    },
+    /// Submit a task.
+    Submit {
+        /// Task type.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// Payload, as JSON.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// Priority, -100..=100 (higher runs first).
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i64>,
+        /// Queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Run no earlier than this many milliseconds from now.
+        #[arg(long)]
+        delay_ms: Option<i64>,
+        /// Attempts before the task is dead.
+        #[arg(long)]
+        max_attempts: Option<i64>,
+        /// Per-attempt time limit.
+        #[arg(long)]
+        timeout_ms: Option<i64>,
+        /// Deduplication key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait until the task ends and print it.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_timeout: u64,
+    },
+    /// Show one task.
+    Task {
+        /// Task id.
+        id: String,
+    },
+    /// List tasks, newest first.
+    Tasks {
+        /// Only this state (scheduled, queued, running, succeeded, dead, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this type.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Page size (1..=1000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+    /// List registered workers.
+    Workers,
+    /// Start a server on a temporary store with a few workers, submit a few
+    /// hundred tasks and show them flow.
+    Demo {
+        /// Tasks to submit.
+        #[arg(long, default_value_t = 400)]
+        tasks: usize,
+        /// Workers to start.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// An error and its causes on one line, without repeating a cause that the
+/// message already includes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    match cli.command {
+        Command::Server {
+            listen,
+            data,
+            lease_ms,
+            max_body_bytes,
+            durability,
+        } => {
+            init_logs("info");
+            if lease_ms == 0 {
+                bail!("--lease-ms must be at least 1");
+            }
+            let mut config = dispatch_server::ServerConfig::new(listen, data);
+            config.lease_ms = lease_ms;
+            config.max_body_bytes = max_body_bytes;
+            config.durability = match durability {
+                DurabilityArg::Durable => dispatch_server::Durability::Durable,
+                DurabilityArg::Relaxed => dispatch_server::Durability::Relaxed,
+            };
+            let server = dispatch_server::start(config).await?;
+            println!("dispatch server listening on http://{}", server.local_addr());
+            server.run_until_signal().await;
+            Ok(())
+        }
+        Command::Demo { tasks, workers } => demo::run(tasks, workers).await,
+        command => {
+            let client = Client::new(&cli.server)?;
+            client_command(&client, command, json).await.map_err(|e| match e.downcast::<ClientError>() {
+                Ok(ClientError::Api(p)) => anyhow::anyhow!("the server refused: {}", p.detail),
+                Ok(other) => anyhow::Error::new(other),
+                Err(e) => e,
+            })
+        }
+    }
+}
+
+async fn client_command(client: &Client, command: Command, json: bool) -> Result<()> {
+    match command {
+        Command::Submit {
+            kind,
+            payload,
+            priority,
+            queue,
+            delay_ms,
+            max_attempts,
+            timeout_ms,
+            idempotency_key,
+            wait,
+            wait_timeout,
+        } => {
+            let payload = serde_json::value::RawValue::from_string(payload)
+                .context("--payload is not valid JSON")?;
+            let req = SubmitTask {
+                priority,
+                queue,
+                delay_ms,
+                max_attempts,
+                timeout_ms,
+                idempotency_key,
+                ..SubmitTask::new(&kind, payload)
+            };
+            let (mut task, created) = client.submit(&req).await?;
+            if wait {
+                task = client.wait(&task.id, Duration::from_secs(wait_timeout)).await?;
+            }
+            if json {
+                output::print_json(&task)?;
+            } else if wait {
+                output::print_task(&task);
+            } else {
+                let verb = if created { "submitted" } else { "already submitted (idempotency key) as" };
+                println!("{verb} task {} ({})", task.id, task.state);
+            }
+            Ok(())
+        }
+        Command::Task { id } => {
+            let task = client.task(&id).await?;
+            if json {
+                output::print_json(&task)
+            } else {
+                output::print_task(&task);
+                Ok(())
+            }
+        }
+        Command::Tasks {
+            state,
+            kind,
+            queue,
+            limit,
+            cursor,
+        } => {
+            let q = ListTasks {
+                state,
+                kind,
+                queue,
+                limit: limit.map(|l| l.to_string()),
+                cursor,
+            };
+            let page = client.tasks(&q).await?;
+            if json {
+                output::print_json(&page)
+            } else {
+                output::print_tasks(&page);
+                Ok(())
+            }
+        }
+        Command::Cancel { id } => {
+            let task = client.cancel(&id).await?;
+            if json {
+                output::print_json(&task)
+            } else {
+                println!("cancelled task {}", task.id);
+                Ok(())
+            }
+        }
+        Command::Workers => {
+            let list = client.workers().await?;
+            if json {
+                output::print_json(&list)
+            } else {
+                output::print_workers(&list);
+                Ok(())
+            }
+        }
+        Command::Server { .. } | Command::Demo { .. } => unreachable!("handled by run"),
+    }
+}

@@ -1,0 +1,113 @@
+//! Human-readable tables and JSON output.
+
+use dispatch_proto::{TaskJson, TaskList, WorkerList};
+
+/// Prints a value as pretty JSON.
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints rows as a table with a header, columns padded to fit.
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(n.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+/// One task as `key: value` lines.
+pub(crate) fn print_task(t: &TaskJson) {
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".to_owned());
+    println!("id:          {}", t.id);
+    println!("type:        {}", t.kind);
+    println!("queue:       {}", t.queue);
+    println!("state:       {}", t.state);
+    println!("priority:    {}", t.priority);
+    println!("attempts:    {}/{}", t.attempts, t.max_attempts);
+    println!("worker:      {}", opt(&t.worker_id));
+    println!("created_at:  {}", t.created_at);
+    println!("started_at:  {}", opt(&t.started_at));
+    println!("finished_at: {}", opt(&t.finished_at));
+    println!("payload:     {}", t.payload.get());
+    if let Some(r) = &t.result {
+        println!("result:      {}", r.get());
+    }
+    if let Some(e) = &t.error {
+        println!("error:       {e}");
+    }
+}
+
+/// A page of tasks as a table.
+pub(crate) fn print_tasks(page: &TaskList) {
+    let rows: Vec<Vec<String>> = page
+        .tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.kind.clone(),
+                t.queue.clone(),
+                t.state.clone(),
+                t.priority.to_string(),
+                format!("{}/{}", t.attempts, t.max_attempts),
+                t.created_at.clone(),
+                short(t.error.as_deref().unwrap_or(""), 40),
+            ]
+        })
+        .collect();
+    print_table(
+        &["id", "type", "queue", "state", "prio", "attempts", "created", "error"],
+        &rows,
+    );
+    if let Some(c) = &page.next_cursor {
+        println!("(more: --cursor {c})");
+    }
+}
+
+/// Workers as a table.
+pub(crate) fn print_workers(list: &WorkerList) {
+    let rows: Vec<Vec<String>> = list
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.name.clone(),
+                w.types.join(","),
+                format!("{}/{}", w.in_flight, w.capacity),
+                w.completed.to_string(),
+                w.failed.to_string(),
+                w.state.clone(),
+                w.last_seen_at.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["id", "name", "types", "in_flight", "done", "failed", "state", "last_seen"],
+        &rows,
+    );
+}

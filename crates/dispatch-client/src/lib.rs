@@ -1,0 +1,263 @@
+//! A typed client for a Dispatch server, over its REST API and its HTTP
+//! worker protocol.
+//!
+//! [`Client`] has one method per endpoint; requests and replies are the
+//! wire types of `dispatch-proto`. Errors separate "the server could not be
+//! reached" from "the server refused" ([`ClientError::Api`] carries the
+//! problem+json body, with the field at fault).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dispatch_client::ClientError> {
+//! use dispatch_client::Client;
+//! use dispatch_proto::SubmitTask;
+//!
+//! let client = Client::new("http://127.0.0.1:7070")?;
+//! let payload = serde_json::value::to_raw_value(&serde_json::json!({"to": "a@example.com"})).unwrap();
+//! let (task, _created) = client.submit(&SubmitTask::new("email.send", payload)).await?;
+//! println!("{} is {}", task.id, task.state);
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use dispatch_proto::{
+    CompleteTask, FailTask, HeartbeatReply, ListTasks, PollReply, PollRequest, Problem, RegisterReply,
+    RegisterWorker, SubmitBatch, SubmitTask, TaskJson, TaskList, WorkerList,
+};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base URL is not a valid http(s) URL.
+    #[error("invalid server URL {0:?}")]
+    BadUrl(String),
+    /// The server could not be reached (refused, reset, timed out).
+    #[error("cannot reach the server at {url}: {source}")]
+    Unreachable {
+        /// The server's base URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{0}")]
+    Api(Problem),
+    /// The server's reply could not be decoded.
+    #[error("unexpected reply from the server: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(p) => Some(p.status),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one Dispatch server. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:7070`).
+    pub fn new(base: &str) -> Result<Client, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl(base));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok(Client { base, http })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, R), ClientError> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        })?;
+        if !status.is_success() {
+            let problem = serde_json::from_slice::<Problem>(&bytes).unwrap_or_else(|_| {
+                Problem::new(status.as_u16(), String::from_utf8_lossy(&bytes).into_owned())
+            });
+            return Err(ClientError::Api(problem));
+        }
+        let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
+        let value = serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((status, value))
+    }
+
+    /// Submits a task. Returns it and whether it was created (false: its
+    /// idempotency key was seen and this is the original).
+    pub async fn submit(&self, task: &SubmitTask) -> Result<(TaskJson, bool), ClientError> {
+        let (status, t) = self.call(Method::POST, "/v1/tasks", Some(task), None).await?;
+        Ok((t, status == StatusCode::CREATED))
+    }
+
+    /// Submits tasks all or nothing.
+    pub async fn submit_batch(&self, tasks: Vec<SubmitTask>) -> Result<Vec<TaskJson>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            tasks: Vec<TaskJson>,
+        }
+        let (_, r): (_, Reply) = self
+            .call(Method::POST, "/v1/tasks/batch", Some(&SubmitBatch { tasks }), None)
+            .await?;
+        Ok(r.tasks)
+    }
+
+    /// One task.
+    pub async fn task(&self, id: &str) -> Result<TaskJson, ClientError> {
+        let path = format!("/v1/tasks/{}", encode(id));
+        Ok(self.call::<(), _>(Method::GET, &path, None, None).await?.1)
+    }
+
+    /// Polls a task until it is terminal or `timeout` passes; returns it as
+    /// last seen.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<TaskJson, ClientError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let t = self.task(id).await?;
+            let terminal = matches!(t.state.as_str(), "succeeded" | "dead" | "cancelled");
+            if terminal || std::time::Instant::now() >= deadline {
+                return Ok(t);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// A page of tasks.
+    pub async fn tasks(&self, q: &ListTasks) -> Result<TaskList, ClientError> {
+        let query = serde_urlencoded_pairs(q);
+        let path = if query.is_empty() {
+            "/v1/tasks".to_owned()
+        } else {
+            format!("/v1/tasks?{query}")
+        };
+        Ok(self.call::<(), _>(Method::GET, &path, None, None).await?.1)
+    }
+
+    /// Cancels a task.
+    pub async fn cancel(&self, id: &str) -> Result<TaskJson, ClientError> {
+        let path = format!("/v1/tasks/{}/cancel", encode(id));
+        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Registered workers.
+    pub async fn workers(&self) -> Result<WorkerList, ClientError> {
+        Ok(self.call::<(), _>(Method::GET, "/v1/workers", None, None).await?.1)
+    }
+
+    /// Registers a worker.
+    pub async fn register(&self, w: &RegisterWorker) -> Result<RegisterReply, ClientError> {
+        Ok(self.call(Method::POST, "/v1/workers", Some(w), None).await?.1)
+    }
+
+    /// Renews a worker's lease; returns the tasks it must stop.
+    pub async fn heartbeat(&self, worker: &str) -> Result<HeartbeatReply, ClientError> {
+        let path = format!("/v1/workers/{}/heartbeat", encode(worker));
+        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Reports finished tasks and takes assigned ones, holding up to
+    /// `req.wait_ms`.
+    pub async fn poll(&self, worker: &str, req: &PollRequest) -> Result<PollReply, ClientError> {
+        let path = format!("/v1/workers/{}/poll", encode(worker));
+        let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).max(0) as u64);
+        let timeout = wait + Duration::from_secs(30);
+        Ok(self.call(Method::POST, &path, Some(req), Some(timeout)).await?.1)
+    }
+
+    /// Reports a success.
+    pub async fn complete(&self, task: &str, req: &CompleteTask) -> Result<(), ClientError> {
+        let path = format!("/v1/tasks/{}/complete", encode(task));
+        self.call::<_, serde_json::Value>(Method::POST, &path, Some(req), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Reports a failed attempt.
+    pub async fn fail(&self, task: &str, req: &FailTask) -> Result<(), ClientError> {
+        let path = format!("/v1/tasks/{}/fail", encode(task));
+        self.call::<_, serde_json::Value>(Method::POST, &path, Some(req), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Leaves gracefully; the worker's tasks are requeued.
+    pub async fn leave(&self, worker: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/workers/{}", encode(worker));
+        self.call::<(), serde_json::Value>(Method::DELETE, &path, None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// The server's health document.
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        Ok(self.call::<(), _>(Method::GET, "/healthz", None, None).await?.1)
+    }
+}
+
+/// Percent-encodes a path segment.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn serde_urlencoded_pairs(q: &ListTasks) -> String {
+    let pairs = [
+        ("state", &q.state),
+        ("type", &q.kind),
+        ("queue", &q.queue),
+        ("limit", &q.limit),
+        ("cursor", &q.cursor),
+    ];
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+}

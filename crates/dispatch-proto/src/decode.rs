@@ -1,0 +1,84 @@
+//! Request decoding with bounded nesting and field-naming errors.
+
+use serde::de::DeserializeOwned;
+
+use crate::{FieldError, Problem};
+
+/// The deepest nesting of arrays and objects accepted in a request body.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The maximum nesting depth of the JSON text in `bytes`, counting arrays
+/// and objects, without parsing it. Brackets inside strings are skipped.
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Decodes a request body into `T`.
+///
+/// Errors are 400 problems: syntax errors say where (line and column),
+/// type errors name the field path (`tasks[2].priority`).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Problem::new(400, "the request body is empty; a JSON object is expected"));
+    }
+    if json_depth(bytes) > MAX_JSON_DEPTH {
+        return Err(Problem::new(
+            400,
+            format!("JSON nesting is deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        if inner.is_syntax() || inner.is_eof() {
+            Problem::new(400, format!("malformed JSON: {msg}"))
+        } else {
+            let field = if path == "." { String::new() } else { path };
+            Problem::field(400, FieldError::new(field, msg))
+        }
+    })?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth(br#"{"a": "[[[{{{", "b": [1, [2]]}"#), 3);
+        assert_eq!(json_depth(br#""\"[""#), 0);
+        assert_eq!(json_depth(b"[[[]]]"), 3);
+    }
+
+    #[test]
+    fn too_deep_is_refused() {
+        let body = "[".repeat(65) + &"]".repeat(65);
+        let p = decode::<serde_json::Value>(body.as_bytes()).unwrap_err();
+        assert_eq!(p.status, 400);
+        assert!(p.detail.contains("deeper"));
+    }
+}

@@ -1,0 +1,31 @@
+//! The wire contract of Dispatch and the only place that serializes.
+//!
+//! - [`decode`]: turns request bytes into a typed request, refusing bodies
+//!   nested deeper than [`MAX_JSON_DEPTH`] and naming the field at fault.
+//! - [`task`]: the Task JSON ([`TaskJson`]), submissions ([`SubmitTask`])
+//!   and their validation into the core's [`dispatch_core::TaskSpec`] and the
+//!   store's [`dispatch_store::TaskBody`].
+//! - [`worker`]: the HTTP worker protocol: registration, poll, results.
+//! - [`problem`]: `application/problem+json` bodies and [`FieldError`].
+//! - [`time`]: RFC 3339 timestamps to and from [`dispatch_core::Millis`].
+//!
+//! Validation lives here, next to the types, so that every transport and the
+//! CLI reject the same input with the same message.
+
+pub mod problem;
+pub mod task;
+pub mod time;
+pub mod worker;
+
+mod decode;
+
+pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
+pub use problem::{FieldError, Problem};
+pub use task::{
+    BackoffJson, ListTasks, SubmitBatch, SubmitTask, TaskJson, TaskList, ValidTask, parse_task_id, task_json,
+    validate_name,
+};
+pub use worker::{
+    CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask, RegisterReply,
+    RegisterWorker, ReportResult, ResultStatus, WorkerJson, WorkerList, parse_worker_id,
+};

@@ -1,0 +1,463 @@
+//! The Task JSON, submissions and their validation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dispatch_core::{Backoff, Millis, TaskId, TaskSpec, TaskState};
+use dispatch_store::{TaskBody, TaskQuery, TaskRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::FieldError;
+use crate::time::{format_rfc3339, parse_rfc3339};
+
+/// Longest task type, queue or schedule name.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest idempotency or routing key.
+pub const MAX_KEY_LEN: usize = 256;
+/// Most tasks in one batch submission.
+pub const MAX_BATCH: usize = 10_000;
+/// Most attempts a task may ask for.
+pub const MAX_ATTEMPTS: i64 = 1_000;
+/// Routing strategies named by the contract.
+pub const STRATEGIES: [&str; 8] = [
+    "round_robin",
+    "weighted_round_robin",
+    "random",
+    "least_loaded",
+    "consistent_hash",
+    "failover",
+    "broadcast",
+    "sharding",
+];
+/// Strategies this version routes by.
+pub const SUPPORTED_STRATEGIES: [&str; 1] = ["round_robin"];
+
+/// Retry backoff on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffJson {
+    /// Delay after the first failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_ms: Option<i64>,
+    /// Cap on any delay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<i64>,
+    /// Growth between delays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+}
+
+/// A task submission (`POST /v1/tasks`, one element of a batch).
+///
+/// Every field is optional at the serde level so that validation, not the
+/// parser, explains what is missing or wrong.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTask {
+    /// Task type (required).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Queue, default `default`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Any JSON, default null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Box<RawValue>>,
+    /// -100..=100, default 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// Earliest start, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// Earliest start, relative to now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<i64>,
+    /// Per-attempt time limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i64>,
+    /// Attempts before `dead`, default 3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+    /// Retry delays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffJson>,
+    /// Deduplication key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Key for key-based routing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// Routing strategy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Required worker labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Parent task ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Vec<String>>,
+}
+
+/// `POST /v1/tasks/batch`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    /// The tasks, accepted all or none.
+    pub tasks: Vec<SubmitTask>,
+}
+
+/// A submission that passed validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidTask {
+    /// What the core schedules.
+    pub spec: TaskSpec,
+    /// What the server keeps beside it.
+    pub body: TaskBody,
+}
+
+/// Checks a type, queue or schedule name: 1 to 128 of `[A-Za-z0-9._:-]`.
+pub fn validate_name(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.is_empty() || s.len() > MAX_NAME_LEN {
+        return Err(FieldError::new(field, format!("must be 1 to {MAX_NAME_LEN} characters")));
+    }
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "._:-".contains(*c))) {
+        return Err(FieldError::new(
+            field,
+            format!("character {c:?} is not allowed; use letters, digits and . _ : -"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_key(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.is_empty() || s.len() > MAX_KEY_LEN {
+        return Err(FieldError::new(field, format!("must be 1 to {MAX_KEY_LEN} bytes")));
+    }
+    Ok(())
+}
+
+fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, FieldError> {
+    if v < lo || v > hi {
+        return Err(FieldError::new(field, format!("must be between {lo} and {hi}, got {v}")));
+    }
+    Ok(v)
+}
+
+/// Parses a task id as given in a path, query or `depends_on`.
+pub fn parse_task_id(field: &str, s: &str) -> Result<TaskId, FieldError> {
+    s.parse()
+        .map_err(|_| FieldError::new(field, format!("{s:?} is not a task id")))
+}
+
+impl SubmitTask {
+    /// A submission of `kind` with `payload`.
+    pub fn new(kind: &str, payload: Box<RawValue>) -> Self {
+        SubmitTask {
+            kind: Some(kind.to_owned()),
+            payload: Some(payload),
+            ..SubmitTask::default()
+        }
+    }
+
+    /// Validates the submission received at `now`.
+    pub fn validate(self, now: Millis) -> Result<ValidTask, FieldError> {
+        let kind = self.kind.ok_or_else(|| FieldError::new("type", "is required"))?;
+        validate_name("type", &kind)?;
+        let queue = self.queue.unwrap_or_else(|| "default".to_owned());
+        validate_name("queue", &queue)?;
+        let priority = in_range("priority", self.priority.unwrap_or(0), -100, 100)? as i8;
+        let run_at = match (self.run_at, self.delay_ms) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new("delay_ms", "give run_at or delay_ms, not both"));
+            }
+            (Some(at), None) => Some(parse_rfc3339(&at).map_err(|m| FieldError::new("run_at", m))?),
+            (None, Some(d)) => {
+                let d = in_range("delay_ms", d, 0, 10 * 365 * 86_400_000)?;
+                Some(now.saturating_add(d as u64))
+            }
+            (None, None) => None,
+        };
+        let timeout_ms = self
+            .timeout_ms
+            .map(|t| in_range("timeout_ms", t, 1, 7 * 86_400_000).map(|t| t as u64))
+            .transpose()?;
+        let max_attempts = in_range("max_attempts", self.max_attempts.unwrap_or(3), 1, MAX_ATTEMPTS)? as u32;
+        let backoff = validate_backoff(self.backoff.unwrap_or_default())?;
+        if let Some(k) = &self.idempotency_key {
+            check_key("idempotency_key", k)?;
+        }
+        if let Some(k) = &self.routing_key {
+            check_key("routing_key", k)?;
+        }
+        if let Some(s) = &self.strategy {
+            if !STRATEGIES.contains(&s.as_str()) {
+                return Err(FieldError::new(
+                    "strategy",
+                    format!("unknown strategy {s:?}; one of {}", STRATEGIES.join(", ")),
+                ));
+            }
+            if !SUPPORTED_STRATEGIES.contains(&s.as_str()) {
+                return Err(FieldError::new(
+                    "strategy",
+                    format!("strategy {s:?} is not available in this version; use round_robin"),
+                ));
+            }
+        }
+        let labels = self.labels.unwrap_or_default();
+        if !labels.is_empty() {
+            return Err(FieldError::new("labels", "label constraints are not available in this version"));
+        }
+        let depends_on = self.depends_on.unwrap_or_default();
+        if !depends_on.is_empty() {
+            return Err(FieldError::new("depends_on", "dependencies are not available in this version"));
+        }
+        let payload: Box<str> = match self.payload {
+            Some(p) => Box::<str>::from(p),
+            None => "null".into(),
+        };
+        Ok(ValidTask {
+            spec: TaskSpec {
+                kind: Arc::from(kind),
+                queue: Arc::from(queue),
+                priority,
+                run_at,
+                max_attempts,
+                timeout_ms,
+                backoff,
+            },
+            body: TaskBody {
+                payload,
+                idempotency_key: self.idempotency_key,
+                routing_key: self.routing_key,
+                strategy: self.strategy,
+                labels,
+                depends_on: Vec::new(),
+                created_at: now,
+            },
+        })
+    }
+}
+
+fn validate_backoff(b: BackoffJson) -> Result<Backoff, FieldError> {
+    let d = Backoff::default();
+    let day = 86_400_000;
+    let initial_ms = in_range("backoff.initial_ms", b.initial_ms.unwrap_or(d.initial_ms as i64), 0, day)? as u64;
+    let max_ms = in_range("backoff.max_ms", b.max_ms.unwrap_or(d.max_ms.max(initial_ms) as i64), 0, 7 * day)? as u64;
+    if max_ms < initial_ms {
+        return Err(FieldError::new("backoff.max_ms", "must be at least backoff.initial_ms"));
+    }
+    let multiplier = b.multiplier.unwrap_or(d.multiplier);
+    if !(1.0..=100.0).contains(&multiplier) {
+        return Err(FieldError::new("backoff.multiplier", "must be between 1 and 100"));
+    }
+    Ok(Backoff {
+        initial_ms,
+        max_ms,
+        multiplier,
+    })
+}
+
+/// A task as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskJson {
+    /// Server-assigned id.
+    pub id: String,
+    /// Task type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Queue.
+    pub queue: String,
+    /// Payload.
+    pub payload: Box<RawValue>,
+    /// Priority.
+    pub priority: i64,
+    /// When a scheduled task becomes ready.
+    pub run_at: Option<String>,
+    /// Per-attempt time limit.
+    pub timeout_ms: Option<u64>,
+    /// Attempts before `dead`.
+    pub max_attempts: u32,
+    /// Retry delays.
+    pub backoff: BackoffJson,
+    /// Deduplication key.
+    pub idempotency_key: Option<String>,
+    /// Routing key.
+    pub routing_key: Option<String>,
+    /// Routing strategy asked for.
+    pub strategy: Option<String>,
+    /// Required worker labels.
+    pub labels: BTreeMap<String, String>,
+    /// Parent task ids.
+    pub depends_on: Vec<String>,
+    /// Current state.
+    pub state: String,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Result of a successful run.
+    pub result: Option<Box<RawValue>>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Worker holding or last holding it.
+    pub worker_id: Option<String>,
+    /// Accepted at.
+    pub created_at: String,
+    /// Current or last attempt started at.
+    pub started_at: Option<String>,
+    /// Terminal since.
+    pub finished_at: Option<String>,
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned())
+        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON"))
+}
+
+/// The API view of a stored or live task.
+pub fn task_json(r: &TaskRecord) -> TaskJson {
+    TaskJson {
+        id: r.id.to_string(),
+        kind: r.spec.kind.to_string(),
+        queue: r.spec.queue.to_string(),
+        payload: raw(&r.body.payload),
+        priority: i64::from(r.spec.priority),
+        run_at: r.spec.run_at.map(format_rfc3339),
+        timeout_ms: r.spec.timeout_ms,
+        max_attempts: r.spec.max_attempts,
+        backoff: BackoffJson {
+            initial_ms: Some(r.spec.backoff.initial_ms as i64),
+            max_ms: Some(r.spec.backoff.max_ms as i64),
+            multiplier: Some(r.spec.backoff.multiplier),
+        },
+        idempotency_key: r.body.idempotency_key.clone(),
+        routing_key: r.body.routing_key.clone(),
+        strategy: r.body.strategy.clone(),
+        labels: r.body.labels.clone(),
+        depends_on: r.body.depends_on.iter().map(ToString::to_string).collect(),
+        state: r.state.as_str().to_owned(),
+        attempts: r.attempts,
+        result: r.result.as_deref().map(raw),
+        error: r.error.clone(),
+        worker_id: r.worker.map(|w| w.to_string()),
+        created_at: format_rfc3339(r.body.created_at),
+        started_at: r.started_at.map(format_rfc3339),
+        finished_at: r.finished_at.map(format_rfc3339),
+    }
+}
+
+/// `GET /v1/tasks` query parameters, as given.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ListTasks {
+    /// Only this state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only this type.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only this queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Page size, 1..=1000, default 100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// Where the previous page ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl ListTasks {
+    /// Validates the parameters into a store query.
+    pub fn validate(self) -> Result<TaskQuery, FieldError> {
+        let state = self
+            .state
+            .map(|s| {
+                TaskState::parse(&s).ok_or_else(|| {
+                    let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+                    FieldError::new("state", format!("unknown state {s:?}; one of {}", names.join(", ")))
+                })
+            })
+            .transpose()?;
+        if let Some(k) = &self.kind {
+            validate_name("type", k)?;
+        }
+        if let Some(q) = &self.queue {
+            validate_name("queue", q)?;
+        }
+        let limit = match self.limit {
+            None => 100,
+            Some(l) => {
+                let n: i64 = l
+                    .parse()
+                    .map_err(|_| FieldError::new("limit", format!("{l:?} is not an integer")))?;
+                in_range("limit", n, 1, 1000)? as usize
+            }
+        };
+        let before = self.cursor.map(|c| parse_task_id("cursor", &c)).transpose()?;
+        Ok(TaskQuery {
+            state,
+            kind: self.kind,
+            queue: self.queue,
+            before,
+            limit,
+        })
+    }
+}
+
+/// A page of tasks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskList {
+    /// The tasks, newest first.
+    pub tasks: Vec<TaskJson>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(json: &str) -> Result<ValidTask, FieldError> {
+        crate::decode::<SubmitTask>(json.as_bytes())
+            .map_err(|p| FieldError::new(p.field.unwrap_or_default(), p.detail))?
+            .validate(1_000)
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let t = submit(r#"{"type": "email", "payload": {"to": "a@b"}}"#).unwrap();
+        assert_eq!(&*t.spec.queue, "default");
+        assert_eq!(t.spec.priority, 0);
+        assert_eq!(t.spec.max_attempts, 3);
+        assert_eq!(&*t.body.payload, r#"{"to": "a@b"}"#);
+        assert_eq!(t.spec.run_at, None);
+    }
+
+    #[test]
+    fn delay_becomes_run_at() {
+        let t = submit(r#"{"type": "x", "delay_ms": 500}"#).unwrap();
+        assert_eq!(t.spec.run_at, Some(1_500));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{}"#, "type"),
+            (r#"{"type": ""}"#, "type"),
+            (r#"{"type": "a b"}"#, "type"),
+            (r#"{"type": "x", "priority": 101}"#, "priority"),
+            (r#"{"type": "x", "priority": "high"}"#, "priority"),
+            (r#"{"type": "x", "queue": "q/1"}"#, "queue"),
+            (r#"{"type": "x", "delay_ms": -1}"#, "delay_ms"),
+            (r#"{"type": "x", "run_at": "soon"}"#, "run_at"),
+            (r#"{"type": "x", "max_attempts": 0}"#, "max_attempts"),
+            (r#"{"type": "x", "timeout_ms": 0}"#, "timeout_ms"),
+            (r#"{"type": "x", "backoff": {"multiplier": 0.5}}"#, "backoff.multiplier"),
+            (r#"{"type": "x", "strategy": "fastest"}"#, "strategy"),
+            (r#"{"type": "x", "prioirty": 1}"#, "prioirty"),
+        ];
+        for (json, field) in cases {
+            let e = submit(json).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+    }
+}

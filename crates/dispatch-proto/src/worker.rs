@@ -1,0 +1,383 @@
+//! The HTTP worker protocol: register, heartbeat, poll, report, leave.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dispatch_core::{Task, TaskId, Worker, WorkerId, WorkerSpec};
+use dispatch_store::TaskBody;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::task::{parse_task_id, validate_name};
+use crate::time::format_rfc3339;
+use crate::FieldError;
+
+/// Most tasks one worker may run at once.
+pub const MAX_CAPACITY: i64 = 10_000;
+/// Longest a poll may hold.
+pub const MAX_WAIT_MS: i64 = 60_000;
+/// Longest error text kept; longer errors are truncated.
+pub const MAX_ERROR_LEN: usize = 16 * 1024;
+
+/// `POST /v1/workers`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterWorker {
+    /// Display name (host, pod); default `worker`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Task types it runs (non-empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<String>>,
+    /// Its labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Tasks at once (>= 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<i64>,
+}
+
+impl RegisterWorker {
+    /// Validates a registration.
+    pub fn validate(self) -> Result<WorkerSpec, FieldError> {
+        let name = self.name.unwrap_or_else(|| "worker".to_owned());
+        if name.is_empty() || name.len() > 256 {
+            return Err(FieldError::new("name", "must be 1 to 256 bytes"));
+        }
+        let types = self.types.ok_or_else(|| FieldError::new("types", "is required"))?;
+        if types.is_empty() {
+            return Err(FieldError::new("types", "must name at least one task type"));
+        }
+        if types.len() > 1_000 {
+            return Err(FieldError::new("types", "at most 1000 types"));
+        }
+        for (i, t) in types.iter().enumerate() {
+            validate_name(&format!("types[{i}]"), t)?;
+        }
+        let labels = self.labels.unwrap_or_default();
+        for (k, v) in &labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 256 {
+                return Err(FieldError::new(
+                    format!("labels.{k}"),
+                    "label names are 1 to 128 bytes, values up to 256",
+                ));
+            }
+        }
+        let capacity = self.capacity.unwrap_or(1);
+        if !(1..=MAX_CAPACITY).contains(&capacity) {
+            return Err(FieldError::new(
+                "capacity",
+                format!("must be between 1 and {MAX_CAPACITY}, got {capacity}"),
+            ));
+        }
+        Ok(WorkerSpec {
+            name,
+            types: types.into_iter().map(Arc::from).collect(),
+            labels,
+            capacity: capacity as u32,
+        })
+    }
+}
+
+/// Reply to a registration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterReply {
+    /// The worker's id, for every later call.
+    pub id: String,
+    /// Silence longer than this and the worker is declared dead.
+    pub lease_ms: u64,
+    /// How often to heartbeat when not polling.
+    pub heartbeat_ms: u64,
+}
+
+/// Reply to a heartbeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Running tasks that were cancelled: stop them.
+    pub cancel: Vec<String>,
+}
+
+/// A finished task reported inside a poll.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportResult {
+    /// The task.
+    pub task_id: String,
+    /// Its result, for a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+    /// Its error, for a failure (a string or any JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+    /// Retry after this long instead of the task's backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<i64>,
+    /// Do not retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<bool>,
+}
+
+/// A report, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Success with its result (JSON text).
+    Succeeded(Box<str>),
+    /// Failure.
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// Retry after this long.
+        retry_after_ms: Option<u64>,
+        /// Never retry.
+        abort: bool,
+    },
+}
+
+/// Turns an error given as any JSON into text, bounded in length.
+pub fn error_text(e: Option<serde_json::Value>) -> String {
+    let mut s = match e {
+        None | Some(serde_json::Value::Null) => "failed".to_owned(),
+        Some(serde_json::Value::String(s)) => s,
+        Some(v) => v.to_string(),
+    };
+    if s.len() > MAX_ERROR_LEN {
+        let mut cut = MAX_ERROR_LEN;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn retry_after(v: Option<i64>) -> Result<Option<u64>, FieldError> {
+    match v {
+        Some(ms) if !(0..=7 * 86_400_000).contains(&ms) => Err(FieldError::new(
+            "retry_after_ms",
+            "must be between 0 and 604800000",
+        )),
+        v => Ok(v.map(|ms| ms as u64)),
+    }
+}
+
+impl ReportResult {
+    /// Validates a report into its task and outcome.
+    pub fn validate(self) -> Result<(TaskId, Outcome), FieldError> {
+        let id = parse_task_id("task_id", &self.task_id)?;
+        let outcome = match (self.result, self.error) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new("error", "give result or error, not both"));
+            }
+            (_, Some(e)) => Outcome::Failed {
+                error: error_text(Some(e)),
+                retry_after_ms: retry_after(self.retry_after_ms)?,
+                abort: self.abort.unwrap_or(false),
+            },
+            (r, None) => Outcome::Succeeded(r.map_or_else(|| "null".into(), Box::<str>::from)),
+        };
+        Ok((id, outcome))
+    }
+}
+
+/// `POST /v1/workers/{id}/poll`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// Most tasks to take (default: the worker's capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
+    /// Hold up to this long when nothing is assigned (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<i64>,
+    /// Finished tasks, reported in the same round trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<ReportResult>>,
+}
+
+impl PollRequest {
+    /// The validated `max` (given the worker's capacity) and `wait_ms`.
+    pub fn limits(&self, capacity: u32) -> Result<(usize, u64), FieldError> {
+        let max = self.max.unwrap_or(i64::from(capacity));
+        if !(1..=MAX_CAPACITY).contains(&max) {
+            return Err(FieldError::new("max", format!("must be between 1 and {MAX_CAPACITY}")));
+        }
+        let wait = self.wait_ms.unwrap_or(0);
+        if !(0..=MAX_WAIT_MS).contains(&wait) {
+            return Err(FieldError::new("wait_ms", format!("must be between 0 and {MAX_WAIT_MS}")));
+        }
+        Ok((max as usize, wait as u64))
+    }
+}
+
+/// A task handed to a worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolledTask {
+    /// Task id, for the report.
+    pub id: String,
+    /// Task type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Queue.
+    pub queue: String,
+    /// Payload.
+    pub payload: Box<RawValue>,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Time limit for this attempt.
+    pub timeout_ms: Option<u64>,
+    /// Priority.
+    pub priority: i64,
+}
+
+impl PolledTask {
+    /// The delivery view of a running task.
+    pub fn new(t: &Task<Arc<TaskBody>>) -> Self {
+        PolledTask {
+            id: t.id.to_string(),
+            kind: t.spec.kind.to_string(),
+            queue: t.spec.queue.to_string(),
+            payload: RawValue::from_string(t.body.payload.to_string())
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
+            attempt: t.attempts,
+            max_attempts: t.spec.max_attempts,
+            timeout_ms: t.spec.timeout_ms,
+            priority: i64::from(t.spec.priority),
+        }
+    }
+}
+
+/// What happened to one reported result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResultStatus {
+    /// The task.
+    pub task_id: String,
+    /// 200 accepted, 409 not leased to this worker any more, 4xx invalid.
+    pub status: u16,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Reply to a poll.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PollReply {
+    /// Tasks to run.
+    pub tasks: Vec<PolledTask>,
+    /// One status per reported result, when results were sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<ResultStatus>>,
+}
+
+/// `POST /v1/tasks/{id}/complete`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteTask {
+    /// The reporting worker.
+    pub worker_id: Option<String>,
+    /// The result (any JSON, default null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+}
+
+/// `POST /v1/tasks/{id}/fail`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailTask {
+    /// The reporting worker.
+    pub worker_id: Option<String>,
+    /// What went wrong (a string or any JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+    /// Retry after this long instead of the task's backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<i64>,
+    /// Do not retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<bool>,
+}
+
+/// Parses a worker id given in a path or body.
+pub fn parse_worker_id(field: &str, s: Option<&str>) -> Result<WorkerId, FieldError> {
+    let s = s.ok_or_else(|| FieldError::new(field, "is required"))?;
+    s.parse()
+        .map_err(|_| FieldError::new(field, format!("{s:?} is not a worker id")))
+}
+
+impl CompleteTask {
+    /// The reporting worker and the outcome.
+    pub fn validate(self) -> Result<(WorkerId, Outcome), FieldError> {
+        let w = parse_worker_id("worker_id", self.worker_id.as_deref())?;
+        let r = self.result.map_or_else(|| "null".into(), Box::<str>::from);
+        Ok((w, Outcome::Succeeded(r)))
+    }
+}
+
+impl FailTask {
+    /// The reporting worker and the outcome.
+    pub fn validate(self) -> Result<(WorkerId, Outcome), FieldError> {
+        let w = parse_worker_id("worker_id", self.worker_id.as_deref())?;
+        Ok((
+            w,
+            Outcome::Failed {
+                error: error_text(self.error),
+                retry_after_ms: retry_after(self.retry_after_ms)?,
+                abort: self.abort.unwrap_or(false),
+            },
+        ))
+    }
+}
+
+/// A worker as `GET /v1/workers` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerJson {
+    /// Its id.
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+    /// Types it runs.
+    pub types: Vec<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Tasks at once.
+    pub capacity: u32,
+    /// Tasks it holds now.
+    pub in_flight: u32,
+    /// `active`.
+    pub state: String,
+    /// Last heartbeat, poll or report.
+    pub last_seen_at: String,
+    /// Registered at.
+    pub registered_at: String,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Attempts failed.
+    pub failed: u64,
+}
+
+impl WorkerJson {
+    /// The API view of a registered worker.
+    pub fn new(w: &Worker) -> Self {
+        WorkerJson {
+            id: w.id.to_string(),
+            name: w.spec.name.clone(),
+            types: w.spec.types.iter().map(ToString::to_string).collect(),
+            labels: w.spec.labels.clone(),
+            capacity: w.spec.capacity,
+            in_flight: w.in_flight(),
+            state: w.state.as_str().to_owned(),
+            last_seen_at: format_rfc3339(w.last_seen_at),
+            registered_at: format_rfc3339(w.registered_at),
+            completed: w.completed,
+            failed: w.failed,
+        }
+    }
+}
+
+/// `GET /v1/workers`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerList {
+    /// Registered workers.
+    pub workers: Vec<WorkerJson>,
+}

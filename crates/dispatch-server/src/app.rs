@@ -1,0 +1,266 @@
+//! [`App`]: the server's shared state and the one path from core events to
+//! the store and to waiting workers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dispatch_core::{Event, Millis, Scheduler, Task, TaskId, TaskState, WorkerId};
+use dispatch_store::{
+    GroupCommitWriter, Store, StoreError, TaskBody, TaskRecord, TaskUpdate, Write, WriteOutcome,
+};
+use dispatch_store_sqlite::SqliteStore;
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::ServerConfig;
+use crate::metrics::Metrics;
+
+/// The task body the server keeps in the core beside each live task.
+pub(crate) type Body = Arc<TaskBody>;
+
+/// Everything behind the one lock: the scheduler and the workers' wake-ups.
+pub(crate) struct Shared {
+    pub(crate) sched: Scheduler<Body>,
+    /// One per registered worker; notified when tasks are assigned to it.
+    wakers: HashMap<WorkerId, Arc<Notify>>,
+}
+
+/// A pending acknowledgement from the store writer.
+pub(crate) type Ack = oneshot::Receiver<Result<WriteOutcome, StoreError>>;
+
+/// The server's state, shared by every request.
+pub(crate) struct App {
+    pub(crate) config: ServerConfig,
+    shared: Mutex<Shared>,
+    pub(crate) store: Arc<dyn Store>,
+    writer: GroupCommitWriter,
+    next_id: AtomicU64,
+    /// Woken when a timer earlier than the timer loop's current sleep may
+    /// have been added.
+    pub(crate) timer_wake: Notify,
+    /// Flips to true when the server shuts down; long polls end early.
+    pub(crate) stopping: watch::Receiver<bool>,
+    stop_tx: watch::Sender<bool>,
+    pub(crate) metrics: Metrics,
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the shell's only clock.
+pub(crate) fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// The full record of a live task, as the API shows it.
+pub(crate) fn live_record(t: &Task<Body>) -> TaskRecord {
+    let mut spec = t.spec.clone();
+    spec.run_at = t.ready_at;
+    TaskRecord {
+        id: t.id,
+        spec,
+        body: (*t.body).clone(),
+        state: t.state,
+        attempts: t.attempts,
+        worker: t.worker,
+        started_at: t.started_at,
+        finished_at: None,
+        result: None,
+        error: t.last_error.clone(),
+    }
+}
+
+impl App {
+    /// Opens the store, starts the writer and rebuilds the scheduler from
+    /// the live tasks. Runs on a blocking thread.
+    pub(crate) fn open(
+        config: ServerConfig,
+    ) -> Result<(Arc<App>, std::thread::JoinHandle<()>), StoreError> {
+        let store = Arc::new(SqliteStore::open(&config.data_dir, config.durability)?);
+        let live = store.load_live()?;
+        let next_id = store.max_task_id()?.map_or(1, |id| id.0 + 1);
+        let (writer, writer_thread) = GroupCommitWriter::start(store.clone());
+
+        let now = now_ms();
+        let core_config = dispatch_core::Config {
+            lease_ms: config.lease_ms,
+        };
+        let mut sched = Scheduler::new(core_config, seed());
+        let mut requeued = 0usize;
+        for r in &live {
+            // An attempt cut short by a scheduler stop is not the task's
+            // fault: it does not count.
+            let attempts = if r.state == TaskState::Running {
+                requeued += 1;
+                r.attempts.saturating_sub(1)
+            } else {
+                r.attempts
+            };
+            let body = Arc::new(r.body.clone());
+            if let Err(e) = sched.restore(r.id, r.spec.clone(), body, attempts, r.error.clone(), now) {
+                tracing::error!(task = %r.id, error = %e, "skipping a task at recovery");
+                continue;
+            }
+            let t = sched.task(r.id).expect("just restored");
+            if t.state != r.state || t.attempts != r.attempts {
+                let update = TaskUpdate::from(dispatch_core::Transition {
+                    task: t.id,
+                    state: t.state,
+                    attempts: t.attempts,
+                    worker: None,
+                    started_at: r.started_at,
+                    finished_at: None,
+                    ready_at: t.ready_at,
+                    error: t.last_error.clone(),
+                });
+                let _ = writer.write_detached(Write::Update(update));
+            }
+        }
+        tracing::info!(live = live.len(), requeued, next_id, "recovered state from the store");
+        let (stop_tx, stopping) = watch::channel(false);
+        let app = App {
+            config,
+            shared: Mutex::new(Shared {
+                sched,
+                wakers: HashMap::new(),
+            }),
+            store,
+            writer,
+            next_id: AtomicU64::new(next_id),
+            timer_wake: Notify::new(),
+            stopping,
+            stop_tx,
+            metrics: Metrics::default(),
+        };
+        Ok((Arc::new(app), writer_thread))
+    }
+
+    /// Takes the lock. A panic elsewhere never leaves it unusable: the
+    /// core's state is only changed through methods that keep it valid.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves `n` consecutive task ids.
+    pub(crate) fn reserve_ids(&self, n: u64) -> u64 {
+        self.next_id.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// Queues a write and returns its acknowledgement.
+    pub(crate) fn write(&self, w: Write) -> Result<Ack, StoreError> {
+        self.writer
+            .write(w)
+            .map_err(|e| StoreError::new(dispatch_store::ErrorKind::Unavailable, e.to_string()))
+    }
+
+    /// Signals shutdown to long polls and the timer loop.
+    pub(crate) fn begin_stop(&self) {
+        let _ = self.stop_tx.send(true);
+    }
+
+    /// Advances the core to `now`, then persists every event produced since
+    /// the last call, in order, and wakes workers that got tasks.
+    ///
+    /// `result` attaches a task's result to its `Succeeded` update. Returns
+    /// the acknowledgement of the last write: writes commit in order, so it
+    /// resolves only once everything sent here is committed.
+    pub(crate) fn settle(
+        &self,
+        shared: &mut Shared,
+        now: Millis,
+        mut result: Option<(TaskId, Box<str>)>,
+    ) -> Option<Ack> {
+        shared.sched.tick(now);
+        let mut last = None;
+        for event in shared.sched.drain_events() {
+            match event {
+                Event::Transition(t) => {
+                    self.metrics.transition(t.state);
+                    if t.state == TaskState::Running {
+                        if let Some(w) = t.worker.and_then(|w| shared.wakers.get(&w)) {
+                            w.notify_one();
+                        }
+                    }
+                    let mut update = TaskUpdate::from(t);
+                    if update.state == TaskState::Succeeded {
+                        if let Some((id, r)) = result.take_if(|(id, _)| *id == update.id) {
+                            debug_assert_eq!(id, update.id);
+                            update.result = Some(r);
+                        }
+                    }
+                    match self.write(Write::Update(update)) {
+                        Ok(ack) => last = Some(ack),
+                        Err(e) => tracing::error!(error = %e, "cannot persist a transition"),
+                    }
+                }
+                Event::WorkerLost { worker, .. } => {
+                    tracing::warn!(%worker, "worker lease expired; its tasks were requeued");
+                    self.metrics.workers_lost.fetch_add(1, Ordering::Relaxed);
+                    shared.wakers.remove(&worker);
+                }
+            }
+        }
+        last
+    }
+
+    /// The wake-up handle of a registered worker.
+    pub(crate) fn waker(&self, shared: &mut Shared, worker: WorkerId) -> Arc<Notify> {
+        shared.wakers.entry(worker).or_default().clone()
+    }
+
+    /// Forgets a worker's wake-up handle.
+    pub(crate) fn forget_worker(&self, shared: &mut Shared, worker: WorkerId) {
+        if let Some(w) = shared.wakers.remove(&worker) {
+            w.notify_waiters();
+        }
+    }
+
+    /// One task, live or stored.
+    pub(crate) async fn find_task(self: &Arc<Self>, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        if let Some(t) = self.lock().sched.task(id) {
+            return Ok(Some(live_record(t)));
+        }
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.store.get_task(id))
+            .await
+            .map_err(|e| StoreError::new(dispatch_store::ErrorKind::Unavailable, e.to_string()))?
+    }
+}
+
+/// Waits for a store acknowledgement.
+pub(crate) async fn acked(ack: Option<Ack>) -> Result<Option<WriteOutcome>, StoreError> {
+    match ack {
+        None => Ok(None),
+        Some(rx) => rx
+            .await
+            .map_err(|_| StoreError::new(dispatch_store::ErrorKind::Unavailable, "the store writer stopped"))?
+            .map(Some),
+    }
+}
+
+fn seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Ticks the core when its next deadline (a timer or a lease) comes, or at
+/// least every second, until the server stops.
+pub(crate) async fn timer_loop(app: Arc<App>) {
+    let mut stop = app.stopping.clone();
+    loop {
+        let now = now_ms();
+        let next = {
+            let mut shared = app.lock();
+            let _ = app.settle(&mut shared, now, None);
+            shared.sched.next_deadline()
+        };
+        let wait = next.map_or(1_000, |at| at.saturating_sub(now).clamp(1, 1_000));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = app.timer_wake.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

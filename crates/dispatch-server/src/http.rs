@@ -1,0 +1,188 @@
+//! The router, the JSON body extractor and problem+json errors.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use dispatch_proto::{FieldError, Problem};
+use dispatch_store::{ErrorKind, StoreError};
+use serde::de::DeserializeOwned;
+
+use crate::app::App;
+use crate::{metrics, tasks, workers};
+
+/// An error answered as `application/problem+json`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    problem: Problem,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: u16, detail: impl Into<String>) -> Self {
+        ApiError {
+            problem: Problem::new(status, detail),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn not_found(what: impl std::fmt::Display) -> Self {
+        ApiError::new(404, format!("no {what}"))
+    }
+
+    pub(crate) fn conflict(detail: impl Into<String>) -> Self {
+        ApiError::new(409, detail)
+    }
+}
+
+impl From<Problem> for ApiError {
+    fn from(problem: Problem) -> Self {
+        ApiError {
+            problem,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Problem::invalid(e).into()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e.kind {
+            ErrorKind::Unavailable => ApiError {
+                problem: Problem::new(503, format!("the store is unavailable: {e}")),
+                retry_after: Some(1),
+            },
+            _ => {
+                tracing::error!(error = %e, "store error");
+                ApiError::new(500, "internal store error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self.problem).unwrap_or_default();
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// A JSON request body: limited in size (413), refused when it names
+/// another media type (415), bounded in depth and decoded with errors that
+/// name the field (400).
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            let json = essence == "application/json" || essence.ends_with("+json");
+            // curl -d sends a form type by default; accept it as JSON text.
+            let lenient = essence.is_empty() || essence == "application/x-www-form-urlencoded";
+            if !json && !lenient {
+                return Err(ApiError::new(
+                    415,
+                    format!("content type {essence:?} is not JSON; send application/json"),
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        Ok(JsonBody(dispatch_proto::decode(&bytes)?))
+    }
+}
+
+/// A JSON body that may be absent (heartbeat, poll with defaults).
+pub(crate) struct OptionalJsonBody<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        Ok(OptionalJsonBody(dispatch_proto::decode(&bytes)?))
+    }
+}
+
+fn body_rejection(e: BytesRejection) -> ApiError {
+    let status = e.status().as_u16();
+    if status == 413 {
+        ApiError::new(413, "the request body is larger than the server accepts")
+    } else {
+        ApiError::new(status.clamp(400, 499), format!("cannot read the request body: {e}"))
+    }
+}
+
+/// A JSON response with a status.
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut resp = (status, bytes).into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => ApiError::new(500, format!("cannot encode the response: {e}")).into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(404, "no such endpoint; see the README for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(405, "this endpoint does not accept that method")
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(500, "internal error").into_response()
+}
+
+/// Every route of the contract served by this version.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let limit = app.config.max_body_bytes;
+    Router::new()
+        .route("/v1/tasks", post(tasks::submit).get(tasks::list))
+        .route("/v1/tasks/batch", post(tasks::submit_batch))
+        .route("/v1/tasks/{id}", get(tasks::get_one))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/complete", post(workers::complete))
+        .route("/v1/tasks/{id}/fail", post(workers::fail))
+        .route("/v1/workers", post(workers::register).get(workers::list))
+        .route("/v1/workers/{id}", delete(workers::leave))
+        .route("/v1/workers/{id}/heartbeat", post(workers::heartbeat))
+        .route("/v1/workers/{id}/poll", post(workers::poll))
+        .route("/healthz", get(metrics::healthz))
+        .route("/metrics", get(metrics::prometheus))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::count_requests))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(app)
+}

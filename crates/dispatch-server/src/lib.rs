@@ -1,0 +1,180 @@
+//! The Dispatch scheduler service: the shell around the pure core.
+//!
+//! [`start`] opens the store, rebuilds the scheduler's state from it
+//! (requeueing tasks that were running), starts the group-commit writer and
+//! the timer loop, and serves HTTP until [`RunningServer::shutdown`].
+//!
+//! - `app`: [`app::App`], the shared state — the [`dispatch_core::Scheduler`]
+//!   behind one mutex, the store for reads, the writer for writes — and the
+//!   one path by which core events reach the store and wake workers.
+//! - `http`: the router, the JSON body extractor (size and depth limits) and
+//!   problem+json errors.
+//! - `tasks`, `workers`: the client endpoints and the HTTP worker protocol.
+//! - `metrics`: counters and the Prometheus text at `/metrics`.
+//!
+//! Every mutating request is acknowledged only after the store committed it
+//! (fsynced in the `durable` mode), so an acknowledged task survives a crash.
+
+mod app;
+mod http;
+mod metrics;
+mod tasks;
+mod workers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use dispatch_store_sqlite::Durability;
+
+/// How to run a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Folder of the embedded store.
+    pub data_dir: PathBuf,
+    /// Worker lease: silence longer than this and a worker is dead.
+    pub lease_ms: u64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// When a write is acknowledged.
+    pub durability: Durability,
+}
+
+impl ServerConfig {
+    /// The defaults of the contract, for a data folder.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen,
+            data_dir: data_dir.into(),
+            lease_ms: 10_000,
+            max_body_bytes: 10 * 1024 * 1024,
+            durability: Durability::Durable,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or read.
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        /// The data folder.
+        dir: PathBuf,
+        /// What failed.
+        source: dispatch_store::StoreError,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// A server running on the current tokio runtime.
+pub struct RunningServer {
+    addr: SocketAddr,
+    app: Arc<app::App>,
+    serve: tokio::task::JoinHandle<()>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests, lets the ones in progress finish, and
+    /// waits until the writer has committed everything.
+    pub async fn shutdown(self) {
+        self.app.begin_stop();
+        let _ = self.serve.await;
+        drop(self.app);
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
+
+    /// Serves until the process gets Ctrl-C or SIGTERM, then shuts down.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Opens the store, recovers, binds and starts serving.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let dir = config.data_dir.clone();
+    let store_err = |source| StartError::Store {
+        dir: dir.clone(),
+        source,
+    };
+    let (app, writer) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || app::App::open(config))
+            .await
+            .map_err(|e| {
+                store_err(dispatch_store::StoreError::new(
+                    dispatch_store::ErrorKind::Unavailable,
+                    e.to_string(),
+                ))
+            })?
+            .map_err(store_err)?
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let mut stopped = app.stopping.clone();
+    tokio::spawn(app::timer_loop(app.clone()));
+    let router = http::router(app.clone());
+    let serve = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    tracing::info!(%addr, data = %config.data_dir.display(), "dispatch server listening");
+    Ok(RunningServer {
+        addr,
+        app,
+        serve,
+        writer,
+    })
+}

@@ -1,0 +1,156 @@
+//! Counters, `/healthz` and the Prometheus text at `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use dispatch_core::TaskState;
+
+use crate::app::App;
+use crate::http::json;
+
+/// Process-wide counters. Gauges are read from the core at scrape time.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    pub(crate) submitted: AtomicU64,
+    /// Transitions into each state, indexed like `TaskState::ALL`.
+    transitions: [AtomicU64; 6],
+    pub(crate) workers_lost: AtomicU64,
+    /// Requests by (route, status).
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+impl Metrics {
+    pub(crate) fn transition(&self, to: TaskState) {
+        let i = TaskState::ALL.iter().position(|s| *s == to).unwrap_or(0);
+        self.transitions[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn transitions(&self, to: TaskState) -> u64 {
+        let i = TaskState::ALL.iter().position(|s| *s == to).unwrap_or(0);
+        self.transitions[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Middleware counting requests by matched route and status.
+pub(crate) async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let mut requests = app.metrics.requests.lock().unwrap_or_else(|e| e.into_inner());
+    *requests.entry((route, status)).or_default() += 1;
+    resp
+}
+
+/// `GET /healthz`.
+pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let (live, workers) = {
+        let shared = app.lock();
+        (shared.sched.live_tasks(), shared.sched.workers().count())
+    };
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ok", "live_tasks": live, "workers": workers }),
+    )
+}
+
+/// `GET /metrics`: Prometheus text exposition format 0.0.4.
+pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
+    let mut by_state: BTreeMap<&str, u64> = TaskState::ALL
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| (s.as_str(), 0))
+        .collect();
+    let (workers, capacity, in_flight) = {
+        let shared = app.lock();
+        for t in shared.sched.tasks() {
+            *by_state.entry(t.state.as_str()).or_default() += 1;
+        }
+        let ws: Vec<_> = shared.sched.workers().map(|w| (w.spec.capacity, w.in_flight())).collect();
+        (
+            ws.len(),
+            ws.iter().map(|w| u64::from(w.0)).sum::<u64>(),
+            ws.iter().map(|w| u64::from(w.1)).sum::<u64>(),
+        )
+    };
+    let m = &app.metrics;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric(
+        "dispatch_tasks_submitted_total",
+        "counter",
+        "Tasks accepted (idempotent resubmissions not counted).",
+        &[(String::new(), m.submitted.load(Ordering::Relaxed))],
+    );
+    let transitions: Vec<_> = TaskState::ALL
+        .iter()
+        .map(|s| (format!("{{state=\"{s}\"}}"), m.transitions(*s)))
+        .collect();
+    metric(
+        "dispatch_task_transitions_total",
+        "counter",
+        "Task state changes, by the state entered (running = an attempt started).",
+        &transitions,
+    );
+    let live: Vec<_> = by_state
+        .iter()
+        .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n))
+        .collect();
+    metric("dispatch_tasks", "gauge", "Live tasks by state.", &live);
+    metric(
+        "dispatch_workers",
+        "gauge",
+        "Registered workers.",
+        &[(String::new(), workers as u64)],
+    );
+    metric(
+        "dispatch_worker_capacity",
+        "gauge",
+        "Task slots over all registered workers.",
+        &[(String::new(), capacity)],
+    );
+    metric(
+        "dispatch_worker_in_flight",
+        "gauge",
+        "Tasks held by workers.",
+        &[(String::new(), in_flight)],
+    );
+    metric(
+        "dispatch_workers_lost_total",
+        "counter",
+        "Workers declared dead after missing their lease.",
+        &[(String::new(), m.workers_lost.load(Ordering::Relaxed))],
+    );
+    let requests: Vec<_> = m
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|((route, status), n)| (format!("{{route=\"{route}\",status=\"{status}\"}}"), *n))
+        .collect();
+    metric(
+        "dispatch_http_requests_total",
+        "counter",
+        "HTTP requests by route and status.",
+        &requests,
+    );
+    let mut resp = (StatusCode::OK, out).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

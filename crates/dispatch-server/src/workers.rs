@@ -1,0 +1,230 @@
+//! The HTTP worker protocol: register, heartbeat, poll (with batched
+//! results), complete, fail, leave; and the worker list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use dispatch_core::{CoreError, TaskId, WorkerId};
+use dispatch_proto::task::parse_task_id;
+use dispatch_proto::worker::parse_worker_id;
+use dispatch_proto::{
+    CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask, RegisterReply,
+    RegisterWorker, ResultStatus, WorkerJson, WorkerList,
+};
+use serde_json::json;
+
+use crate::app::{Ack, App, Shared, acked, now_ms};
+use crate::http::{ApiError, JsonBody, OptionalJsonBody, json};
+
+fn path_worker_id(s: &str) -> Result<WorkerId, ApiError> {
+    parse_worker_id("id", Some(s)).map_err(|_| ApiError::not_found(format_args!("worker {s:?}")))
+}
+
+fn lease_lost(w: WorkerId) -> ApiError {
+    ApiError::not_found(format_args!("worker {w}: its lease was lost or it never registered; register again"))
+}
+
+/// `POST /v1/workers`: 201 with the id and lease settings.
+pub(crate) async fn register(State(app): State<Arc<App>>, JsonBody(req): JsonBody<RegisterWorker>) -> Result<Response, ApiError> {
+    let spec = req.validate()?;
+    let now = now_ms();
+    let id = {
+        let mut shared = app.lock();
+        let id = shared.sched.register_worker(spec, now);
+        app.waker(&mut shared, id);
+        let _ = app.settle(&mut shared, now, None);
+        id
+    };
+    app.timer_wake.notify_one();
+    tracing::info!(worker = %id, "worker registered");
+    let lease_ms = app.config.lease_ms;
+    let reply = RegisterReply {
+        id: id.to_string(),
+        lease_ms,
+        heartbeat_ms: (lease_ms / 3).max(1),
+    };
+    Ok(json(StatusCode::CREATED, &reply))
+}
+
+/// `GET /v1/workers`.
+pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
+    let workers = app.lock().sched.workers().map(WorkerJson::new).collect();
+    json(StatusCode::OK, &WorkerList { workers })
+}
+
+/// `POST /v1/workers/{id}/heartbeat`: 200 with the tasks to stop; 404 when
+/// the lease was lost.
+pub(crate) async fn heartbeat(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let w = path_worker_id(&id)?;
+    let cancel = app
+        .lock()
+        .sched
+        .heartbeat(w, now_ms())
+        .map_err(|_| lease_lost(w))?;
+    let reply = HeartbeatReply {
+        cancel: cancel.iter().map(ToString::to_string).collect(),
+    };
+    Ok(json(StatusCode::OK, &reply))
+}
+
+/// `DELETE /v1/workers/{id}`: graceful leave; its tasks are requeued.
+pub(crate) async fn leave(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let w = path_worker_id(&id)?;
+    let now = now_ms();
+    let ack = {
+        let mut shared = app.lock();
+        shared.sched.deregister(w, now).map_err(|_| lease_lost(w))?;
+        app.forget_worker(&mut shared, w);
+        app.settle(&mut shared, now, None)
+    };
+    acked(ack).await?;
+    tracing::info!(worker = %w, "worker left");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Applies one report under the lock. The result is attached to the
+/// task's terminal write by `settle`.
+fn report(app: &App, shared: &mut Shared, task: TaskId, worker: WorkerId, outcome: Outcome) -> Result<Option<Ack>, CoreError> {
+    let now = now_ms();
+    match outcome {
+        Outcome::Succeeded(result) => {
+            shared.sched.complete(task, worker, now)?;
+            Ok(app.settle(shared, now, Some((task, result))))
+        }
+        Outcome::Failed {
+            error,
+            retry_after_ms,
+            abort,
+        } => {
+            shared.sched.fail(task, worker, error, retry_after_ms, abort, now)?;
+            Ok(app.settle(shared, now, None))
+        }
+    }
+}
+
+fn not_leased(task: TaskId, worker: WorkerId) -> ApiError {
+    ApiError::conflict(format!(
+        "task {task} is not leased to worker {worker} (it finished, was cancelled, or the lease was lost)"
+    ))
+}
+
+async fn report_one(app: Arc<App>, id: String, worker: WorkerId, outcome: Outcome) -> Result<Response, ApiError> {
+    let task = parse_task_id("id", &id).map_err(|_| ApiError::not_found(format_args!("task {id:?}")))?;
+    let ack = {
+        let mut shared = app.lock();
+        report(&app, &mut shared, task, worker, outcome).map_err(|_| not_leased(task, worker))?
+    };
+    acked(ack).await?;
+    let state = app.find_task(task).await?.map(|r| r.state.as_str());
+    Ok(json(StatusCode::OK, &json!({ "task_id": id, "state": state })))
+}
+
+/// `POST /v1/tasks/{id}/complete`: 200; 409 when no longer leased to it.
+pub(crate) async fn complete(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CompleteTask>,
+) -> Result<Response, ApiError> {
+    let (worker, outcome) = req.validate()?;
+    report_one(app, id, worker, outcome).await
+}
+
+/// `POST /v1/tasks/{id}/fail`: 200; 409 when no longer leased to it.
+pub(crate) async fn fail(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<FailTask>,
+) -> Result<Response, ApiError> {
+    let (worker, outcome) = req.validate()?;
+    report_one(app, id, worker, outcome).await
+}
+
+/// Hands over assigned tasks; `None` when the worker is unknown.
+fn take_tasks(shared: &mut Shared, w: WorkerId, max: usize) -> Option<Vec<PolledTask>> {
+    let ids = shared.sched.poll(w, max, now_ms()).ok()?;
+    Some(
+        ids.iter()
+            .filter_map(|id| shared.sched.task(*id))
+            .map(PolledTask::new)
+            .collect(),
+    )
+}
+
+/// `POST /v1/workers/{id}/poll`: reports finished tasks (optional) and
+/// takes assigned ones, holding up to `wait_ms` when none are assigned.
+pub(crate) async fn poll(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    OptionalJsonBody(req): OptionalJsonBody<PollRequest>,
+) -> Result<Response, ApiError> {
+    let w = path_worker_id(&id)?;
+    // Validate every report before applying any.
+    let mut reports = Vec::new();
+    for (i, r) in req.results.clone().unwrap_or_default().into_iter().enumerate() {
+        reports.push(r.validate().map_err(|e| e.within(&format!("results[{i}]")))?);
+    }
+    let (mut tasks, statuses, ack, waker, wait_ms, max) = {
+        let mut shared = app.lock();
+        let capacity = shared
+            .sched
+            .worker(w)
+            .map(|x| x.spec.capacity)
+            .ok_or_else(|| lease_lost(w))?;
+        let (max, wait_ms) = req.limits(capacity)?;
+        let mut statuses = Vec::with_capacity(reports.len());
+        let mut ack = None;
+        for (task, outcome) in reports {
+            let status = match report(&app, &mut shared, task, w, outcome) {
+                Ok(a) => {
+                    ack = a.or(ack);
+                    ResultStatus {
+                        task_id: task.to_string(),
+                        status: 200,
+                        detail: None,
+                    }
+                }
+                Err(_) => ResultStatus {
+                    task_id: task.to_string(),
+                    status: 409,
+                    detail: Some(format!("task {task} is not leased to worker {w}")),
+                },
+            };
+            statuses.push(status);
+        }
+        let tasks = take_tasks(&mut shared, w, max).ok_or_else(|| lease_lost(w))?;
+        let waker = app.waker(&mut shared, w);
+        (tasks, statuses, ack, waker, wait_ms, max)
+    };
+    // Reports are acknowledged only once durable.
+    acked(ack).await?;
+    if tasks.is_empty() && wait_ms > 0 {
+        // Never hold past half the lease: the poll is what keeps it alive.
+        let wait = wait_ms.min(app.config.lease_ms / 2);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        let mut stopping = app.stopping.clone();
+        loop {
+            tokio::select! {
+                _ = waker.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+            let mut shared = app.lock();
+            tasks = take_tasks(&mut shared, w, max).unwrap_or_default();
+            let done = !tasks.is_empty()
+                || tokio::time::Instant::now() >= deadline
+                || *app.stopping.borrow()
+                || shared.sched.worker(w).is_none();
+            if done {
+                break;
+            }
+        }
+    }
+    let reply = PollReply {
+        tasks,
+        results: req.results.is_some().then_some(statuses),
+    };
+    Ok(json(StatusCode::OK, &reply))
+}
