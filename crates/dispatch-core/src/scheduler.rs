@@ -68,7 +68,8 @@ pub struct Transition {
     pub state: TaskState,
     /// Attempts started so far.
     pub attempts: u32,
-    /// The worker holding it (when `Running`) or that last held it.
+    /// The worker holding it when `Running`; for a terminal state reached
+    /// from `Running` (success, failure, cancel), the worker that ran it.
     pub worker: Option<WorkerId>,
     /// When the current or last attempt started.
     pub started_at: Option<Millis>,
@@ -166,7 +167,13 @@ impl<B> Scheduler<B> {
     /// Admits a newly submitted task. It is `Scheduled` when `spec.run_at`
     /// is in the future, `Queued` otherwise. No event: the caller persisted
     /// the task before handing it over.
-    pub fn submit(&mut self, id: TaskId, spec: TaskSpec, body: B, now: Millis) -> Result<(), CoreError> {
+    pub fn submit(
+        &mut self,
+        id: TaskId,
+        spec: TaskSpec,
+        body: B,
+        now: Millis,
+    ) -> Result<(), CoreError> {
         self.restore(id, spec, body, 0, None, now)
     }
 
@@ -209,7 +216,12 @@ impl<B> Scheduler<B> {
     }
 
     /// A worker finished a task successfully.
-    pub fn complete(&mut self, task: TaskId, worker: WorkerId, now: Millis) -> Result<(), CoreError> {
+    pub fn complete(
+        &mut self,
+        task: TaskId,
+        worker: WorkerId,
+        now: Millis,
+    ) -> Result<(), CoreError> {
         self.check_lease(task, worker)?;
         self.renew(worker, now);
         self.release(task);
@@ -300,21 +312,34 @@ impl<B> Scheduler<B> {
                 failed: 0,
             },
         );
-        self.lease_check_at = self.lease_check_at.min(now.saturating_add(self.config.lease_ms));
+        self.lease_check_at = self
+            .lease_check_at
+            .min(now.saturating_add(self.config.lease_ms));
         id
     }
 
     /// Renews a worker's lease and returns the running tasks it must stop.
     pub fn heartbeat(&mut self, worker: WorkerId, now: Millis) -> Result<Vec<TaskId>, CoreError> {
-        let w = self.workers.get_mut(&worker).ok_or(CoreError::UnknownWorker(worker))?;
+        let w = self
+            .workers
+            .get_mut(&worker)
+            .ok_or(CoreError::UnknownWorker(worker))?;
         w.last_seen_at = w.last_seen_at.max(now);
         Ok(std::mem::take(&mut w.cancel_notices))
     }
 
     /// Renews a worker's lease and hands over up to `max` of the tasks
     /// assigned to it, oldest assignment first.
-    pub fn poll(&mut self, worker: WorkerId, max: usize, now: Millis) -> Result<Vec<TaskId>, CoreError> {
-        let w = self.workers.get_mut(&worker).ok_or(CoreError::UnknownWorker(worker))?;
+    pub fn poll(
+        &mut self,
+        worker: WorkerId,
+        max: usize,
+        now: Millis,
+    ) -> Result<Vec<TaskId>, CoreError> {
+        let w = self
+            .workers
+            .get_mut(&worker)
+            .ok_or(CoreError::UnknownWorker(worker))?;
         w.last_seen_at = w.last_seen_at.max(now);
         let n = max.min(w.undelivered.len());
         Ok(w.undelivered.drain(..n).collect())
@@ -391,12 +416,21 @@ impl<B> Scheduler<B> {
                 return Err(format!("worker {} over capacity", w.id));
             }
             for t in &w.running {
-                let task = self.tasks.get(t).ok_or(format!("worker {} holds unknown task {t}", w.id))?;
+                let task = self
+                    .tasks
+                    .get(t)
+                    .ok_or(format!("worker {} holds unknown task {t}", w.id))?;
                 if task.state != TaskState::Running || task.worker != Some(w.id) {
-                    return Err(format!("task {t} on worker {} is {:?}/{:?}", w.id, task.state, task.worker));
+                    return Err(format!(
+                        "task {t} on worker {} is {:?}/{:?}",
+                        w.id, task.state, task.worker
+                    ));
                 }
                 if !w.handles(&task.spec.kind) {
-                    return Err(format!("worker {} got type {} it did not register", w.id, task.spec.kind));
+                    return Err(format!(
+                        "worker {} got type {} it did not register",
+                        w.id, task.spec.kind
+                    ));
                 }
                 if !leased.insert(*t) {
                     return Err(format!("task {t} leased twice"));
@@ -418,13 +452,19 @@ impl<B> Scheduler<B> {
                 TaskState::Queued => {
                     queued += 1;
                     let key = (Reverse(t.spec.priority), t.seq, t.id);
-                    if !self.ready.get(&t.spec.kind).is_some_and(|r| r.contains(&key)) {
+                    if !self
+                        .ready
+                        .get(&t.spec.kind)
+                        .is_some_and(|r| r.contains(&key))
+                    {
                         return Err(format!("queued task {} not in the ready queue", t.id));
                     }
                 }
                 TaskState::Scheduled => {
                     scheduled += 1;
-                    let at = t.ready_at.ok_or(format!("scheduled task {} without time", t.id))?;
+                    let at = t
+                        .ready_at
+                        .ok_or(format!("scheduled task {} without time", t.id))?;
                     if !self.timers.contains(&(at, t.id)) {
                         return Err(format!("scheduled task {} has no timer", t.id));
                     }
@@ -447,7 +487,10 @@ impl<B> Scheduler<B> {
                 .map(|w| u64::from(self.workers[w].free_slots()))
                 .sum();
             if free != tw.free {
-                return Err(format!("free slots of {kind}: counted {} but {free}", tw.free));
+                return Err(format!(
+                    "free slots of {kind}: counted {} but {free}",
+                    tw.free
+                ));
             }
         }
         Ok(())
@@ -515,10 +558,11 @@ impl<B> Scheduler<B> {
         t.state = TaskState::Queued;
         t.worker = None;
         t.ready_at = None;
-        self.ready
-            .entry(t.spec.kind.clone())
-            .or_default()
-            .insert((Reverse(t.spec.priority), t.seq, id));
+        self.ready.entry(t.spec.kind.clone()).or_default().insert((
+            Reverse(t.spec.priority),
+            t.seq,
+            id,
+        ));
     }
 
     fn make_scheduled(&mut self, id: TaskId, at: Millis) {
@@ -602,7 +646,10 @@ impl<B> Scheduler<B> {
             .collect();
         for id in lapsed {
             self.remove_worker(id, Interruption::WorkerLost, now);
-            self.events.push(Event::WorkerLost { worker: id, at: now });
+            self.events.push(Event::WorkerLost {
+                worker: id,
+                at: now,
+            });
         }
         self.lease_check_at = self
             .workers
@@ -685,7 +732,10 @@ impl<B> Scheduler<B> {
     }
 
     fn assign(&mut self, task: TaskId, worker: WorkerId, now: Millis) {
-        let w = self.workers.get_mut(&worker).expect("routed to a live worker");
+        let w = self
+            .workers
+            .get_mut(&worker)
+            .expect("routed to a live worker");
         w.running.insert(task);
         w.undelivered.push_back(task);
         for kind in &w.spec.types {

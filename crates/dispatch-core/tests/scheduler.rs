@@ -1,0 +1,749 @@
+//! Example-based tests of the scheduler, one behaviour each.
+//!
+//! Every test drives the scheduler through its public inputs with explicit
+//! times and ends by asking it to check its own invariants.
+
+use dispatch_core::{
+    Backoff, Config, CoreError, Event, Millis, Scheduler, TaskId, TaskSpec, TaskState, Transition,
+    WorkerId, WorkerSpec,
+};
+
+const LEASE: u64 = 10_000;
+
+fn scheduler() -> Scheduler<()> {
+    Scheduler::new(Config { lease_ms: LEASE }, 42)
+}
+
+fn spec(kind: &str) -> TaskSpec {
+    TaskSpec::new(kind)
+}
+
+fn with_priority(kind: &str, priority: i8) -> TaskSpec {
+    TaskSpec {
+        priority,
+        ..TaskSpec::new(kind)
+    }
+}
+
+fn with_attempts(kind: &str, max_attempts: u32) -> TaskSpec {
+    TaskSpec {
+        max_attempts,
+        ..TaskSpec::new(kind)
+    }
+}
+
+fn worker(s: &mut Scheduler<()>, types: &[&str], capacity: u32, now: Millis) -> WorkerId {
+    s.register_worker(WorkerSpec::new("w", types.iter().copied(), capacity), now)
+}
+
+fn submit(s: &mut Scheduler<()>, id: u64, spec: TaskSpec, now: Millis) -> TaskId {
+    s.submit(TaskId(id), spec, (), now).unwrap();
+    TaskId(id)
+}
+
+fn state(s: &Scheduler<()>, id: TaskId) -> Option<TaskState> {
+    s.task(id).map(|t| t.state)
+}
+
+/// The transitions among the drained events, dropping `WorkerLost`.
+fn transitions(s: &mut Scheduler<()>) -> Vec<Transition> {
+    s.drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Transition(t) => Some(t),
+            Event::WorkerLost { .. } => None,
+        })
+        .collect()
+}
+
+fn states(ts: &[Transition]) -> Vec<(TaskId, TaskState)> {
+    ts.iter().map(|t| (t.task, t.state)).collect()
+}
+
+fn ok(s: &Scheduler<()>) {
+    s.check_invariants().unwrap();
+}
+
+/// Submits one task and runs it on a fresh single-slot worker; returns both.
+fn running_task(s: &mut Scheduler<()>, spec: TaskSpec, now: Millis) -> (TaskId, WorkerId) {
+    let kind = spec.kind.to_string();
+    let w = worker(s, &[&kind], 1, now);
+    let t = submit(s, 1, spec, now);
+    s.tick(now);
+    assert_eq!(s.poll(w, 10, now).unwrap(), vec![t]);
+    s.drain_events();
+    (t, w)
+}
+
+// ---- ordering and routing ---------------------------------------------
+
+#[test]
+fn higher_priority_runs_first_then_submission_order() {
+    let mut s = scheduler();
+    for (id, p) in [(1, 0), (2, 5), (3, -3), (4, 5), (5, 0), (6, 100), (7, -100)] {
+        submit(&mut s, id, with_priority("email", p), 0);
+    }
+    let w = worker(&mut s, &["email"], 10, 0);
+    s.tick(0);
+    let order: Vec<u64> = s.poll(w, 10, 0).unwrap().iter().map(|t| t.0).collect();
+    assert_eq!(order, vec![6, 2, 4, 1, 5, 3, 7]);
+    ok(&s);
+}
+
+#[test]
+fn priority_order_holds_across_types_for_a_shared_slot() {
+    // One slot shared by two types: the best task of either type wins it.
+    let mut s = scheduler();
+    submit(&mut s, 1, with_priority("a", 1), 0);
+    submit(&mut s, 2, with_priority("b", 9), 0);
+    let w = worker(&mut s, &["a", "b"], 1, 0);
+    s.tick(0);
+    assert_eq!(s.poll(w, 10, 0).unwrap(), vec![TaskId(2)]);
+    ok(&s);
+}
+
+#[test]
+fn worker_only_gets_types_it_registered() {
+    let mut s = scheduler();
+    let mail = worker(&mut s, &["email"], 10, 0);
+    let img = worker(&mut s, &["resize"], 10, 0);
+    for id in 1..=3 {
+        submit(&mut s, id, spec("email"), 0);
+        submit(&mut s, 10 + id, spec("resize"), 0);
+    }
+    let orphan = submit(&mut s, 99, spec("pdf"), 0);
+    s.tick(0);
+    for (w, kind) in [(mail, "email"), (img, "resize")] {
+        let got = s.poll(w, 10, 0).unwrap();
+        assert_eq!(got.len(), 3);
+        for t in got {
+            assert_eq!(&*s.task(t).unwrap().spec.kind, kind);
+        }
+    }
+    // Nobody runs "pdf": it waits in the queue.
+    assert_eq!(state(&s, orphan), Some(TaskState::Queued));
+    ok(&s);
+}
+
+#[test]
+fn capacity_is_respected() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 2, 0);
+    for id in 1..=5 {
+        submit(&mut s, id, spec("email"), 0);
+    }
+    s.tick(0);
+    assert_eq!(s.worker(w).unwrap().in_flight(), 2);
+    let got = s.poll(w, 10, 0).unwrap();
+    assert_eq!(got, vec![TaskId(1), TaskId(2)]);
+    let queued = s.tasks().filter(|t| t.state == TaskState::Queued).count();
+    assert_eq!(queued, 3);
+
+    // A completion frees exactly one slot for the next tick.
+    s.complete(TaskId(1), w, 1).unwrap();
+    s.tick(1);
+    assert_eq!(s.poll(w, 10, 1).unwrap(), vec![TaskId(3)]);
+    assert_eq!(s.worker(w).unwrap().in_flight(), 2);
+    ok(&s);
+}
+
+#[test]
+fn round_robin_spreads_tasks_evenly_across_equal_workers() {
+    let mut s = scheduler();
+    let ws: Vec<WorkerId> = (0..4).map(|_| worker(&mut s, &["email"], 10, 0)).collect();
+    for id in 1..=10 {
+        submit(&mut s, id, spec("email"), 0);
+    }
+    s.tick(0);
+    let counts: Vec<u32> = ws
+        .iter()
+        .map(|&w| s.worker(w).unwrap().in_flight())
+        .collect();
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert_eq!(counts.iter().sum::<u32>(), 10);
+    assert!(max - min <= 1, "uneven spread {counts:?}");
+
+    // The ring continues where it stopped instead of refilling the first worker.
+    for id in 11..=12 {
+        submit(&mut s, id, spec("email"), 0);
+    }
+    s.tick(0);
+    let counts: Vec<u32> = ws
+        .iter()
+        .map(|&w| s.worker(w).unwrap().in_flight())
+        .collect();
+    assert_eq!(counts, vec![3, 3, 3, 3]);
+    ok(&s);
+}
+
+// ---- poll and reports -------------------------------------------------
+
+#[test]
+fn poll_hands_over_at_most_max_oldest_assignment_first() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 10, 0);
+    submit(&mut s, 1, with_priority("email", 0), 0);
+    s.tick(0);
+    // Assigned later but with a higher priority: still handed over second.
+    submit(&mut s, 2, with_priority("email", 50), 1);
+    submit(&mut s, 3, with_priority("email", 0), 1);
+    s.tick(1);
+    assert_eq!(s.undelivered(w), 3);
+    assert_eq!(s.poll(w, 2, 2).unwrap(), vec![TaskId(1), TaskId(2)]);
+    assert_eq!(s.poll(w, 2, 2).unwrap(), vec![TaskId(3)]);
+    assert_eq!(s.poll(w, 2, 2).unwrap(), vec![]);
+    // Handed-over tasks are still leased to the worker.
+    assert_eq!(s.worker(w).unwrap().in_flight(), 3);
+    ok(&s);
+}
+
+#[test]
+fn complete_by_the_wrong_worker_is_not_leased() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, spec("email"), 0);
+    let other = worker(&mut s, &["email"], 1, 0);
+    assert_eq!(
+        s.complete(t, other, 1),
+        Err(CoreError::NotLeased {
+            task: t,
+            worker: other
+        })
+    );
+    // The refusal changed nothing: the owner can still complete it.
+    assert_eq!(state(&s, t), Some(TaskState::Running));
+    s.complete(t, w, 2).unwrap();
+    ok(&s);
+}
+
+#[test]
+fn complete_of_a_task_that_is_not_running_is_not_leased() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 1, 0);
+    let queued = submit(&mut s, 1, spec("pdf"), 0);
+    let done = submit(&mut s, 2, spec("email"), 0);
+    s.tick(0);
+    s.complete(done, w, 1).unwrap();
+    for t in [queued, done, TaskId(404)] {
+        assert_eq!(
+            s.complete(t, w, 2),
+            Err(CoreError::NotLeased { task: t, worker: w })
+        );
+        assert_eq!(
+            s.fail(t, w, "x".into(), None, false, 2),
+            Err(CoreError::NotLeased { task: t, worker: w })
+        );
+    }
+    assert_eq!(state(&s, queued), Some(TaskState::Queued));
+    ok(&s);
+}
+
+#[test]
+fn unknown_workers_and_duplicate_tasks_are_refused() {
+    let mut s = scheduler();
+    let ghost = WorkerId(7);
+    assert_eq!(s.poll(ghost, 1, 0), Err(CoreError::UnknownWorker(ghost)));
+    assert_eq!(s.heartbeat(ghost, 0), Err(CoreError::UnknownWorker(ghost)));
+    assert_eq!(s.deregister(ghost, 0), Err(CoreError::UnknownWorker(ghost)));
+    let t = submit(&mut s, 1, spec("email"), 0);
+    assert_eq!(
+        s.submit(t, spec("email"), (), 0),
+        Err(CoreError::DuplicateTask(t))
+    );
+    assert_eq!(
+        s.restore(t, spec("email"), (), 1, None, 0),
+        Err(CoreError::DuplicateTask(t))
+    );
+    assert_eq!(s.live_tasks(), 1);
+    ok(&s);
+}
+
+// ---- failures and retries ---------------------------------------------
+
+#[test]
+fn fail_with_attempts_left_waits_for_the_backoff_then_requeues() {
+    let backoff = Backoff {
+        initial_ms: 1_000,
+        max_ms: 60_000,
+        multiplier: 2.0,
+    };
+    // Several seeds, so that the jitter takes several values.
+    for seed in 0..20 {
+        let mut s: Scheduler<()> = Scheduler::new(Config { lease_ms: LEASE }, seed);
+        let task = TaskSpec {
+            backoff,
+            ..spec("email")
+        };
+        let (t, w) = running_task(&mut s, task, 0);
+        let now = 100;
+        s.fail(t, w, "boom".into(), None, false, now).unwrap();
+        let ts = transitions(&mut s);
+        assert_eq!(ts.len(), 1);
+        let ready_at = ts[0].ready_at.expect("a retry has a time");
+        assert!(
+            (now + 500..=now + 1_000).contains(&ready_at),
+            "seed {seed}: ready_at {ready_at} outside the jitter window"
+        );
+        assert_eq!(ts[0].state, TaskState::Scheduled);
+        assert_eq!(ts[0].error.as_deref(), Some("boom"));
+        assert_eq!(ts[0].attempts, 1);
+        assert_eq!(s.worker(w).unwrap().in_flight(), 0);
+
+        s.tick(ready_at - 1);
+        assert_eq!(state(&s, t), Some(TaskState::Scheduled));
+        assert!(transitions(&mut s).is_empty());
+
+        // At its time it is queued, and the free worker picks it up at once.
+        s.tick(ready_at);
+        let ts = transitions(&mut s);
+        assert_eq!(
+            states(&ts),
+            vec![(t, TaskState::Queued), (t, TaskState::Running)]
+        );
+        assert_eq!(ts[1].attempts, 2);
+        ok(&s);
+    }
+}
+
+#[test]
+fn retry_becomes_queued_when_no_worker_is_free() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, spec("email"), 0);
+    s.fail(t, w, "boom".into(), Some(300), false, 0).unwrap();
+    s.deregister(w, 0).unwrap();
+    s.tick(300);
+    assert_eq!(state(&s, t), Some(TaskState::Queued));
+    ok(&s);
+}
+
+#[test]
+fn fail_with_retry_after_uses_it() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, spec("email"), 0);
+    s.fail(t, w, "slow down".into(), Some(7_000), false, 50)
+        .unwrap();
+    let task = s.task(t).unwrap();
+    assert_eq!(task.state, TaskState::Scheduled);
+    assert_eq!(task.ready_at, Some(7_050));
+    assert_eq!(transitions(&mut s)[0].ready_at, Some(7_050));
+    ok(&s);
+}
+
+#[test]
+fn fail_with_retry_after_zero_requeues_at_once() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, spec("email"), 0);
+    s.fail(t, w, "again".into(), Some(0), false, 50).unwrap();
+    assert_eq!(state(&s, t), Some(TaskState::Queued));
+    ok(&s);
+}
+
+#[test]
+fn fail_with_abort_is_dead_even_with_attempts_left() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, with_attempts("email", 5), 0);
+    s.fail(t, w, "bad input".into(), None, true, 10).unwrap();
+    assert_eq!(
+        s.task(t).map(|t| t.state),
+        None,
+        "terminal tasks leave the core"
+    );
+    let ts = transitions(&mut s);
+    assert_eq!(states(&ts), vec![(t, TaskState::Dead)]);
+    assert_eq!(ts[0].error.as_deref(), Some("bad input"));
+    assert_eq!(ts[0].finished_at, Some(10));
+    assert_eq!(s.worker(w).unwrap().in_flight(), 0);
+    assert_eq!(s.worker(w).unwrap().failed, 1);
+    ok(&s);
+}
+
+#[test]
+fn failing_the_last_attempt_is_dead_with_its_error() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, with_attempts("email", 2), 0);
+    s.fail(t, w, "first".into(), Some(0), false, 1).unwrap();
+    s.tick(1);
+    assert_eq!(s.poll(w, 1, 1).unwrap(), vec![t]);
+    s.fail(t, w, "second".into(), Some(0), false, 2).unwrap();
+    let last = transitions(&mut s).pop().unwrap();
+    assert_eq!(last.state, TaskState::Dead);
+    assert_eq!(last.attempts, 2);
+    assert_eq!(last.error.as_deref(), Some("second"));
+    assert!(s.task(t).is_none());
+    ok(&s);
+}
+
+// ---- leases -----------------------------------------------------------
+
+#[test]
+fn silent_worker_is_lost_and_its_tasks_go_to_another_worker_on_the_same_tick() {
+    let mut s = scheduler();
+    let (t, lost) = running_task(&mut s, spec("email"), 0);
+    let heir = worker(&mut s, &["email"], 1, 0);
+    s.heartbeat(heir, 5_000).unwrap();
+
+    // The lease lasts exactly lease_ms.
+    s.tick(LEASE - 1);
+    assert!(s.worker(lost).is_some());
+
+    s.tick(LEASE);
+    let events = s.drain_events();
+    assert!(events.contains(&Event::WorkerLost {
+        worker: lost,
+        at: LEASE
+    }));
+    let ts: Vec<&Transition> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transition(t) => Some(t),
+            Event::WorkerLost { .. } => None,
+        })
+        .collect();
+    assert_eq!(ts.len(), 2, "{events:?}");
+    assert_eq!((ts[0].state, ts[0].attempts), (TaskState::Queued, 1));
+    assert!(ts[0].error.as_deref().unwrap().contains("lost"));
+    assert_eq!(ts[1].state, TaskState::Running);
+    assert_eq!(ts[1].worker, Some(heir));
+    assert_eq!(ts[1].attempts, 2, "the lost attempt counts");
+
+    assert!(s.worker(lost).is_none());
+    assert_eq!(s.poll(lost, 1, LEASE), Err(CoreError::UnknownWorker(lost)));
+    assert_eq!(
+        s.complete(t, lost, LEASE),
+        Err(CoreError::NotLeased {
+            task: t,
+            worker: lost
+        })
+    );
+    ok(&s);
+}
+
+#[test]
+fn heartbeat_renews_the_lease() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 1, 0);
+    s.heartbeat(w, 6_000).unwrap();
+    s.tick(LEASE);
+    assert!(s.worker(w).is_some());
+    s.tick(6_000 + LEASE - 1);
+    assert!(s.worker(w).is_some());
+    s.tick(6_000 + LEASE);
+    assert!(s.worker(w).is_none());
+    ok(&s);
+}
+
+#[test]
+fn poll_and_reports_renew_the_lease_too() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, spec("email"), 0);
+    s.poll(w, 1, 4_000).unwrap();
+    s.tick(LEASE);
+    assert!(s.worker(w).is_some());
+    s.complete(t, w, 8_000).unwrap();
+    s.tick(4_000 + LEASE);
+    assert!(s.worker(w).is_some());
+    s.tick(8_000 + LEASE);
+    assert!(s.worker(w).is_none());
+    ok(&s);
+}
+
+#[test]
+fn worker_lost_on_the_last_attempt_makes_the_task_dead() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, with_attempts("email", 1), 0);
+    s.tick(LEASE);
+    let events = s.drain_events();
+    let Event::Transition(dead) = &events[0] else {
+        panic!("expected a transition first: {events:?}");
+    };
+    assert_eq!((dead.task, dead.state), (t, TaskState::Dead));
+    assert_eq!(dead.worker, Some(w));
+    assert_eq!(dead.finished_at, Some(LEASE));
+    assert!(dead.error.as_deref().unwrap().contains("lost"));
+    assert_eq!(
+        events[1],
+        Event::WorkerLost {
+            worker: w,
+            at: LEASE
+        }
+    );
+    assert!(s.task(t).is_none());
+    ok(&s);
+}
+
+#[test]
+fn deregister_requeues_without_counting_the_attempt() {
+    let mut s = scheduler();
+    // A single attempt: were the interrupted attempt counted, it would die.
+    let (t, w) = running_task(&mut s, with_attempts("email", 1), 0);
+    s.deregister(w, 5).unwrap();
+    let events = s.drain_events();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::WorkerLost { .. })),
+        "a graceful leave is not a loss"
+    );
+    let Event::Transition(back) = &events[0] else {
+        panic!("{events:?}");
+    };
+    assert_eq!((back.state, back.attempts), (TaskState::Queued, 0));
+    assert!(s.worker(w).is_none());
+
+    let heir = worker(&mut s, &["email"], 1, 6);
+    s.tick(6);
+    assert_eq!(s.poll(heir, 1, 6).unwrap(), vec![t]);
+    assert_eq!(s.task(t).unwrap().attempts, 1);
+    ok(&s);
+}
+
+// ---- cancellation -----------------------------------------------------
+
+#[test]
+fn cancel_queued_task() {
+    let mut s = scheduler();
+    let t = submit(&mut s, 1, spec("email"), 0);
+    s.cancel(t, "not needed".into(), 3).unwrap();
+    let ts = transitions(&mut s);
+    assert_eq!(states(&ts), vec![(t, TaskState::Cancelled)]);
+    assert_eq!(ts[0].error.as_deref(), Some("not needed"));
+    assert_eq!(ts[0].finished_at, Some(3));
+    // It never reaches a worker that shows up later.
+    let w = worker(&mut s, &["email"], 1, 4);
+    s.tick(4);
+    assert_eq!(s.poll(w, 1, 4).unwrap(), vec![]);
+    assert_eq!(
+        s.cancel(t, "again".into(), 5),
+        Err(CoreError::UnknownTask(t))
+    );
+    ok(&s);
+}
+
+#[test]
+fn cancel_scheduled_task_removes_its_timer() {
+    let mut s = scheduler();
+    let t = submit(
+        &mut s,
+        1,
+        TaskSpec {
+            run_at: Some(1_000),
+            ..spec("email")
+        },
+        0,
+    );
+    assert_eq!(s.next_deadline(), Some(1_000));
+    s.cancel(t, "changed my mind".into(), 10).unwrap();
+    assert_eq!(s.next_deadline(), None);
+    s.tick(1_000);
+    assert_eq!(
+        states(&transitions(&mut s)),
+        vec![(t, TaskState::Cancelled)]
+    );
+    ok(&s);
+}
+
+#[test]
+fn cancel_running_task_notifies_the_worker_and_frees_its_slot() {
+    let mut s = scheduler();
+    let (t, w) = running_task(&mut s, spec("email"), 0);
+    let next = submit(&mut s, 2, spec("email"), 0);
+    s.cancel(t, "stop".into(), 10).unwrap();
+    let ts = transitions(&mut s);
+    assert_eq!(states(&ts), vec![(t, TaskState::Cancelled)]);
+    assert_eq!(ts[0].worker, Some(w));
+    assert_eq!(s.worker(w).unwrap().in_flight(), 0);
+
+    // The worker learns it from its next heartbeat, once.
+    assert_eq!(s.heartbeat(w, 11).unwrap(), vec![t]);
+    assert_eq!(s.heartbeat(w, 12).unwrap(), vec![]);
+
+    // The freed slot takes the next task.
+    s.tick(12);
+    assert_eq!(s.poll(w, 1, 12).unwrap(), vec![next]);
+
+    // The worker had not stopped yet: its late report is refused.
+    assert_eq!(
+        s.complete(t, w, 13),
+        Err(CoreError::NotLeased { task: t, worker: w })
+    );
+    ok(&s);
+}
+
+#[test]
+fn cancel_of_an_undelivered_task_sends_no_notice() {
+    // The worker never saw the task, so there is nothing for it to stop.
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 1, 0);
+    let t = submit(&mut s, 1, spec("email"), 0);
+    s.tick(0);
+    s.cancel(t, "stop".into(), 1).unwrap();
+    assert_eq!(s.undelivered(w), 0);
+    assert_eq!(s.poll(w, 1, 2).unwrap(), vec![]);
+    assert_eq!(s.heartbeat(w, 2).unwrap(), vec![]);
+    ok(&s);
+}
+
+// ---- time ---------------------------------------------------------------
+
+#[test]
+fn delayed_task_stays_scheduled_until_run_at() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 1, 0);
+    let t = submit(
+        &mut s,
+        1,
+        TaskSpec {
+            run_at: Some(5_000),
+            ..spec("email")
+        },
+        0,
+    );
+    assert_eq!(s.task(t).unwrap().ready_at, Some(5_000));
+    s.tick(4_999);
+    assert_eq!(state(&s, t), Some(TaskState::Scheduled));
+    assert_eq!(s.poll(w, 1, 4_999).unwrap(), vec![]);
+    s.tick(5_000);
+    assert_eq!(
+        states(&transitions(&mut s)),
+        vec![(t, TaskState::Queued), (t, TaskState::Running)]
+    );
+    ok(&s);
+}
+
+#[test]
+fn run_at_not_in_the_future_is_queued_at_once() {
+    let mut s = scheduler();
+    let t = submit(
+        &mut s,
+        1,
+        TaskSpec {
+            run_at: Some(100),
+            ..spec("email")
+        },
+        100,
+    );
+    assert_eq!(state(&s, t), Some(TaskState::Queued));
+    ok(&s);
+}
+
+#[test]
+fn restore_keeps_the_attempts_already_used() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 1, 0);
+    let t = TaskId(1);
+    s.restore(t, with_attempts("email", 3), (), 2, Some("old".into()), 0)
+        .unwrap();
+    let task = s.task(t).unwrap();
+    assert_eq!(
+        (task.state, task.attempts, task.last_error.as_deref()),
+        (TaskState::Queued, 2, Some("old"))
+    );
+    s.tick(0);
+    assert_eq!(s.task(t).unwrap().attempts, 3);
+    // That was the last attempt: one more failure kills it.
+    s.fail(t, w, "third".into(), None, false, 1).unwrap();
+    let last = transitions(&mut s).pop().unwrap();
+    assert_eq!(
+        (last.state, last.attempts, last.error.as_deref()),
+        (TaskState::Dead, 3, Some("third"))
+    );
+    ok(&s);
+}
+
+#[test]
+fn next_deadline_reports_the_earliest_timer() {
+    let mut s = scheduler();
+    assert_eq!(s.next_deadline(), None);
+    let at = |ms| TaskSpec {
+        run_at: Some(ms),
+        ..spec("email")
+    };
+    submit(&mut s, 1, at(500), 0);
+    submit(&mut s, 2, at(200), 0);
+    assert_eq!(s.next_deadline(), Some(200));
+    // A worker adds its lease check, later than both timers.
+    let w = worker(&mut s, &["email"], 5, 0);
+    assert_eq!(s.next_deadline(), Some(200));
+    s.tick(200);
+    assert_eq!(s.next_deadline(), Some(500));
+    s.tick(500);
+    assert_eq!(s.next_deadline(), Some(LEASE));
+    s.deregister(w, 600).unwrap();
+    assert_eq!(s.next_deadline(), None);
+    ok(&s);
+}
+
+// ---- events -------------------------------------------------------------
+
+#[test]
+fn assignment_and_completion_events_carry_exact_fields() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 1, 0);
+    let t = submit(&mut s, 1, spec("email"), 0);
+    assert!(s.drain_events().is_empty(), "submission emits no event");
+    s.tick(100);
+    assert_eq!(
+        s.drain_events(),
+        vec![Event::Transition(Transition {
+            task: t,
+            state: TaskState::Running,
+            attempts: 1,
+            worker: Some(w),
+            started_at: Some(100),
+            finished_at: None,
+            ready_at: None,
+            error: None,
+        })]
+    );
+    s.complete(t, w, 250).unwrap();
+    assert_eq!(
+        s.drain_events(),
+        vec![Event::Transition(Transition {
+            task: t,
+            state: TaskState::Succeeded,
+            attempts: 1,
+            worker: Some(w),
+            started_at: Some(100),
+            finished_at: Some(250),
+            ready_at: None,
+            error: None,
+        })]
+    );
+    assert_eq!(s.worker(w).unwrap().completed, 1);
+    ok(&s);
+}
+
+#[test]
+fn every_transition_of_a_task_life_is_an_event() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 1, 0);
+    let t = submit(
+        &mut s,
+        1,
+        TaskSpec {
+            run_at: Some(10),
+            ..spec("email")
+        },
+        0,
+    );
+    let mut seen = Vec::new();
+    let step = |s: &mut Scheduler<()>, seen: &mut Vec<TaskState>| {
+        let ts = transitions(s);
+        seen.extend(ts.iter().map(|tr| tr.state));
+        // The last event always agrees with the task it describes.
+        if let (Some(last), Some(task)) = (ts.last(), s.task(t)) {
+            assert_eq!((task.state, task.attempts), (last.state, last.attempts));
+        }
+        ok(s);
+    };
+    s.tick(10);
+    step(&mut s, &mut seen);
+    s.fail(t, w, "boom".into(), Some(20), false, 30).unwrap();
+    step(&mut s, &mut seen);
+    s.tick(50);
+    step(&mut s, &mut seen);
+    s.complete(t, w, 60).unwrap();
+    step(&mut s, &mut seen);
+    use TaskState::*;
+    assert_eq!(
+        seen,
+        vec![Queued, Running, Scheduled, Queued, Running, Succeeded]
+    );
+}
