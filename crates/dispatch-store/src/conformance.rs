@@ -10,12 +10,19 @@
 //!     dispatch_store::store_conformance_tests!(crate::MemoryStore::new());
 //! }
 //! ```
+//!
+//! The cases use only the public [`Store`] API, so that what they pin down is
+//! the contract and not one backend's internals. Adding a case is two steps:
+//! a `pub fn` here and its name in the macro's list.
 
 use std::collections::BTreeMap;
 
-use dispatch_core::{TaskId, TaskSpec, TaskState};
+use dispatch_core::{Backoff, TaskId, TaskSpec, TaskState, WorkerId};
 
-use crate::{InsertOutcome, Store, TaskBody, TaskRecord, Write, WriteOutcome};
+use crate::{
+    ErrorKind, InsertOutcome, Store, TaskBody, TaskQuery, TaskRecord, TaskUpdate, Write,
+    WriteOutcome,
+};
 
 /// A queued task record with the given id and type, for tests.
 pub fn sample(id: u64, kind: &str) -> TaskRecord {
@@ -48,6 +55,25 @@ macro_rules! store_conformance_tests {
     ($make:expr) => {
         $crate::store_conformance_tests!(@cases $make;
             insert_then_get_round_trips,
+            every_field_round_trips,
+            empty_batch_is_a_no_op,
+            update_changes_state_attempts_worker_times_and_error,
+            update_of_unknown_task_reports_false,
+            update_without_result_keeps_the_stored_result,
+            updates_in_one_batch_apply_in_order,
+            insert_then_update_in_one_batch,
+            duplicate_id_in_one_batch_stores_nothing,
+            existing_id_stores_nothing_of_the_batch,
+            idempotency_key_returns_the_original,
+            idempotency_key_repeated_in_one_batch,
+            idempotency_key_wins_over_a_repeated_id,
+            list_tasks_newest_first_with_limit,
+            list_tasks_filters_by_state_kind_and_queue,
+            list_tasks_pages_with_the_before_cursor,
+            load_live_returns_unfinished_tasks_oldest_first,
+            max_task_id_tracks_inserts,
+            payload_text_round_trips,
+            results_and_errors_round_trip,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -60,11 +86,740 @@ macro_rules! store_conformance_tests {
     };
 }
 
+/// A record with every optional field set and every field off its default.
+fn full(id: u64) -> TaskRecord {
+    TaskRecord {
+        id: TaskId(id),
+        spec: TaskSpec {
+            kind: "report.render:v2".into(),
+            queue: "critical".into(),
+            priority: -42,
+            run_at: Some(1_800_000_000_123),
+            max_attempts: 7,
+            timeout_ms: Some(45_000),
+            backoff: Backoff {
+                initial_ms: 250,
+                max_ms: 60_000,
+                multiplier: 1.5,
+            },
+        },
+        body: TaskBody {
+            payload: r#"{"report":"q3","pages":[1,2,3],"draft":false}"#.into(),
+            idempotency_key: Some(format!("key-{id}")),
+            routing_key: Some("customer-17".into()),
+            strategy: Some("consistent_hash".into()),
+            labels: BTreeMap::from([
+                ("gpu".to_string(), "a100".to_string()),
+                ("region".to_string(), "eu-west".to_string()),
+            ]),
+            depends_on: vec![TaskId(3), TaskId(1), TaskId(u64::from(u32::MAX) + 9)],
+            created_at: 1_700_000_000_456,
+        },
+        state: TaskState::Running,
+        attempts: 2,
+        // Worker ids are random 64-bit numbers: the high bit must survive.
+        worker: Some(WorkerId(u64::MAX - 6)),
+        started_at: Some(1_800_000_001_000),
+        finished_at: Some(1_800_000_002_000),
+        result: Some(r#"{"ok":true}"#.into()),
+        error: Some("previous attempt: timed out".into()),
+    }
+}
+
+/// An update that moves task `id` to `state` with distinctive values.
+fn update(id: u64, state: TaskState, attempts: u32) -> TaskUpdate {
+    TaskUpdate {
+        id: TaskId(id),
+        state,
+        attempts,
+        worker: Some(WorkerId(0x8000_0000_0000_0000 | u64::from(attempts))),
+        started_at: Some(1_800_000_000_000 + u64::from(attempts)),
+        finished_at: None,
+        run_at: None,
+        result: None,
+        error: None,
+    }
+}
+
+fn insert(store: &impl Store, records: Vec<TaskRecord>) -> Vec<InsertOutcome> {
+    match store.apply(&[Write::Insert(records)]).expect("insert") {
+        mut outcomes if outcomes.len() == 1 => match outcomes.remove(0) {
+            WriteOutcome::Inserted(out) => out,
+            other => panic!("an insert answered {other:?}"),
+        },
+        outcomes => panic!("one write answered {outcomes:?}"),
+    }
+}
+
+fn get(store: &impl Store, id: u64) -> Option<TaskRecord> {
+    store.get_task(TaskId(id)).expect("get_task")
+}
+
+fn ids(records: &[TaskRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.id.0).collect()
+}
+
+fn list(store: &impl Store, query: TaskQuery) -> Vec<u64> {
+    ids(&store.list_tasks(&query).expect("list_tasks"))
+}
+
 /// A stored record reads back exactly as written.
 pub fn insert_then_get_round_trips(store: impl Store) {
     let r = sample(1, "email");
-    let out = store.apply(&[Write::Insert(vec![r.clone()])]).expect("insert");
-    assert_eq!(out, vec![WriteOutcome::Inserted(vec![InsertOutcome::Created])]);
+    let out = store
+        .apply(&[Write::Insert(vec![r.clone()])])
+        .expect("insert");
+    assert_eq!(
+        out,
+        vec![WriteOutcome::Inserted(vec![InsertOutcome::Created])]
+    );
     assert_eq!(store.get_task(TaskId(1)).expect("get"), Some(r));
     assert_eq!(store.get_task(TaskId(2)).expect("get"), None);
+}
+
+/// Every field, optional ones included, reads back exactly as written.
+pub fn every_field_round_trips(store: impl Store) {
+    let r = full(9);
+    assert_eq!(
+        insert(&store, vec![r.clone()]),
+        vec![InsertOutcome::Created]
+    );
+    assert_eq!(get(&store, 9), Some(r.clone()));
+    assert_eq!(
+        store
+            .list_tasks(&TaskQuery {
+                limit: 10,
+                ..TaskQuery::default()
+            })
+            .expect("list"),
+        vec![r.clone()]
+    );
+    assert_eq!(store.load_live().expect("load_live"), vec![r]);
+}
+
+/// An empty batch succeeds and answers nothing.
+pub fn empty_batch_is_a_no_op(store: impl Store) {
+    assert_eq!(store.apply(&[]).expect("apply"), Vec::new());
+    assert_eq!(store.max_task_id().expect("max_task_id"), None);
+}
+
+/// An update replaces state, attempts, worker, times, run_at and error.
+pub fn update_changes_state_attempts_worker_times_and_error(store: impl Store) {
+    let mut r = full(4);
+    insert(&store, vec![r.clone()]);
+    let u = TaskUpdate {
+        id: TaskId(4),
+        state: TaskState::Dead,
+        attempts: 7,
+        worker: Some(WorkerId(u64::MAX)),
+        started_at: Some(1_900_000_000_000),
+        finished_at: Some(1_900_000_000_500),
+        run_at: Some(1_900_000_001_000),
+        result: Some(r#"{"partial":[1,2]}"#.into()),
+        error: Some("exit status 3".into()),
+    };
+    assert_eq!(
+        store.apply(&[Write::Update(u.clone())]).expect("update"),
+        vec![WriteOutcome::Updated(true)]
+    );
+    r.apply(&u);
+    assert_eq!(r.state, TaskState::Dead);
+    assert_eq!(get(&store, 4), Some(r.clone()));
+
+    // Optional fields can be cleared again.
+    let cleared = TaskUpdate {
+        id: TaskId(4),
+        state: TaskState::Queued,
+        attempts: 0,
+        worker: None,
+        started_at: None,
+        finished_at: None,
+        run_at: None,
+        result: None,
+        error: None,
+    };
+    store
+        .apply(&[Write::Update(cleared.clone())])
+        .expect("update");
+    r.apply(&cleared);
+    assert_eq!(r.worker, None);
+    assert_eq!(get(&store, 4), Some(r));
+}
+
+/// An update of a task that was never stored answers `Updated(false)` and
+/// stores nothing.
+pub fn update_of_unknown_task_reports_false(store: impl Store) {
+    insert(&store, vec![sample(1, "email")]);
+    let out = store
+        .apply(&[
+            Write::Update(update(2, TaskState::Running, 1)),
+            Write::Update(update(1, TaskState::Running, 1)),
+        ])
+        .expect("update");
+    assert_eq!(
+        out,
+        vec![WriteOutcome::Updated(false), WriteOutcome::Updated(true)]
+    );
+    assert_eq!(get(&store, 2), None);
+    assert_eq!(get(&store, 1).map(|r| r.state), Some(TaskState::Running));
+    assert_eq!(store.max_task_id().expect("max_task_id"), Some(TaskId(1)));
+}
+
+/// An update without a result leaves a stored result in place (as
+/// [`TaskRecord::apply`] does); one with a result replaces it.
+pub fn update_without_result_keeps_the_stored_result(store: impl Store) {
+    let mut r = sample(1, "email");
+    r.result = Some(r#"{"first":1}"#.into());
+    insert(&store, vec![r]);
+    store
+        .apply(&[Write::Update(update(1, TaskState::Succeeded, 1))])
+        .expect("update");
+    assert_eq!(
+        get(&store, 1).and_then(|r| r.result).as_deref(),
+        Some(r#"{"first":1}"#)
+    );
+
+    let mut u = update(1, TaskState::Succeeded, 2);
+    u.result = Some(r#"{"second":2}"#.into());
+    store.apply(&[Write::Update(u)]).expect("update");
+    assert_eq!(
+        get(&store, 1).and_then(|r| r.result).as_deref(),
+        Some(r#"{"second":2}"#)
+    );
+}
+
+/// Several updates of one task in one batch apply in order: the last wins.
+pub fn updates_in_one_batch_apply_in_order(store: impl Store) {
+    let mut expected = sample(1, "email");
+    insert(&store, vec![expected.clone(), sample(2, "email")]);
+    let running = update(1, TaskState::Running, 1);
+    let mut failed = update(1, TaskState::Scheduled, 1);
+    failed.run_at = Some(1_800_000_005_000);
+    failed.error = Some("boom".into());
+    let rerun = update(1, TaskState::Running, 2);
+    let mut done = update(1, TaskState::Succeeded, 2);
+    done.finished_at = Some(1_800_000_009_000);
+    done.result = Some("42".into());
+    let other = update(2, TaskState::Cancelled, 0);
+    let writes: Vec<Write> = [&running, &failed, &rerun, &other, &done]
+        .into_iter()
+        .map(|u| Write::Update(u.clone()))
+        .collect();
+    let out = store.apply(&writes).expect("apply");
+    assert_eq!(out, vec![WriteOutcome::Updated(true); 5]);
+    for u in [&running, &failed, &rerun, &done] {
+        expected.apply(u);
+    }
+    assert_eq!(get(&store, 1), Some(expected));
+    assert_eq!(get(&store, 2).map(|r| r.state), Some(TaskState::Cancelled));
+}
+
+/// A task inserted earlier in a batch can be updated later in the same batch.
+pub fn insert_then_update_in_one_batch(store: impl Store) {
+    let mut expected = sample(1, "email");
+    let u = update(1, TaskState::Running, 1);
+    let out = store
+        .apply(&[
+            Write::Insert(vec![expected.clone()]),
+            Write::Update(u.clone()),
+        ])
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![
+            WriteOutcome::Inserted(vec![InsertOutcome::Created]),
+            WriteOutcome::Updated(true)
+        ]
+    );
+    expected.apply(&u);
+    assert_eq!(get(&store, 1), Some(expected));
+}
+
+/// A task id repeated within one call is a conflict, and nothing of that call
+/// is stored.
+pub fn duplicate_id_in_one_batch_stores_nothing(store: impl Store) {
+    // Within one insert.
+    let err = store
+        .apply(&[Write::Insert(vec![
+            sample(1, "a"),
+            sample(2, "a"),
+            sample(1, "b"),
+        ])])
+        .expect_err("a duplicate id must be refused");
+    assert_eq!(err.kind, ErrorKind::Conflict);
+    // Across two inserts of one call.
+    let err = store
+        .apply(&[
+            Write::Insert(vec![sample(3, "a")]),
+            Write::Insert(vec![sample(4, "a"), sample(3, "b")]),
+        ])
+        .expect_err("a duplicate id must be refused");
+    assert_eq!(err.kind, ErrorKind::Conflict);
+    for id in 1..=4 {
+        assert_eq!(
+            get(&store, id),
+            None,
+            "task {id} was stored by a refused batch"
+        );
+    }
+    assert_eq!(store.max_task_id().expect("max_task_id"), None);
+    assert_eq!(store.load_live().expect("load_live"), Vec::new());
+}
+
+/// Inserting an id that is already stored is a conflict, and no other write
+/// of that call (inserts, updates, idempotency keys) takes effect.
+pub fn existing_id_stores_nothing_of_the_batch(store: impl Store) {
+    let before = sample(1, "email");
+    insert(&store, vec![before.clone()]);
+
+    let mut keyed = sample(2, "email");
+    keyed.body.idempotency_key = Some("k".into());
+    let mut again = sample(1, "sms");
+    again.body.payload = r#"{"n":2}"#.into();
+    let err = store
+        .apply(&[
+            Write::Update(update(1, TaskState::Running, 1)),
+            Write::Insert(vec![keyed.clone(), sample(3, "email")]),
+            Write::Insert(vec![again]),
+            Write::Insert(vec![sample(4, "email")]),
+        ])
+        .expect_err("an existing id must be refused");
+    assert_eq!(err.kind, ErrorKind::Conflict);
+    assert_eq!(
+        get(&store, 1),
+        Some(before),
+        "an update of a refused batch was applied"
+    );
+    for id in 2..=4 {
+        assert_eq!(
+            get(&store, id),
+            None,
+            "task {id} was stored by a refused batch"
+        );
+    }
+    assert_eq!(store.max_task_id().expect("max_task_id"), Some(TaskId(1)));
+
+    // The key of the refused batch was not taken either.
+    keyed.id = TaskId(5);
+    assert_eq!(
+        insert(&store, vec![keyed.clone()]),
+        vec![InsertOutcome::Created]
+    );
+    assert_eq!(get(&store, 5), Some(keyed));
+}
+
+/// A second insert with a stored idempotency key answers the original's id
+/// and stores nothing.
+pub fn idempotency_key_returns_the_original(store: impl Store) {
+    let mut first = sample(1, "email");
+    first.body.idempotency_key = Some("order-77".into());
+    assert_eq!(
+        insert(&store, vec![first.clone()]),
+        vec![InsertOutcome::Created]
+    );
+
+    let mut second = sample(2, "sms");
+    second.body.idempotency_key = Some("order-77".into());
+    second.body.payload = r#"{"n":2}"#.into();
+    let mut other = sample(3, "email");
+    other.body.idempotency_key = Some("order-78".into());
+    assert_eq!(
+        insert(&store, vec![second, other.clone()]),
+        vec![InsertOutcome::Existing(TaskId(1)), InsertOutcome::Created]
+    );
+    assert_eq!(get(&store, 1), Some(first));
+    assert_eq!(get(&store, 2), None);
+    assert_eq!(get(&store, 3), Some(other));
+    assert_eq!(
+        list(
+            &store,
+            TaskQuery {
+                limit: 10,
+                ..TaskQuery::default()
+            }
+        ),
+        vec![3, 1]
+    );
+}
+
+/// A key repeated within one call: the first record is stored, the later ones
+/// answer its id, whether in the same insert or a later one.
+pub fn idempotency_key_repeated_in_one_batch(store: impl Store) {
+    let keyed = |id: u64, key: &str| {
+        let mut r = sample(id, "email");
+        r.body.idempotency_key = Some(key.into());
+        r
+    };
+    let out = store
+        .apply(&[
+            Write::Insert(vec![keyed(1, "a"), keyed(2, "b"), keyed(3, "a")]),
+            Write::Insert(vec![keyed(4, "b"), keyed(5, "c")]),
+        ])
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![
+            WriteOutcome::Inserted(vec![
+                InsertOutcome::Created,
+                InsertOutcome::Created,
+                InsertOutcome::Existing(TaskId(1)),
+            ]),
+            WriteOutcome::Inserted(vec![
+                InsertOutcome::Existing(TaskId(2)),
+                InsertOutcome::Created
+            ]),
+        ]
+    );
+    assert_eq!(get(&store, 1), Some(keyed(1, "a")));
+    assert_eq!(get(&store, 2), Some(keyed(2, "b")));
+    assert_eq!(get(&store, 3), None);
+    assert_eq!(get(&store, 4), None);
+    assert_eq!(get(&store, 5), Some(keyed(5, "c")));
+}
+
+/// A record whose key is taken answers the original even when its id is
+/// taken too, so that replaying a committed insert is harmless; a repeated id
+/// with a fresh key is still a conflict.
+pub fn idempotency_key_wins_over_a_repeated_id(store: impl Store) {
+    let mut first = sample(1, "email");
+    first.body.idempotency_key = Some("k".into());
+    let replay = Write::Insert(vec![first.clone()]);
+    assert_eq!(
+        insert(&store, vec![first.clone()]),
+        vec![InsertOutcome::Created]
+    );
+    let out = store.apply(&[replay.clone(), replay]).expect("replay");
+    assert_eq!(
+        out,
+        vec![WriteOutcome::Inserted(vec![InsertOutcome::Existing(TaskId(1))]); 2]
+    );
+    assert_eq!(get(&store, 1), Some(first.clone()));
+
+    // Within one batch: the second copy of a new record answers the first.
+    let mut second = sample(2, "email");
+    second.body.idempotency_key = Some("k2".into());
+    assert_eq!(
+        insert(&store, vec![second.clone(), second.clone()]),
+        vec![InsertOutcome::Created, InsertOutcome::Existing(TaskId(2))]
+    );
+
+    // The same id under a key nobody holds is a conflict.
+    let mut clash = first;
+    clash.body.idempotency_key = Some("fresh".into());
+    let err = store
+        .apply(&[Write::Insert(vec![clash])])
+        .expect_err("a repeated id");
+    assert_eq!(err.kind, ErrorKind::Conflict);
+    assert_eq!(
+        list(
+            &store,
+            TaskQuery {
+                limit: 10,
+                ..TaskQuery::default()
+            }
+        ),
+        vec![2, 1]
+    );
+}
+
+/// Listing answers the highest ids first and at most `limit` of them.
+pub fn list_tasks_newest_first_with_limit(store: impl Store) {
+    // Inserted out of order, in several batches: the order is by id.
+    insert(&store, vec![sample(3, "a"), sample(1, "a")]);
+    insert(&store, vec![sample(7, "a"), sample(5, "a")]);
+    let all = TaskQuery {
+        limit: 100,
+        ..TaskQuery::default()
+    };
+    assert_eq!(list(&store, all.clone()), vec![7, 5, 3, 1]);
+    assert_eq!(
+        list(
+            &store,
+            TaskQuery {
+                limit: 2,
+                ..all.clone()
+            }
+        ),
+        vec![7, 5]
+    );
+    assert_eq!(
+        list(
+            &store,
+            TaskQuery {
+                limit: 1,
+                ..all.clone()
+            }
+        ),
+        vec![7]
+    );
+    assert_eq!(
+        list(
+            &store,
+            TaskQuery {
+                limit: usize::MAX,
+                ..all
+            }
+        ),
+        vec![7, 5, 3, 1]
+    );
+    let records = store
+        .list_tasks(&TaskQuery {
+            limit: 1,
+            before: Some(TaskId(7)),
+            ..TaskQuery::default()
+        })
+        .expect("list_tasks");
+    assert_eq!(records, vec![sample(5, "a")]);
+}
+
+/// Listing filters by state, type and queue, alone and combined.
+pub fn list_tasks_filters_by_state_kind_and_queue(store: impl Store) {
+    let mut records = Vec::new();
+    for id in 1..=24u64 {
+        let mut r = sample(id, ["email", "sms", "push"][(id % 3) as usize]);
+        r.spec.queue = ["default", "bulk"][(id % 2) as usize].into();
+        r.state = TaskState::ALL[(id % 6) as usize];
+        records.push(r);
+    }
+    insert(&store, records.clone());
+    let expect = |f: &dyn Fn(&TaskRecord) -> bool| -> Vec<u64> {
+        records
+            .iter()
+            .rev()
+            .filter(|r| f(r))
+            .map(|r| r.id.0)
+            .collect()
+    };
+    let q = TaskQuery {
+        limit: 100,
+        ..TaskQuery::default()
+    };
+    for state in TaskState::ALL {
+        let got = list(
+            &store,
+            TaskQuery {
+                state: Some(state),
+                ..q.clone()
+            },
+        );
+        assert_eq!(got, expect(&|r| r.state == state), "state {state}");
+        assert_eq!(got.len(), 4);
+    }
+    for kind in ["email", "sms", "push", "nope"] {
+        let got = list(
+            &store,
+            TaskQuery {
+                kind: Some(kind.into()),
+                ..q.clone()
+            },
+        );
+        assert_eq!(got, expect(&|r| &*r.spec.kind == kind), "type {kind}");
+    }
+    for queue in ["default", "bulk", "nope"] {
+        let got = list(
+            &store,
+            TaskQuery {
+                queue: Some(queue.into()),
+                ..q.clone()
+            },
+        );
+        assert_eq!(got, expect(&|r| &*r.spec.queue == queue), "queue {queue}");
+    }
+    let combined = TaskQuery {
+        state: Some(TaskState::Queued),
+        kind: Some("sms".into()),
+        queue: Some("bulk".into()),
+        before: Some(TaskId(20)),
+        limit: 100,
+    };
+    let got = list(&store, combined.clone());
+    assert_eq!(got, expect(&|r| r.matches(&combined)));
+    assert!(
+        !got.is_empty(),
+        "the combined filter should match something"
+    );
+    let got = list(
+        &store,
+        TaskQuery {
+            kind: Some("sms".into()),
+            limit: 3,
+            ..q
+        },
+    );
+    assert_eq!(got, expect(&|r| &*r.spec.kind == "sms")[..3]);
+}
+
+/// Paging with `before` set to the last id of each page visits every task
+/// exactly once, with or without a filter.
+pub fn list_tasks_pages_with_the_before_cursor(store: impl Store) {
+    let mut records: Vec<TaskRecord> = (1..=25u64).map(|id| sample(id * 2, "email")).collect();
+    for r in records.iter_mut().filter(|r| r.id.0 % 3 == 0) {
+        r.spec.queue = "bulk".into();
+    }
+    insert(&store, records);
+    for queue in [None, Some("bulk")] {
+        let mut seen = Vec::new();
+        let mut pages = Vec::new();
+        let mut before = None;
+        loop {
+            let page = list(
+                &store,
+                TaskQuery {
+                    queue: queue.map(str::to_string),
+                    before,
+                    limit: 10,
+                    ..TaskQuery::default()
+                },
+            );
+            pages.push(page.len());
+            let Some(&last) = page.last() else { break };
+            seen.extend(page);
+            before = Some(TaskId(last));
+            assert!(pages.len() <= 10, "paging does not end");
+        }
+        let expected: Vec<u64> = (1..=25u64)
+            .rev()
+            .map(|id| id * 2)
+            .filter(|id| queue.is_none() || id % 3 == 0)
+            .collect();
+        assert_eq!(seen, expected, "queue {queue:?}");
+        if queue.is_none() {
+            assert_eq!(pages, vec![10, 10, 5, 0]);
+        }
+    }
+    assert_eq!(
+        list(
+            &store,
+            TaskQuery {
+                before: Some(TaskId(2)),
+                limit: 10,
+                ..TaskQuery::default()
+            }
+        ),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        list(
+            &store,
+            TaskQuery {
+                before: Some(TaskId(u64::MAX)),
+                limit: 2,
+                ..TaskQuery::default()
+            }
+        ),
+        vec![50, 48]
+    );
+}
+
+/// `load_live` answers the scheduled, queued and running tasks, oldest first.
+pub fn load_live_returns_unfinished_tasks_oldest_first(store: impl Store) {
+    assert_eq!(store.load_live().expect("load_live"), Vec::new());
+    let mut records = Vec::new();
+    for id in [9u64, 2, 14, 5, 11, 3, 8, 12, 1, 6, 13, 4] {
+        let mut r = sample(id, "email");
+        r.state = TaskState::ALL[(id % 6) as usize];
+        records.push(r);
+    }
+    insert(&store, records.clone());
+    // A task made terminal by an update leaves the live set; one made live
+    // again by a retry joins it.
+    store
+        .apply(&[
+            Write::Update(update(1, TaskState::Succeeded, 1)),
+            Write::Update(update(4, TaskState::Queued, 1)),
+        ])
+        .expect("update");
+    let live = store.load_live().expect("load_live");
+    assert_eq!(ids(&live), vec![2, 4, 6, 8, 12, 13, 14]);
+    assert!(live.iter().all(|r| !r.state.is_terminal()));
+    let two = records.iter().find(|r| r.id.0 == 2).cloned();
+    assert_eq!(live.first().cloned(), two);
+}
+
+/// `max_task_id` is `None` when empty, then the highest id stored.
+pub fn max_task_id_tracks_inserts(store: impl Store) {
+    assert_eq!(store.max_task_id().expect("max_task_id"), None);
+    insert(&store, vec![sample(5, "a")]);
+    assert_eq!(store.max_task_id().expect("max_task_id"), Some(TaskId(5)));
+    insert(&store, vec![sample(9, "a"), sample(7, "a")]);
+    assert_eq!(store.max_task_id().expect("max_task_id"), Some(TaskId(9)));
+    insert(&store, vec![sample(6, "a")]);
+    assert_eq!(store.max_task_id().expect("max_task_id"), Some(TaskId(9)));
+    store
+        .apply(&[Write::Update(update(9, TaskState::Succeeded, 1))])
+        .expect("update");
+    assert_eq!(store.max_task_id().expect("max_task_id"), Some(TaskId(9)));
+    let big = 1u64 << 53;
+    insert(&store, vec![sample(big, "a")]);
+    assert_eq!(store.max_task_id().expect("max_task_id"), Some(TaskId(big)));
+}
+
+/// Payloads with unicode, quotes, backslashes and 1 MiB of text round-trip.
+pub fn payload_text_round_trips(store: impl Store) {
+    let small = [
+        r#"{"greeting":"héllo wörld ✓ 日本語 🦀"}"#.to_string(),
+        r#"{"q":"it's \"quoted\" and 'single' \\ back\\slashed; DROP TABLE tasks; --"}"#
+            .to_string(),
+        r#"["\u0000 escaped nul","tab\there","line\nbreak"]"#.to_string(),
+        "null".to_string(),
+    ];
+    let mut big = String::from(r#"{"blob":""#);
+    while big.len() < 1024 * 1024 {
+        big.push_str("0123456789 abcdef ÄÖÜ 🦀 \\\" ");
+    }
+    big.push_str(r#""}"#);
+    let mut records = Vec::new();
+    for (i, payload) in small.iter().chain([&big]).enumerate() {
+        let mut r = sample(i as u64 + 1, "email");
+        r.body.payload = payload.as_str().into();
+        r.body
+            .labels
+            .insert("ключ \"k\"".into(), "значение 'v' 🦀".into());
+        r.body.routing_key = Some("user/Ω/\"7\"".into());
+        records.push(r);
+    }
+    insert(&store, records.clone());
+    for r in &records {
+        assert_eq!(get(&store, r.id.0).as_ref(), Some(r), "task {}", r.id);
+    }
+    assert_eq!(
+        get(&store, records.len() as u64).map(|r| r.body.payload.len()),
+        Some(big.len())
+    );
+}
+
+/// Results and errors round-trip, as written at insert and by updates.
+pub fn results_and_errors_round_trip(store: impl Store) {
+    let mut at_insert = sample(1, "email");
+    at_insert.state = TaskState::Succeeded;
+    at_insert.result = Some(r#"{"sent":true,"to":["a@example.com"],"note":"ünïcode 🦀"}"#.into());
+    at_insert.error = Some("an earlier attempt failed: \"smtp 451\"".into());
+    insert(
+        &store,
+        vec![at_insert.clone(), sample(2, "email"), sample(3, "email")],
+    );
+    assert_eq!(get(&store, 1), Some(at_insert));
+
+    let mut ok = update(2, TaskState::Succeeded, 1);
+    ok.result = Some(r#"[1,2,{"three":3.5e10}]"#.into());
+    let mut failed = update(3, TaskState::Dead, 3);
+    failed.error = Some(format!(
+        "traceback:\n{}",
+        "  at frame ✗ 'x'\n".repeat(2_000)
+    ));
+    store
+        .apply(&[Write::Update(ok.clone()), Write::Update(failed.clone())])
+        .expect("update");
+    let two = get(&store, 2).expect("task 2");
+    assert_eq!(two.result, ok.result);
+    assert_eq!(two.error, None);
+    let three = get(&store, 3).expect("task 3");
+    assert_eq!(three.result, None);
+    assert_eq!(three.error, failed.error);
+
+    // A later update's error replaces the stored one; `None` clears it.
+    let mut retried = update(3, TaskState::Queued, 3);
+    retried.error = None;
+    store.apply(&[Write::Update(retried)]).expect("update");
+    assert_eq!(get(&store, 3).and_then(|r| r.error), None);
 }

@@ -33,11 +33,20 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut next = self.lock();
-        // Check first, so that a refused batch leaves nothing behind.
+        // Check first, so that a refused batch leaves nothing behind. A record
+        // whose idempotency key is already taken (before or earlier in this
+        // batch) will not be inserted, so its id cannot conflict: replaying a
+        // committed insert answers the original instead of failing.
         let mut new_ids = std::collections::HashSet::new();
+        let mut new_keys = std::collections::HashSet::new();
         for w in writes {
             if let Write::Insert(records) = w {
                 for r in records {
+                    if let Some(k) = &r.body.idempotency_key
+                        && (next.keys.contains_key(k) || !new_keys.insert(k.as_str()))
+                    {
+                        continue;
+                    }
                     if next.tasks.contains_key(&r.id) || !new_ids.insert(r.id) {
                         return Err(StoreError::new(
                             crate::ErrorKind::Conflict,
@@ -53,7 +62,12 @@ impl Store for MemoryStore {
                 Write::Insert(records) => {
                     let mut out = Vec::with_capacity(records.len());
                     for r in records {
-                        if let Some(existing) = r.body.idempotency_key.as_ref().and_then(|k| next.keys.get(k)) {
+                        if let Some(existing) = r
+                            .body
+                            .idempotency_key
+                            .as_ref()
+                            .and_then(|k| next.keys.get(k))
+                        {
                             out.push(InsertOutcome::Existing(*existing));
                             continue;
                         }

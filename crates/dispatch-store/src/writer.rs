@@ -47,7 +47,10 @@ impl GroupCommitWriter {
 
     /// Queues a write and returns a receiver that resolves once it is
     /// committed (or failed with its batch).
-    pub fn write(&self, w: Write) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, WriterClosed> {
+    pub fn write(
+        &self,
+        w: Write,
+    ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, WriterClosed> {
         let (reply, rx) = oneshot::channel();
         self.tx.send((w, Some(reply))).map_err(|_| WriterClosed)?;
         Ok(rx)
@@ -77,7 +80,11 @@ fn run<S: Store>(store: S, rx: mpsc::Receiver<(Write, Option<Reply>)>) {
         while let Some((w, r)) = next {
             writes.push(w);
             replies.push(r);
-            next = if writes.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
+            next = if writes.len() < MAX_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         match store.apply(&writes) {
             Ok(outcomes) => {

@@ -1,0 +1,351 @@
+//! Between [`TaskRecord`]s and rows of the `tasks` table, and between
+//! rusqlite's errors and [`StoreError`]s.
+//!
+//! Decoding never panics: a value of the wrong type or out of range, bad
+//! JSON or an unknown state is an [`ErrorKind::Corrupt`] error naming the
+//! column.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+
+use dispatch_core::{Backoff, TaskId, TaskSpec, TaskState, WorkerId};
+use dispatch_store::{ErrorKind, StoreError, TaskBody, TaskRecord};
+use rusqlite::types::ValueRef;
+use rusqlite::{Row, Statement};
+
+/// Prepared statements kept per read connection: `get_task`, `load_live`,
+/// `max_task_id` and the sixteen filter combinations of `list_tasks`.
+pub(crate) const READ_STATEMENT_CACHE: usize = 24;
+
+/// The columns of `tasks` in the order [`decode`] reads them.
+macro_rules! columns {
+    () => {
+        "id, type, queue, payload, priority, state, attempts, max_attempts, timeout_ms, \
+         backoff_initial_ms, backoff_max_ms, backoff_multiplier, run_at, idempotency_key, \
+         routing_key, strategy, labels, depends_on, result, error, worker_id, created_at, \
+         started_at, finished_at"
+    };
+}
+
+/// Column names by index, for error messages.
+const NAMES: [&str; 24] = [
+    "id",
+    "type",
+    "queue",
+    "payload",
+    "priority",
+    "state",
+    "attempts",
+    "max_attempts",
+    "timeout_ms",
+    "backoff_initial_ms",
+    "backoff_max_ms",
+    "backoff_multiplier",
+    "run_at",
+    "idempotency_key",
+    "routing_key",
+    "strategy",
+    "labels",
+    "depends_on",
+    "result",
+    "error",
+    "worker_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+];
+
+pub(crate) const GET_SQL: &str = concat!("SELECT ", columns!(), " FROM tasks WHERE id = ?1");
+
+pub(crate) const INSERT_SQL: &str = concat!(
+    "INSERT INTO tasks (",
+    columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
+     ON CONFLICT (idempotency_key) DO NOTHING"
+);
+
+/// An update keeps a stored result when it brings none, like
+/// [`TaskRecord::apply`]; every other field is replaced.
+pub(crate) const UPDATE_SQL: &str = "UPDATE tasks SET state = ?2, attempts = ?3, \
+     worker_id = ?4, started_at = ?5, finished_at = ?6, run_at = ?7, \
+     result = COALESCE(?8, result), error = ?9 WHERE id = ?1";
+
+/// `list_tasks`' query for the given `WHERE` clauses (each with one `?`),
+/// followed by a `?` for the limit.
+pub(crate) fn list_query(clauses: &[&str]) -> String {
+    let mut sql = String::from(concat!("SELECT ", columns!(), " FROM tasks"));
+    for (i, clause) in clauses.iter().enumerate() {
+        sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+        sql.push_str(clause);
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    sql
+}
+
+/// `load_live`'s query: every non-terminal state, oldest first.
+pub(crate) fn live_query() -> String {
+    let states: Vec<String> = TaskState::ALL
+        .into_iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!(
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM tasks WHERE state IN ({}) ORDER BY id"
+        ),
+        states.join(", ")
+    )
+}
+
+/// A record's values as bound to [`INSERT_SQL`], converted up front so that
+/// an unstorable value fails before anything is written.
+pub(crate) struct InsertRow<'r> {
+    r: &'r TaskRecord,
+    id: i64,
+    timeout_ms: Option<i64>,
+    backoff_initial_ms: i64,
+    backoff_max_ms: i64,
+    run_at: Option<i64>,
+    labels: String,
+    depends_on: String,
+    worker_id: Option<i64>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl<'r> InsertRow<'r> {
+    pub(crate) fn new(r: &'r TaskRecord) -> Result<Self, StoreError> {
+        let spec = &r.spec;
+        let depends_on: Vec<u64> = r.body.depends_on.iter().map(|d| d.0).collect();
+        Ok(InsertRow {
+            r,
+            id: to_sql_int(r.id.0, "id")?,
+            timeout_ms: spec
+                .timeout_ms
+                .map(|t| to_sql_int(t, "timeout_ms"))
+                .transpose()?,
+            backoff_initial_ms: to_sql_int(spec.backoff.initial_ms, "backoff.initial_ms")?,
+            backoff_max_ms: to_sql_int(spec.backoff.max_ms, "backoff.max_ms")?,
+            run_at: spec.run_at.map(|t| to_sql_int(t, "run_at")).transpose()?,
+            labels: serde_json::to_string(&r.body.labels).map_err(json_error("labels"))?,
+            depends_on: serde_json::to_string(&depends_on).map_err(json_error("depends_on"))?,
+            worker_id: r.worker.map(|w| w.0.cast_signed()),
+            created_at: to_sql_int(r.body.created_at, "created_at")?,
+            started_at: r
+                .started_at
+                .map(|t| to_sql_int(t, "started_at"))
+                .transpose()?,
+            finished_at: r
+                .finished_at
+                .map(|t| to_sql_int(t, "finished_at"))
+                .transpose()?,
+        })
+    }
+
+    /// Runs `stmt` (a prepared [`INSERT_SQL`]) with this row's values.
+    pub(crate) fn execute(&self, stmt: &mut Statement<'_>) -> rusqlite::Result<usize> {
+        let r = self.r;
+        stmt.execute(rusqlite::params![
+            self.id,
+            &*r.spec.kind,
+            &*r.spec.queue,
+            &*r.body.payload,
+            r.spec.priority,
+            r.state.as_str(),
+            r.attempts,
+            r.spec.max_attempts,
+            self.timeout_ms,
+            self.backoff_initial_ms,
+            self.backoff_max_ms,
+            r.spec.backoff.multiplier,
+            self.run_at,
+            r.body.idempotency_key.as_deref(),
+            r.body.routing_key.as_deref(),
+            r.body.strategy.as_deref(),
+            self.labels,
+            self.depends_on,
+            r.result.as_deref(),
+            r.error.as_deref(),
+            self.worker_id,
+            self.created_at,
+            self.started_at,
+            self.finished_at,
+        ])
+    }
+}
+
+/// Decodes one row selected with [`columns!`].
+pub(crate) fn decode(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
+    let col = Columns(row);
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(col.text(16)?).map_err(|e| col.error(16, e))?;
+    let depends_on: Vec<u64> = serde_json::from_str(col.text(17)?).map_err(|e| col.error(17, e))?;
+    Ok(TaskRecord {
+        id: TaskId(col.int(0)?),
+        spec: TaskSpec {
+            kind: col.text(1)?.into(),
+            queue: col.text(2)?.into(),
+            priority: col.int(4)?,
+            run_at: col.opt_int(12)?,
+            max_attempts: col.int(7)?,
+            timeout_ms: col.opt_int(8)?,
+            backoff: Backoff {
+                initial_ms: col.int(9)?,
+                max_ms: col.int(10)?,
+                multiplier: col.real(11)?,
+            },
+        },
+        body: TaskBody {
+            payload: col.text(3)?.into(),
+            idempotency_key: col.opt_text(13)?.map(str::to_string),
+            routing_key: col.opt_text(14)?.map(str::to_string),
+            strategy: col.opt_text(15)?.map(str::to_string),
+            labels,
+            depends_on: depends_on.into_iter().map(TaskId).collect(),
+            created_at: col.int(21)?,
+        },
+        state: {
+            let s = col.text(5)?;
+            TaskState::parse(s).ok_or_else(|| col.error(5, format!("unknown state {s:?}")))?
+        },
+        attempts: col.int(6)?,
+        worker: col.opt_int::<i64>(20)?.map(|w| WorkerId(w.cast_unsigned())),
+        started_at: col.opt_int(22)?,
+        finished_at: col.opt_int(23)?,
+        result: col.opt_text(18)?.map(Box::from),
+        error: col.opt_text(19)?.map(str::to_string),
+    })
+}
+
+/// Typed, checked access to a row's columns.
+struct Columns<'a, 'r>(&'a Row<'r>);
+
+impl<'a> Columns<'a, '_> {
+    fn error(&self, idx: usize, detail: impl Display) -> StoreError {
+        let name = NAMES.get(idx).copied().unwrap_or("?");
+        StoreError::new(
+            ErrorKind::Corrupt,
+            format!("stored task column {name}: {detail}"),
+        )
+    }
+
+    fn value(&self, idx: usize) -> Result<ValueRef<'a>, StoreError> {
+        self.0.get_ref(idx).map_err(|e| self.error(idx, e))
+    }
+
+    fn opt_text(&self, idx: usize) -> Result<Option<&'a str>, StoreError> {
+        match self.value(idx)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|e| self.error(idx, e)),
+            other => Err(self.error(idx, format!("expected text, found {}", other.data_type()))),
+        }
+    }
+
+    fn text(&self, idx: usize) -> Result<&'a str, StoreError> {
+        self.opt_text(idx)?
+            .ok_or_else(|| self.error(idx, "unexpected NULL"))
+    }
+
+    fn opt_int<T: TryFrom<i64>>(&self, idx: usize) -> Result<Option<T>, StoreError> {
+        match self.value(idx)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Integer(v) => T::try_from(v)
+                .map(Some)
+                .map_err(|_| self.error(idx, format!("{v} is out of range"))),
+            other => Err(self.error(
+                idx,
+                format!("expected an integer, found {}", other.data_type()),
+            )),
+        }
+    }
+
+    fn int<T: TryFrom<i64>>(&self, idx: usize) -> Result<T, StoreError> {
+        self.opt_int(idx)?
+            .ok_or_else(|| self.error(idx, "unexpected NULL"))
+    }
+
+    fn real(&self, idx: usize) -> Result<f64, StoreError> {
+        match self.value(idx)? {
+            ValueRef::Real(v) => Ok(v),
+            // SQLite may hand back a REAL that holds an integral value as an
+            // integer; the conversion is exact for any backoff multiplier.
+            ValueRef::Integer(v) => Ok(v as f64),
+            other => Err(self.error(idx, format!("expected a real, found {}", other.data_type()))),
+        }
+    }
+}
+
+/// A `u64` as SQLite's signed integer; values beyond `i64::MAX` are refused
+/// as a [`ErrorKind::Conflict`]: the caller handed in a value the store
+/// cannot keep.
+pub(crate) fn to_sql_int(v: u64, field: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| {
+        StoreError::new(
+            ErrorKind::Conflict,
+            format!("{field} {v} is beyond what the store can keep (2^63 - 1)"),
+        )
+    })
+}
+
+/// A stored id read back from SQLite.
+pub(crate) fn task_id(id: i64, column: &str) -> Result<TaskId, StoreError> {
+    u64::try_from(id).map(TaskId).map_err(|_| {
+        StoreError::new(
+            ErrorKind::Corrupt,
+            format!("{column}: negative task id {id}"),
+        )
+    })
+}
+
+/// Encoding a map of strings or a list of numbers cannot fail; should it,
+/// the value came from the caller.
+fn json_error(field: &str) -> impl FnOnce(serde_json::Error) -> StoreError + '_ {
+    move |e| {
+        StoreError::new(
+            ErrorKind::Conflict,
+            format!("encoding {field} as JSON: {e}"),
+        )
+    }
+}
+
+/// Classifies a rusqlite error, for `map_err`, with what was being done.
+pub(crate) fn sql_error(doing: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::new(kind_of(&e), format!("{doing}: {e}"))
+}
+
+fn kind_of(e: &rusqlite::Error) -> ErrorKind {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            // The environment: retrying later may succeed.
+            C::DiskFull
+            | C::SystemIoFailure
+            | C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::CannotOpen
+            | C::OutOfMemory
+            | C::ReadOnly
+            | C::PermissionDenied
+            | C::FileLockingProtocolFailed
+            | C::NoLargeFileSupport
+            | C::OperationInterrupted => ErrorKind::Unavailable,
+            // A task id stored twice (the primary key), a NOT NULL column
+            // left empty (a NaN multiplier becomes NULL).
+            C::ConstraintViolation | C::TooBig => ErrorKind::Conflict,
+            // A damaged file, or a bug in this crate's SQL.
+            _ => ErrorKind::Corrupt,
+        },
+        // A value the caller handed in could not be bound.
+        rusqlite::Error::ToSqlConversionFailure(_) | rusqlite::Error::NulError(_) => {
+            ErrorKind::Conflict
+        }
+        // Decoding failures, and misuse of the API: bugs, never retryable.
+        _ => ErrorKind::Corrupt,
+    }
+}

@@ -1,0 +1,419 @@
+//! The embedded store of Dispatch: one SQLite file, `dispatch.db`, in the
+//! server's data directory.
+//!
+//! [`SqliteStore`] implements [`dispatch_store::Store`]; [`Durability`] says
+//! whether a commit is fsynced before [`Store::apply`] returns.
+//!
+//! # Design
+//!
+//! - **WAL.** The database runs in write-ahead-log mode, so readers never
+//!   block the writer and the writer never blocks readers: a read sees the
+//!   last commit made before it started.
+//! - **One writer connection.** SQLite allows one writer at a time; a pool of
+//!   writers only trades throughput for "database is locked" errors. The
+//!   writer connection is used by [`Store::apply`] alone, which in the server
+//!   is called from the single [`dispatch_store::GroupCommitWriter`] thread.
+//!   Each `apply` is one `BEGIN IMMEDIATE` ... `COMMIT` over cached prepared
+//!   statements, so a batch of thousands of writes costs one commit (and, when
+//!   durable, one fsync). If any write fails the transaction is rolled back
+//!   and nothing of the batch is stored.
+//! - **A small read pool.** `get_task`, `list_tasks`, `load_live` and
+//!   `max_task_id` borrow one of at most [`READ_CONNECTIONS`] read
+//!   connections (`query_only`), opened on demand and kept for reuse; a reader that finds
+//!   them all busy waits for one. Reads never touch the writer connection, so
+//!   a long listing does not delay a commit.
+//! - **`busy_timeout`.** Every connection waits up to [`BUSY_TIMEOUT`] for a
+//!   lock instead of failing at once: another process on the same file (a
+//!   backup, a second store opened on the directory, the WAL checkpoint) only
+//!   holds locks briefly. A lock still held after that is reported as
+//!   [`ErrorKind::Unavailable`].
+//! - **Schema.** One `tasks` table with a column per field (see `schema.rs`),
+//!   `STRICT` so that a value of the wrong type cannot be stored, and indexes
+//!   on `(state, id)`, `(type, id)` and `(queue, id)`: `list_tasks` with any
+//!   one filter and its page cursor reads one index range backwards, without
+//!   a sort; `load_live` reads only the live states' ranges of `(state, id)`
+//!   (and sorts them by id), never the finished tasks. The schema version is
+//!   `PRAGMA user_version`; opening runs the migrations the file has not seen
+//!   yet, in one transaction, and refuses a file from a newer version.
+//! - **Idempotency keys.** `idempotency_key` is `UNIQUE`; an insert is
+//!   `INSERT ... ON CONFLICT (idempotency_key) DO NOTHING`, and when it
+//!   stored nothing the task holding the key is looked up and answered as
+//!   [`InsertOutcome::Existing`]. The key is checked before the id, so that
+//!   replaying an insert that was already committed answers the original.
+//! - **Durability.** [`Durability::Durable`] is `synchronous=FULL`: the WAL
+//!   is fsynced at every commit, so a batch acknowledged by `apply` survives a
+//!   power cut. [`Durability::Relaxed`] is `synchronous=NORMAL`: commits are
+//!   not fsynced (the WAL is synced at checkpoints), so a power cut or kernel
+//!   crash may lose the last commits — but never corrupts the file — while a
+//!   crash of the process alone loses nothing.
+//! - **Errors.** Full disk, I/O errors and locks held too long are
+//!   `Unavailable`; a constraint violation (a task id stored twice) or a
+//!   value the file cannot hold (a `u64` above `i64::MAX`, except worker ids,
+//!   which are stored as their bit pattern) is `Conflict`; a value that cannot
+//!   be decoded, a malformed file or a schema from a newer version is
+//!   `Corrupt`. Bad stored data is reported, never a panic.
+//!
+//! ```no_run
+//! use dispatch_store::{Store, TaskQuery};
+//! use dispatch_store_sqlite::{Durability, SqliteStore};
+//!
+//! let store = SqliteStore::open(std::path::Path::new("./dispatch-data"), Durability::Durable)?;
+//! let live = store.load_live()?;
+//! # Ok::<(), dispatch_store::StoreError>(())
+//! ```
+
+mod codec;
+mod read_pool;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use dispatch_core::TaskId;
+use dispatch_store::{
+    ErrorKind, InsertOutcome, Store, StoreError, TaskQuery, TaskRecord, TaskUpdate, Write,
+    WriteOutcome,
+};
+use rusqlite::types::Value;
+use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::codec::{sql_error, to_sql_int};
+use crate::read_pool::ReadPool;
+
+/// The name of the database file inside the data directory.
+pub const FILE_NAME: &str = "dispatch.db";
+
+/// The most read connections open at once.
+pub const READ_CONNECTIONS: usize = 4;
+
+/// How long a connection waits for a lock held by another before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a commit is on stable storage when [`Store::apply`] returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: every committed batch is fsynced before `apply`
+    /// returns. Survives power loss.
+    #[default]
+    Durable,
+    /// `synchronous=NORMAL`: commits are not fsynced one by one. Survives a
+    /// crash of the process, but power loss may drop the last commits.
+    Relaxed,
+}
+
+impl Durability {
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Durable => "FULL",
+            Durability::Relaxed => "NORMAL",
+        }
+    }
+}
+
+/// A [`Store`] in one SQLite database file.
+pub struct SqliteStore {
+    path: PathBuf,
+    durability: Durability,
+    /// Used by [`Store::apply`] only.
+    writer: Mutex<Connection>,
+    readers: ReadPool,
+    /// `load_live`'s query, built from [`TaskState::is_terminal`] so that it
+    /// follows the core's idea of a live state.
+    ///
+    /// [`TaskState::is_terminal`]: dispatch_core::TaskState::is_terminal
+    live_sql: String,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the store in `dir`, creating the directory, the database file
+    /// [`FILE_NAME`] and its schema when missing, and migrating an older
+    /// schema.
+    pub fn open(dir: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::new(
+                ErrorKind::Unavailable,
+                format!("creating the data directory {}: {e}", dir.display()),
+            )
+        })?;
+        let path = dir.join(FILE_NAME);
+        let mut writer = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_error(&format!("opening {}", path.display())))?;
+        writer
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(sql_error("setting busy_timeout"))?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(sql_error("setting journal_mode=WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{} refused WAL mode (journal_mode is {mode})",
+                    path.display()
+                ),
+            ));
+        }
+        writer
+            .pragma_update(None, "synchronous", durability.synchronous())
+            .map_err(sql_error("setting synchronous"))?;
+        // A burst of writes can grow the WAL far beyond its usual size; give
+        // the space back after the next checkpoint.
+        writer
+            .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(sql_error("setting journal_size_limit"))?;
+        let applied = schema::migrate(&mut writer)?;
+        tracing::info!(
+            path = %path.display(),
+            ?durability,
+            schema_version = schema::VERSION,
+            migrations_applied = applied,
+            "opened the sqlite store"
+        );
+        Ok(SqliteStore {
+            readers: ReadPool::new(path.clone(), READ_CONNECTIONS),
+            path,
+            durability,
+            writer: Mutex::new(writer),
+            live_sql: codec::live_query(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The durability mode it was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        // A panic while the lock was held unwound through the transaction's
+        // drop, which rolls back; the connection itself is still sound.
+        let conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK")
+                .map_err(sql_error("rolling back an abandoned transaction"))?;
+        }
+        Ok(conn)
+    }
+}
+
+impl Store for SqliteStore {
+    fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.lock_writer()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error("beginning a transaction"))?;
+        // On any error `tx` is dropped unfinished, which rolls it back.
+        let outcomes = apply_in(&tx, writes)?;
+        tx.commit().map_err(sql_error("committing"))?;
+        Ok(outcomes)
+    }
+
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let Ok(id) = i64::try_from(id.0) else {
+            // Such an id can never be stored.
+            return Ok(None);
+        };
+        self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(codec::GET_SQL)
+                .map_err(sql_error("preparing get_task"))?;
+            let mut rows = stmt.query([id]).map_err(sql_error("reading a task"))?;
+            match rows.next().map_err(sql_error("reading a task"))? {
+                Some(row) => codec::decode(row).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut clauses = Vec::new();
+        let mut params: Vec<Value> = Vec::new();
+        if let Some(state) = query.state {
+            clauses.push("state = ?");
+            params.push(Value::Text(state.as_str().to_string()));
+        }
+        if let Some(kind) = &query.kind {
+            clauses.push("type = ?");
+            params.push(Value::Text(kind.clone()));
+        }
+        if let Some(queue) = &query.queue {
+            clauses.push("queue = ?");
+            params.push(Value::Text(queue.clone()));
+        }
+        // A cursor beyond every storable id filters nothing.
+        if let Some(before) = query.before.and_then(|b| i64::try_from(b.0).ok()) {
+            clauses.push("id < ?");
+            params.push(Value::Integer(before));
+        }
+        params.push(Value::Integer(
+            i64::try_from(query.limit).unwrap_or(i64::MAX),
+        ));
+        let sql = codec::list_query(&clauses);
+        self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(sql_error("preparing list_tasks"))?;
+            collect(
+                stmt.query(rusqlite::params_from_iter(params))
+                    .map_err(sql_error("listing tasks"))?,
+            )
+        })
+    }
+
+    fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&self.live_sql)
+                .map_err(sql_error("preparing load_live"))?;
+            collect(stmt.query([]).map_err(sql_error("loading live tasks"))?)
+        })
+    }
+
+    fn max_task_id(&self) -> Result<Option<TaskId>, StoreError> {
+        self.readers.with(|conn| {
+            let max: Option<i64> = conn
+                .query_row("SELECT MAX(id) FROM tasks", [], |row| row.get(0))
+                .map_err(sql_error("reading the highest task id"))?;
+            max.map(|id| codec::task_id(id, "tasks.id")).transpose()
+        })
+    }
+}
+
+/// Runs every write of a batch inside the caller's open transaction.
+fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut stmts = BatchStatements {
+        insert: conn
+            .prepare_cached(codec::INSERT_SQL)
+            .map_err(sql_error("preparing the insert"))?,
+        find_key: conn
+            .prepare_cached("SELECT id FROM tasks WHERE idempotency_key = ?1")
+            .map_err(sql_error("preparing the key lookup"))?,
+        update: conn
+            .prepare_cached(codec::UPDATE_SQL)
+            .map_err(sql_error("preparing the update"))?,
+    };
+    writes
+        .iter()
+        .map(|write| match write {
+            Write::Insert(records) => records
+                .iter()
+                .map(|r| stmts.insert(r))
+                .collect::<Result<_, _>>()
+                .map(WriteOutcome::Inserted),
+            Write::Update(u) => stmts.update(u).map(WriteOutcome::Updated),
+        })
+        .collect()
+}
+
+/// The statements of one batch, prepared once per `apply`.
+struct BatchStatements<'c> {
+    insert: CachedStatement<'c>,
+    find_key: CachedStatement<'c>,
+    update: CachedStatement<'c>,
+}
+
+impl BatchStatements<'_> {
+    fn insert(&mut self, r: &TaskRecord) -> Result<InsertOutcome, StoreError> {
+        let row = codec::InsertRow::new(r)?;
+        let stored = row
+            .execute(&mut self.insert)
+            .map_err(sql_error(&format!("inserting task {}", r.id)))?;
+        if stored == 1 {
+            return Ok(InsertOutcome::Created);
+        }
+        // `ON CONFLICT(idempotency_key) DO NOTHING` skipped it: answer the
+        // task that holds the key.
+        let original: Option<i64> = self
+            .find_key
+            .query_row([&r.body.idempotency_key], |row| row.get(0))
+            .optional()
+            .map_err(sql_error("looking up an idempotency key"))?;
+        match original {
+            Some(id) => Ok(InsertOutcome::Existing(codec::task_id(id, "tasks.id")?)),
+            None => Err(StoreError::new(
+                ErrorKind::Corrupt,
+                format!("task {} was neither stored nor a duplicate key", r.id),
+            )),
+        }
+    }
+
+    fn update(&mut self, u: &TaskUpdate) -> Result<bool, StoreError> {
+        let Ok(id) = i64::try_from(u.id.0) else {
+            // Such an id can never have been stored.
+            return Ok(false);
+        };
+        let changed = self
+            .update
+            .execute(rusqlite::params![
+                id,
+                u.state.as_str(),
+                u.attempts,
+                u.worker.map(|w| w.0.cast_signed()),
+                u.started_at
+                    .map(|t| to_sql_int(t, "started_at"))
+                    .transpose()?,
+                u.finished_at
+                    .map(|t| to_sql_int(t, "finished_at"))
+                    .transpose()?,
+                u.run_at.map(|t| to_sql_int(t, "run_at")).transpose()?,
+                u.result.as_deref(),
+                u.error.as_deref(),
+            ])
+            .map_err(sql_error(&format!("updating task {}", u.id)))?;
+        Ok(changed > 0)
+    }
+}
+
+fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<TaskRecord>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error("reading tasks"))? {
+        out.push(codec::decode(row)?);
+    }
+    Ok(out)
+}
+
+/// Opens a read-only connection to `path` for the read pool.
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_error(&format!("opening {}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(sql_error("setting busy_timeout"))?;
+    // Read-write at the file level so that the connection can take part in
+    // WAL recovery and checkpoints like any other, but refusing every write:
+    // only the writer connection writes.
+    conn.pragma_update(None, "query_only", true)
+        .map_err(sql_error("setting query_only"))?;
+    conn.set_prepared_statement_cache_capacity(codec::READ_STATEMENT_CACHE);
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests;

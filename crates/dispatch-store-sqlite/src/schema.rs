@@ -1,0 +1,96 @@
+//! The schema and its migrations, versioned by `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes a file from version `i` to version `i + 1`. A new
+//! schema change is a new entry at the end; entries already released are
+//! never edited, because files in the field have run them.
+
+use dispatch_store::{ErrorKind, StoreError};
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::codec::sql_error;
+
+/// Version 1: the `tasks` table.
+///
+/// Integers are `u64` values stored as SQLite's signed 64-bit integers;
+/// values above `i64::MAX` are refused at insert, except `worker_id`, whose
+/// ids are random 64-bit numbers and are stored as their two's-complement
+/// bit pattern. `labels` is a JSON object of strings, `depends_on` a JSON
+/// array of task ids. `payload` and `result` are JSON text, stored verbatim.
+const V1: &str = "
+CREATE TABLE tasks (
+    id                 INTEGER PRIMARY KEY,
+    type               TEXT    NOT NULL,
+    queue              TEXT    NOT NULL,
+    payload            TEXT    NOT NULL,
+    priority           INTEGER NOT NULL,
+    state              TEXT    NOT NULL,
+    attempts           INTEGER NOT NULL,
+    max_attempts       INTEGER NOT NULL,
+    timeout_ms         INTEGER,
+    backoff_initial_ms INTEGER NOT NULL,
+    backoff_max_ms     INTEGER NOT NULL,
+    backoff_multiplier REAL    NOT NULL,
+    run_at             INTEGER,
+    idempotency_key    TEXT    UNIQUE,
+    routing_key        TEXT,
+    strategy           TEXT,
+    labels             TEXT    NOT NULL,
+    depends_on         TEXT    NOT NULL,
+    result             TEXT,
+    error              TEXT,
+    worker_id          INTEGER,
+    created_at         INTEGER NOT NULL,
+    started_at         INTEGER,
+    finished_at        INTEGER
+) STRICT;
+
+-- list_tasks by state, type or queue, newest first below a cursor, reads one
+-- index range backwards; load_live reads the live states' ranges.
+CREATE INDEX tasks_state_id ON tasks (state, id);
+CREATE INDEX tasks_type_id ON tasks (type, id);
+CREATE INDEX tasks_queue_id ON tasks (queue, id);
+";
+
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes.
+pub(crate) const VERSION: usize = MIGRATIONS.len();
+
+/// Brings the file up to [`VERSION`] and answers how many migrations ran.
+///
+/// Runs in one `BEGIN IMMEDIATE` transaction, so that two stores opening one
+/// new file at once do not both create the schema, and a failed migration
+/// leaves the file as it was.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_error("beginning the migration"))?;
+    let found: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sql_error("reading user_version"))?;
+    let found = usize::try_from(found).map_err(|_| version_error(found))?;
+    if found > VERSION {
+        return Err(version_error(found));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found) {
+        tx.execute_batch(sql).map_err(sql_error(&format!(
+            "migrating the schema from version {from}"
+        )))?;
+    }
+    if found < VERSION {
+        tx.pragma_update(None, "user_version", VERSION as i64)
+            .map_err(sql_error("writing user_version"))?;
+    }
+    tx.commit().map_err(sql_error("committing the migration"))?;
+    Ok(VERSION - found)
+}
+
+fn version_error(found: impl std::fmt::Display) -> StoreError {
+    StoreError::new(
+        ErrorKind::Corrupt,
+        format!(
+            "the database has schema version {found}, this build knows up to {VERSION}: \
+             it was written by a newer Dispatch"
+        ),
+    )
+}

@@ -1,0 +1,354 @@
+//! The conformance suite on a fresh database per test, and what only a file
+//! on disk can show: reopening, group commit, two stores on one directory,
+//! damaged rows.
+
+use std::sync::Arc;
+
+use dispatch_core::{TaskId, TaskState, WorkerId};
+use dispatch_store::conformance::sample;
+use dispatch_store::{
+    ErrorKind, GroupCommitWriter, InsertOutcome, Store, StoreError, TaskQuery, TaskRecord,
+    TaskUpdate, Write, WriteOutcome,
+};
+use rusqlite::Connection;
+use tempfile::TempDir;
+
+use crate::{Durability, FILE_NAME, SqliteStore};
+
+/// A store in its own temporary directory, removed when dropped.
+struct TempStore {
+    // Dropped first: the database closes before its directory goes.
+    store: SqliteStore,
+    _dir: TempDir,
+}
+
+impl Store for TempStore {
+    fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.store.apply(writes)
+    }
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.store.get_task(id)
+    }
+    fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store.list_tasks(query)
+    }
+    fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store.load_live()
+    }
+    fn max_task_id(&self) -> Result<Option<TaskId>, StoreError> {
+        self.store.max_task_id()
+    }
+}
+
+fn fresh() -> TempStore {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+    TempStore { store, _dir: dir }
+}
+
+dispatch_store::store_conformance_tests!(fresh());
+
+fn all(store: &impl Store) -> Vec<TaskRecord> {
+    store
+        .list_tasks(&TaskQuery {
+            limit: usize::MAX,
+            ..TaskQuery::default()
+        })
+        .expect("list_tasks")
+}
+
+#[test]
+fn data_survives_closing_and_reopening() {
+    for durability in [Durability::Durable, Durability::Relaxed] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Opening creates missing directories.
+        let data = dir.path().join("nested").join("data");
+        let mut keyed = sample(1, "email");
+        keyed.body.idempotency_key = Some("k1".into());
+        let expected = {
+            let store = SqliteStore::open(&data, durability).expect("open");
+            store
+                .apply(&[Write::Insert(vec![
+                    keyed,
+                    sample(2, "sms"),
+                    sample(3, "push"),
+                ])])
+                .expect("insert");
+            store
+                .apply(&[Write::Update(TaskUpdate {
+                    id: TaskId(2),
+                    state: TaskState::Succeeded,
+                    attempts: 1,
+                    worker: Some(WorkerId(u64::MAX)),
+                    started_at: Some(10),
+                    finished_at: Some(20),
+                    run_at: None,
+                    result: Some("\"done\"".into()),
+                    error: None,
+                })])
+                .expect("update");
+            all(&store)
+        };
+        assert!(data.join(FILE_NAME).is_file());
+
+        let store = SqliteStore::open(&data, durability).expect("reopen");
+        assert_eq!(all(&store), expected, "{durability:?}");
+        assert_eq!(store.max_task_id().expect("max"), Some(TaskId(3)));
+        assert_eq!(
+            crate::tests::ids(&store.load_live().expect("live")),
+            vec![1, 3]
+        );
+        // The idempotency key is remembered across the restart.
+        let mut again = sample(4, "email");
+        again.body.idempotency_key = Some("k1".into());
+        assert_eq!(
+            store.apply(&[Write::Insert(vec![again])]).expect("insert"),
+            vec![WriteOutcome::Inserted(vec![InsertOutcome::Existing(
+                TaskId(1)
+            )])]
+        );
+    }
+}
+
+fn ids(records: &[TaskRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.id.0).collect()
+}
+
+#[test]
+fn group_commit_batch_is_all_present_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(dir.path(), Durability::Durable).expect("open"));
+    let (writer, thread) = GroupCommitWriter::start(Arc::clone(&store));
+    let replies: Vec<_> = (1..=1_000u64)
+        .map(|id| {
+            let mut r = sample(id, "email");
+            r.body.payload = format!(r#"{{"n":{id}}}"#).into();
+            writer
+                .write(Write::Insert(vec![r]))
+                .expect("writer running")
+        })
+        .collect();
+    for reply in replies {
+        let outcome = reply.blocking_recv().expect("a reply").expect("committed");
+        assert_eq!(
+            outcome,
+            WriteOutcome::Inserted(vec![InsertOutcome::Created])
+        );
+    }
+    drop(writer);
+    thread.join().expect("the writer thread ends cleanly");
+    drop(store);
+
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("reopen");
+    let stored = all(&store);
+    assert_eq!(stored.len(), 1_000);
+    assert_eq!(ids(&stored), (1..=1_000u64).rev().collect::<Vec<_>>());
+    for r in &stored {
+        assert_eq!(&*r.body.payload, format!(r#"{{"n":{}}}"#, r.id));
+    }
+    assert_eq!(store.max_task_id().expect("max"), Some(TaskId(1_000)));
+}
+
+#[test]
+fn same_directory_opened_twice_reads_concurrently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Arc::new(SqliteStore::open(dir.path(), Durability::Durable).expect("open"));
+    let records: Vec<TaskRecord> = (1..=200u64).map(|id| sample(id, "email")).collect();
+    first
+        .apply(&[Write::Insert(records.clone())])
+        .expect("insert");
+    let second = Arc::new(SqliteStore::open(dir.path(), Durability::Relaxed).expect("open again"));
+
+    // More threads than read connections, so that some wait for one.
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                Arc::clone(&first)
+            } else {
+                Arc::clone(&second)
+            };
+            std::thread::spawn(move || {
+                for round in 0..20u64 {
+                    let id = 1 + (i * 20 + round) % 200;
+                    let got = store.get_task(TaskId(id)).expect("get").expect("present");
+                    assert_eq!(got.id, TaskId(id));
+                    assert_eq!(all(&store).len(), 200);
+                    assert_eq!(store.load_live().expect("live").len(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("reader thread");
+    }
+    // A commit through one is visible through the other.
+    first
+        .apply(&[Write::Insert(vec![sample(201, "sms")])])
+        .expect("insert");
+    assert_eq!(second.max_task_id().expect("max"), Some(TaskId(201)));
+    assert_eq!(
+        second.get_task(TaskId(201)).expect("get"),
+        Some(sample(201, "sms"))
+    );
+}
+
+#[test]
+fn durability_sets_synchronous() {
+    for (durability, expected) in [(Durability::Durable, 2), (Durability::Relaxed, 1)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path(), durability).expect("open");
+        let writer = store.lock_writer().expect("writer");
+        let synchronous: i64 = writer
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .expect("pragma");
+        assert_eq!(synchronous, expected, "{durability:?}");
+        let mode: String = writer
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .expect("pragma");
+        assert_eq!(mode, "wal");
+    }
+}
+
+#[test]
+fn damaged_rows_are_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+    let records: Vec<TaskRecord> = (1..=6u64).map(|id| sample(id, "email")).collect();
+    store.apply(&[Write::Insert(records)]).expect("insert");
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    for (id, damage) in [
+        (1, "UPDATE tasks SET state = 'exploded' WHERE id = 1"),
+        (2, "UPDATE tasks SET labels = 'not json' WHERE id = 2"),
+        (3, "UPDATE tasks SET depends_on = '[-1]' WHERE id = 3"),
+        (4, "UPDATE tasks SET priority = 1000 WHERE id = 4"),
+        (5, "UPDATE tasks SET created_at = -5 WHERE id = 5"),
+        (
+            6,
+            "UPDATE tasks SET payload = CAST(x'ff00' AS TEXT) WHERE id = 6",
+        ),
+    ] {
+        raw.execute_batch(damage).expect("damage");
+        let err = store.get_task(TaskId(id)).expect_err(damage);
+        assert_eq!(err.kind, ErrorKind::Corrupt, "{damage}: {err}");
+    }
+    let err = store.load_live().expect_err("load_live over damaged rows");
+    assert_eq!(err.kind, ErrorKind::Corrupt);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(SqliteStore::open(dir.path(), Durability::Durable).expect("open"));
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    raw.pragma_update(None, "user_version", 99).expect("pragma");
+    drop(raw);
+    let err = SqliteStore::open(dir.path(), Durability::Durable).expect_err("newer schema");
+    assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
+    assert!(err.message.contains("99"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(FILE_NAME), vec![0x5a; 8192]).expect("write");
+    let err = SqliteStore::open(dir.path(), Durability::Durable).expect_err("garbage file");
+    assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
+}
+
+#[test]
+fn values_beyond_i64_are_refused_and_store_nothing() {
+    let store = fresh();
+    let mut huge_id = sample(3, "email");
+    huge_id.id = TaskId(u64::MAX);
+    let mut huge_time = sample(2, "email");
+    huge_time.spec.timeout_ms = Some(u64::MAX);
+    for bad in [huge_id, huge_time] {
+        let err = store
+            .apply(&[Write::Insert(vec![sample(1, "email"), bad])])
+            .expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    }
+    assert_eq!(store.max_task_id().expect("max"), None);
+    assert_eq!(store.get_task(TaskId(u64::MAX)).expect("get"), None);
+    let out = store
+        .apply(&[Write::Update(TaskUpdate {
+            id: TaskId(u64::MAX),
+            state: TaskState::Queued,
+            attempts: 0,
+            worker: None,
+            started_at: None,
+            finished_at: None,
+            run_at: None,
+            result: None,
+            error: None,
+        })])
+        .expect("update");
+    assert_eq!(out, vec![WriteOutcome::Updated(false)]);
+}
+
+#[test]
+fn a_held_write_lock_is_unavailable_after_the_busy_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+    store
+        .lock_writer()
+        .expect("writer")
+        .busy_timeout(std::time::Duration::from_millis(50))
+        .expect("busy_timeout");
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    raw.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let err = store
+        .apply(&[Write::Insert(vec![sample(1, "email")])])
+        .expect_err("locked");
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    raw.execute_batch("ROLLBACK").expect("unlock");
+    store
+        .apply(&[Write::Insert(vec![sample(1, "email")])])
+        .expect("insert after the lock is gone");
+    assert_eq!(
+        store.get_task(TaskId(1)).expect("get"),
+        Some(sample(1, "email"))
+    );
+}
+
+#[test]
+fn every_query_reads_an_index_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+    let writer = store.lock_writer().expect("writer");
+    let plan = |sql: &str| -> String {
+        let mut stmt = writer
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(3))
+            .expect("plan");
+        rows.map(|r| r.expect("plan row"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let filters = [
+        ("state = 'queued'", "tasks_state_id"),
+        ("type = 'email'", "tasks_type_id"),
+        ("queue = 'bulk'", "tasks_queue_id"),
+    ];
+    for (filter, index) in filters {
+        for cursor in ["", " AND id < 100"] {
+            let sql =
+                crate::codec::list_query(&[filter]).replace(" ORDER", &format!("{cursor} ORDER"));
+            let p = plan(&sql.replacen('?', "10", 1));
+            assert!(p.contains(index), "{sql}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
+    }
+    let p = plan(&crate::codec::list_query(&["id < 5"]).replacen('?', "10", 1));
+    assert!(
+        !p.contains("TEMP B-TREE") && p.contains("PRIMARY KEY"),
+        "{p}"
+    );
+    let p = plan(&store.live_sql);
+    assert!(
+        p.contains("tasks_state_id") || p.contains("PRIMARY KEY"),
+        "{p}"
+    );
+}
