@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use dispatch_client::Client;
-use dispatch_proto::{ListTasks, PollRequest, PolledTask, RegisterWorker, ReportResult, SubmitTask};
+use dispatch_proto::{
+    ListTasks, PollRequest, PolledTask, RegisterWorker, ReportResult, SubmitTask,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde_json::json;
@@ -52,13 +54,19 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
     config.lease_ms = 3_000;
     let server = dispatch_server::start(config).await?;
     let url = format!("http://{}", server.local_addr());
-    println!("Dispatch demo: server on {url}, embedded store in {}", dir.path().display());
+    println!(
+        "Dispatch demo: server on {url}, embedded store in {}",
+        dir.path().display()
+    );
 
     let client = Client::new(&url)?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for (name, types, capacity) in worker_specs(n_workers) {
-        println!("  worker {name:<15} runs {} ({capacity} at a time)", types.join(", "));
+        println!(
+            "  worker {name:<15} runs {} ({capacity} at a time)",
+            types.join(", ")
+        );
         let reg = RegisterWorker {
             name: Some(name),
             types: Some(types),
@@ -69,7 +77,10 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
         handles.push(tokio::spawn(work(client.clone(), id, stop.clone())));
     }
 
-    println!("Submitting {n_tasks} tasks of {} types with priorities -5..=5", TYPES.len());
+    println!(
+        "Submitting {n_tasks} tasks of {} types with priorities -5..=5",
+        TYPES.len()
+    );
     let started = Instant::now();
     let mut rng = rand::rng();
     let mut batch = Vec::new();
@@ -87,8 +98,10 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
 
     let bar = ProgressBar::new(n_tasks as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} finished  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} finished  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -96,7 +109,10 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
         let live = health["live_tasks"].as_u64().unwrap_or(0);
         let done = (n_tasks as u64).saturating_sub(live);
         bar.set_position(done);
-        bar.set_message(format!("{:.0} tasks/s", done as f64 / started.elapsed().as_secs_f64()));
+        bar.set_message(format!(
+            "{:.0} tasks/s",
+            done as f64 / started.elapsed().as_secs_f64()
+        ));
         if live == 0 || Instant::now() > deadline {
             break;
         }
@@ -115,7 +131,9 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
     loop {
         let page = client.tasks(&q).await?;
         for t in &page.tasks {
-            *per_type.entry((t.kind.clone(), t.state.clone())).or_default() += 1;
+            *per_type
+                .entry((t.kind.clone(), t.state.clone()))
+                .or_default() += 1;
             retried += usize::from(t.attempts > 1);
         }
         match page.next_cursor {
@@ -126,8 +144,14 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
     let workers = client.workers().await?;
 
     println!();
-    println!("Finished in {:.2} s: {:.0} tasks/s end to end", elapsed.as_secs_f64(), n_tasks as f64 / elapsed.as_secs_f64());
-    println!("{retried} tasks needed more than one attempt (webhook.call fails 30% of attempts and is retried)");
+    println!(
+        "Finished in {:.2} s: {:.0} tasks/s end to end",
+        elapsed.as_secs_f64(),
+        n_tasks as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "{retried} tasks needed more than one attempt (webhook.call fails 30% of attempts and is retried)"
+    );
     println!();
     let rows: Vec<Vec<String>> = per_type
         .iter()
@@ -138,11 +162,20 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
     let rows: Vec<Vec<String>> = workers
         .workers
         .iter()
-        .map(|w| vec![w.name.clone(), w.types.join(","), w.completed.to_string(), w.failed.to_string()])
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.types.join(","),
+                w.completed.to_string(),
+                w.failed.to_string(),
+            ]
+        })
         .collect();
     crate::output::print_table(&["worker", "types", "completed", "failed attempts"], &rows);
     println!();
-    println!("Try it yourself: dispatch server, then dispatch submit email.send --payload '{{\"to\":\"you\"}}' (see README)");
+    println!(
+        "Try it yourself: dispatch server, then dispatch submit email.send --payload '{{\"to\":\"you\"}}' (see README)"
+    );
 
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -160,7 +193,10 @@ async fn execute(task: PolledTask) -> ReportResult {
         .map_or(((1, 2), 0.0), |(_, w, f)| (*w, *f));
     let (ms, fails) = {
         let mut rng = rand::rng();
-        (rng.random_range(work.0..=work.1), rng.random_bool(fail_rate))
+        (
+            rng.random_range(work.0..=work.1),
+            rng.random_bool(fail_rate),
+        )
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
     if fails {
@@ -203,7 +239,9 @@ async fn work(client: Client, id: String, stop: Arc<AtomicBool>) {
             }
         }
         // Collect what finished; wait a little for at least one if busy.
-        if let Ok(Some(Ok(r))) = tokio::time::timeout(Duration::from_millis(5), running.join_next()).await {
+        if let Ok(Some(Ok(r))) =
+            tokio::time::timeout(Duration::from_millis(5), running.join_next()).await
+        {
             done.push(r);
         }
         while let Some(Ok(r)) = running.try_join_next() {

@@ -19,10 +19,19 @@ use dispatch_client::{Client, ClientError};
 use dispatch_proto::{ListTasks, SubmitTask};
 
 #[derive(Parser)]
-#[command(name = "dispatch", version, about = "A distributed task scheduler and dispatcher")]
+#[command(
+    name = "dispatch",
+    version,
+    about = "A distributed task scheduler and dispatcher"
+)]
 struct Cli {
     /// Server URL for client commands.
-    #[arg(long, global = true, env = "DISPATCH_SERVER", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "DISPATCH_SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     server: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -136,7 +145,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -166,7 +178,10 @@ fn one_line(e: &anyhow::Error) -> String {
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -191,17 +206,22 @@ async fn run(cli: Cli) -> Result<()> {
                 DurabilityArg::Relaxed => dispatch_server::Durability::Relaxed,
             };
             let server = dispatch_server::start(config).await?;
-            println!("dispatch server listening on http://{}", server.local_addr());
+            println!(
+                "dispatch server listening on http://{}",
+                server.local_addr()
+            );
             server.run_until_signal().await;
             Ok(())
         }
         Command::Demo { tasks, workers } => demo::run(tasks, workers).await,
         command => {
             let client = Client::new(&cli.server)?;
-            client_command(&client, command, json).await.map_err(|e| match e.downcast::<ClientError>() {
-                Ok(ClientError::Api(p)) => anyhow::anyhow!("the server refused: {}", p.detail),
-                Ok(other) => anyhow::Error::new(other),
-                Err(e) => e,
+            client_command(&client, command, json).await.map_err(|e| {
+                match e.downcast::<ClientError>() {
+                    Ok(ClientError::Api(p)) => anyhow::anyhow!("the server refused: {}", p.detail),
+                    Ok(other) => anyhow::Error::new(other),
+                    Err(e) => e,
+                }
             })
         }
     }
@@ -234,14 +254,20 @@ async fn client_command(client: &Client, command: Command, json: bool) -> Result
             };
             let (mut task, created) = client.submit(&req).await?;
             if wait {
-                task = client.wait(&task.id, Duration::from_secs(wait_timeout)).await?;
+                task = client
+                    .wait(&task.id, Duration::from_secs(wait_timeout))
+                    .await?;
             }
             if json {
                 output::print_json(&task)?;
             } else if wait {
                 output::print_task(&task);
             } else {
-                let verb = if created { "submitted" } else { "already submitted (idempotency key) as" };
+                let verb = if created {
+                    "submitted"
+                } else {
+                    "already submitted (idempotency key) as"
+                };
                 println!("{verb} task {} ({})", task.id, task.state);
             }
             Ok(())

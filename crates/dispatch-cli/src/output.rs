@@ -80,7 +80,9 @@ pub(crate) fn print_tasks(page: &TaskList) {
         })
         .collect();
     print_table(
-        &["id", "type", "queue", "state", "prio", "attempts", "created", "error"],
+        &[
+            "id", "type", "queue", "state", "prio", "attempts", "created", "error",
+        ],
         &rows,
     );
     if let Some(c) = &page.next_cursor {
@@ -107,7 +109,16 @@ pub(crate) fn print_workers(list: &WorkerList) {
         })
         .collect();
     print_table(
-        &["id", "name", "types", "in_flight", "done", "failed", "state", "last_seen"],
+        &[
+            "id",
+            "name",
+            "types",
+            "in_flight",
+            "done",
+            "failed",
+            "state",
+            "last_seen",
+        ],
         &rows,
     );
 }

@@ -21,8 +21,8 @@
 use std::time::Duration;
 
 use dispatch_proto::{
-    CompleteTask, FailTask, HeartbeatReply, ListTasks, PollReply, PollRequest, Problem, RegisterReply,
-    RegisterWorker, SubmitBatch, SubmitTask, TaskJson, TaskList, WorkerList,
+    CompleteTask, FailTask, HeartbeatReply, ListTasks, PollReply, PollRequest, Problem,
+    RegisterReply, RegisterWorker, SubmitBatch, SubmitTask, TaskJson, TaskList, WorkerList,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -101,30 +101,46 @@ impl Client {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         if !status.is_success() {
             let problem = serde_json::from_slice::<Problem>(&bytes).unwrap_or_else(|_| {
-                Problem::new(status.as_u16(), String::from_utf8_lossy(&bytes).into_owned())
+                Problem::new(
+                    status.as_u16(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
             });
             return Err(ClientError::Api(problem));
         }
-        let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
-        let value = serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        let value =
+            serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
         Ok((status, value))
     }
 
     /// Submits a task. Returns it and whether it was created (false: its
     /// idempotency key was seen and this is the original).
     pub async fn submit(&self, task: &SubmitTask) -> Result<(TaskJson, bool), ClientError> {
-        let (status, t) = self.call(Method::POST, "/v1/tasks", Some(task), None).await?;
+        let (status, t) = self
+            .call(Method::POST, "/v1/tasks", Some(task), None)
+            .await?;
         Ok((t, status == StatusCode::CREATED))
     }
 
@@ -135,7 +151,12 @@ impl Client {
             tasks: Vec<TaskJson>,
         }
         let (_, r): (_, Reply) = self
-            .call(Method::POST, "/v1/tasks/batch", Some(&SubmitBatch { tasks }), None)
+            .call(
+                Method::POST,
+                "/v1/tasks/batch",
+                Some(&SubmitBatch { tasks }),
+                None,
+            )
             .await?;
         Ok(r.tasks)
     }
@@ -181,12 +202,18 @@ impl Client {
 
     /// Registered workers.
     pub async fn workers(&self) -> Result<WorkerList, ClientError> {
-        Ok(self.call::<(), _>(Method::GET, "/v1/workers", None, None).await?.1)
+        Ok(self
+            .call::<(), _>(Method::GET, "/v1/workers", None, None)
+            .await?
+            .1)
     }
 
     /// Registers a worker.
     pub async fn register(&self, w: &RegisterWorker) -> Result<RegisterReply, ClientError> {
-        Ok(self.call(Method::POST, "/v1/workers", Some(w), None).await?.1)
+        Ok(self
+            .call(Method::POST, "/v1/workers", Some(w), None)
+            .await?
+            .1)
     }
 
     /// Renews a worker's lease; returns the tasks it must stop.
@@ -201,7 +228,10 @@ impl Client {
         let path = format!("/v1/workers/{}/poll", encode(worker));
         let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).max(0) as u64);
         let timeout = wait + Duration::from_secs(30);
-        Ok(self.call(Method::POST, &path, Some(req), Some(timeout)).await?.1)
+        Ok(self
+            .call(Method::POST, &path, Some(req), Some(timeout))
+            .await?
+            .1)
     }
 
     /// Reports a success.
@@ -230,7 +260,10 @@ impl Client {
 
     /// The server's health document.
     pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
-        Ok(self.call::<(), _>(Method::GET, "/healthz", None, None).await?.1)
+        Ok(self
+            .call::<(), _>(Method::GET, "/healthz", None, None)
+            .await?
+            .1)
     }
 }
 

@@ -40,7 +40,10 @@ pub fn json_depth(bytes: &[u8]) -> usize {
 /// type errors name the field path (`tasks[2].priority`).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Problem::new(400, "the request body is empty; a JSON object is expected"));
+        return Err(Problem::new(
+            400,
+            "the request body is empty; a JSON object is expected",
+        ));
     }
     if json_depth(bytes) > MAX_JSON_DEPTH {
         return Err(Problem::new(

@@ -119,9 +119,15 @@ pub struct ValidTask {
 /// Checks a type, queue or schedule name: 1 to 128 of `[A-Za-z0-9._:-]`.
 pub fn validate_name(field: &str, s: &str) -> Result<(), FieldError> {
     if s.is_empty() || s.len() > MAX_NAME_LEN {
-        return Err(FieldError::new(field, format!("must be 1 to {MAX_NAME_LEN} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {MAX_NAME_LEN} characters"),
+        ));
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "._:-".contains(*c))) {
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._:-".contains(*c)))
+    {
         return Err(FieldError::new(
             field,
             format!("character {c:?} is not allowed; use letters, digits and . _ : -"),
@@ -132,14 +138,20 @@ pub fn validate_name(field: &str, s: &str) -> Result<(), FieldError> {
 
 fn check_key(field: &str, s: &str) -> Result<(), FieldError> {
     if s.is_empty() || s.len() > MAX_KEY_LEN {
-        return Err(FieldError::new(field, format!("must be 1 to {MAX_KEY_LEN} bytes")));
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {MAX_KEY_LEN} bytes"),
+        ));
     }
     Ok(())
 }
 
 fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, FieldError> {
     if v < lo || v > hi {
-        return Err(FieldError::new(field, format!("must be between {lo} and {hi}, got {v}")));
+        return Err(FieldError::new(
+            field,
+            format!("must be between {lo} and {hi}, got {v}"),
+        ));
     }
     Ok(v)
 }
@@ -162,14 +174,19 @@ impl SubmitTask {
 
     /// Validates the submission received at `now`.
     pub fn validate(self, now: Millis) -> Result<ValidTask, FieldError> {
-        let kind = self.kind.ok_or_else(|| FieldError::new("type", "is required"))?;
+        let kind = self
+            .kind
+            .ok_or_else(|| FieldError::new("type", "is required"))?;
         validate_name("type", &kind)?;
         let queue = self.queue.unwrap_or_else(|| "default".to_owned());
         validate_name("queue", &queue)?;
         let priority = in_range("priority", self.priority.unwrap_or(0), -100, 100)? as i8;
         let run_at = match (self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => {
-                return Err(FieldError::new("delay_ms", "give run_at or delay_ms, not both"));
+                return Err(FieldError::new(
+                    "delay_ms",
+                    "give run_at or delay_ms, not both",
+                ));
             }
             (Some(at), None) => Some(parse_rfc3339(&at).map_err(|m| FieldError::new("run_at", m))?),
             (None, Some(d)) => {
@@ -182,7 +199,12 @@ impl SubmitTask {
             .timeout_ms
             .map(|t| in_range("timeout_ms", t, 1, 7 * 86_400_000).map(|t| t as u64))
             .transpose()?;
-        let max_attempts = in_range("max_attempts", self.max_attempts.unwrap_or(3), 1, MAX_ATTEMPTS)? as u32;
+        let max_attempts = in_range(
+            "max_attempts",
+            self.max_attempts.unwrap_or(3),
+            1,
+            MAX_ATTEMPTS,
+        )? as u32;
         let backoff = validate_backoff(self.backoff.unwrap_or_default())?;
         if let Some(k) = &self.idempotency_key {
             check_key("idempotency_key", k)?;
@@ -206,11 +228,17 @@ impl SubmitTask {
         }
         let labels = self.labels.unwrap_or_default();
         if !labels.is_empty() {
-            return Err(FieldError::new("labels", "label constraints are not available in this version"));
+            return Err(FieldError::new(
+                "labels",
+                "label constraints are not available in this version",
+            ));
         }
         let depends_on = self.depends_on.unwrap_or_default();
         if !depends_on.is_empty() {
-            return Err(FieldError::new("depends_on", "dependencies are not available in this version"));
+            return Err(FieldError::new(
+                "depends_on",
+                "dependencies are not available in this version",
+            ));
         }
         let payload: Box<str> = match self.payload {
             Some(p) => Box::<str>::from(p),
@@ -242,14 +270,30 @@ impl SubmitTask {
 fn validate_backoff(b: BackoffJson) -> Result<Backoff, FieldError> {
     let d = Backoff::default();
     let day = 86_400_000;
-    let initial_ms = in_range("backoff.initial_ms", b.initial_ms.unwrap_or(d.initial_ms as i64), 0, day)? as u64;
-    let max_ms = in_range("backoff.max_ms", b.max_ms.unwrap_or(d.max_ms.max(initial_ms) as i64), 0, 7 * day)? as u64;
+    let initial_ms = in_range(
+        "backoff.initial_ms",
+        b.initial_ms.unwrap_or(d.initial_ms as i64),
+        0,
+        day,
+    )? as u64;
+    let max_ms = in_range(
+        "backoff.max_ms",
+        b.max_ms.unwrap_or(d.max_ms.max(initial_ms) as i64),
+        0,
+        7 * day,
+    )? as u64;
     if max_ms < initial_ms {
-        return Err(FieldError::new("backoff.max_ms", "must be at least backoff.initial_ms"));
+        return Err(FieldError::new(
+            "backoff.max_ms",
+            "must be at least backoff.initial_ms",
+        ));
     }
     let multiplier = b.multiplier.unwrap_or(d.multiplier);
     if !(1.0..=100.0).contains(&multiplier) {
-        return Err(FieldError::new("backoff.multiplier", "must be between 1 and 100"));
+        return Err(FieldError::new(
+            "backoff.multiplier",
+            "must be between 1 and 100",
+        ));
     }
     Ok(Backoff {
         initial_ms,
@@ -373,7 +417,10 @@ impl ListTasks {
             .map(|s| {
                 TaskState::parse(&s).ok_or_else(|| {
                     let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-                    FieldError::new("state", format!("unknown state {s:?}; one of {}", names.join(", ")))
+                    FieldError::new(
+                        "state",
+                        format!("unknown state {s:?}; one of {}", names.join(", ")),
+                    )
                 })
             })
             .transpose()?;
@@ -392,7 +439,10 @@ impl ListTasks {
                 in_range("limit", n, 1, 1000)? as usize
             }
         };
-        let before = self.cursor.map(|c| parse_task_id("cursor", &c)).transpose()?;
+        let before = self
+            .cursor
+            .map(|c| parse_task_id("cursor", &c))
+            .transpose()?;
         Ok(TaskQuery {
             state,
             kind: self.kind,
@@ -451,7 +501,10 @@ mod tests {
             (r#"{"type": "x", "run_at": "soon"}"#, "run_at"),
             (r#"{"type": "x", "max_attempts": 0}"#, "max_attempts"),
             (r#"{"type": "x", "timeout_ms": 0}"#, "timeout_ms"),
-            (r#"{"type": "x", "backoff": {"multiplier": 0.5}}"#, "backoff.multiplier"),
+            (
+                r#"{"type": "x", "backoff": {"multiplier": 0.5}}"#,
+                "backoff.multiplier",
+            ),
             (r#"{"type": "x", "strategy": "fastest"}"#, "strategy"),
             (r#"{"type": "x", "prioirty": 1}"#, "prioirty"),
         ];

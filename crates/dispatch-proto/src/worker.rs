@@ -8,9 +8,9 @@ use dispatch_store::TaskBody;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::FieldError;
 use crate::task::{parse_task_id, validate_name};
 use crate::time::format_rfc3339;
-use crate::FieldError;
 
 /// Most tasks one worker may run at once.
 pub const MAX_CAPACITY: i64 = 10_000;
@@ -44,7 +44,9 @@ impl RegisterWorker {
         if name.is_empty() || name.len() > 256 {
             return Err(FieldError::new("name", "must be 1 to 256 bytes"));
         }
-        let types = self.types.ok_or_else(|| FieldError::new("types", "is required"))?;
+        let types = self
+            .types
+            .ok_or_else(|| FieldError::new("types", "is required"))?;
         if types.is_empty() {
             return Err(FieldError::new("types", "must name at least one task type"));
         }
@@ -199,11 +201,17 @@ impl PollRequest {
     pub fn limits(&self, capacity: u32) -> Result<(usize, u64), FieldError> {
         let max = self.max.unwrap_or(i64::from(capacity));
         if !(1..=MAX_CAPACITY).contains(&max) {
-            return Err(FieldError::new("max", format!("must be between 1 and {MAX_CAPACITY}")));
+            return Err(FieldError::new(
+                "max",
+                format!("must be between 1 and {MAX_CAPACITY}"),
+            ));
         }
         let wait = self.wait_ms.unwrap_or(0);
         if !(0..=MAX_WAIT_MS).contains(&wait) {
-            return Err(FieldError::new("wait_ms", format!("must be between 0 and {MAX_WAIT_MS}")));
+            return Err(FieldError::new(
+                "wait_ms",
+                format!("must be between 0 and {MAX_WAIT_MS}"),
+            ));
         }
         Ok((max as usize, wait as u64))
     }

@@ -97,7 +97,9 @@ impl App {
                 r.attempts
             };
             let body = Arc::new(r.body.clone());
-            if let Err(e) = sched.restore(r.id, r.spec.clone(), body, attempts, r.error.clone(), now) {
+            if let Err(e) =
+                sched.restore(r.id, r.spec.clone(), body, attempts, r.error.clone(), now)
+            {
                 tracing::error!(task = %r.id, error = %e, "skipping a task at recovery");
                 continue;
             }
@@ -116,7 +118,12 @@ impl App {
                 let _ = writer.write_detached(Write::Update(update));
             }
         }
-        tracing::info!(live = live.len(), requeued, next_id, "recovered state from the store");
+        tracing::info!(
+            live = live.len(),
+            requeued,
+            next_id,
+            "recovered state from the store"
+        );
         let (stop_tx, stopping) = watch::channel(false);
         let app = App {
             config,
@@ -176,17 +183,16 @@ impl App {
             match event {
                 Event::Transition(t) => {
                     self.metrics.transition(t.state);
-                    if t.state == TaskState::Running {
-                        if let Some(w) = t.worker.and_then(|w| shared.wakers.get(&w)) {
-                            w.notify_one();
-                        }
+                    if t.state == TaskState::Running
+                        && let Some(w) = t.worker.and_then(|w| shared.wakers.get(&w))
+                    {
+                        w.notify_one();
                     }
                     let mut update = TaskUpdate::from(t);
-                    if update.state == TaskState::Succeeded {
-                        if let Some((id, r)) = result.take_if(|(id, _)| *id == update.id) {
-                            debug_assert_eq!(id, update.id);
-                            update.result = Some(r);
-                        }
+                    if update.state == TaskState::Succeeded
+                        && let Some((_, r)) = result.take_if(|(id, _)| *id == update.id)
+                    {
+                        update.result = Some(r);
                     }
                     match self.write(Write::Update(update)) {
                         Ok(ack) => last = Some(ack),
@@ -216,7 +222,10 @@ impl App {
     }
 
     /// One task, live or stored.
-    pub(crate) async fn find_task(self: &Arc<Self>, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+    pub(crate) async fn find_task(
+        self: &Arc<Self>,
+        id: TaskId,
+    ) -> Result<Option<TaskRecord>, StoreError> {
         if let Some(t) = self.lock().sched.task(id) {
             return Ok(Some(live_record(t)));
         }
@@ -233,7 +242,12 @@ pub(crate) async fn acked(ack: Option<Ack>) -> Result<Option<WriteOutcome>, Stor
         None => Ok(None),
         Some(rx) => rx
             .await
-            .map_err(|_| StoreError::new(dispatch_store::ErrorKind::Unavailable, "the store writer stopped"))?
+            .map_err(|_| {
+                StoreError::new(
+                    dispatch_store::ErrorKind::Unavailable,
+                    "the store writer stopped",
+                )
+            })?
             .map(Some),
     }
 }

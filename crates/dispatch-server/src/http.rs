@@ -72,7 +72,8 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self.problem).unwrap_or_default();
         let mut resp = (status, body).into_response();
         resp.headers_mut().insert(
@@ -80,7 +81,8 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -108,7 +110,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ));
             }
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         Ok(JsonBody(dispatch_proto::decode(&bytes)?))
     }
 }
@@ -120,7 +124,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(T::default()));
         }
@@ -133,7 +139,10 @@ fn body_rejection(e: BytesRejection) -> ApiError {
     if status == 413 {
         ApiError::new(413, "the request body is larger than the server accepts")
     } else {
-        ApiError::new(status.clamp(400, 499), format!("cannot read the request body: {e}"))
+        ApiError::new(
+            status.clamp(400, 499),
+            format!("cannot read the request body: {e}"),
+        )
     }
 }
 
@@ -142,8 +151,10 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Respons
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut resp = (status, bytes).into_response();
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             resp
         }
         Err(e) => ApiError::new(500, format!("cannot encode the response: {e}")).into_response(),
@@ -181,8 +192,13 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            metrics::count_requests,
+        ))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .with_state(app)
 }

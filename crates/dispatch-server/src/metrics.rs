@@ -38,14 +38,22 @@ impl Metrics {
 }
 
 /// Middleware counting requests by matched route and status.
-pub(crate) async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+pub(crate) async fn count_requests(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
-    let mut requests = app.metrics.requests.lock().unwrap_or_else(|e| e.into_inner());
+    let mut requests = app
+        .metrics
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     *requests.entry((route, status)).or_default() += 1;
     resp
 }
@@ -74,7 +82,11 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
         for t in shared.sched.tasks() {
             *by_state.entry(t.state.as_str()).or_default() += 1;
         }
-        let ws: Vec<_> = shared.sched.workers().map(|w| (w.spec.capacity, w.in_flight())).collect();
+        let ws: Vec<_> = shared
+            .sched
+            .workers()
+            .map(|w| (w.spec.capacity, w.in_flight()))
+            .collect();
         (
             ws.len(),
             ws.iter().map(|w| u64::from(w.0)).sum::<u64>(),

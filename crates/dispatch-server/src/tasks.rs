@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use dispatch_core::{TaskId, TaskState};
 use dispatch_proto::task::parse_task_id;
-use dispatch_proto::{FieldError, ListTasks, SubmitBatch, SubmitTask, TaskList, ValidTask, task_json};
+use dispatch_proto::{
+    FieldError, ListTasks, SubmitBatch, SubmitTask, TaskList, ValidTask, task_json,
+};
 use dispatch_store::{InsertOutcome, TaskRecord, Write, WriteOutcome};
 use serde_json::json;
 
@@ -22,7 +24,11 @@ fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
         id,
         spec: v.spec,
         body: v.body,
-        state: if scheduled { TaskState::Scheduled } else { TaskState::Queued },
+        state: if scheduled {
+            TaskState::Scheduled
+        } else {
+            TaskState::Queued
+        },
         attempts: 0,
         worker: None,
         started_at: None,
@@ -35,7 +41,11 @@ fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
 /// Stores new tasks durably, then hands the created ones to the core.
 /// Returns, per task, its record and whether it was created (false: its
 /// idempotency key named an earlier task, whose record is returned).
-async fn accept(app: &Arc<App>, tasks: Vec<ValidTask>, now: u64) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
+async fn accept(
+    app: &Arc<App>,
+    tasks: Vec<ValidTask>,
+    now: u64,
+) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
     let first = app.reserve_ids(tasks.len() as u64);
     let records: Vec<TaskRecord> = tasks
         .into_iter()
@@ -46,7 +56,10 @@ async fn accept(app: &Arc<App>, tasks: Vec<ValidTask>, now: u64) -> Result<Vec<(
     let outcomes = match acked(Some(ack)).await? {
         Some(WriteOutcome::Inserted(o)) if o.len() == records.len() => o,
         other => {
-            tracing::error!(?other, "the store answered an insert with the wrong outcome");
+            tracing::error!(
+                ?other,
+                "the store answered an insert with the wrong outcome"
+            );
             return Err(ApiError::new(500, "internal store error"));
         }
     };
@@ -68,7 +81,9 @@ async fn accept(app: &Arc<App>, tasks: Vec<ValidTask>, now: u64) -> Result<Vec<(
         // still queued after a crash, and it will run then.
         let _ = app.settle(&mut shared, now_ms(), None);
     }
-    app.metrics.submitted.fetch_add(created, std::sync::atomic::Ordering::Relaxed);
+    app.metrics
+        .submitted
+        .fetch_add(created, std::sync::atomic::Ordering::Relaxed);
     if delayed {
         app.timer_wake.notify_one();
     }
@@ -94,19 +109,29 @@ async fn accept(app: &Arc<App>, tasks: Vec<ValidTask>, now: u64) -> Result<Vec<(
 
 /// `POST /v1/tasks`: 201 with the task, or 200 with the original when the
 /// idempotency key was seen before.
-pub(crate) async fn submit(State(app): State<Arc<App>>, JsonBody(req): JsonBody<SubmitTask>) -> Result<Response, ApiError> {
+pub(crate) async fn submit(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<SubmitTask>,
+) -> Result<Response, ApiError> {
     let now = now_ms();
     let valid = req.validate(now)?;
     let (record, created) = accept(&app, vec![valid], now)
         .await?
         .pop()
         .ok_or_else(|| ApiError::new(500, "no outcome for the submitted task"))?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(json(status, &task_json(&record)))
 }
 
 /// `POST /v1/tasks/batch`: all valid and stored, or none.
-pub(crate) async fn submit_batch(State(app): State<Arc<App>>, JsonBody(req): JsonBody<SubmitBatch>) -> Result<Response, ApiError> {
+pub(crate) async fn submit_batch(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<SubmitBatch>,
+) -> Result<Response, ApiError> {
     let now = now_ms();
     if req.tasks.is_empty() {
         return Err(FieldError::new("tasks", "must hold at least one task").into());
@@ -114,7 +139,10 @@ pub(crate) async fn submit_batch(State(app): State<Arc<App>>, JsonBody(req): Jso
     if req.tasks.len() > dispatch_proto::task::MAX_BATCH {
         return Err(FieldError::new(
             "tasks",
-            format!("at most {} tasks per batch", dispatch_proto::task::MAX_BATCH),
+            format!(
+                "at most {} tasks per batch",
+                dispatch_proto::task::MAX_BATCH
+            ),
         )
         .into());
     }
@@ -122,7 +150,10 @@ pub(crate) async fn submit_batch(State(app): State<Arc<App>>, JsonBody(req): Jso
         .tasks
         .into_iter()
         .enumerate()
-        .map(|(i, t)| t.validate(now).map_err(|e| e.within(&format!("tasks[{i}]"))))
+        .map(|(i, t)| {
+            t.validate(now)
+                .map_err(|e| e.within(&format!("tasks[{i}]")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let accepted = accept(&app, valid, now).await?;
     let tasks: Vec<_> = accepted.iter().map(|(r, _)| task_json(r)).collect();
@@ -134,7 +165,10 @@ fn path_task_id(s: &str) -> Result<TaskId, ApiError> {
 }
 
 /// `GET /v1/tasks/{id}`.
-pub(crate) async fn get_one(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn get_one(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let tid = path_task_id(&id)?;
     match app.find_task(tid).await? {
         Some(r) => Ok(json(StatusCode::OK, &task_json(&r))),
@@ -163,13 +197,19 @@ pub(crate) async fn list(
 
 /// `POST /v1/tasks/{id}/cancel`: 200 with the cancelled task; 409 when it
 /// already ended.
-pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn cancel(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let tid = path_task_id(&id)?;
     let now = now_ms();
     let outcome = {
         let mut shared = app.lock();
         let before = shared.sched.task(tid).map(live_record);
-        match shared.sched.cancel(tid, "cancelled by request".to_owned(), now) {
+        match shared
+            .sched
+            .cancel(tid, "cancelled by request".to_owned(), now)
+        {
             Ok(()) => {
                 let ack = app.settle(&mut shared, now, None);
                 Some((before, ack))
@@ -192,7 +232,9 @@ pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) 
                 "task {id} already ended ({})",
                 r.state
             ))),
-            Some(_) => Err(ApiError::conflict(format!("task {id} is finishing; try again"))),
+            Some(_) => Err(ApiError::conflict(format!(
+                "task {id} is finishing; try again"
+            ))),
         },
     }
 }

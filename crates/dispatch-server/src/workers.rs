@@ -11,8 +11,8 @@ use dispatch_core::{CoreError, TaskId, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::worker::parse_worker_id;
 use dispatch_proto::{
-    CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask, RegisterReply,
-    RegisterWorker, ResultStatus, WorkerJson, WorkerList,
+    CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask,
+    RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
 };
 use serde_json::json;
 
@@ -24,11 +24,16 @@ fn path_worker_id(s: &str) -> Result<WorkerId, ApiError> {
 }
 
 fn lease_lost(w: WorkerId) -> ApiError {
-    ApiError::not_found(format_args!("worker {w}: its lease was lost or it never registered; register again"))
+    ApiError::not_found(format_args!(
+        "worker {w}: its lease was lost or it never registered; register again"
+    ))
 }
 
 /// `POST /v1/workers`: 201 with the id and lease settings.
-pub(crate) async fn register(State(app): State<Arc<App>>, JsonBody(req): JsonBody<RegisterWorker>) -> Result<Response, ApiError> {
+pub(crate) async fn register(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<RegisterWorker>,
+) -> Result<Response, ApiError> {
     let spec = req.validate()?;
     let now = now_ms();
     let id = {
@@ -57,7 +62,10 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
 
 /// `POST /v1/workers/{id}/heartbeat`: 200 with the tasks to stop; 404 when
 /// the lease was lost.
-pub(crate) async fn heartbeat(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn heartbeat(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
     let cancel = app
         .lock()
@@ -71,7 +79,10 @@ pub(crate) async fn heartbeat(State(app): State<Arc<App>>, Path(id): Path<String
 }
 
 /// `DELETE /v1/workers/{id}`: graceful leave; its tasks are requeued.
-pub(crate) async fn leave(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn leave(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
     let now = now_ms();
     let ack = {
@@ -87,7 +98,13 @@ pub(crate) async fn leave(State(app): State<Arc<App>>, Path(id): Path<String>) -
 
 /// Applies one report under the lock. The result is attached to the
 /// task's terminal write by `settle`.
-fn report(app: &App, shared: &mut Shared, task: TaskId, worker: WorkerId, outcome: Outcome) -> Result<Option<Ack>, CoreError> {
+fn report(
+    app: &App,
+    shared: &mut Shared,
+    task: TaskId,
+    worker: WorkerId,
+    outcome: Outcome,
+) -> Result<Option<Ack>, CoreError> {
     let now = now_ms();
     match outcome {
         Outcome::Succeeded(result) => {
@@ -99,7 +116,9 @@ fn report(app: &App, shared: &mut Shared, task: TaskId, worker: WorkerId, outcom
             retry_after_ms,
             abort,
         } => {
-            shared.sched.fail(task, worker, error, retry_after_ms, abort, now)?;
+            shared
+                .sched
+                .fail(task, worker, error, retry_after_ms, abort, now)?;
             Ok(app.settle(shared, now, None))
         }
     }
@@ -111,15 +130,24 @@ fn not_leased(task: TaskId, worker: WorkerId) -> ApiError {
     ))
 }
 
-async fn report_one(app: Arc<App>, id: String, worker: WorkerId, outcome: Outcome) -> Result<Response, ApiError> {
-    let task = parse_task_id("id", &id).map_err(|_| ApiError::not_found(format_args!("task {id:?}")))?;
+async fn report_one(
+    app: Arc<App>,
+    id: String,
+    worker: WorkerId,
+    outcome: Outcome,
+) -> Result<Response, ApiError> {
+    let task =
+        parse_task_id("id", &id).map_err(|_| ApiError::not_found(format_args!("task {id:?}")))?;
     let ack = {
         let mut shared = app.lock();
         report(&app, &mut shared, task, worker, outcome).map_err(|_| not_leased(task, worker))?
     };
     acked(ack).await?;
     let state = app.find_task(task).await?.map(|r| r.state.as_str());
-    Ok(json(StatusCode::OK, &json!({ "task_id": id, "state": state })))
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "task_id": id, "state": state }),
+    ))
 }
 
 /// `POST /v1/tasks/{id}/complete`: 200; 409 when no longer leased to it.
@@ -163,8 +191,17 @@ pub(crate) async fn poll(
     let w = path_worker_id(&id)?;
     // Validate every report before applying any.
     let mut reports = Vec::new();
-    for (i, r) in req.results.clone().unwrap_or_default().into_iter().enumerate() {
-        reports.push(r.validate().map_err(|e| e.within(&format!("results[{i}]")))?);
+    for (i, r) in req
+        .results
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        reports.push(
+            r.validate()
+                .map_err(|e| e.within(&format!("results[{i}]")))?,
+        );
     }
     let (mut tasks, statuses, ack, waker, wait_ms, max) = {
         let mut shared = app.lock();
