@@ -175,6 +175,16 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
+/// Prints `v` as JSON or, for people, with `human`.
+fn show<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<()> {
+    if json {
+        output::print_json(v)
+    } else {
+        human(v);
+        Ok(())
+    }
+}
+
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -274,12 +284,7 @@ async fn client_command(client: &Client, command: Command, json: bool) -> Result
         }
         Command::Task { id } => {
             let task = client.task(&id).await?;
-            if json {
-                output::print_json(&task)
-            } else {
-                output::print_task(&task);
-                Ok(())
-            }
+            show(json, &task, output::print_task)
         }
         Command::Tasks {
             state,
@@ -296,30 +301,15 @@ async fn client_command(client: &Client, command: Command, json: bool) -> Result
                 cursor,
             };
             let page = client.tasks(&q).await?;
-            if json {
-                output::print_json(&page)
-            } else {
-                output::print_tasks(&page);
-                Ok(())
-            }
+            show(json, &page, output::print_tasks)
         }
         Command::Cancel { id } => {
             let task = client.cancel(&id).await?;
-            if json {
-                output::print_json(&task)
-            } else {
-                println!("cancelled task {}", task.id);
-                Ok(())
-            }
+            show(json, &task, |t| println!("cancelled task {}", t.id))
         }
         Command::Workers => {
             let list = client.workers().await?;
-            if json {
-                output::print_json(&list)
-            } else {
-                output::print_workers(&list);
-                Ok(())
-            }
+            show(json, &list, output::print_workers)
         }
         Command::Server { .. } | Command::Demo { .. } => unreachable!("handled by run"),
     }

@@ -222,12 +222,7 @@ impl<B> Scheduler<B> {
         worker: WorkerId,
         now: Millis,
     ) -> Result<(), CoreError> {
-        self.check_lease(task, worker)?;
-        self.renew(worker, now);
-        self.release(task);
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.completed += 1;
-        }
+        self.end_attempt(task, worker, true, now)?;
         self.finish(task, TaskState::Succeeded, None, now);
         Ok(())
     }
@@ -244,12 +239,7 @@ impl<B> Scheduler<B> {
         abort: bool,
         now: Millis,
     ) -> Result<(), CoreError> {
-        self.check_lease(task, worker)?;
-        self.renew(worker, now);
-        self.release(task);
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.failed += 1;
-        }
+        self.end_attempt(task, worker, false, now)?;
         let t = &self.tasks[&task];
         if abort || t.attempts >= t.spec.max_attempts {
             self.finish(task, TaskState::Dead, Some(error), now);
@@ -503,6 +493,28 @@ impl<B> Scheduler<B> {
             Some(t) if t.state == TaskState::Running && t.worker == Some(worker) => Ok(()),
             _ => Err(CoreError::NotLeased { task, worker }),
         }
+    }
+
+    /// Ends the attempt a worker reports on: checks the lease, renews the
+    /// worker's own lease, frees the slot and counts the outcome.
+    fn end_attempt(
+        &mut self,
+        task: TaskId,
+        worker: WorkerId,
+        succeeded: bool,
+        now: Millis,
+    ) -> Result<(), CoreError> {
+        self.check_lease(task, worker)?;
+        self.renew(worker, now);
+        self.release(task);
+        if let Some(w) = self.workers.get_mut(&worker) {
+            if succeeded {
+                w.completed += 1;
+            } else {
+                w.failed += 1;
+            }
+        }
+        Ok(())
     }
 
     fn renew(&mut self, worker: WorkerId, now: Millis) {
