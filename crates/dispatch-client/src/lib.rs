@@ -167,19 +167,27 @@ impl Client {
         Ok(self.call::<(), _>(Method::GET, &path, None, None).await?.1)
     }
 
-    /// Polls a task until it is terminal or `timeout` passes; returns it as
-    /// last seen.
+    /// Waits until a task is terminal or `timeout` passes (the server holds
+    /// each request up to `wait_ms`); returns it as last seen.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<TaskJson, ClientError> {
         let deadline = std::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(20);
         loop {
-            let t = self.task(id).await?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let wait_ms = left.as_millis().min(60_000) as u64;
+            let path = format!("/v1/tasks/{}?wait_ms={wait_ms}", encode(id));
+            let t: TaskJson = self
+                .call::<(), _>(
+                    Method::GET,
+                    &path,
+                    None,
+                    Some(Duration::from_millis(wait_ms) + Duration::from_secs(30)),
+                )
+                .await?
+                .1;
             let terminal = matches!(t.state.as_str(), "succeeded" | "dead" | "cancelled");
-            if terminal || std::time::Instant::now() >= deadline {
+            if terminal || wait_ms == 0 {
                 return Ok(t);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
 

@@ -34,7 +34,7 @@ pub fn json_depth(bytes: &[u8]) -> usize {
     max
 }
 
-/// Decodes a request body into `T`.
+/// Decodes a request body, which must be one JSON object, into `T`.
 ///
 /// Errors are 400 problems: syntax errors say where (line and column),
 /// type errors name the field path (`tasks[2].priority`).
@@ -51,8 +51,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             format!("JSON nesting is deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(Problem::new(400, "the request body must be a JSON object"));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let msg = inner.to_string();
@@ -62,6 +66,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             let field = if path == "." { String::new() } else { path };
             Problem::field(400, FieldError::new(field, msg))
         }
+    })?;
+    de.end().map_err(|e| {
+        Problem::new(
+            400,
+            format!("malformed JSON: unexpected data after the object ({e})"),
+        )
     })?;
     Ok(value)
 }
@@ -78,8 +88,22 @@ mod tests {
     }
 
     #[test]
+    fn only_one_object_is_accepted() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct T {
+            a: Option<u8>,
+        }
+        assert!(decode::<T>(br#" {"a": 1} "#).is_ok());
+        for bad in [&br#"[1]"#[..], br#"{"a": 1} x"#, br#"{}{}"#, b"null", b"7"] {
+            assert_eq!(decode::<T>(bad).unwrap_err().status, 400, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn too_deep_is_refused() {
         let body = "[".repeat(65) + &"]".repeat(65);
+        let body = format!("{{\"a\": {body}}}");
         let p = decode::<serde_json::Value>(body.as_bytes()).unwrap_err();
         assert_eq!(p.status, 400);
         assert!(p.detail.contains("deeper"));

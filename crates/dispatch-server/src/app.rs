@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) sched: Scheduler<Body>,
     /// One per registered worker; notified when tasks are assigned to it.
     wakers: HashMap<WorkerId, Arc<Notify>>,
+    /// Requests waiting for a task to end (`GET /v1/tasks/{id}?wait_ms`).
+    task_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
 }
 
 /// A pending acknowledgement from the store writer.
@@ -130,6 +132,7 @@ impl App {
             shared: Mutex::new(Shared {
                 sched,
                 wakers: HashMap::new(),
+                task_waiters: HashMap::new(),
             }),
             store,
             writer,
@@ -179,10 +182,17 @@ impl App {
     ) -> Option<Ack> {
         shared.sched.tick(now);
         let mut last = None;
+        let mut new_timer = false;
         for event in shared.sched.drain_events() {
             match event {
                 Event::Transition(t) => {
                     self.metrics.transition(t.state);
+                    new_timer |= t.state == TaskState::Scheduled;
+                    if t.state.is_terminal() {
+                        for waiter in shared.task_waiters.remove(&t.task).unwrap_or_default() {
+                            let _ = waiter.send(());
+                        }
+                    }
                     if t.state == TaskState::Running
                         && let Some(w) = t.worker.and_then(|w| shared.wakers.get(&w))
                     {
@@ -206,7 +216,31 @@ impl App {
                 }
             }
         }
+        if new_timer {
+            self.timer_wake.notify_one();
+        }
         last
+    }
+
+    /// A receiver that fires when the live task `id` ends; `None` when the
+    /// core does not hold it (it already ended, or never existed).
+    pub(crate) fn watch_task(&self, id: TaskId) -> Option<oneshot::Receiver<()>> {
+        let mut shared = self.lock();
+        shared.sched.task(id)?;
+        let (tx, rx) = oneshot::channel();
+        let waiters = shared.task_waiters.entry(id).or_default();
+        waiters.retain(|w| !w.is_closed());
+        waiters.push(tx);
+        Some(rx)
+    }
+
+    /// Waits until the writer has committed everything sent before this
+    /// call: writes commit in order, so an empty write's acknowledgement
+    /// comes after all of them.
+    pub(crate) async fn barrier(&self) -> Result<(), StoreError> {
+        acked(Some(self.write(Write::Insert(Vec::new()))?))
+            .await
+            .map(|_| ())
     }
 
     /// The wake-up handle of a registered worker.
@@ -229,6 +263,20 @@ impl App {
         if let Some(t) = self.lock().sched.task(id) {
             return Ok(Some(live_record(t)));
         }
+        let stored = self.read_stored(id).await?;
+        if stored.as_ref().is_some_and(|r| !r.state.is_terminal()) {
+            // The core let go of it, so its final state is on its way to the
+            // store: let the writer pass that write, then read again.
+            self.barrier().await?;
+            if let Some(t) = self.lock().sched.task(id) {
+                return Ok(Some(live_record(t)));
+            }
+            return self.read_stored(id).await;
+        }
+        Ok(stored)
+    }
+
+    async fn read_stored(self: &Arc<Self>, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         let app = self.clone();
         tokio::task::spawn_blocking(move || app.store.get_task(id))
             .await

@@ -164,12 +164,47 @@ fn path_task_id(s: &str) -> Result<TaskId, ApiError> {
     parse_task_id("id", s).map_err(|_| ApiError::not_found(format_args!("task {s:?}")))
 }
 
-/// `GET /v1/tasks/{id}`.
+/// Query of `GET /v1/tasks/{id}`.
+#[derive(serde::Deserialize)]
+pub(crate) struct GetQuery {
+    wait_ms: Option<String>,
+}
+
+/// Longest `wait_ms` of a task read.
+const MAX_TASK_WAIT_MS: u64 = 300_000;
+
+/// `GET /v1/tasks/{id}`, optionally holding up to `wait_ms` until the task
+/// is terminal.
 pub(crate) async fn get_one(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(400, format!("bad query string: {e}")))?;
+    let wait_ms = match q.wait_ms {
+        None => 0,
+        Some(w) => match w.parse::<u64>() {
+            Ok(ms) if ms <= MAX_TASK_WAIT_MS => ms,
+            _ => {
+                return Err(FieldError::new(
+                    "wait_ms",
+                    format!("must be an integer between 0 and {MAX_TASK_WAIT_MS}, got {w:?}"),
+                )
+                .into());
+            }
+        },
+    };
     let tid = path_task_id(&id)?;
+    if wait_ms > 0
+        && let Some(ended) = app.watch_task(tid)
+    {
+        let mut stopping = app.stopping.clone();
+        tokio::select! {
+            _ = ended => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms)) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    }
     match app.find_task(tid).await? {
         Some(r) => Ok(json(StatusCode::OK, &task_json(&r))),
         None => Err(ApiError::not_found(format_args!("task {id}"))),
@@ -182,15 +217,19 @@ pub(crate) async fn list(
     query: Result<Query<ListTasks>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(400, format!("bad query string: {e}")))?;
-    let q = q.validate()?;
+    let mut q = q.validate()?;
     let limit = q.limit;
+    // One more than asked tells whether another page follows.
+    q.limit += 1;
     let store = app.store.clone();
-    let records = tokio::task::spawn_blocking(move || store.list_tasks(&q))
+    let mut records = tokio::task::spawn_blocking(move || store.list_tasks(&q))
         .await
         .map_err(|e| ApiError::new(500, e.to_string()))??;
-    let next_cursor = (records.len() == limit)
-        .then(|| records.last().map(|r| r.id.to_string()))
-        .flatten();
+    let next_cursor = (records.len() > limit).then(|| {
+        records.truncate(limit);
+        records.last().map(|r| r.id.to_string())
+    });
+    let next_cursor = next_cursor.flatten();
     let tasks = records.iter().map(task_json).collect();
     Ok(json(StatusCode::OK, &TaskList { tasks, next_cursor }))
 }

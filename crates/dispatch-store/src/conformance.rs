@@ -200,6 +200,11 @@ pub fn every_field_round_trips(store: impl Store) {
 /// An empty batch succeeds and answers nothing.
 pub fn empty_batch_is_a_no_op(store: impl Store) {
     assert_eq!(store.apply(&[]).expect("apply"), Vec::new());
+    // An empty insert is how the server waits for the writer to catch up.
+    assert_eq!(
+        store.apply(&[Write::Insert(Vec::new())]).expect("apply"),
+        vec![WriteOutcome::Inserted(Vec::new())]
+    );
     assert_eq!(store.max_task_id().expect("max_task_id"), None);
 }
 
