@@ -22,8 +22,8 @@ mod decode;
 pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
 pub use problem::{FieldError, Problem};
 pub use task::{
-    BackoffJson, ListTasks, SubmitBatch, SubmitTask, TaskJson, TaskList, ValidTask, parse_task_id,
-    task_json, validate_name,
+    BackoffJson, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskJson, TaskList, ValidTask,
+    parse_task_id, task_json, validate_name,
 };
 pub use worker::{
     CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask,

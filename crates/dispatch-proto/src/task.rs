@@ -453,6 +453,13 @@ impl ListTasks {
     }
 }
 
+/// Reply to a batch submission.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskBatch {
+    /// The tasks, in submission order.
+    pub tasks: Vec<TaskJson>,
+}
+
 /// A page of tasks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskList {

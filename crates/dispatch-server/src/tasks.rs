@@ -9,10 +9,9 @@ use axum::response::Response;
 use dispatch_core::{TaskId, TaskState};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
-    FieldError, ListTasks, SubmitBatch, SubmitTask, TaskList, ValidTask, task_json,
+    FieldError, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskList, ValidTask, task_json,
 };
 use dispatch_store::{InsertOutcome, TaskRecord, Write, WriteOutcome};
-use serde_json::json;
 
 use crate::app::{App, acked, live_record, now_ms};
 use crate::http::{ApiError, JsonBody, json};
@@ -47,7 +46,7 @@ async fn accept(
     now: u64,
 ) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
     let first = app.reserve_ids(tasks.len() as u64);
-    let records: Vec<TaskRecord> = tasks
+    let mut records: Vec<TaskRecord> = tasks
         .into_iter()
         .enumerate()
         .map(|(i, v)| new_record(TaskId(first + i as u64), v, now))
@@ -80,6 +79,15 @@ async fn accept(
         // Assignment writes need no wait: losing one only means the task is
         // still queued after a crash, and it will run then.
         let _ = app.settle(&mut shared, now_ms(), None);
+        // Show each new task as it is now: it may already be running.
+        for (r, o) in records.iter_mut().zip(&outcomes) {
+            if let (InsertOutcome::Created, Some(t)) = (o, shared.sched.task(r.id)) {
+                r.state = t.state;
+                r.attempts = t.attempts;
+                r.worker = t.worker;
+                r.started_at = t.started_at;
+            }
+        }
     }
     app.metrics
         .submitted
@@ -90,11 +98,7 @@ async fn accept(
     let mut out = Vec::with_capacity(records.len());
     for (r, o) in records.into_iter().zip(outcomes) {
         match o {
-            InsertOutcome::Created => {
-                // Show the task as it is now: it may already be running.
-                let now_record = app.lock().sched.task(r.id).map(live_record);
-                out.push((now_record.unwrap_or(r), true));
-            }
+            InsertOutcome::Created => out.push((r, true)),
             InsertOutcome::Existing(orig) => {
                 let original = app
                     .find_task(orig)
@@ -157,7 +161,7 @@ pub(crate) async fn submit_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let accepted = accept(&app, valid, now).await?;
     let tasks: Vec<_> = accepted.iter().map(|(r, _)| task_json(r)).collect();
-    Ok(json(StatusCode::CREATED, &json!({ "tasks": tasks })))
+    Ok(json(StatusCode::CREATED, &TaskBatch { tasks }))
 }
 
 fn path_task_id(s: &str) -> Result<TaskId, ApiError> {

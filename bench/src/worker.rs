@@ -1,0 +1,163 @@
+//! `dispatch-bench worker`: one HTTP worker process, as any language would
+//! write it. It registers, then loops on `POST /v1/workers/{id}/poll`
+//! carrying the previous round's results; every task is a no-op that
+//! succeeds at once with a null result.
+//!
+//! For a task whose payload has `sent_us` (microseconds since the epoch,
+//! when the benchmark meant to submit it), the worker records
+//! `received - sent_us` as that task's submit-to-start latency.
+//!
+//! It stops when its stdin is closed: it reports what it still holds,
+//! leaves, and prints one JSON line with its counts and latency samples.
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use dispatch_client::{Client, ClientError};
+use dispatch_proto::{PollRequest, RegisterWorker, ReportResult};
+use serde_json::json;
+use tokio::sync::watch;
+
+/// Task types the benchmark submits.
+pub(crate) const NOOP_TYPE: &str = "bench.noop";
+pub(crate) const LATENCY_TYPE: &str = "bench.latency";
+
+/// Consecutive failed polls before the worker gives up.
+const MAX_ERRORS: u32 = 50;
+
+#[derive(Args, Debug)]
+pub(crate) struct WorkerArgs {
+    /// Server URL.
+    #[arg(long)]
+    server: String,
+    /// Display name.
+    #[arg(long, default_value = "bench-worker")]
+    name: String,
+    /// Tasks held at once; also the poll's `max`.
+    #[arg(long, default_value_t = 256)]
+    capacity: i64,
+    /// Longest a poll waits when nothing is assigned.
+    #[arg(long, default_value_t = 500)]
+    wait_ms: i64,
+}
+
+/// Runs the worker until its stdin closes.
+pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
+    let client = Client::new(&args.server)?;
+    let (stop_tx, stop) = watch::channel(false);
+    // A thread, not tokio's stdin: it only has to notice the end.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        let _ = stop_tx.send(true);
+    });
+
+    let reg = RegisterWorker {
+        name: Some(args.name.clone()),
+        types: Some(vec![NOOP_TYPE.to_owned(), LATENCY_TYPE.to_owned()]),
+        labels: None,
+        capacity: Some(args.capacity),
+    };
+    let mut id = client.register(&reg).await.context("cannot register")?.id;
+
+    let mut done: Vec<ReportResult> = Vec::new();
+    // Parallel: when each latency task was meant to be sent, and how long
+    // it took to start.
+    let (mut sent_at_us, mut latency_us): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    let (mut completed, mut conflicts, mut polls, mut busy_polls) = (0u64, 0u64, 0u64, 0u64);
+    // Polls that brought no-op (drain) tasks, and those tasks.
+    let (mut noop_polls, mut noop_completed) = (0u64, 0u64);
+    let mut errors = 0u32;
+    loop {
+        let stopping = *stop.borrow();
+        if stopping && done.is_empty() {
+            break;
+        }
+        let results = (!done.is_empty()).then(|| std::mem::take(&mut done));
+        let req = PollRequest {
+            max: Some(args.capacity),
+            wait_ms: Some(if stopping { 0 } else { args.wait_ms }),
+            results,
+        };
+        let reply = match client.poll(&id, &req).await {
+            Ok(r) => {
+                errors = 0;
+                r
+            }
+            Err(ClientError::Api(p)) if p.status == 404 => {
+                // The lease was lost: what we held was requeued. Join again.
+                eprintln!("{}: lease lost, registering again", args.name);
+                id = client
+                    .register(&reg)
+                    .await
+                    .context("cannot register again")?
+                    .id;
+                continue;
+            }
+            Err(e) => {
+                errors += 1;
+                if errors >= MAX_ERRORS {
+                    bail!(
+                        "{}: {errors} polls failed in a row, the last with: {e}",
+                        args.name
+                    );
+                }
+                // Keep the results for the next try.
+                if let Some(r) = req.results {
+                    done = r;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let received = crate::epoch_us();
+        polls += 1;
+        busy_polls += u64::from(!reply.tasks.is_empty());
+        noop_polls += u64::from(reply.tasks.iter().any(|t| t.kind == NOOP_TYPE));
+        conflicts += reply
+            .results
+            .iter()
+            .flatten()
+            .filter(|s| s.status != 200)
+            .count() as u64;
+        for t in reply.tasks {
+            if t.kind == LATENCY_TYPE {
+                if let Some(sent) = sent_us(t.payload.get()) {
+                    sent_at_us.push(sent);
+                    latency_us.push(received.saturating_sub(sent));
+                }
+            } else {
+                noop_completed += 1;
+            }
+            completed += 1;
+            done.push(ReportResult {
+                task_id: t.id,
+                ..ReportResult::default()
+            });
+        }
+    }
+    let _ = client.leave(&id).await;
+    let report = json!({
+        "name": args.name,
+        "completed": completed,
+        "conflicts": conflicts,
+        "polls": polls,
+        "busy_polls": busy_polls,
+        "noop_polls": noop_polls,
+        "noop_completed": noop_completed,
+        "sent_us": sent_at_us,
+        "latency_us": latency_us,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// The `sent_us` field of a latency task's payload.
+fn sent_us(payload: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()?
+        .get("sent_us")?
+        .as_u64()
+}
