@@ -131,6 +131,10 @@ pub struct Scheduler<B> {
     ready: HashMap<Arc<str>, BTreeSet<ReadyKey>>,
     /// Scheduled tasks by the time they become ready.
     timers: BTreeSet<(Millis, TaskId)>,
+    /// Running tasks by the time their attempt times out.
+    deadlines: BTreeSet<(Millis, TaskId)>,
+    /// Live parents and the tasks waiting for them.
+    children: HashMap<TaskId, Vec<TaskId>>,
     workers: BTreeMap<WorkerId, Worker>,
     by_type: HashMap<Arc<str>, TypeWorkers>,
     next_seq: u64,
@@ -149,6 +153,8 @@ impl<B> Scheduler<B> {
             tasks: HashMap::new(),
             ready: HashMap::new(),
             timers: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            children: HashMap::new(),
             workers: BTreeMap::new(),
             by_type: HashMap::new(),
             next_seq: 0,
@@ -205,6 +211,8 @@ impl<B> Scheduler<B> {
             started_at: None,
             ready_at: None,
             last_error,
+            waiting_on: 0,
+            deadline: None,
             seq,
         };
         self.tasks.insert(id, task);
@@ -240,17 +248,52 @@ impl<B> Scheduler<B> {
         now: Millis,
     ) -> Result<(), CoreError> {
         self.end_attempt(task, worker, false, now)?;
-        let t = &self.tasks[&task];
-        if abort || t.attempts >= t.spec.max_attempts {
-            self.finish(task, TaskState::Dead, Some(error), now);
-        } else {
-            let delay = retry_after_ms.unwrap_or_else(|| {
-                let unit = self.rng.next_f64();
-                t.spec.backoff.delay(t.attempts, unit)
-            });
-            self.retry(task, error, now.saturating_add(delay), now);
-        }
+        self.attempt_failed(task, error, retry_after_ms, abort, now);
         Ok(())
+    }
+
+    /// Holds a task just admitted by `submit` or `restore` until every one
+    /// of `parents` has succeeded; it is cancelled if one ends otherwise.
+    ///
+    /// Returns the parents the core does not hold (they already ended): the
+    /// caller must look up how each ended and report it with
+    /// [`Scheduler::parent_ended`].
+    pub fn hold_for_parents(
+        &mut self,
+        task: TaskId,
+        parents: &[TaskId],
+    ) -> Result<Vec<TaskId>, CoreError> {
+        let t = self.tasks.get(&task).ok_or(CoreError::UnknownTask(task))?;
+        if t.state == TaskState::Running {
+            return Err(CoreError::UnknownTask(task));
+        }
+        let mut parents: Vec<TaskId> = parents.iter().copied().filter(|p| *p != task).collect();
+        parents.sort();
+        parents.dedup();
+        if parents.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.unindex(task);
+        let t = self.tasks.get_mut(&task).expect("checked above");
+        t.state = TaskState::Scheduled;
+        t.waiting_on = parents.len() as u32;
+        let mut ended = Vec::new();
+        for p in parents {
+            if self.tasks.contains_key(&p) {
+                self.children.entry(p).or_default().push(task);
+            } else {
+                ended.push(p);
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Reports how a parent the core does not hold ended (see
+    /// [`Scheduler::hold_for_parents`]).
+    pub fn parent_ended(&mut self, task: TaskId, parent: TaskId, state: TaskState, now: Millis) {
+        if let Some(ended) = self.settle_parent(task, parent, state, now) {
+            self.cascade(vec![ended], now);
+        }
     }
 
     /// Cancels a live task. A running task's worker is told through
@@ -332,7 +375,18 @@ impl<B> Scheduler<B> {
             .ok_or(CoreError::UnknownWorker(worker))?;
         w.last_seen_at = w.last_seen_at.max(now);
         let n = max.min(w.undelivered.len());
-        Ok(w.undelivered.drain(..n).collect())
+        let handed: Vec<TaskId> = w.undelivered.drain(..n).collect();
+        // The attempt's clock starts when the worker has the task in hand.
+        for id in &handed {
+            if let Some(t) = self.tasks.get_mut(id)
+                && let Some(timeout) = t.spec.timeout_ms
+            {
+                let at = now.saturating_add(timeout);
+                t.deadline = Some(at);
+                self.deadlines.insert((at, *id));
+            }
+        }
+        Ok(handed)
     }
 
     /// A worker leaves gracefully; its tasks go back to the queue without
@@ -349,6 +403,7 @@ impl<B> Scheduler<B> {
     /// assigns ready tasks to workers with free slots.
     pub fn tick(&mut self, now: Millis) {
         self.fire_timers(now);
+        self.expire_timeouts(now);
         self.expire_leases(now);
         self.dispatch(now);
     }
@@ -393,7 +448,13 @@ impl<B> Scheduler<B> {
     /// The earliest time at which `tick` has something to do without any
     /// other input (a timer or a lease check), if any.
     pub fn next_deadline(&self) -> Option<Millis> {
-        let timer = self.timers.first().map(|&(at, _)| at);
+        let timer = self
+            .timers
+            .first()
+            .into_iter()
+            .chain(self.deadlines.first())
+            .map(|&(at, _)| at)
+            .min();
         let lease = (!self.workers.is_empty()).then_some(self.lease_check_at);
         timer.into_iter().chain(lease).min()
     }
@@ -450,6 +511,13 @@ impl<B> Scheduler<B> {
                         return Err(format!("queued task {} not in the ready queue", t.id));
                     }
                 }
+                TaskState::Scheduled if t.waiting_on > 0 => {
+                    if t.ready_at
+                        .is_some_and(|at| self.timers.contains(&(at, t.id)))
+                    {
+                        return Err(format!("task {} waits for parents and has a timer", t.id));
+                    }
+                }
                 TaskState::Scheduled => {
                     scheduled += 1;
                     let at = t
@@ -461,6 +529,17 @@ impl<B> Scheduler<B> {
                 }
                 s if s.is_terminal() => return Err(format!("terminal task {} still held", t.id)),
                 _ => {}
+            }
+        }
+        for &(at, id) in &self.deadlines {
+            let ok = self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.state == TaskState::Running && t.deadline == Some(at));
+            if !ok {
+                return Err(format!(
+                    "deadline of task {id} does not match a running attempt"
+                ));
             }
         }
         let ready_len: usize = self.ready.values().map(BTreeSet::len).sum();
@@ -495,6 +574,28 @@ impl<B> Scheduler<B> {
         }
     }
 
+    /// Decides what follows a failed attempt: a retry after `retry_after_ms`
+    /// or the backoff, or `Dead` when aborted or out of attempts.
+    fn attempt_failed(
+        &mut self,
+        task: TaskId,
+        error: String,
+        retry_after_ms: Option<u64>,
+        abort: bool,
+        now: Millis,
+    ) {
+        let t = &self.tasks[&task];
+        if abort || t.attempts >= t.spec.max_attempts {
+            self.finish(task, TaskState::Dead, Some(error), now);
+        } else {
+            let delay = retry_after_ms.unwrap_or_else(|| {
+                let unit = self.rng.next_f64();
+                t.spec.backoff.delay(t.attempts, unit)
+            });
+            self.retry(task, error, now.saturating_add(delay), now);
+        }
+    }
+
     /// Ends the attempt a worker reports on: checks the lease, renews the
     /// worker's own lease, frees the slot and counts the outcome.
     fn end_attempt(
@@ -526,6 +627,7 @@ impl<B> Scheduler<B> {
     /// Takes a running task off its worker, freeing the slot. Returns true
     /// when the worker had not collected it yet.
     fn release(&mut self, task: TaskId) -> bool {
+        self.clear_deadline(task);
         let Some(wid) = self.tasks.get_mut(&task).and_then(|t| t.worker) else {
             return false;
         };
@@ -545,6 +647,12 @@ impl<B> Scheduler<B> {
             }
         }
         undelivered
+    }
+
+    fn clear_deadline(&mut self, task: TaskId) {
+        if let Some(at) = self.tasks.get_mut(&task).and_then(|t| t.deadline.take()) {
+            self.deadlines.remove(&(at, task));
+        }
     }
 
     /// Removes a queued or scheduled task from the ready queue or timers.
@@ -598,10 +706,68 @@ impl<B> Scheduler<B> {
         self.emit(id, None);
     }
 
-    /// Moves a task to a terminal state and forgets it.
+    /// Moves a task to a terminal state and forgets it, then settles the
+    /// tasks waiting for it.
     fn finish(&mut self, id: TaskId, state: TaskState, error: Option<String>, now: Millis) {
+        if self.finish_one(id, state, error, now) {
+            self.cascade(vec![(id, state)], now);
+        }
+    }
+
+    /// Settles the children of ended parents, and theirs in turn when they
+    /// are cancelled. A work list, not recursion: chains can be long.
+    fn cascade(&mut self, mut ended: Vec<(TaskId, TaskState)>, now: Millis) {
+        while let Some((parent, state)) = ended.pop() {
+            for child in self.children.remove(&parent).unwrap_or_default() {
+                ended.extend(self.settle_parent(child, parent, state, now));
+            }
+        }
+    }
+
+    /// One parent of a waiting task ended: one fewer to wait for when it
+    /// succeeded, otherwise the task is cancelled (and returned, so that its
+    /// own children are settled too).
+    fn settle_parent(
+        &mut self,
+        task: TaskId,
+        parent: TaskId,
+        state: TaskState,
+        now: Millis,
+    ) -> Option<(TaskId, TaskState)> {
+        let t = self.tasks.get_mut(&task)?;
+        if t.waiting_on == 0 {
+            return None;
+        }
+        if state == TaskState::Succeeded {
+            t.waiting_on -= 1;
+            if t.waiting_on == 0 {
+                match t.ready_at.filter(|&at| at > now) {
+                    Some(at) => self.make_scheduled(task, at),
+                    None => self.make_queued(task),
+                }
+                self.emit(task, None);
+            }
+            None
+        } else {
+            t.waiting_on = 0;
+            let reason = format!("parent task {parent} ended {state}");
+            self.finish_one(task, TaskState::Cancelled, Some(reason), now)
+                .then_some((task, TaskState::Cancelled))
+        }
+    }
+
+    /// Moves one task to a terminal state and forgets it; false when the
+    /// core does not hold it.
+    fn finish_one(
+        &mut self,
+        id: TaskId,
+        state: TaskState,
+        error: Option<String>,
+        now: Millis,
+    ) -> bool {
+        self.clear_deadline(id);
         let Some(mut t) = self.tasks.remove(&id) else {
-            return;
+            return false;
         };
         t.state = state;
         if error.is_some() {
@@ -617,6 +783,7 @@ impl<B> Scheduler<B> {
             ready_at: None,
             error: t.last_error,
         }));
+        true
     }
 
     /// Records the current state of a live task as an event.
@@ -642,6 +809,23 @@ impl<B> Scheduler<B> {
             self.timers.remove(&(at, id));
             self.make_queued(id);
             self.emit(id, None);
+        }
+    }
+
+    /// Fails attempts past their `timeout_ms`: the worker is told to stop
+    /// (as for a cancel), the slot is freed, and the task is retried or dead.
+    fn expire_timeouts(&mut self, now: Millis) {
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            let worker = self.tasks.get(&id).and_then(|t| t.worker);
+            self.release(id);
+            if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+                w.cancel_notices.push(id);
+                w.failed += 1;
+            }
+            self.attempt_failed(id, "timeout".to_owned(), None, false, now);
         }
     }
 
@@ -685,6 +869,7 @@ impl<B> Scheduler<B> {
             }
         }
         for task in w.running {
+            self.clear_deadline(task);
             let t = self.tasks.get_mut(&task).expect("running task is live");
             match why {
                 Interruption::Returned => {

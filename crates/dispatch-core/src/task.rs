@@ -121,6 +121,12 @@ pub struct Task<B> {
     pub ready_at: Option<Millis>,
     /// The error of the last failed attempt.
     pub last_error: Option<String>,
+    /// Parents that have not succeeded yet; a task with any is `Scheduled`
+    /// and has no timer.
+    pub waiting_on: u32,
+    /// When the current attempt times out (set when the worker collects it
+    /// and the task has a `timeout_ms`).
+    pub deadline: Option<Millis>,
     /// Submission order, the tie-breaker between equal priorities.
     pub(crate) seq: u64,
 }

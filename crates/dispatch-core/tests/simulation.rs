@@ -86,6 +86,8 @@ struct Stats {
     cancels: usize,
     stop_notices: usize,
     late_reports: usize,
+    timeouts: usize,
+    children: usize,
     main_steps: usize,
     drain_steps: usize,
     max_queued: usize,
@@ -100,6 +102,9 @@ struct Sim {
     workers: BTreeMap<WorkerId, SimWorker>,
     registered: Registered,
     next_task: u64,
+    /// Tasks submitted with a `timeout_ms`: their attempts may be taken
+    /// away (a stop notice, a refused report) without a cancellation.
+    timed: std::collections::BTreeSet<TaskId>,
     ledger: Ledger,
     /// Every event, for the determinism check.
     log: Vec<Event>,
@@ -118,6 +123,7 @@ impl Sim {
             workers: BTreeMap::new(),
             registered: Registered::new(),
             next_task: 1,
+            timed: Default::default(),
             ledger: Ledger::default(),
             log: Vec::new(),
             stats: Stats::default(),
@@ -209,7 +215,12 @@ impl Sim {
             let id = TaskId(self.next_task);
             self.next_task += 1;
             let delayed = self.rng.chance(20);
+            let timeout_ms = self.rng.chance(20).then(|| self.rng.between(300, 3_000));
+            if timeout_ms.is_some() {
+                self.timed.insert(id);
+            }
             let spec = TaskSpec {
+                timeout_ms,
                 priority: (self.rng.between(0, 200) as i64 - 100) as i8,
                 max_attempts: self.rng.between(1, 4) as u32,
                 run_at: delayed.then(|| self.now + self.rng.between(1, 5_000)),
@@ -226,6 +237,26 @@ impl Sim {
                 self.rng.between(30, 70)
             };
             self.s.submit(id, spec, fail_percent, self.now).unwrap();
+            // Some tasks wait for one or two earlier ones, live or ended.
+            if id.0 > 10 && self.rng.chance(10) {
+                let parents: Vec<TaskId> = (0..self.rng.between(1, 2))
+                    .map(|_| TaskId(self.rng.between(id.0.saturating_sub(50).max(1), id.0 - 1)))
+                    .collect();
+                let ended = self.s.hold_for_parents(id, &parents).unwrap();
+                for p in ended {
+                    let st = self
+                        .terminal_state(p)
+                        .expect("a parent the core let go of ended");
+                    self.s.parent_ended(id, p, st, self.now);
+                }
+                self.stats.children += 1;
+                let start = self.s.task(id).map_or(TaskState::Scheduled, |t| t.state);
+                self.ledger.submitted(id, start);
+                // A child cancelled at once may be the next one's parent:
+                // the ledger must know how it ended.
+                self.after_step();
+                continue;
+            }
             let start = if delayed {
                 TaskState::Scheduled
             } else {
@@ -336,12 +367,14 @@ impl Sim {
             for t in self.s.heartbeat(id, now).unwrap() {
                 // The task may still be in hand, or its report was refused.
                 self.workers.get_mut(&id).unwrap().in_hand.remove(&t);
-                assert_eq!(
-                    self.terminal_state(t),
-                    Some(TaskState::Cancelled),
+                assert!(
+                    self.timed.contains(&t) || self.terminal_state(t) == Some(TaskState::Cancelled),
                     "stop notice for {t}"
                 );
                 self.stats.stop_notices += 1;
+                if self.terminal_state(t) != Some(TaskState::Cancelled) {
+                    self.stats.timeouts += 1;
+                }
             }
         }
 
@@ -354,19 +387,23 @@ impl Sim {
             } else {
                 self.rng.between(500, 5_000)
             };
+            let timed = self.timed.contains(&t);
             let w = self.workers.get_mut(&id).unwrap();
-            assert!(
-                w.in_hand
-                    .insert(t, (now + duration, fail_percent))
-                    .is_none(),
-                "{t} handed to {id} twice"
-            );
-            // A cancelled task frees its slot at once, before the worker
-            // hears of it, so only the tasks it still holds count.
+            // A timed-out attempt may come back to the same worker before
+            // its stop notice did: the new attempt replaces the stale one.
+            let stale = w.in_hand.insert(t, (now + duration, fail_percent));
+            assert!(stale.is_none() || timed, "{t} handed to {id} twice");
+            // A cancelled or timed-out attempt frees its slot at once,
+            // before the worker hears of it, so only the tasks it still
+            // holds count.
+            let sched = &self.s;
             let held = w
                 .in_hand
                 .keys()
                 .filter(|t| !self.ledger.terminal.contains_key(t))
+                .filter(|t| {
+                    !self.timed.contains(t) || sched.task(**t).is_some_and(|x| x.worker == Some(id))
+                })
                 .count();
             assert!(held <= capacity, "{id} was handed more than its capacity");
         }
@@ -394,9 +431,8 @@ impl Sim {
             // A healthy worker only loses a task it holds to a cancellation
             // whose stop notice it has not collected yet.
             Err(CoreError::NotLeased { .. }) => {
-                assert_eq!(
-                    self.terminal_state(t),
-                    Some(TaskState::Cancelled),
+                assert!(
+                    self.timed.contains(&t) || self.terminal_state(t) == Some(TaskState::Cancelled),
                     "report on {t} refused"
                 );
                 self.stats.late_reports += 1;
@@ -510,7 +546,11 @@ fn every_task_reaches_exactly_one_terminal_state() {
         // The scenario must really have exercised the rough paths.
         assert!(succeeded > 0 && dead > 0 && cancelled > 0, "seed {seed}");
         assert!(
-            stats.lost > 0 && stats.leaves > 0 && stats.joins > 0,
+            stats.lost > 0
+                && stats.leaves > 0
+                && stats.joins > 0
+                && stats.timeouts > 0
+                && stats.children > 0,
             "seed {seed}: {stats:?}"
         );
     }

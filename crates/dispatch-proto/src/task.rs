@@ -17,6 +17,8 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_KEY_LEN: usize = 256;
 /// Most tasks in one batch submission.
 pub const MAX_BATCH: usize = 10_000;
+/// Most parents a task may wait for.
+pub const MAX_PARENTS: usize = 1_000;
 /// Most attempts a task may ask for.
 pub const MAX_ATTEMPTS: i64 = 1_000;
 /// Routing strategies named by the contract.
@@ -234,11 +236,18 @@ impl SubmitTask {
             ));
         }
         let depends_on = self.depends_on.unwrap_or_default();
-        if !depends_on.is_empty() {
+        if depends_on.len() > MAX_PARENTS {
             return Err(FieldError::new(
                 "depends_on",
-                "dependencies are not available in this version",
+                format!("at most {MAX_PARENTS} parents"),
             ));
+        }
+        let mut parents = Vec::with_capacity(depends_on.len());
+        for (i, p) in depends_on.iter().enumerate() {
+            let id = parse_task_id(&format!("depends_on[{i}]"), p)?;
+            if !parents.contains(&id) {
+                parents.push(id);
+            }
         }
         let payload: Box<str> = match self.payload {
             Some(p) => Box::<str>::from(p),
@@ -260,7 +269,7 @@ impl SubmitTask {
                 routing_key: self.routing_key,
                 strategy: self.strategy,
                 labels,
-                depends_on: Vec::new(),
+                depends_on: parents,
                 created_at: now,
             },
         })

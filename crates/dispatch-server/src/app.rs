@@ -45,6 +45,8 @@ pub(crate) struct App {
     pub(crate) stopping: watch::Receiver<bool>,
     stop_tx: watch::Sender<bool>,
     pub(crate) metrics: Metrics,
+    /// Dead tasks being requeued by `POST /v1/tasks/{id}/retry`.
+    retrying: Mutex<std::collections::HashSet<TaskId>>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the shell's only clock.
@@ -105,7 +107,28 @@ impl App {
                 tracing::error!(task = %r.id, error = %e, "skipping a task at recovery");
                 continue;
             }
-            let t = sched.task(r.id).expect("just restored");
+            // Parents have lower ids, so live ones are restored already;
+            // the others ended, and the store says how.
+            if r.state == TaskState::Scheduled && !r.body.depends_on.is_empty() {
+                match sched.hold_for_parents(r.id, &r.body.depends_on) {
+                    Ok(ended) => {
+                        for p in ended {
+                            match store.get_task(p)?.map(|x| x.state) {
+                                Some(st) if st.is_terminal() => {
+                                    sched.parent_ended(r.id, p, st, now)
+                                }
+                                other => {
+                                    tracing::error!(task = %r.id, parent = %p, ?other, "a parent is neither live nor ended")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(task = %r.id, error = %e, "cannot hold for parents"),
+                }
+            }
+            let Some(t) = sched.task(r.id) else {
+                continue;
+            };
             if t.state != r.state || t.attempts != r.attempts {
                 let update = TaskUpdate::from(dispatch_core::Transition {
                     task: t.id,
@@ -118,6 +141,11 @@ impl App {
                     error: t.last_error.clone(),
                 });
                 let _ = writer.write_detached(Write::Update(update));
+            }
+        }
+        for event in sched.drain_events() {
+            if let Event::Transition(t) = event {
+                let _ = writer.write_detached(Write::Update(TaskUpdate::from(t)));
             }
         }
         tracing::info!(
@@ -141,6 +169,7 @@ impl App {
             stopping,
             stop_tx,
             metrics: Metrics::default(),
+            retrying: Mutex::default(),
         };
         Ok((Arc::new(app), writer_thread))
     }
@@ -149,6 +178,19 @@ impl App {
     /// core's state is only changed through methods that keep it valid.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims the right to requeue a dead task; false when another request
+    /// is doing it.
+    pub(crate) fn begin_retry(&self, id: TaskId) -> bool {
+        let mut retrying = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
+        retrying.insert(id)
+    }
+
+    /// Releases the claim of `begin_retry`.
+    pub(crate) fn end_retry(&self, id: TaskId) {
+        let mut retrying = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
+        retrying.remove(&id);
     }
 
     /// Reserves `n` consecutive task ids.
@@ -232,6 +274,38 @@ impl App {
         waiters.retain(|w| !w.is_closed());
         waiters.push(tx);
         Some(rx)
+    }
+
+    /// Tells the core how parents it no longer held had ended, for tasks
+    /// that `hold_for_parents` left waiting on them. Those parents' final
+    /// writes were sent before, so after a barrier the store knows.
+    pub(crate) async fn resolve_ended_parents(
+        self: &Arc<Self>,
+        pending: Vec<(TaskId, Vec<TaskId>)>,
+    ) -> Result<(), StoreError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.barrier().await?;
+        let mut outcomes = Vec::new();
+        for (child, parents) in pending {
+            for p in parents {
+                let state = self.read_stored(p).await?.map(|r| r.state);
+                outcomes.push((child, p, state));
+            }
+        }
+        let now = now_ms();
+        let mut shared = self.lock();
+        for (child, parent, state) in outcomes {
+            match state {
+                Some(s) if s.is_terminal() => shared.sched.parent_ended(child, parent, s, now),
+                other => {
+                    tracing::error!(%child, %parent, ?other, "a parent is neither live nor ended")
+                }
+            }
+        }
+        let _ = self.settle(&mut shared, now, None);
+        Ok(())
     }
 
     /// Waits until the writer has committed everything sent before this

@@ -182,6 +182,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/tasks/batch", post(tasks::submit_batch))
         .route("/v1/tasks/{id}", get(tasks::get_one))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/v1/tasks/{id}/complete", post(workers::complete))
         .route("/v1/tasks/{id}/fail", post(workers::fail))
         .route("/v1/workers", post(workers::register).get(workers::list))

@@ -11,19 +11,19 @@ use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
     FieldError, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskList, ValidTask, task_json,
 };
-use dispatch_store::{InsertOutcome, TaskRecord, Write, WriteOutcome};
+use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
 use crate::app::{App, acked, live_record, now_ms};
 use crate::http::{ApiError, JsonBody, json};
 
 /// The record of a newly accepted task.
 fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
-    let scheduled = v.spec.run_at.is_some_and(|at| at > now);
+    let waits = v.spec.run_at.is_some_and(|at| at > now) || !v.body.depends_on.is_empty();
     TaskRecord {
         id,
         spec: v.spec,
         body: v.body,
-        state: if scheduled {
+        state: if waits {
             TaskState::Scheduled
         } else {
             TaskState::Queued
@@ -37,6 +37,26 @@ fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
     }
 }
 
+/// Checks that every parent a task names exists (live or stored), so that
+/// dependencies can never form a cycle.
+async fn check_parents(app: &Arc<App>, task: &ValidTask) -> Result<(), FieldError> {
+    for (i, parent) in task.body.depends_on.iter().enumerate() {
+        let exists = app.find_task(*parent).await.map_err(|e| {
+            FieldError::new(
+                format!("depends_on[{i}]"),
+                format!("cannot be checked: {e}"),
+            )
+        })?;
+        if exists.is_none() {
+            return Err(FieldError::new(
+                format!("depends_on[{i}]"),
+                format!("no task {parent}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Stores new tasks durably, then hands the created ones to the core.
 /// Returns, per task, its record and whether it was created (false: its
 /// idempotency key named an earlier task, whose record is returned).
@@ -46,7 +66,7 @@ async fn accept(
     now: u64,
 ) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
     let first = app.reserve_ids(tasks.len() as u64);
-    let mut records: Vec<TaskRecord> = tasks
+    let records: Vec<TaskRecord> = tasks
         .into_iter()
         .enumerate()
         .map(|(i, v)| new_record(TaskId(first + i as u64), v, now))
@@ -62,53 +82,91 @@ async fn accept(
             return Err(ApiError::new(500, "internal store error"));
         }
     };
-    let mut created = 0u64;
+    let (mut created, mut existing) = (Vec::new(), Vec::new());
+    for (i, (r, o)) in records.into_iter().zip(outcomes).enumerate() {
+        match o {
+            InsertOutcome::Created => created.push((i, r)),
+            InsertOutcome::Existing(orig) => existing.push((i, orig)),
+        }
+    }
+    let mut new_records: Vec<TaskRecord> = created.iter().map(|(_, r)| r.clone()).collect();
+    admit(app, &mut new_records, now).await?;
+    let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; created.len() + existing.len()];
+    for ((i, _), r) in created.iter().zip(new_records) {
+        out[*i] = Some((r, true));
+    }
+    for (i, orig) in existing {
+        let original = app
+            .find_task(orig)
+            .await?
+            .ok_or_else(|| ApiError::new(500, "idempotency key names a missing task"))?;
+        out[i] = Some((original, false));
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Hands tasks that are already stored to the core: they wait for their
+/// time or their parents, or are assigned at once. Updates each record to
+/// the task's state after that.
+pub(crate) async fn admit(
+    app: &Arc<App>,
+    records: &mut [TaskRecord],
+    now: u64,
+) -> Result<(), ApiError> {
     let mut delayed = false;
+    let mut ended_parents = Vec::new();
     {
         let mut shared = app.lock();
-        for (r, o) in records.iter().zip(&outcomes) {
-            if *o == InsertOutcome::Created {
-                created += 1;
-                delayed |= r.state == TaskState::Scheduled;
-                let body = Arc::new(r.body.clone());
-                if let Err(e) = shared.sched.submit(r.id, r.spec.clone(), body, now) {
-                    tracing::error!(task = %r.id, error = %e, "the core refused a stored task");
+        for r in records.iter() {
+            delayed |= r.spec.run_at.is_some_and(|at| at > now);
+            let body = Arc::new(r.body.clone());
+            if let Err(e) = shared.sched.submit(r.id, r.spec.clone(), body, now) {
+                tracing::error!(task = %r.id, error = %e, "the core refused a stored task");
+                continue;
+            }
+            if !r.body.depends_on.is_empty() {
+                match shared.sched.hold_for_parents(r.id, &r.body.depends_on) {
+                    Ok(ended) if !ended.is_empty() => ended_parents.push((r.id, ended)),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(task = %r.id, error = %e, "cannot hold for parents"),
                 }
             }
         }
         // Assignment writes need no wait: losing one only means the task is
         // still queued after a crash, and it will run then.
         let _ = app.settle(&mut shared, now_ms(), None);
-        // Show each new task as it is now: it may already be running.
-        for (r, o) in records.iter_mut().zip(&outcomes) {
-            if let (InsertOutcome::Created, Some(t)) = (o, shared.sched.task(r.id)) {
-                r.state = t.state;
-                r.attempts = t.attempts;
-                r.worker = t.worker;
-                r.started_at = t.started_at;
+    }
+    app.resolve_ended_parents(ended_parents).await?;
+    // Show each new task as it is now: it may already be running, or have
+    // ended (cancelled at once because a parent had failed).
+    let mut ended = Vec::new();
+    {
+        let shared = app.lock();
+        for (i, r) in records.iter_mut().enumerate() {
+            match shared.sched.task(r.id) {
+                Some(t) => {
+                    r.state = t.state;
+                    r.attempts = t.attempts;
+                    r.worker = t.worker;
+                    r.started_at = t.started_at;
+                    r.error = t.last_error.clone();
+                }
+                None => ended.push(i),
             }
+        }
+    }
+    for i in ended {
+        if let Some(r) = app.find_task(records[i].id).await? {
+            records[i] = r;
         }
     }
     app.metrics
         .submitted
-        .fetch_add(created, std::sync::atomic::Ordering::Relaxed);
+        .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
     if delayed {
         app.timer_wake.notify_one();
     }
-    let mut out = Vec::with_capacity(records.len());
-    for (r, o) in records.into_iter().zip(outcomes) {
-        match o {
-            InsertOutcome::Created => out.push((r, true)),
-            InsertOutcome::Existing(orig) => {
-                let original = app
-                    .find_task(orig)
-                    .await?
-                    .ok_or_else(|| ApiError::new(500, "idempotency key names a missing task"))?;
-                out.push((original, false));
-            }
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// `POST /v1/tasks`: 201 with the task, or 200 with the original when the
@@ -119,6 +177,7 @@ pub(crate) async fn submit(
 ) -> Result<Response, ApiError> {
     let now = now_ms();
     let valid = req.validate(now)?;
+    check_parents(&app, &valid).await?;
     let (record, created) = accept(&app, vec![valid], now)
         .await?
         .pop()
@@ -159,6 +218,11 @@ pub(crate) async fn submit_batch(
                 .map_err(|e| e.within(&format!("tasks[{i}]")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, t) in valid.iter().enumerate() {
+        check_parents(&app, t)
+            .await
+            .map_err(|e| e.within(&format!("tasks[{i}]")))?;
+    }
     let accepted = accept(&app, valid, now).await?;
     let tasks: Vec<_> = accepted.iter().map(|(r, _)| task_json(r)).collect();
     Ok(json(StatusCode::CREATED, &TaskBatch { tasks }))
@@ -279,5 +343,71 @@ pub(crate) async fn cancel(
                 "task {id} is finishing; try again"
             ))),
         },
+    }
+}
+
+/// `POST /v1/tasks/{id}/retry`: requeues a dead task with a fresh set of
+/// attempts. 409 unless it is dead.
+pub(crate) async fn retry(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let tid = path_task_id(&id)?;
+    let record = app
+        .find_task(tid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format_args!("task {id}")))?;
+    if record.state != TaskState::Dead {
+        return Err(ApiError::conflict(format!(
+            "task {id} is {}; only dead tasks can be retried",
+            record.state
+        )));
+    }
+    // One retry at a time per task: the second one sees it live, or here.
+    if !app.begin_retry(tid) {
+        return Err(ApiError::conflict(format!("task {id} is being retried")));
+    }
+    let result = requeue_dead(&app, record).await;
+    app.end_retry(tid);
+    let record = result?;
+    Ok(json(StatusCode::OK, &task_json(&record)))
+}
+
+/// Stores a dead task as queued again, then hands it to the core.
+async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskRecord, ApiError> {
+    let update = TaskUpdate {
+        id: record.id,
+        state: TaskState::Queued,
+        attempts: 0,
+        worker: None,
+        started_at: None,
+        finished_at: None,
+        run_at: None,
+        result: None,
+        error: record.error.clone(),
+    };
+    acked(Some(app.write(Write::Update(update))?)).await?;
+    let now = now_ms();
+    record.spec.run_at = None;
+    let mut shared = app.lock();
+    let body = Arc::new(record.body.clone());
+    shared
+        .sched
+        .restore(
+            record.id,
+            record.spec.clone(),
+            body,
+            0,
+            record.error.clone(),
+            now,
+        )
+        .map_err(|_| ApiError::conflict(format!("task {} is live again", record.id)))?;
+    let _ = app.settle(&mut shared, now, None);
+    match shared.sched.task(record.id) {
+        Some(t) => Ok(live_record(t)),
+        None => {
+            record.state = TaskState::Queued;
+            Ok(record)
+        }
     }
 }
