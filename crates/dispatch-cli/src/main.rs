@@ -129,6 +129,11 @@ enum Command {
         /// Task id.
         id: String,
     },
+    /// Requeue a dead task with a fresh set of attempts.
+    Retry {
+        /// Task id.
+        id: String,
+    },
     /// List registered workers.
     Workers,
     /// Start a server on a temporary store with a few workers, submit a few
@@ -306,6 +311,10 @@ async fn client_command(client: &Client, command: Command, json: bool) -> Result
         Command::Cancel { id } => {
             let task = client.cancel(&id).await?;
             show(json, &task, |t| println!("cancelled task {}", t.id))
+        }
+        Command::Retry { id } => {
+            let task = client.retry(&id).await?;
+            show(json, &task, |t| println!("requeued task {} ({})", t.id, t.state))
         }
         Command::Workers => {
             let list = client.workers().await?;

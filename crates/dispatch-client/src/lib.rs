@@ -208,6 +208,12 @@ impl Client {
         Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
     }
 
+    /// Requeues a dead task with a fresh set of attempts.
+    pub async fn retry(&self, id: &str) -> Result<TaskJson, ClientError> {
+        let path = format!("/v1/tasks/{}/retry", encode(id));
+        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
     /// Registered workers.
     pub async fn workers(&self) -> Result<WorkerList, ClientError> {
         Ok(self
