@@ -511,13 +511,14 @@ impl<B> Scheduler<B> {
                         return Err(format!("queued task {} not in the ready queue", t.id));
                     }
                 }
-                TaskState::Scheduled if t.waiting_on > 0 => {
-                    if t.ready_at
-                        .is_some_and(|at| self.timers.contains(&(at, t.id)))
-                    {
-                        return Err(format!("task {} waits for parents and has a timer", t.id));
-                    }
+                TaskState::Scheduled
+                    if t.waiting_on > 0
+                        && t.ready_at
+                            .is_some_and(|at| self.timers.contains(&(at, t.id))) =>
+                {
+                    return Err(format!("task {} waits for parents and has a timer", t.id));
                 }
+                TaskState::Scheduled if t.waiting_on > 0 => {}
                 TaskState::Scheduled => {
                     scheduled += 1;
                     let at = t

@@ -1,0 +1,180 @@
+//! The Rust worker SDK of Dispatch.
+//!
+//! Register an async handler per task type, then [`Worker::run`]: the SDK
+//! registers with the scheduler, collects the tasks assigned to it, runs up
+//! to `concurrency` of them at once, and reports each result. A handler is
+//! `async fn(TaskContext, Payload) -> Result<impl Serialize, TaskError>`;
+//! its error decides what happens next ([`TaskError::retry`],
+//! [`TaskError::retry_after`], [`TaskError::abort`]).
+//!
+//! What the SDK takes care of:
+//! - **Timeouts**: a task with `timeout_ms` is cancelled when it runs out and
+//!   reported as failed with error `timeout`.
+//! - **Cancellation**: when the scheduler cancels a running task (or takes
+//!   it back after a timeout), [`TaskContext::cancelled`] resolves; a
+//!   handler that ignores it is dropped at its next `.await`.
+//! - **Leases**: it heartbeats and polls within the lease; when the lease
+//!   was lost it stops the tasks it held (the scheduler requeued them) and
+//!   registers again.
+//! - **Reconnects**: network errors are retried with exponential backoff.
+//! - **Graceful shutdown**: when the shutdown future resolves it stops taking
+//!   tasks, lets the running ones finish, reports them and leaves.
+//!
+//! The transport is the HTTP worker protocol (long-poll with batched
+//! results), so a worker needs nothing but the scheduler's URL.
+//!
+//! ```no_run
+//! use dispatch_worker::{TaskContext, TaskError, Worker};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Email { to: String }
+//!
+//! # async fn demo() -> Result<(), dispatch_worker::WorkerError> {
+//! Worker::builder("http://127.0.0.1:7070")
+//!     .name("mailer-1")
+//!     .concurrency(16)
+//!     .handle("email.send", |ctx: TaskContext, email: Email| async move {
+//!         if email.to.is_empty() {
+//!             return Err(TaskError::abort("no recipient"));
+//!         }
+//!         Ok(serde_json::json!({ "sent_to": email.to, "attempt": ctx.attempt }))
+//!     })
+//!     .build()?
+//!     .run(async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await
+//! # }
+//! ```
+
+mod handler;
+mod run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_client::Client;
+
+use handler::{BoxedHandler, Handler};
+pub use handler::{TaskContext, TaskError};
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The configuration is unusable (no handler, bad URL, zero concurrency).
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+    /// The scheduler refused the registration (a 4xx other than a lost
+    /// lease): retrying would not help.
+    #[error("the scheduler refused this worker: {0}")]
+    Refused(String),
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    server: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    concurrency: usize,
+    poll_wait: Duration,
+    handlers: HashMap<String, BoxedHandler>,
+}
+
+impl WorkerBuilder {
+    /// The display name the scheduler shows (default: `rust-worker`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// A label describing this worker.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// How many tasks run at once (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// How long one poll may wait for work (default 5 s; the scheduler caps
+    /// it at half the lease).
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.poll_wait = wait;
+        self
+    }
+
+    /// Runs `handler` for tasks of type `kind`. The payload is decoded into
+    /// `P`; a payload that does not decode fails the task without retry.
+    pub fn handle<H, P>(mut self, kind: impl Into<String>, handler: H) -> Self
+    where
+        H: Handler<P>,
+        P: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.handlers.insert(kind.into(), handler::boxed(handler));
+        self
+    }
+
+    /// Checks the configuration.
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        if self.handlers.is_empty() {
+            return Err(WorkerError::Config("register at least one handler".into()));
+        }
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return Err(WorkerError::Config("concurrency must be 1 to 10000".into()));
+        }
+        let client = Client::new(&self.server).map_err(|e| WorkerError::Config(e.to_string()))?;
+        Ok(Worker {
+            client,
+            name: self.name,
+            labels: self.labels,
+            concurrency: self.concurrency,
+            poll_wait: self.poll_wait,
+            handlers: Arc::new(self.handlers),
+        })
+    }
+}
+
+/// A configured worker; [`Worker::run`] runs it.
+pub struct Worker {
+    client: Client,
+    name: String,
+    labels: BTreeMap<String, String>,
+    concurrency: usize,
+    poll_wait: Duration,
+    handlers: Arc<HashMap<String, BoxedHandler>>,
+}
+
+impl Worker {
+    /// Starts building a worker for the scheduler at `server`
+    /// (e.g. `http://127.0.0.1:7070`).
+    pub fn builder(server: impl Into<String>) -> WorkerBuilder {
+        WorkerBuilder {
+            server: server.into(),
+            name: "rust-worker".to_owned(),
+            labels: BTreeMap::new(),
+            concurrency: 8,
+            poll_wait: Duration::from_secs(5),
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// The task types it handles.
+    pub fn types(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.handlers.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// Runs until `shutdown` resolves, then drains and leaves. Returns an
+    /// error only when the scheduler refuses the worker outright; network
+    /// failures are retried.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), WorkerError> {
+        run::run(self, shutdown).await
+    }
+}
