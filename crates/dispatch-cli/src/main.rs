@@ -1,13 +1,16 @@
 //! `dispatch`: the one binary of Dispatch.
 //!
 //! `dispatch server` runs the scheduler; `dispatch submit`, `task`, `tasks`,
-//! `cancel` and `workers` talk to a running one over its REST API;
+//! `cancel`, `workers`, `schedules` and `schedule` talk to a running one over
+//! its REST API;
 //! `dispatch demo` starts a server on a throw-away store with a few workers
-//! and shows tasks flowing. Errors are `anyhow` with context, printed on one
+//! and shows tasks flowing; `dispatch worker --config worker.toml` runs
+//! tasks with shell commands or HTTP calls, as the file says. Errors are `anyhow` with context, printed on one
 //! line.
 
 mod demo;
 mod output;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use dispatch_client::{Client, ClientError};
-use dispatch_proto::{ListTasks, SubmitTask};
+use dispatch_proto::{CreateSchedule, ListTasks, SubmitTask};
 
 #[derive(Parser)]
 #[command(
@@ -136,6 +139,19 @@ enum Command {
     },
     /// List registered workers.
     Workers,
+    /// List cron schedules.
+    Schedules,
+    /// Create or delete a cron schedule.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
+    /// Run tasks with shell commands or HTTP calls, as a config file says.
+    Worker {
+        /// The worker config (TOML): one command or URL per task type.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Start a server on a temporary store with a few workers, submit a few
     /// hundred tasks and show them flow.
     Demo {
@@ -145,6 +161,48 @@ enum Command {
         /// Workers to start.
         #[arg(long, default_value_t = 4)]
         workers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScheduleAction {
+    /// Create a schedule that submits a task at every fire.
+    Create {
+        /// Unique name (letters, digits and . _ : -).
+        name: String,
+        /// Cron expression: 5 fields, or 6 with seconds first.
+        #[arg(long)]
+        cron: String,
+        /// IANA time zone of the expression.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Type of the task each fire submits.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: String,
+        /// Payload of each task, as JSON.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// Queue of each task.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Priority of each task, -100..=100.
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i64>,
+        /// What to do with fires missed while the server was down: skip,
+        /// fire_once or catch_up.
+        #[arg(long)]
+        misfire: Option<String>,
+        /// Most missed fires one catch-up runs.
+        #[arg(long)]
+        catch_up_limit: Option<i64>,
+        /// Create it paused: it does not fire.
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Delete a schedule; the tasks of its past fires stay.
+    Delete {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -229,6 +287,10 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo { tasks, workers } => demo::run(tasks, workers).await,
+        Command::Worker { config } => {
+            let server = worker::server_given().then_some(cli.server);
+            worker::run(&config, server).await
+        }
         command => {
             let client = Client::new(&cli.server)?;
             client_command(&client, command, json).await.map_err(|e| {
@@ -314,12 +376,67 @@ async fn client_command(client: &Client, command: Command, json: bool) -> Result
         }
         Command::Retry { id } => {
             let task = client.retry(&id).await?;
-            show(json, &task, |t| println!("requeued task {} ({})", t.id, t.state))
+            show(json, &task, |t| {
+                println!("requeued task {} ({})", t.id, t.state)
+            })
         }
         Command::Workers => {
             let list = client.workers().await?;
             show(json, &list, output::print_workers)
         }
-        Command::Server { .. } | Command::Demo { .. } => unreachable!("handled by run"),
+        Command::Schedules => {
+            let list = client.schedules().await?;
+            show(json, &list, output::print_schedules)
+        }
+        Command::Schedule {
+            action:
+                ScheduleAction::Create {
+                    name,
+                    cron,
+                    timezone,
+                    kind,
+                    payload,
+                    queue,
+                    priority,
+                    misfire,
+                    catch_up_limit,
+                    paused,
+                },
+        } => {
+            let payload = serde_json::value::RawValue::from_string(payload)
+                .context("--payload is not valid JSON")?;
+            let req = CreateSchedule {
+                name: Some(name),
+                cron: Some(cron),
+                timezone: Some(timezone),
+                task: Some(SubmitTask {
+                    queue,
+                    priority,
+                    ..SubmitTask::new(&kind, payload)
+                }),
+                misfire,
+                catch_up_limit,
+                paused: Some(paused),
+            };
+            let s = client.create_schedule(&req).await?;
+            show(json, &s, |s| {
+                let next = s.next_fire_at.as_deref().unwrap_or("- (paused)");
+                println!("created schedule {}; next fire {next}", s.name);
+            })
+        }
+        Command::Schedule {
+            action: ScheduleAction::Delete { name },
+        } => {
+            client.delete_schedule(&name).await?;
+            if json {
+                output::print_json(&serde_json::json!({"deleted": name}))
+            } else {
+                println!("deleted schedule {name}");
+                Ok(())
+            }
+        }
+        Command::Server { .. } | Command::Demo { .. } | Command::Worker { .. } => {
+            unreachable!("handled by run")
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::app::{App, acked, live_record, now_ms};
 use crate::http::{ApiError, JsonBody, json};
 
 /// The record of a newly accepted task.
-fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
+pub(crate) fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
     let waits = v.spec.run_at.is_some_and(|at| at > now) || !v.body.depends_on.is_empty();
     TaskRecord {
         id,
@@ -367,7 +367,12 @@ pub(crate) async fn retry(
     if !app.begin_retry(tid) {
         return Err(ApiError::conflict(format!("task {id} is being retried")));
     }
-    let result = requeue_dead(&app, record).await;
+    // Another retry may have finished between the read above and the claim.
+    let result = match app.find_task(tid).await {
+        Ok(Some(r)) if r.state == TaskState::Dead => requeue_dead(&app, r).await,
+        Ok(_) => Err(ApiError::conflict(format!("task {id} is no longer dead"))),
+        Err(e) => Err(e.into()),
+    };
     app.end_retry(tid);
     let record = result?;
     Ok(json(StatusCode::OK, &task_json(&record)))

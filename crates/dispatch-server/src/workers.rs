@@ -259,6 +259,11 @@ pub(crate) async fn poll(
             }
         }
     }
+    // Handing over a task with a timeout started its clock: the timer loop
+    // must wake for that deadline, not at its next planned tick.
+    if tasks.iter().any(|t| t.timeout_ms.is_some()) {
+        app.timer_wake.notify_one();
+    }
     let reply = PollReply {
         tasks,
         results: req.results.is_some().then_some(statuses),
