@@ -59,6 +59,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         types: Some(vec![NOOP_TYPE.to_owned(), LATENCY_TYPE.to_owned()]),
         labels: None,
         capacity: Some(args.capacity),
+        weight: None,
     };
     let mut id = client.register(&reg).await.context("cannot register")?.id;
 

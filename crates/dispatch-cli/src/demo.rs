@@ -72,6 +72,7 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
             types: Some(types),
             labels: None,
             capacity: Some(capacity),
+            weight: None,
         };
         let id = client.register(&reg).await?.id;
         handles.push(tokio::spawn(work(client.clone(), id, stop.clone())));

@@ -1,6 +1,6 @@
 //! Human-readable tables and JSON output.
 
-use dispatch_proto::{TaskJson, TaskList, WorkerList};
+use dispatch_proto::{ScheduleList, TaskJson, TaskList, WorkerList};
 
 /// Prints a value as pretty JSON.
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -118,6 +118,41 @@ pub(crate) fn print_workers(list: &WorkerList) {
             "failed",
             "state",
             "last_seen",
+        ],
+        &rows,
+    );
+}
+
+/// Schedules as a table.
+pub(crate) fn print_schedules(list: &ScheduleList) {
+    let rows: Vec<Vec<String>> = list
+        .schedules
+        .iter()
+        .map(|s| {
+            let template: serde_json::Value =
+                serde_json::from_str(s.task.get()).unwrap_or_default();
+            vec![
+                s.name.clone(),
+                s.cron.clone(),
+                s.timezone.clone(),
+                template["type"].as_str().unwrap_or("?").to_owned(),
+                s.misfire.clone(),
+                if s.paused { "yes" } else { "no" }.to_owned(),
+                s.next_fire_at.clone().unwrap_or_else(|| "-".to_owned()),
+                s.last_fire_at.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "name",
+            "cron",
+            "timezone",
+            "type",
+            "misfire",
+            "paused",
+            "next_fire",
+            "last_fire",
         ],
         &rows,
     );

@@ -21,8 +21,9 @@
 use std::time::Duration;
 
 use dispatch_proto::{
-    CompleteTask, FailTask, HeartbeatReply, ListTasks, PollReply, PollRequest, Problem,
-    RegisterReply, RegisterWorker, SubmitBatch, SubmitTask, TaskJson, TaskList, WorkerList,
+    CompleteTask, CreateSchedule, FailTask, HeartbeatReply, ListTasks, PollReply, PollRequest,
+    Problem, RegisterReply, RegisterWorker, ScheduleJson, ScheduleList, SubmitBatch, SubmitTask,
+    TaskJson, TaskList, WorkerList,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -212,6 +213,36 @@ impl Client {
     pub async fn retry(&self, id: &str) -> Result<TaskJson, ClientError> {
         let path = format!("/v1/tasks/{}/retry", encode(id));
         Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Creates a cron schedule.
+    pub async fn create_schedule(&self, s: &CreateSchedule) -> Result<ScheduleJson, ClientError> {
+        Ok(self
+            .call(Method::POST, "/v1/schedules", Some(s), None)
+            .await?
+            .1)
+    }
+
+    /// Every cron schedule, by name.
+    pub async fn schedules(&self) -> Result<ScheduleList, ClientError> {
+        Ok(self
+            .call::<(), _>(Method::GET, "/v1/schedules", None, None)
+            .await?
+            .1)
+    }
+
+    /// One cron schedule.
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleJson, ClientError> {
+        let path = format!("/v1/schedules/{}", encode(name));
+        Ok(self.call::<(), _>(Method::GET, &path, None, None).await?.1)
+    }
+
+    /// Deletes a cron schedule; the tasks of its past fires stay.
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/schedules/{}", encode(name));
+        self.call::<(), serde_json::Value>(Method::DELETE, &path, None, None)
+            .await
+            .map(|_| ())
     }
 
     /// Registered workers.

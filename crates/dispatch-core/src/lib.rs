@@ -27,11 +27,13 @@
 
 mod backoff;
 mod rng;
+mod routing;
 mod scheduler;
 mod task;
 mod worker;
 
 pub use backoff::Backoff;
+pub use routing::Strategy;
 pub use scheduler::{Config, CoreError, Event, Scheduler, Transition};
 pub use task::{Task, TaskSpec, TaskState};
 pub use worker::{Worker, WorkerSpec, WorkerState};

@@ -6,11 +6,15 @@
 //! worker leases and assigns ready tasks to workers with free slots.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::rng::SplitMix64;
-use crate::{Millis, Task, TaskId, TaskSpec, TaskState, Worker, WorkerId, WorkerSpec, WorkerState};
+use crate::routing::{self, Candidate};
+use crate::{
+    Millis, Strategy, Task, TaskId, TaskSpec, TaskState, Worker, WorkerId, WorkerSpec, WorkerState,
+};
 
 /// Scheduler settings.
 #[derive(Clone, Debug)]
@@ -110,7 +114,14 @@ struct TypeWorkers {
     /// Free slots summed over `workers`, so that a type with nobody free is
     /// skipped without scanning.
     free: u64,
+    /// Current weights of the smooth weighted round robin.
+    current: HashMap<WorkerId, i64>,
 }
+
+/// How deep into one type's ready queue dispatch looks for a task it can
+/// place when the ones ahead are waiting for a particular worker (by
+/// `consistent_hash`, `failover` or labels). Bounds the work per decision.
+const SCAN_LIMIT: usize = 64;
 
 /// Why a running attempt ended without a result.
 enum Interruption {
@@ -138,6 +149,7 @@ pub struct Scheduler<B> {
     workers: BTreeMap<WorkerId, Worker>,
     by_type: HashMap<Arc<str>, TypeWorkers>,
     next_seq: u64,
+    next_worker_order: u64,
     /// No lease can expire before this time; a lower bound recomputed by
     /// each scan so that most ticks skip the scan.
     lease_check_at: Millis,
@@ -158,6 +170,7 @@ impl<B> Scheduler<B> {
             workers: BTreeMap::new(),
             by_type: HashMap::new(),
             next_seq: 0,
+            next_worker_order: 0,
             lease_check_at: Millis::MAX,
             events: Vec::new(),
         }
@@ -343,8 +356,10 @@ impl<B> Scheduler<B> {
                 cancel_notices: Vec::new(),
                 completed: 0,
                 failed: 0,
+                order: self.next_worker_order,
             },
         );
+        self.next_worker_order += 1;
         self.lease_check_at = self
             .lease_check_at
             .min(now.saturating_add(self.config.lease_ms));
@@ -476,6 +491,9 @@ impl<B> Scheduler<B> {
                         "task {t} on worker {} is {:?}/{:?}",
                         w.id, task.state, task.worker
                     ));
+                }
+                if !w.has_labels(&task.spec.labels) {
+                    return Err(format!("worker {} lacks the labels of task {t}", w.id));
                 }
                 if !w.handles(&task.spec.kind) {
                     return Err(format!(
@@ -863,6 +881,7 @@ impl<B> Scheduler<B> {
         for kind in &w.spec.types {
             if let Some(tw) = self.by_type.get_mut(kind) {
                 tw.workers.retain(|&x| x != id);
+                tw.current.remove(&id);
                 tw.free -= u64::from(w.free_slots());
                 if tw.workers.is_empty() {
                     self.by_type.remove(kind);
@@ -891,18 +910,35 @@ impl<B> Scheduler<B> {
     }
 
     /// Assigns ready tasks, best first, to workers with free slots.
+    ///
+    /// Each round considers, across every type some worker has a free slot
+    /// for, the ready tasks in global order (priority, then submission) and
+    /// assigns the first one its strategy can place now. A task that must
+    /// wait for one particular worker is passed over, up to `SCAN_LIMIT`
+    /// deep per type, so it does not hold up the tasks behind it.
     fn dispatch(&mut self, now: Millis) {
         loop {
-            // The best head among the types that some worker can take now.
-            let best = self
+            let mut frontier: BinaryHeap<Reverse<(ReadyKey, Arc<str>, usize)>> = self
                 .ready
                 .iter()
                 .filter(|(kind, _)| self.by_type.get(*kind).is_some_and(|tw| tw.free > 0))
-                .filter_map(|(kind, r)| r.first().map(|key| (*key, kind)))
-                .min_by_key(|(key, _)| *key);
-            let Some((key, kind)) = best else { break };
-            let kind = kind.clone();
-            let Some(worker) = self.route_round_robin(&kind) else {
+                .filter_map(|(kind, r)| r.first().map(|key| Reverse((*key, kind.clone(), 0))))
+                .collect();
+            let mut placed = None;
+            while let Some(Reverse((key, kind, depth))) = frontier.pop() {
+                if let Some(worker) = self.route(key.2, &kind) {
+                    placed = Some((key, kind, worker));
+                    break;
+                }
+                if depth + 1 < SCAN_LIMIT
+                    && let Some(next) = self.ready[&kind]
+                        .range((Bound::Excluded(key), Bound::Unbounded))
+                        .next()
+                {
+                    frontier.push(Reverse((*next, kind, depth + 1)));
+                }
+            }
+            let Some((key, kind, worker)) = placed else {
                 break;
             };
             let ready = self.ready.get_mut(&kind).expect("type has a ready queue");
@@ -914,19 +950,57 @@ impl<B> Scheduler<B> {
         }
     }
 
-    /// The next worker of `kind`'s ring with a free slot.
-    fn route_round_robin(&mut self, kind: &str) -> Option<WorkerId> {
+    /// The worker `task` goes to now by its strategy, among the workers of
+    /// its type that carry its labels; `None` when it must wait.
+    fn route(&mut self, task: TaskId, kind: &str) -> Option<WorkerId> {
+        let t = &self.tasks[&task];
         let tw = self.by_type.get_mut(kind)?;
-        let n = tw.workers.len();
-        for step in 0..n {
-            let i = (tw.cursor + step) % n;
-            let id = tw.workers[i];
-            if self.workers[&id].free_slots() > 0 {
-                tw.cursor = (i + 1) % n;
-                return Some(id);
-            }
+        let workers = &self.workers;
+        let fits = |w: &Worker| w.has_labels(&t.spec.labels);
+        if t.spec.strategy == Strategy::RoundRobin {
+            // The common case walks the ring without building candidates.
+            let n = tw.workers.len();
+            let i = (0..n).map(|step| (tw.cursor + step) % n).find(|&i| {
+                let w = &workers[&tw.workers[i]];
+                w.free_slots() > 0 && fits(w)
+            })?;
+            tw.cursor = (i + 1) % n;
+            return Some(tw.workers[i]);
         }
-        None
+        let cands: Vec<Candidate> = tw
+            .workers
+            .iter()
+            .map(|id| &workers[id])
+            .filter(|w| fits(w))
+            .map(|w| Candidate {
+                id: w.id,
+                free: w.free_slots(),
+                in_flight: w.in_flight(),
+                capacity: w.spec.capacity,
+                weight: w.spec.weight,
+            })
+            .collect();
+        let unless_full = |c: Candidate| (c.free > 0).then_some(c.id);
+        match t.spec.strategy {
+            Strategy::RoundRobin => None,
+            Strategy::WeightedRoundRobin => routing::weighted_round_robin(&cands, &mut tw.current),
+            Strategy::Random => routing::random(&cands, self.rng.next_f64()),
+            Strategy::LeastLoaded => routing::least_loaded(&cands),
+            Strategy::ConsistentHash => {
+                let key = t
+                    .spec
+                    .routing_key
+                    .clone()
+                    .unwrap_or_else(|| task.to_string().into());
+                routing::rendezvous(&cands, &key).and_then(unless_full)
+            }
+            // Registration order decides who is first.
+            Strategy::Failover => cands
+                .iter()
+                .min_by_key(|c| workers[&c.id].order)
+                .copied()
+                .and_then(unless_full),
+        }
     }
 
     fn assign(&mut self, task: TaskId, worker: WorkerId, now: Millis) {

@@ -1,9 +1,10 @@
 //! Tasks as the core sees them: what to run, where it is in its life, and
 //! the opaque body the server keeps alongside.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::{Backoff, Millis, TaskId, WorkerId};
+use crate::{Backoff, Millis, Strategy, TaskId, WorkerId};
 
 /// Where a task is in its life. The names are part of the public contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,11 +83,18 @@ pub struct TaskSpec {
     pub timeout_ms: Option<u64>,
     /// Delay policy between failed attempts.
     pub backoff: Backoff,
+    /// How to choose among the workers able to run it.
+    pub strategy: Strategy,
+    /// The key `consistent_hash` routes by.
+    pub routing_key: Option<Arc<str>>,
+    /// Labels a worker must carry (same values) to receive the task.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl TaskSpec {
     /// A spec with the contract's defaults: queue `default`, priority 0,
-    /// three attempts, default backoff, no delay, no timeout.
+    /// three attempts, default backoff, no delay, no timeout, round robin,
+    /// no labels.
     pub fn new(kind: &str) -> Self {
         TaskSpec {
             kind: Arc::from(kind),
@@ -96,6 +104,9 @@ impl TaskSpec {
             max_attempts: 3,
             timeout_ms: None,
             backoff: Backoff::default(),
+            strategy: Strategy::RoundRobin,
+            routing_key: None,
+            labels: BTreeMap::new(),
         }
     }
 }

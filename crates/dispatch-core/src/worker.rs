@@ -16,6 +16,8 @@ pub struct WorkerSpec {
     pub labels: BTreeMap<String, String>,
     /// How many tasks it runs at once (>= 1).
     pub capacity: u32,
+    /// Its share under `weighted_round_robin` (>= 1).
+    pub weight: u32,
 }
 
 impl WorkerSpec {
@@ -26,6 +28,7 @@ impl WorkerSpec {
             types: types.into_iter().map(Arc::from).collect(),
             labels: BTreeMap::new(),
             capacity,
+            weight: 1,
         }
     }
 }
@@ -71,6 +74,8 @@ pub struct Worker {
     pub completed: u64,
     /// Tasks failed over its lifetime.
     pub failed: u64,
+    /// Registration order, for `failover`.
+    pub(crate) order: u64,
 }
 
 impl Worker {
@@ -82,6 +87,13 @@ impl Worker {
     /// Slots it has free for new tasks.
     pub fn free_slots(&self) -> u32 {
         self.spec.capacity.saturating_sub(self.in_flight())
+    }
+
+    /// True when it carries every label in `required` with the same value.
+    pub fn has_labels(&self, required: &BTreeMap<String, String>) -> bool {
+        required
+            .iter()
+            .all(|(k, v)| self.spec.labels.get(k) == Some(v))
     }
 
     /// True when it registered the task type.

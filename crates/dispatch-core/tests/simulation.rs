@@ -14,8 +14,8 @@ use std::panic::{self, AssertUnwindSafe};
 
 use common::{Ledger, Registered, check_safety};
 use dispatch_core::{
-    Backoff, Config, CoreError, Event, Millis, Scheduler, TaskId, TaskSpec, TaskState, WorkerId,
-    WorkerSpec,
+    Backoff, Config, CoreError, Event, Millis, Scheduler, Strategy, TaskId, TaskSpec, TaskState,
+    WorkerId, WorkerSpec,
 };
 
 const TYPES: [&str; 5] = ["email", "resize", "pdf", "report", "webhook"];
@@ -219,7 +219,12 @@ impl Sim {
             if timeout_ms.is_some() {
                 self.timed.insert(id);
             }
+            let strategy = self.rng.pick(&Strategy::ALL);
+            let routing_key = (strategy == Strategy::ConsistentHash)
+                .then(|| format!("key-{}", self.rng.below(20)).into());
             let spec = TaskSpec {
+                strategy,
+                routing_key,
                 timeout_ms,
                 priority: (self.rng.between(0, 200) as i64 - 100) as i8,
                 max_attempts: self.rng.between(1, 4) as u32,

@@ -6,6 +6,8 @@
 //!   and their validation into the core's [`dispatch_core::TaskSpec`] and the
 //!   store's [`dispatch_store::TaskBody`].
 //! - [`worker`]: the HTTP worker protocol: registration, poll, results.
+//! - [`schedule`]: cron schedules ([`CreateSchedule`], [`ScheduleJson`]) and
+//!   the task each fire makes from a schedule's template.
 //! - [`problem`]: `application/problem+json` bodies and [`FieldError`].
 //! - [`time`]: RFC 3339 timestamps to and from [`dispatch_core::Millis`].
 //!
@@ -13,6 +15,7 @@
 //! CLI reject the same input with the same message.
 
 pub mod problem;
+pub mod schedule;
 pub mod task;
 pub mod time;
 pub mod worker;
@@ -21,6 +24,10 @@ mod decode;
 
 pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
 pub use problem::{FieldError, Problem};
+pub use schedule::{
+    CreateSchedule, ScheduleJson, ScheduleList, ScheduleParts, ValidSchedule, fire_key, fire_task,
+    parse_schedule_name, schedule_json,
+};
 pub use task::{
     BackoffJson, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskJson, TaskList, ValidTask,
     parse_task_id, task_json, validate_name,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dispatch_core::{Backoff, Millis, TaskId, TaskSpec, TaskState};
+use dispatch_core::{Backoff, Millis, Strategy, TaskId, TaskSpec, TaskState};
 use dispatch_store::{TaskBody, TaskQuery, TaskRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -32,8 +32,6 @@ pub const STRATEGIES: [&str; 8] = [
     "broadcast",
     "sharding",
 ];
-/// Strategies this version routes by.
-pub const SUPPORTED_STRATEGIES: [&str; 1] = ["round_robin"];
 
 /// Retry backoff on the wire.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -214,26 +212,38 @@ impl SubmitTask {
         if let Some(k) = &self.routing_key {
             check_key("routing_key", k)?;
         }
-        if let Some(s) = &self.strategy {
-            if !STRATEGIES.contains(&s.as_str()) {
+        let strategy = match &self.strategy {
+            None => Strategy::RoundRobin,
+            Some(s) if STRATEGIES.contains(&s.as_str()) => Strategy::parse(s).ok_or_else(|| {
+                FieldError::new(
+                    "strategy",
+                    format!("strategy {s:?} is not available in this version"),
+                )
+            })?,
+            Some(s) => {
                 return Err(FieldError::new(
                     "strategy",
                     format!("unknown strategy {s:?}; one of {}", STRATEGIES.join(", ")),
                 ));
             }
-            if !SUPPORTED_STRATEGIES.contains(&s.as_str()) {
-                return Err(FieldError::new(
-                    "strategy",
-                    format!("strategy {s:?} is not available in this version; use round_robin"),
-                ));
-            }
+        };
+        if strategy == Strategy::ConsistentHash && self.routing_key.is_none() {
+            return Err(FieldError::new(
+                "routing_key",
+                "is required with strategy consistent_hash",
+            ));
         }
         let labels = self.labels.unwrap_or_default();
-        if !labels.is_empty() {
-            return Err(FieldError::new(
-                "labels",
-                "label constraints are not available in this version",
-            ));
+        if labels.len() > 64 {
+            return Err(FieldError::new("labels", "at most 64 labels"));
+        }
+        for (k, v) in &labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 256 {
+                return Err(FieldError::new(
+                    format!("labels.{k}"),
+                    "label names are 1 to 128 bytes, values up to 256",
+                ));
+            }
         }
         let depends_on = self.depends_on.unwrap_or_default();
         if depends_on.len() > MAX_PARENTS {
@@ -262,13 +272,13 @@ impl SubmitTask {
                 max_attempts,
                 timeout_ms,
                 backoff,
+                strategy,
+                routing_key: self.routing_key.map(Arc::from),
+                labels,
             },
             body: TaskBody {
                 payload,
                 idempotency_key: self.idempotency_key,
-                routing_key: self.routing_key,
-                strategy: self.strategy,
-                labels,
                 depends_on: parents,
                 created_at: now,
             },
@@ -383,9 +393,9 @@ pub fn task_json(r: &TaskRecord) -> TaskJson {
             multiplier: Some(r.spec.backoff.multiplier),
         },
         idempotency_key: r.body.idempotency_key.clone(),
-        routing_key: r.body.routing_key.clone(),
-        strategy: r.body.strategy.clone(),
-        labels: r.body.labels.clone(),
+        routing_key: r.spec.routing_key.as_deref().map(str::to_owned),
+        strategy: Some(r.spec.strategy.as_str().to_owned()),
+        labels: r.spec.labels.clone(),
         depends_on: r.body.depends_on.iter().map(ToString::to_string).collect(),
         state: r.state.as_str().to_owned(),
         attempts: r.attempts,

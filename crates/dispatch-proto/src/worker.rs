@@ -35,6 +35,9 @@ pub struct RegisterWorker {
     /// Tasks at once (>= 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<i64>,
+    /// Share under `weighted_round_robin`, 1..=1000 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
 }
 
 impl RegisterWorker {
@@ -72,11 +75,19 @@ impl RegisterWorker {
                 format!("must be between 1 and {MAX_CAPACITY}, got {capacity}"),
             ));
         }
+        let weight = self.weight.unwrap_or(1);
+        if !(1..=1_000).contains(&weight) {
+            return Err(FieldError::new(
+                "weight",
+                format!("must be between 1 and 1000, got {weight}"),
+            ));
+        }
         Ok(WorkerSpec {
             name,
             types: types.into_iter().map(Arc::from).collect(),
             labels,
             capacity: capacity as u32,
+            weight: weight as u32,
         })
     }
 }
@@ -350,6 +361,8 @@ pub struct WorkerJson {
     pub labels: BTreeMap<String, String>,
     /// Tasks at once.
     pub capacity: u32,
+    /// Share under `weighted_round_robin`.
+    pub weight: u32,
     /// Tasks it holds now.
     pub in_flight: u32,
     /// `active`.
@@ -373,6 +386,7 @@ impl WorkerJson {
             types: w.spec.types.iter().map(ToString::to_string).collect(),
             labels: w.spec.labels.clone(),
             capacity: w.spec.capacity,
+            weight: w.spec.weight,
             in_flight: w.in_flight(),
             state: w.state.as_str().to_owned(),
             last_seen_at: format_rfc3339(w.last_seen_at),

@@ -47,6 +47,8 @@ pub(crate) struct App {
     pub(crate) metrics: Metrics,
     /// Dead tasks being requeued by `POST /v1/tasks/{id}/retry`.
     retrying: Mutex<std::collections::HashSet<TaskId>>,
+    /// Cron schedules, fired by `schedules::schedule_loop`.
+    pub(crate) schedules: crate::schedules::Schedules,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the shell's only clock.
@@ -170,6 +172,7 @@ impl App {
             stop_tx,
             metrics: Metrics::default(),
             retrying: Mutex::default(),
+            schedules: crate::schedules::Schedules::default(),
         };
         Ok((Arc::new(app), writer_thread))
     }

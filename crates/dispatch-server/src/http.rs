@@ -14,7 +14,7 @@ use dispatch_store::{ErrorKind, StoreError};
 use serde::de::DeserializeOwned;
 
 use crate::app::App;
-use crate::{metrics, tasks, workers};
+use crate::{metrics, schedules, tasks, workers};
 
 /// An error answered as `application/problem+json`.
 #[derive(Debug)]
@@ -189,6 +189,14 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/workers/{id}", delete(workers::leave))
         .route("/v1/workers/{id}/heartbeat", post(workers::heartbeat))
         .route("/v1/workers/{id}/poll", post(workers::poll))
+        .route(
+            "/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get_one).delete(schedules::delete),
+        )
         .route("/healthz", get(metrics::healthz))
         .route("/metrics", get(metrics::prometheus))
         .fallback(not_found)

@@ -10,6 +10,8 @@
 //! - `http`: the router, the JSON body extractor (size and depth limits) and
 //!   problem+json errors.
 //! - `tasks`, `workers`: the client endpoints and the HTTP worker protocol.
+//! - `schedules`: cron schedules' endpoints and the loop that fires them,
+//!   each fire stored with its task before the task reaches the core.
 //! - `metrics`: counters and the Prometheus text at `/metrics`.
 //!
 //! Every mutating request is acknowledged only after the store committed it
@@ -18,6 +20,7 @@
 mod app;
 mod http;
 mod metrics;
+mod schedules;
 mod tasks;
 mod workers;
 
@@ -150,6 +153,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             })?
             .map_err(store_err)?
     };
+    let stored_schedules = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || app.store.list_schedules())
+            .await
+            .map_err(|e| {
+                store_err(dispatch_store::StoreError::new(
+                    dispatch_store::ErrorKind::Unavailable,
+                    e.to_string(),
+                ))
+            })?
+            .map_err(store_err)?
+    };
+    app.schedules.load(stored_schedules);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -162,6 +178,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     })?;
     let mut stopped = app.stopping.clone();
     tokio::spawn(app::timer_loop(app.clone()));
+    tokio::spawn(schedules::schedule_loop(app.clone()));
     let router = http::router(app.clone());
     let serve = tokio::spawn(async move {
         let shutdown = async move {

@@ -1,5 +1,6 @@
-//! Between [`TaskRecord`]s and rows of the `tasks` table, and between
-//! rusqlite's errors and [`StoreError`]s.
+//! Between [`TaskRecord`]s and rows of the `tasks` table, between
+//! [`ScheduleRecord`]s and rows of `schedules`, and between rusqlite's
+//! errors and [`StoreError`]s.
 //!
 //! Decoding never panics: a value of the wrong type or out of range, bad
 //! JSON or an unknown state is an [`ErrorKind::Corrupt`] error naming the
@@ -8,14 +9,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
-use dispatch_core::{Backoff, TaskId, TaskSpec, TaskState, WorkerId};
-use dispatch_store::{ErrorKind, StoreError, TaskBody, TaskRecord};
+use dispatch_core::{Backoff, Strategy, TaskId, TaskSpec, TaskState, WorkerId};
+use dispatch_store::{ErrorKind, ScheduleRecord, StoreError, TaskBody, TaskRecord};
 use rusqlite::types::ValueRef;
 use rusqlite::{Row, Statement};
 
 /// Prepared statements kept per read connection: `get_task`, `load_live`,
-/// `max_task_id` and the sixteen filter combinations of `list_tasks`.
-pub(crate) const READ_STATEMENT_CACHE: usize = 24;
+/// `max_task_id`, the sixteen filter combinations of `list_tasks`,
+/// `get_schedule` and `list_schedules`.
+pub(crate) const READ_STATEMENT_CACHE: usize = 26;
 
 /// The columns of `tasks` in the order [`decode`] reads them.
 macro_rules! columns {
@@ -131,7 +133,7 @@ impl<'r> InsertRow<'r> {
             backoff_initial_ms: to_sql_int(spec.backoff.initial_ms, "backoff.initial_ms")?,
             backoff_max_ms: to_sql_int(spec.backoff.max_ms, "backoff.max_ms")?,
             run_at: spec.run_at.map(|t| to_sql_int(t, "run_at")).transpose()?,
-            labels: serde_json::to_string(&r.body.labels).map_err(json_error("labels"))?,
+            labels: serde_json::to_string(&r.spec.labels).map_err(json_error("labels"))?,
             depends_on: serde_json::to_string(&depends_on).map_err(json_error("depends_on"))?,
             worker_id: r.worker.map(|w| w.0.cast_signed()),
             created_at: to_sql_int(r.body.created_at, "created_at")?,
@@ -164,8 +166,8 @@ impl<'r> InsertRow<'r> {
             r.spec.backoff.multiplier,
             self.run_at,
             r.body.idempotency_key.as_deref(),
-            r.body.routing_key.as_deref(),
-            r.body.strategy.as_deref(),
+            r.spec.routing_key.as_deref(),
+            r.spec.strategy.as_str(),
             self.labels,
             self.depends_on,
             r.result.as_deref(),
@@ -178,9 +180,102 @@ impl<'r> InsertRow<'r> {
     }
 }
 
+/// The columns of `schedules` in the order [`decode_schedule`] reads them.
+macro_rules! schedule_columns {
+    () => {
+        "name, cron, timezone, task, misfire, catch_up_limit, paused, created_at, last_fire_at"
+    };
+}
+
+const SCHEDULE_NAMES: [&str; 9] = [
+    "name",
+    "cron",
+    "timezone",
+    "task",
+    "misfire",
+    "catch_up_limit",
+    "paused",
+    "created_at",
+    "last_fire_at",
+];
+
+pub(crate) const GET_SCHEDULE_SQL: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM schedules WHERE name = ?1"
+);
+
+pub(crate) const LIST_SCHEDULES_SQL: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM schedules ORDER BY name"
+);
+
+pub(crate) const UPSERT_SCHEDULE_SQL: &str = concat!(
+    "INSERT INTO schedules (",
+    schedule_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+     ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone, \
+     task = excluded.task, misfire = excluded.misfire, \
+     catch_up_limit = excluded.catch_up_limit, paused = excluded.paused, \
+     created_at = excluded.created_at, last_fire_at = excluded.last_fire_at"
+);
+
+/// Runs `stmt` (a prepared [`UPSERT_SCHEDULE_SQL`]) with `r`'s values.
+pub(crate) fn upsert_schedule(
+    stmt: &mut Statement<'_>,
+    r: &ScheduleRecord,
+) -> Result<usize, StoreError> {
+    let created_at = to_sql_int(r.created_at, "created_at")?;
+    let last_fire_at = r
+        .last_fire_at
+        .map(|t| to_sql_int(t, "last_fire_at"))
+        .transpose()?;
+    stmt.execute(rusqlite::params![
+        r.name,
+        r.cron,
+        r.timezone,
+        &*r.task,
+        r.misfire,
+        r.catch_up_limit,
+        r.paused,
+        created_at,
+        last_fire_at,
+    ])
+    .map_err(sql_error(&format!("storing schedule {:?}", r.name)))
+}
+
+/// Decodes one row selected with [`schedule_columns!`].
+pub(crate) fn decode_schedule(row: &Row<'_>) -> Result<ScheduleRecord, StoreError> {
+    let col = Columns {
+        row,
+        names: &SCHEDULE_NAMES,
+        table: "schedule",
+    };
+    Ok(ScheduleRecord {
+        name: col.text(0)?.to_owned(),
+        cron: col.text(1)?.to_owned(),
+        timezone: col.text(2)?.to_owned(),
+        task: col.text(3)?.into(),
+        misfire: col.text(4)?.to_owned(),
+        catch_up_limit: col.int(5)?,
+        paused: match col.int::<i64>(6)? {
+            0 => false,
+            1 => true,
+            v => return Err(col.error(6, format!("{v} is not a boolean"))),
+        },
+        created_at: col.int(7)?,
+        last_fire_at: col.opt_int(8)?,
+    })
+}
+
 /// Decodes one row selected with [`columns!`].
 pub(crate) fn decode(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
-    let col = Columns(row);
+    let col = Columns {
+        row,
+        names: &NAMES,
+        table: "task",
+    };
     let labels: BTreeMap<String, String> =
         serde_json::from_str(col.text(16)?).map_err(|e| col.error(16, e))?;
     let depends_on: Vec<u64> = serde_json::from_str(col.text(17)?).map_err(|e| col.error(17, e))?;
@@ -198,13 +293,17 @@ pub(crate) fn decode(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
                 max_ms: col.int(10)?,
                 multiplier: col.real(11)?,
             },
+            strategy: match col.opt_text(15)? {
+                None => Strategy::RoundRobin,
+                Some(s) => Strategy::parse(s)
+                    .ok_or_else(|| col.error(15, format!("unknown strategy {s:?}")))?,
+            },
+            routing_key: col.opt_text(14)?.map(Into::into),
+            labels,
         },
         body: TaskBody {
             payload: col.text(3)?.into(),
             idempotency_key: col.opt_text(13)?.map(str::to_string),
-            routing_key: col.opt_text(14)?.map(str::to_string),
-            strategy: col.opt_text(15)?.map(str::to_string),
-            labels,
             depends_on: depends_on.into_iter().map(TaskId).collect(),
             created_at: col.int(21)?,
         },
@@ -222,19 +321,25 @@ pub(crate) fn decode(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
 }
 
 /// Typed, checked access to a row's columns.
-struct Columns<'a, 'r>(&'a Row<'r>);
+struct Columns<'a, 'r> {
+    row: &'a Row<'r>,
+    /// Column names by index, for error messages.
+    names: &'static [&'static str],
+    /// What a row is, for error messages.
+    table: &'static str,
+}
 
 impl<'a> Columns<'a, '_> {
     fn error(&self, idx: usize, detail: impl Display) -> StoreError {
-        let name = NAMES.get(idx).copied().unwrap_or("?");
+        let name = self.names.get(idx).copied().unwrap_or("?");
         StoreError::new(
             ErrorKind::Corrupt,
-            format!("stored task column {name}: {detail}"),
+            format!("stored {} column {name}: {detail}", self.table),
         )
     }
 
     fn value(&self, idx: usize) -> Result<ValueRef<'a>, StoreError> {
-        self.0.get_ref(idx).map_err(|e| self.error(idx, e))
+        self.row.get_ref(idx).map_err(|e| self.error(idx, e))
     }
 
     fn opt_text(&self, idx: usize) -> Result<Option<&'a str>, StoreError> {

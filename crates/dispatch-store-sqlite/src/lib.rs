@@ -27,6 +27,11 @@
 //!   backup, a second store opened on the directory, the WAL checkpoint) only
 //!   holds locks briefly. A lock still held after that is reported as
 //!   [`ErrorKind::Unavailable`].
+//! - **Schedules.** `schedules` holds one row per cron schedule and
+//!   `schedule_fires` one per fire, keyed by (schedule, fire time). A
+//!   [`Write::Fire`] looks the fire up, and only when it is new inserts the
+//!   task and the fire row and advances `last_fire_at`, in the batch's
+//!   transaction: a fire is stored once or not at all.
 //! - **Schema.** One `tasks` table with a column per field (see `schema.rs`),
 //!   `STRICT` so that a value of the wrong type cannot be stored, and indexes
 //!   on `(state, id)`, `(type, id)` and `(queue, id)`: `list_tasks` with any
@@ -72,8 +77,8 @@ use std::time::Duration;
 
 use dispatch_core::TaskId;
 use dispatch_store::{
-    ErrorKind, InsertOutcome, Store, StoreError, TaskQuery, TaskRecord, TaskUpdate, Write,
-    WriteOutcome,
+    ErrorKind, FireOutcome, InsertOutcome, ScheduleRecord, Store, StoreError, TaskQuery,
+    TaskRecord, TaskUpdate, Write, WriteOutcome,
 };
 use rusqlite::types::Value;
 use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -302,6 +307,35 @@ impl Store for SqliteStore {
             max.map(|id| codec::task_id(id, "tasks.id")).transpose()
         })
     }
+
+    fn list_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(codec::LIST_SCHEDULES_SQL)
+                .map_err(sql_error("preparing list_schedules"))?;
+            let mut rows = stmt.query([]).map_err(sql_error("listing schedules"))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sql_error("reading schedules"))? {
+                out.push(codec::decode_schedule(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(codec::GET_SCHEDULE_SQL)
+                .map_err(sql_error("preparing get_schedule"))?;
+            let mut rows = stmt
+                .query([name])
+                .map_err(sql_error("reading a schedule"))?;
+            match rows.next().map_err(sql_error("reading a schedule"))? {
+                Some(row) => codec::decode_schedule(row).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
 }
 
 /// Runs every write of a batch inside the caller's open transaction.
@@ -326,8 +360,93 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
                 .collect::<Result<_, _>>()
                 .map(WriteOutcome::Inserted),
             Write::Update(u) => stmts.update(u).map(WriteOutcome::Updated),
+            Write::UpsertSchedule(r) => {
+                let existed = schedule_exists(conn, &r.name)?;
+                let mut upsert = conn
+                    .prepare_cached(codec::UPSERT_SCHEDULE_SQL)
+                    .map_err(sql_error("preparing the schedule upsert"))?;
+                codec::upsert_schedule(&mut upsert, r)?;
+                Ok(WriteOutcome::ScheduleUpserted(existed))
+            }
+            Write::DeleteSchedule(name) => delete_schedule(conn, name),
+            Write::Fire {
+                schedule,
+                fire_at,
+                task,
+            } => fire(conn, &mut stmts, schedule, *fire_at, task).map(WriteOutcome::Fired),
         })
         .collect()
+}
+
+fn schedule_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT 1 FROM schedules WHERE name = ?1")
+        .map_err(sql_error("preparing the schedule lookup"))?
+        .exists([name])
+        .map_err(sql_error("looking up a schedule"))
+}
+
+fn delete_schedule(conn: &Connection, name: &str) -> Result<WriteOutcome, StoreError> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM schedules WHERE name = ?1")
+        .map_err(sql_error("preparing the schedule delete"))?
+        .execute([name])
+        .map_err(sql_error(&format!("deleting schedule {name:?}")))?;
+    conn.prepare_cached("DELETE FROM schedule_fires WHERE schedule = ?1")
+        .map_err(sql_error("preparing the fires delete"))?
+        .execute([name])
+        .map_err(sql_error(&format!("deleting the fires of {name:?}")))?;
+    Ok(WriteOutcome::ScheduleDeleted(deleted > 0))
+}
+
+/// Records one fire and inserts its task, or answers the task of the fire
+/// recorded before. Runs inside the batch's transaction, so the fire row,
+/// the task and `last_fire_at` are stored together or not at all.
+fn fire(
+    conn: &Connection,
+    stmts: &mut BatchStatements<'_>,
+    schedule: &str,
+    fire_at: u64,
+    task: &TaskRecord,
+) -> Result<FireOutcome, StoreError> {
+    let at = to_sql_int(fire_at, "fire_at")?;
+    let recorded: Option<i64> = conn
+        .prepare_cached("SELECT task_id FROM schedule_fires WHERE schedule = ?1 AND fire_at = ?2")
+        .map_err(sql_error("preparing the fire lookup"))?
+        .query_row(rusqlite::params![schedule, at], |row| row.get(0))
+        .optional()
+        .map_err(sql_error("looking up a fire"))?;
+    if let Some(id) = recorded {
+        return Ok(FireOutcome::Existing(codec::task_id(
+            id,
+            "schedule_fires.task_id",
+        )?));
+    }
+    if !schedule_exists(conn, schedule)? {
+        return Ok(FireOutcome::UnknownSchedule);
+    }
+    let (outcome, id) = match stmts.insert(task)? {
+        InsertOutcome::Created => (FireOutcome::Created, task.id),
+        InsertOutcome::Existing(id) => (FireOutcome::Existing(id), id),
+    };
+    conn.prepare_cached(
+        "INSERT INTO schedule_fires (schedule, fire_at, task_id) VALUES (?1, ?2, ?3)",
+    )
+    .map_err(sql_error("preparing the fire insert"))?
+    .execute(rusqlite::params![
+        schedule,
+        at,
+        to_sql_int(id.0, "task_id")?
+    ])
+    .map_err(sql_error(&format!("recording a fire of {schedule:?}")))?;
+    conn.prepare_cached(
+        "UPDATE schedules SET last_fire_at = MAX(COALESCE(last_fire_at, ?2), ?2) WHERE name = ?1",
+    )
+    .map_err(sql_error("preparing the last fire update"))?
+    .execute(rusqlite::params![schedule, at])
+    .map_err(sql_error(&format!(
+        "advancing last_fire_at of {schedule:?}"
+    )))?;
+    Ok(outcome)
 }
 
 /// The statements of one batch, prepared once per `apply`.

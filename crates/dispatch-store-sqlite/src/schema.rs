@@ -51,7 +51,34 @@ CREATE INDEX tasks_type_id ON tasks (type, id);
 CREATE INDEX tasks_queue_id ON tasks (queue, id);
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: cron schedules and the record of their fires.
+///
+/// `schedule_fires` holds one row per fire, keyed by (schedule, fire time):
+/// the fire's task is inserted in the same transaction as its row, so a fire
+/// is stored once or not at all. `last_fire_at` is the latest of a
+/// schedule's fires; `paused` is 0 or 1.
+const V2: &str = "
+CREATE TABLE schedules (
+    name           TEXT    PRIMARY KEY,
+    cron           TEXT    NOT NULL,
+    timezone       TEXT    NOT NULL,
+    task           TEXT    NOT NULL,
+    misfire        TEXT    NOT NULL,
+    catch_up_limit INTEGER NOT NULL,
+    paused         INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    last_fire_at   INTEGER
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE schedule_fires (
+    schedule TEXT    NOT NULL,
+    fire_at  INTEGER NOT NULL,
+    task_id  INTEGER NOT NULL,
+    PRIMARY KEY (schedule, fire_at)
+) STRICT, WITHOUT ROWID;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

@@ -38,6 +38,15 @@ impl Store for TempStore {
     fn max_task_id(&self) -> Result<Option<TaskId>, StoreError> {
         self.store.max_task_id()
     }
+    fn list_schedules(&self) -> Result<Vec<dispatch_store::ScheduleRecord>, StoreError> {
+        self.store.list_schedules()
+    }
+    fn get_schedule(
+        &self,
+        name: &str,
+    ) -> Result<Option<dispatch_store::ScheduleRecord>, StoreError> {
+        self.store.get_schedule(name)
+    }
 }
 
 fn fresh() -> TempStore {
@@ -351,4 +360,104 @@ fn every_query_reads_an_index_in_order() {
         p.contains("tasks_state_id") || p.contains("PRIMARY KEY"),
         "{p}"
     );
+}
+
+#[test]
+fn a_version_1_file_migrates_and_keeps_its_tasks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+        store
+            .apply(&[Write::Insert(vec![sample(1, "email")])])
+            .expect("insert");
+    }
+    // Turn the file back into what version 1 wrote.
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    raw.execute_batch("DROP TABLE schedules; DROP TABLE schedule_fires; PRAGMA user_version = 1;")
+        .expect("downgrade");
+    drop(raw);
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("migrate");
+    assert_eq!(
+        store.get_task(TaskId(1)).expect("get"),
+        Some(sample(1, "email"))
+    );
+    assert_eq!(store.list_schedules().expect("list"), Vec::new());
+    let schedule = dispatch_store::conformance::sample_schedule("nightly");
+    store
+        .apply(&[Write::UpsertSchedule(schedule.clone())])
+        .expect("upsert");
+    assert_eq!(store.get_schedule("nightly").expect("get"), Some(schedule));
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    let version: i64 = raw
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .expect("pragma");
+    assert_eq!(version, 2);
+}
+
+#[test]
+fn schedules_and_fires_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut task = sample(7, "report");
+    task.body.idempotency_key = Some("schedule:nightly:60000".into());
+    let fire = |id: u64| {
+        let mut t = task.clone();
+        t.id = TaskId(id);
+        Write::Fire {
+            schedule: "nightly".into(),
+            fire_at: 60_000,
+            task: t,
+        }
+    };
+    {
+        let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+        let out = store
+            .apply(&[
+                Write::UpsertSchedule(dispatch_store::conformance::sample_schedule("nightly")),
+                fire(7),
+            ])
+            .expect("fire");
+        assert_eq!(
+            out[1],
+            WriteOutcome::Fired(dispatch_store::FireOutcome::Created)
+        );
+    }
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("reopen");
+    let s = store.get_schedule("nightly").expect("get").expect("stored");
+    assert_eq!(s.last_fire_at, Some(60_000));
+    assert_eq!(
+        store.apply(&[fire(8)]).expect("fire again"),
+        vec![WriteOutcome::Fired(dispatch_store::FireOutcome::Existing(
+            TaskId(7)
+        ))]
+    );
+    assert_eq!(store.get_task(TaskId(8)).expect("get"), None);
+    assert_eq!(store.get_task(TaskId(7)).expect("get"), Some(task));
+}
+
+#[test]
+fn damaged_schedule_rows_are_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+    store
+        .apply(&[Write::UpsertSchedule(
+            dispatch_store::conformance::sample_schedule("s"),
+        )])
+        .expect("upsert");
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    for damage in [
+        "UPDATE schedules SET paused = 7",
+        "UPDATE schedules SET catch_up_limit = -1",
+        "UPDATE schedules SET last_fire_at = -5",
+    ] {
+        raw.execute_batch(&format!("{damage}; ")).expect("damage");
+        let err = store.get_schedule("s").expect_err(damage);
+        assert_eq!(err.kind, ErrorKind::Corrupt, "{damage}: {err}");
+        assert!(err.message.contains("schedule column"), "{err}");
+        let err = store.list_schedules().expect_err(damage);
+        assert_eq!(err.kind, ErrorKind::Corrupt, "{damage}: {err}");
+        raw.execute_batch(
+            "UPDATE schedules SET paused = 0, catch_up_limit = 25, last_fire_at = NULL",
+        )
+        .expect("repair");
+    }
 }

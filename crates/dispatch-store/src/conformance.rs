@@ -17,11 +17,11 @@
 
 use std::collections::BTreeMap;
 
-use dispatch_core::{Backoff, TaskId, TaskSpec, TaskState, WorkerId};
+use dispatch_core::{Backoff, Strategy, TaskId, TaskSpec, TaskState, WorkerId};
 
 use crate::{
-    ErrorKind, InsertOutcome, Store, TaskBody, TaskQuery, TaskRecord, TaskUpdate, Write,
-    WriteOutcome,
+    ErrorKind, FireOutcome, InsertOutcome, ScheduleRecord, Store, TaskBody, TaskQuery, TaskRecord,
+    TaskUpdate, Write, WriteOutcome,
 };
 
 /// A queued task record with the given id and type, for tests.
@@ -32,9 +32,6 @@ pub fn sample(id: u64, kind: &str) -> TaskRecord {
         body: TaskBody {
             payload: r#"{"n":1}"#.into(),
             idempotency_key: None,
-            routing_key: None,
-            strategy: None,
-            labels: BTreeMap::new(),
             depends_on: Vec::new(),
             created_at: 1_700_000_000_000 + id,
         },
@@ -74,6 +71,17 @@ macro_rules! store_conformance_tests {
             max_task_id_tracks_inserts,
             payload_text_round_trips,
             results_and_errors_round_trip,
+            schedules_round_trip_and_list_by_name,
+            upsert_replaces_a_schedule,
+            delete_schedule_reports_whether_it_existed,
+            fire_stores_its_task_and_advances_last_fire_at,
+            a_fire_recorded_before_answers_its_task,
+            a_fire_repeated_in_one_batch_stores_one_task,
+            a_fire_of_an_unknown_schedule_stores_nothing,
+            a_fire_with_a_taken_id_refuses_the_batch,
+            a_fire_whose_key_is_taken_answers_the_key_holder,
+            last_fire_at_never_goes_back,
+            delete_schedule_forgets_its_fires_but_keeps_their_tasks,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -102,16 +110,16 @@ fn full(id: u64) -> TaskRecord {
                 max_ms: 60_000,
                 multiplier: 1.5,
             },
-        },
-        body: TaskBody {
-            payload: r#"{"report":"q3","pages":[1,2,3],"draft":false}"#.into(),
-            idempotency_key: Some(format!("key-{id}")),
+            strategy: Strategy::ConsistentHash,
             routing_key: Some("customer-17".into()),
-            strategy: Some("consistent_hash".into()),
             labels: BTreeMap::from([
                 ("gpu".to_string(), "a100".to_string()),
                 ("region".to_string(), "eu-west".to_string()),
             ]),
+        },
+        body: TaskBody {
+            payload: r#"{"report":"q3","pages":[1,2,3],"draft":false}"#.into(),
+            idempotency_key: Some(format!("key-{id}")),
             depends_on: vec![TaskId(3), TaskId(1), TaskId(u64::from(u32::MAX) + 9)],
             created_at: 1_700_000_000_456,
         },
@@ -777,10 +785,10 @@ pub fn payload_text_round_trips(store: impl Store) {
     for (i, payload) in small.iter().chain([&big]).enumerate() {
         let mut r = sample(i as u64 + 1, "email");
         r.body.payload = payload.as_str().into();
-        r.body
+        r.spec
             .labels
             .insert("ключ \"k\"".into(), "значение 'v' 🦀".into());
-        r.body.routing_key = Some("user/Ω/\"7\"".into());
+        r.spec.routing_key = Some("user/Ω/\"7\"".into());
         records.push(r);
     }
     insert(&store, records.clone());
@@ -827,4 +835,287 @@ pub fn results_and_errors_round_trip(store: impl Store) {
     retried.error = None;
     store.apply(&[Write::Update(retried)]).expect("update");
     assert_eq!(get(&store, 3).and_then(|r| r.error), None);
+}
+
+/// A schedule record with distinctive values, for tests.
+pub fn sample_schedule(name: &str) -> ScheduleRecord {
+    ScheduleRecord {
+        name: name.to_owned(),
+        cron: "*/15 9-17 * * 1-5".to_owned(),
+        timezone: "America/New_York".to_owned(),
+        task: r#"{"type":"report.render","payload":{"q":"it's \"quoted\" ✓"},"priority":5}"#.into(),
+        misfire: "catch_up".to_owned(),
+        catch_up_limit: 25,
+        paused: false,
+        created_at: 1_700_000_000_789,
+        last_fire_at: None,
+    }
+}
+
+/// The task of a fire: keyed by schedule and fire time, as the server does.
+fn fire_task(id: u64, schedule: &str, fire_at: u64) -> TaskRecord {
+    let mut t = sample(id, "report.render");
+    t.body.idempotency_key = Some(format!("schedule:{schedule}:{fire_at}"));
+    t
+}
+
+fn fire(store: &impl Store, schedule: &str, fire_at: u64, task: TaskRecord) -> FireOutcome {
+    let w = Write::Fire {
+        schedule: schedule.to_owned(),
+        fire_at,
+        task,
+    };
+    match store.apply(&[w]).expect("fire").as_slice() {
+        [WriteOutcome::Fired(o)] => *o,
+        other => panic!("a fire answered {other:?}"),
+    }
+}
+
+fn upsert(store: &impl Store, r: ScheduleRecord) -> bool {
+    match store
+        .apply(&[Write::UpsertSchedule(r)])
+        .expect("upsert")
+        .as_slice()
+    {
+        [WriteOutcome::ScheduleUpserted(replaced)] => *replaced,
+        other => panic!("an upsert answered {other:?}"),
+    }
+}
+
+fn last_fire(store: &impl Store, name: &str) -> Option<u64> {
+    store
+        .get_schedule(name)
+        .expect("get_schedule")
+        .unwrap_or_else(|| panic!("schedule {name} is gone"))
+        .last_fire_at
+}
+
+/// Schedules read back as written, listed by name.
+pub fn schedules_round_trip_and_list_by_name(store: impl Store) {
+    assert_eq!(store.list_schedules().expect("list"), Vec::new());
+    assert_eq!(store.get_schedule("nightly").expect("get"), None);
+    let mut paused = sample_schedule("b.paused");
+    paused.paused = true;
+    paused.misfire = "skip".into();
+    paused.last_fire_at = Some(1_800_000_000_000);
+    paused.timezone = "UTC".into();
+    paused.cron = "0 0 * * * *".into();
+    let all = [
+        sample_schedule("nightly"),
+        paused,
+        sample_schedule("a:first"),
+    ];
+    for r in &all {
+        assert!(!upsert(&store, r.clone()), "{} was new", r.name);
+    }
+    for r in &all {
+        assert_eq!(store.get_schedule(&r.name).expect("get").as_ref(), Some(r));
+    }
+    let names: Vec<String> = store
+        .list_schedules()
+        .expect("list")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["a:first", "b.paused", "nightly"]);
+    assert_eq!(store.list_schedules().expect("list")[1], all[1]);
+    // Schedules are not tasks.
+    assert_eq!(store.max_task_id().expect("max_task_id"), None);
+}
+
+/// Upserting a stored name replaces the schedule and says so.
+pub fn upsert_replaces_a_schedule(store: impl Store) {
+    assert!(!upsert(&store, sample_schedule("s")));
+    let mut changed = sample_schedule("s");
+    changed.cron = "0 9 * * *".into();
+    changed.paused = true;
+    changed.last_fire_at = Some(5);
+    assert!(upsert(&store, changed.clone()));
+    assert_eq!(store.get_schedule("s").expect("get"), Some(changed));
+    assert_eq!(store.list_schedules().expect("list").len(), 1);
+}
+
+/// Deleting answers whether the schedule existed.
+pub fn delete_schedule_reports_whether_it_existed(store: impl Store) {
+    upsert(&store, sample_schedule("s"));
+    upsert(&store, sample_schedule("t"));
+    let out = store
+        .apply(&[
+            Write::DeleteSchedule("s".into()),
+            Write::DeleteSchedule("s".into()),
+            Write::DeleteSchedule("nope".into()),
+        ])
+        .expect("delete");
+    assert_eq!(
+        out,
+        vec![
+            WriteOutcome::ScheduleDeleted(true),
+            WriteOutcome::ScheduleDeleted(false),
+            WriteOutcome::ScheduleDeleted(false),
+        ]
+    );
+    assert_eq!(store.get_schedule("s").expect("get"), None);
+    assert_eq!(
+        store.list_schedules().expect("list"),
+        vec![sample_schedule("t")]
+    );
+}
+
+/// A fire stores its task and sets the schedule's `last_fire_at`.
+pub fn fire_stores_its_task_and_advances_last_fire_at(store: impl Store) {
+    upsert(&store, sample_schedule("s"));
+    let task = fire_task(1, "s", 60_000);
+    assert_eq!(
+        fire(&store, "s", 60_000, task.clone()),
+        FireOutcome::Created
+    );
+    assert_eq!(get(&store, 1), Some(task));
+    assert_eq!(last_fire(&store, "s"), Some(60_000));
+    assert_eq!(
+        fire(&store, "s", 120_000, fire_task(2, "s", 120_000)),
+        FireOutcome::Created
+    );
+    assert_eq!(last_fire(&store, "s"), Some(120_000));
+    assert_eq!(ids(&store.load_live().expect("load_live")), vec![1, 2]);
+    // The rest of the schedule is untouched.
+    let mut expect = sample_schedule("s");
+    expect.last_fire_at = Some(120_000);
+    assert_eq!(store.get_schedule("s").expect("get"), Some(expect));
+}
+
+/// A fire written again, with a new task (a retry, a restart), stores
+/// nothing and answers the first fire's task.
+pub fn a_fire_recorded_before_answers_its_task(store: impl Store) {
+    upsert(&store, sample_schedule("s"));
+    assert_eq!(
+        fire(&store, "s", 60_000, fire_task(1, "s", 60_000)),
+        FireOutcome::Created
+    );
+    let mut again = fire_task(2, "s", 60_000);
+    // Even a different key: the fire itself is the unique thing.
+    again.body.idempotency_key = Some("another".into());
+    assert_eq!(
+        fire(&store, "s", 60_000, again),
+        FireOutcome::Existing(TaskId(1))
+    );
+    assert_eq!(get(&store, 2), None);
+    assert_eq!(store.max_task_id().expect("max_task_id"), Some(TaskId(1)));
+    // The key of the refused task was not taken.
+    let mut other = sample(3, "x");
+    other.body.idempotency_key = Some("another".into());
+    assert_eq!(insert(&store, vec![other]), vec![InsertOutcome::Created]);
+    // The same time of another schedule is another fire.
+    upsert(&store, sample_schedule("t"));
+    assert_eq!(
+        fire(&store, "t", 60_000, fire_task(4, "t", 60_000)),
+        FireOutcome::Created
+    );
+}
+
+/// Two writes of one fire in one batch: one task.
+pub fn a_fire_repeated_in_one_batch_stores_one_task(store: impl Store) {
+    let w = |id| Write::Fire {
+        schedule: "s".into(),
+        fire_at: 7_000,
+        task: fire_task(id, "s", 7_000),
+    };
+    let out = store
+        .apply(&[Write::UpsertSchedule(sample_schedule("s")), w(1), w(2)])
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![
+            WriteOutcome::ScheduleUpserted(false),
+            WriteOutcome::Fired(FireOutcome::Created),
+            WriteOutcome::Fired(FireOutcome::Existing(TaskId(1))),
+        ]
+    );
+    assert_eq!(ids(&store.load_live().expect("load_live")), vec![1]);
+}
+
+/// A fire of a schedule that does not exist (deleted meanwhile) stores
+/// neither the fire nor its task.
+pub fn a_fire_of_an_unknown_schedule_stores_nothing(store: impl Store) {
+    assert_eq!(
+        fire(&store, "gone", 60_000, fire_task(1, "gone", 60_000)),
+        FireOutcome::UnknownSchedule
+    );
+    assert_eq!(get(&store, 1), None);
+    assert_eq!(store.max_task_id().expect("max_task_id"), None);
+    // Created afterwards, the same fire is a new one.
+    upsert(&store, sample_schedule("gone"));
+    assert_eq!(
+        fire(&store, "gone", 60_000, fire_task(2, "gone", 60_000)),
+        FireOutcome::Created
+    );
+}
+
+/// A fire whose task id is taken refuses the whole batch, the fire included:
+/// written again with a fresh id, it is created.
+pub fn a_fire_with_a_taken_id_refuses_the_batch(store: impl Store) {
+    upsert(&store, sample_schedule("s"));
+    insert(&store, vec![sample(1, "email")]);
+    let err = store
+        .apply(&[
+            Write::Insert(vec![sample(2, "email")]),
+            Write::Fire {
+                schedule: "s".into(),
+                fire_at: 60_000,
+                task: fire_task(1, "s", 60_000),
+            },
+        ])
+        .expect_err("a taken id");
+    assert_eq!(err.kind, ErrorKind::Conflict);
+    assert_eq!(get(&store, 2), None);
+    assert_eq!(last_fire(&store, "s"), None);
+    assert_eq!(
+        fire(&store, "s", 60_000, fire_task(3, "s", 60_000)),
+        FireOutcome::Created
+    );
+    assert_eq!(get(&store, 1).map(|r| r.spec.kind), Some("email".into()));
+}
+
+/// A fire whose task's idempotency key is already held by a task is
+/// recorded with that task, which it answers.
+pub fn a_fire_whose_key_is_taken_answers_the_key_holder(store: impl Store) {
+    upsert(&store, sample_schedule("s"));
+    insert(&store, vec![fire_task(1, "s", 60_000)]);
+    assert_eq!(
+        fire(&store, "s", 60_000, fire_task(2, "s", 60_000)),
+        FireOutcome::Existing(TaskId(1))
+    );
+    assert_eq!(get(&store, 2), None);
+    assert_eq!(last_fire(&store, "s"), Some(60_000));
+    assert_eq!(
+        fire(&store, "s", 60_000, fire_task(3, "s", 60_000)),
+        FireOutcome::Existing(TaskId(1))
+    );
+}
+
+/// `last_fire_at` is the latest fire, whatever the order fires are written.
+pub fn last_fire_at_never_goes_back(store: impl Store) {
+    upsert(&store, sample_schedule("s"));
+    fire(&store, "s", 180_000, fire_task(1, "s", 180_000));
+    fire(&store, "s", 60_000, fire_task(2, "s", 60_000));
+    assert_eq!(last_fire(&store, "s"), Some(180_000));
+    let big = 1u64 << 52;
+    fire(&store, "s", big, fire_task(3, "s", big));
+    assert_eq!(last_fire(&store, "s"), Some(big));
+}
+
+/// Deleting a schedule forgets its fires, so a schedule created again under
+/// the name starts afresh; the tasks of the old fires stay.
+pub fn delete_schedule_forgets_its_fires_but_keeps_their_tasks(store: impl Store) {
+    upsert(&store, sample_schedule("s"));
+    fire(&store, "s", 60_000, fire_task(1, "s", 60_000));
+    store
+        .apply(&[Write::DeleteSchedule("s".into())])
+        .expect("delete");
+    assert!(get(&store, 1).is_some());
+    upsert(&store, sample_schedule("s"));
+    assert_eq!(last_fire(&store, "s"), None);
+    let mut t = fire_task(2, "s", 60_000);
+    t.body.idempotency_key = Some("schedule:s:60000:again".into());
+    assert_eq!(fire(&store, "s", 60_000, t), FireOutcome::Created);
+    assert_eq!(last_fire(&store, "s"), Some(60_000));
 }

@@ -1,7 +1,8 @@
 //! Durable storage for Dispatch, behind one narrow trait.
 //!
 //! - [`Store`]: what every backend implements — apply a batch of writes in one
-//!   transaction, read a task, list tasks, load the live ones at start-up.
+//!   transaction, read a task, list tasks, load the live ones at start-up,
+//!   read cron schedules.
 //! - [`StoreError`] / [`ErrorKind`]: what can go wrong, classified so that the
 //!   server can answer 503 for an unavailable store and 500 for a bug.
 //! - [`GroupCommitWriter`]: the single writer thread in front of a store. It
@@ -12,7 +13,12 @@
 //! - [`conformance`]: the suite every backend must pass, instantiated with
 //!   [`store_conformance_tests!`].
 //!
-//! The record types ([`TaskRecord`], [`TaskBody`], [`TaskUpdate`]) are plain
+//! A schedule's fire ([`Write::Fire`]) is recorded, unique on (schedule,
+//! fire time), in the same transaction as the task it creates: a fire is
+//! either wholly stored or not at all, and never stored twice.
+//!
+//! The record types ([`TaskRecord`], [`TaskBody`], [`TaskUpdate`],
+//! [`ScheduleRecord`]) are plain
 //! Rust: serialization to JSON happens in `dispatch-proto`, and each backend
 //! chooses its own column encoding.
 
@@ -23,7 +29,10 @@ mod writer;
 pub mod conformance;
 
 pub use memory::MemoryStore;
-pub use record::{InsertOutcome, TaskBody, TaskQuery, TaskRecord, TaskUpdate, Write, WriteOutcome};
+pub use record::{
+    FireOutcome, InsertOutcome, ScheduleRecord, TaskBody, TaskQuery, TaskRecord, TaskUpdate, Write,
+    WriteOutcome,
+};
 pub use writer::{GroupCommitWriter, WriterClosed};
 
 /// How a store failed.
@@ -81,6 +90,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest task id ever stored, so that new ids never reuse one.
     fn max_task_id(&self) -> Result<Option<dispatch_core::TaskId>, StoreError>;
+
+    /// Every schedule, by name.
+    fn list_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
+
+    /// One schedule.
+    fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError>;
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -98,5 +113,11 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn max_task_id(&self) -> Result<Option<dispatch_core::TaskId>, StoreError> {
         (**self).max_task_id()
+    }
+    fn list_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        (**self).list_schedules()
+    }
+    fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        (**self).get_schedule(name)
     }
 }

@@ -3,9 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use dispatch_core::TaskId;
+use dispatch_core::{Millis, TaskId};
 
-use crate::{InsertOutcome, Store, StoreError, TaskQuery, TaskRecord, Write, WriteOutcome};
+use crate::{
+    FireOutcome, InsertOutcome, ScheduleRecord, Store, StoreError, TaskQuery, TaskRecord, Write,
+    WriteOutcome,
+};
 
 /// A [`Store`] in a `BTreeMap`. Loses everything when dropped: only for tests.
 #[derive(Debug, Default)]
@@ -17,6 +20,9 @@ pub struct MemoryStore {
 struct Inner {
     tasks: BTreeMap<TaskId, TaskRecord>,
     keys: HashMap<String, TaskId>,
+    schedules: BTreeMap<String, ScheduleRecord>,
+    /// `(schedule, fire_at)` to the fire's task.
+    fires: BTreeMap<(String, Millis), TaskId>,
 }
 
 impl MemoryStore {
@@ -30,6 +36,40 @@ impl MemoryStore {
     }
 }
 
+impl Inner {
+    fn fire(&mut self, schedule: &str, fire_at: Millis, task: &TaskRecord) -> FireOutcome {
+        let fire = (schedule.to_owned(), fire_at);
+        if let Some(id) = self.fires.get(&fire) {
+            return FireOutcome::Existing(*id);
+        }
+        let Some(s) = self.schedules.get_mut(schedule) else {
+            return FireOutcome::UnknownSchedule;
+        };
+        s.last_fire_at = s.last_fire_at.max(Some(fire_at));
+        let existing = task
+            .body
+            .idempotency_key
+            .as_ref()
+            .and_then(|k| self.keys.get(k))
+            .copied();
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                if let Some(k) = &task.body.idempotency_key {
+                    self.keys.insert(k.clone(), task.id);
+                }
+                self.tasks.insert(task.id, task.clone());
+                task.id
+            }
+        };
+        self.fires.insert(fire, id);
+        match existing {
+            Some(id) => FireOutcome::Existing(id),
+            None => FireOutcome::Created,
+        }
+    }
+}
+
 impl Store for MemoryStore {
     fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut next = self.lock();
@@ -39,7 +79,32 @@ impl Store for MemoryStore {
         // committed insert answers the original instead of failing.
         let mut new_ids = std::collections::HashSet::new();
         let mut new_keys = std::collections::HashSet::new();
+        let mut new_fires = std::collections::HashSet::new();
         for w in writes {
+            // A fire recorded before (or earlier in this batch) inserts
+            // nothing; any other fire's task is checked like an insert.
+            if let Write::Fire {
+                schedule,
+                fire_at,
+                task,
+            } = w
+            {
+                let fire = (schedule.clone(), *fire_at);
+                if next.fires.contains_key(&fire) || !new_fires.insert(fire) {
+                    continue;
+                }
+                if let Some(k) = &task.body.idempotency_key
+                    && (next.keys.contains_key(k) || !new_keys.insert(k.as_str()))
+                {
+                    continue;
+                }
+                if next.tasks.contains_key(&task.id) || !new_ids.insert(task.id) {
+                    return Err(StoreError::new(
+                        crate::ErrorKind::Conflict,
+                        format!("task {} already stored", task.id),
+                    ));
+                }
+            }
             if let Write::Insert(records) = w {
                 for r in records {
                     if let Some(k) = &r.body.idempotency_key
@@ -86,6 +151,18 @@ impl Store for MemoryStore {
                     }
                     None => WriteOutcome::Updated(false),
                 },
+                Write::UpsertSchedule(r) => WriteOutcome::ScheduleUpserted(
+                    next.schedules.insert(r.name.clone(), r.clone()).is_some(),
+                ),
+                Write::DeleteSchedule(name) => {
+                    next.fires.retain(|(s, _), _| s != name);
+                    WriteOutcome::ScheduleDeleted(next.schedules.remove(name).is_some())
+                }
+                Write::Fire {
+                    schedule,
+                    fire_at,
+                    task,
+                } => WriteOutcome::Fired(next.fire(schedule, *fire_at, task)),
             });
         }
         Ok(outcomes)
@@ -119,6 +196,14 @@ impl Store for MemoryStore {
 
     fn max_task_id(&self) -> Result<Option<TaskId>, StoreError> {
         Ok(self.lock().tasks.keys().next_back().copied())
+    }
+
+    fn list_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        Ok(self.lock().schedules.values().cloned().collect())
+    }
+
+    fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        Ok(self.lock().schedules.get(name).cloned())
     }
 }
 

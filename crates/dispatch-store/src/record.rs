@@ -1,7 +1,5 @@
 //! The records a store keeps and the writes it applies.
 
-use std::collections::BTreeMap;
-
 use dispatch_core::{Millis, TaskId, TaskSpec, TaskState, WorkerId};
 
 /// Everything about a task that the scheduling core does not need: kept by
@@ -12,12 +10,6 @@ pub struct TaskBody {
     pub payload: Box<str>,
     /// The client's deduplication key.
     pub idempotency_key: Option<String>,
-    /// Key for key-based routing and per-key limits.
-    pub routing_key: Option<String>,
-    /// The routing strategy asked for.
-    pub strategy: Option<String>,
-    /// Worker labels the task requires.
-    pub labels: BTreeMap<String, String>,
     /// Tasks that must succeed first.
     pub depends_on: Vec<TaskId>,
     /// When the task was accepted.
@@ -96,6 +88,22 @@ pub enum Write {
     Insert(Vec<TaskRecord>),
     /// A state change of an existing task.
     Update(TaskUpdate),
+    /// Creates a schedule, or replaces the one of that name.
+    UpsertSchedule(ScheduleRecord),
+    /// Removes a schedule and the record of its fires (not their tasks).
+    DeleteSchedule(String),
+    /// One fire of a schedule: records `(schedule, fire_at)`, inserts its
+    /// task and advances the schedule's `last_fire_at`, together. A fire
+    /// already recorded inserts nothing and answers its task, so a fire
+    /// written twice (a retry, a restart) has one task.
+    Fire {
+        /// The schedule's name.
+        schedule: String,
+        /// The fire time.
+        fire_at: Millis,
+        /// The task this fire creates.
+        task: TaskRecord,
+    },
 }
 
 /// What one [`Write`] did.
@@ -105,6 +113,49 @@ pub enum WriteOutcome {
     Inserted(Vec<InsertOutcome>),
     /// The update was applied (`false`: no such task).
     Updated(bool),
+    /// The schedule was stored (`true`: it replaced one of that name).
+    ScheduleUpserted(bool),
+    /// The schedule was removed (`false`: there was none of that name).
+    ScheduleDeleted(bool),
+    /// What a [`Write::Fire`] did.
+    Fired(FireOutcome),
+}
+
+/// What happened to a [`Write::Fire`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FireOutcome {
+    /// The fire was recorded and its task stored under its own id.
+    Created,
+    /// The fire was recorded before (or its task's idempotency key was
+    /// taken) by this task; nothing was stored.
+    Existing(TaskId),
+    /// No schedule has that name (it was deleted); nothing was stored.
+    UnknownSchedule,
+}
+
+/// A cron schedule as stored. The cron expression, time zone, template and
+/// misfire policy are kept as the text the API validated; the store does
+/// not interpret them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleRecord {
+    /// Unique name.
+    pub name: String,
+    /// The cron expression.
+    pub cron: String,
+    /// IANA time zone name.
+    pub timezone: String,
+    /// The task template, as JSON text.
+    pub task: Box<str>,
+    /// Misfire policy: `skip`, `fire_once` or `catch_up`.
+    pub misfire: String,
+    /// Most missed fires one catch-up runs.
+    pub catch_up_limit: u32,
+    /// A paused schedule does not fire.
+    pub paused: bool,
+    /// When it was created: the first fire is after this.
+    pub created_at: Millis,
+    /// The latest fire recorded, if any.
+    pub last_fire_at: Option<Millis>,
 }
 
 /// What happened to one record of a [`Write::Insert`].

@@ -61,6 +61,7 @@ pub(crate) async fn run(w: Worker, shutdown: impl Future<Output = ()>) -> Result
         types: Some(w.types()),
         labels: Some(w.labels.clone()),
         capacity: Some(w.concurrency as i64),
+        weight: None,
     };
     loop {
         let reply = tokio::select! {

@@ -691,3 +691,13 @@ pub(crate) fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
         }
     }
 }
+
+impl Server {
+    /// SIGKILLs the server, leaves it down for `down`, then starts a new
+    /// one on the same data folder (on a new port).
+    pub(crate) async fn crash_and_restart_after(mut self, down: Duration) -> Server {
+        self.kill();
+        tokio::time::sleep(down).await;
+        Server::start_in(self.dir.clone(), self.lease_ms).await
+    }
+}

@@ -1,0 +1,235 @@
+//! Routing strategies: which of the workers able to take a task gets it.
+//!
+//! Each strategy is a small pure function over [`Candidate`]s (the workers
+//! that registered the task's type and carry its required labels). Most
+//! pick among the candidates with a free slot; `consistent_hash` and
+//! `failover` pick one worker among all candidates and return `None` while
+//! that worker is full, so that the task waits for it rather than going
+//! elsewhere.
+
+use std::collections::HashMap;
+
+use crate::WorkerId;
+
+/// How to choose a worker for a task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Each next task to the next worker in turn.
+    #[default]
+    RoundRobin,
+    /// In turn, in proportion to the workers' weights (smooth weighted
+    /// round robin, as nginx does it).
+    WeightedRoundRobin,
+    /// Uniformly at random (from the scheduler's seeded generator).
+    Random,
+    /// The worker with the lowest in-flight / capacity ratio.
+    LeastLoaded,
+    /// Rendezvous hashing on the task's routing key: a key always goes to
+    /// the same worker while it is registered, and removing a worker moves
+    /// only its own keys.
+    ConsistentHash,
+    /// The first registered worker that is still alive.
+    Failover,
+}
+
+impl Strategy {
+    /// Every strategy the core routes by.
+    pub const ALL: [Strategy; 6] = [
+        Strategy::RoundRobin,
+        Strategy::WeightedRoundRobin,
+        Strategy::Random,
+        Strategy::LeastLoaded,
+        Strategy::ConsistentHash,
+        Strategy::Failover,
+    ];
+
+    /// The contract name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::WeightedRoundRobin => "weighted_round_robin",
+            Strategy::Random => "random",
+            Strategy::LeastLoaded => "least_loaded",
+            Strategy::ConsistentHash => "consistent_hash",
+            Strategy::Failover => "failover",
+        }
+    }
+
+    /// Parses a contract name.
+    pub fn parse(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A worker able to take the task, as routing sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) id: WorkerId,
+    pub(crate) free: u32,
+    pub(crate) in_flight: u32,
+    pub(crate) capacity: u32,
+    pub(crate) weight: u32,
+}
+
+/// Smooth weighted round robin over the candidates with a free slot:
+/// every candidate's current weight grows by its weight, the largest wins
+/// and gives back the total. Over any window each worker is chosen in
+/// proportion to its weight, interleaved rather than in bursts.
+pub(crate) fn weighted_round_robin(
+    cands: &[Candidate],
+    current: &mut HashMap<WorkerId, i64>,
+) -> Option<WorkerId> {
+    let free: Vec<&Candidate> = cands.iter().filter(|c| c.free > 0).collect();
+    let total: i64 = free.iter().map(|c| i64::from(c.weight)).sum();
+    let mut best: Option<(i64, WorkerId)> = None;
+    for c in &free {
+        let cw = current.entry(c.id).or_insert(0);
+        *cw += i64::from(c.weight);
+        if best.is_none_or(|(b, _)| *cw > b) {
+            best = Some((*cw, c.id));
+        }
+    }
+    let (_, id) = best?;
+    *current.get_mut(&id).expect("just set") -= total;
+    Some(id)
+}
+
+/// A uniformly chosen candidate with a free slot; `unit` is a sample in
+/// `[0, 1)`.
+pub(crate) fn random(cands: &[Candidate], unit: f64) -> Option<WorkerId> {
+    let free: Vec<&Candidate> = cands.iter().filter(|c| c.free > 0).collect();
+    if free.is_empty() {
+        return None;
+    }
+    let i = ((unit * free.len() as f64) as usize).min(free.len() - 1);
+    Some(free[i].id)
+}
+
+/// The candidate with a free slot and the lowest in-flight / capacity
+/// ratio; ties go to the earliest candidate.
+pub(crate) fn least_loaded(cands: &[Candidate]) -> Option<WorkerId> {
+    cands
+        .iter()
+        .filter(|c| c.free > 0)
+        // a/b < c/d  <=>  a*d < c*b, without floating point.
+        .min_by(|a, b| {
+            (u64::from(a.in_flight) * u64::from(b.capacity))
+                .cmp(&(u64::from(b.in_flight) * u64::from(a.capacity)))
+        })
+        .map(|c| c.id)
+}
+
+/// The candidate with the highest rendezvous score for `key`, full or not.
+pub(crate) fn rendezvous(cands: &[Candidate], key: &str) -> Option<Candidate> {
+    let h = fnv1a(key.as_bytes());
+    cands
+        .iter()
+        .max_by_key(|c| (mix(h ^ c.id.0.rotate_left(17)), c.id))
+        .copied()
+}
+
+/// 64-bit FNV-1a: a stable hash of the routing key (the standard library's
+/// hasher is randomly seeded per process, which would move keys on restart).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The SplitMix64 finalizer: spreads a combined key-worker value uniformly.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cands(n: u64) -> Vec<Candidate> {
+        (1..=n)
+            .map(|i| Candidate {
+                id: WorkerId(i * 7919),
+                free: 1,
+                in_flight: 0,
+                capacity: 1,
+                weight: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in Strategy::ALL {
+            assert_eq!(Strategy::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Strategy::parse("fastest"), None);
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_the_weights_smoothly() {
+        let mut c = cands(3);
+        c[0].weight = 5;
+        c[1].weight = 1;
+        c[2].weight = 1;
+        let mut current = HashMap::new();
+        let picks: Vec<WorkerId> = (0..7)
+            .map(|_| weighted_round_robin(&c, &mut current).unwrap())
+            .collect();
+        let heavy = picks.iter().filter(|&&w| w == c[0].id).count();
+        assert_eq!(heavy, 5);
+        // Smooth: the heavy worker never runs three in a row here.
+        assert_ne!(picks[..3], [c[0].id; 3]);
+    }
+
+    #[test]
+    fn least_loaded_compares_ratios() {
+        let mut c = cands(2);
+        c[0] = Candidate {
+            in_flight: 3,
+            capacity: 4,
+            free: 1,
+            ..c[0]
+        };
+        c[1] = Candidate {
+            in_flight: 1,
+            capacity: 2,
+            free: 1,
+            ..c[1]
+        };
+        assert_eq!(least_loaded(&c), Some(c[1].id));
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_removed_workers_keys() {
+        let all = cands(10);
+        let keys: Vec<String> = (0..2_000).map(|i| format!("customer-{i}")).collect();
+        let before: Vec<WorkerId> = keys
+            .iter()
+            .map(|k| rendezvous(&all, k).unwrap().id)
+            .collect();
+        let removed = all[3].id;
+        let rest: Vec<Candidate> = all.iter().copied().filter(|c| c.id != removed).collect();
+        for (k, was) in keys.iter().zip(&before) {
+            let now = rendezvous(&rest, k).unwrap().id;
+            if *was != removed {
+                assert_eq!(now, *was, "{k} moved although its worker stayed");
+            }
+        }
+        let share = before.iter().filter(|&&w| w == removed).count() as f64 / keys.len() as f64;
+        assert!(
+            (share - 0.1).abs() < 0.03,
+            "the removed worker had {share} of the keys"
+        );
+    }
+}
