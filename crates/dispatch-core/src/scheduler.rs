@@ -91,6 +91,14 @@ pub enum Event {
     /// A task changed state. `Running` transitions are assignments: the
     /// task waits in the worker's delivery queue.
     Transition(Transition),
+    /// A worker must stop a task it holds (cancelled, or its attempt timed
+    /// out). The notice also waits in [`Scheduler::heartbeat`]'s reply.
+    Stop {
+        /// The worker.
+        worker: WorkerId,
+        /// The task to stop.
+        task: TaskId,
+    },
     /// A worker missed its lease and was removed; its tasks were requeued
     /// (each requeue is its own `Transition`).
     WorkerLost {
@@ -318,6 +326,7 @@ impl<B> Scheduler<B> {
             let undelivered = self.release(task);
             if let (Some(w), false) = (worker.and_then(|w| self.workers.get_mut(&w)), undelivered) {
                 w.cancel_notices.push(task);
+                self.events.push(Event::Stop { worker: w.id, task });
             }
         } else {
             self.unindex(task);
@@ -411,6 +420,18 @@ impl<B> Scheduler<B> {
             return Err(CoreError::UnknownWorker(worker));
         }
         self.remove_worker(worker, Interruption::Returned, now);
+        Ok(())
+    }
+
+    /// Declares a worker dead now, as if its lease had expired: its tasks
+    /// are requeued at once and each interrupted attempt counts. For a
+    /// transport that sees the worker go (a dropped stream).
+    pub fn lose_worker(&mut self, worker: WorkerId, now: Millis) -> Result<(), CoreError> {
+        if !self.workers.contains_key(&worker) {
+            return Err(CoreError::UnknownWorker(worker));
+        }
+        self.remove_worker(worker, Interruption::WorkerLost, now);
+        self.events.push(Event::WorkerLost { worker, at: now });
         Ok(())
     }
 
@@ -842,6 +863,7 @@ impl<B> Scheduler<B> {
             self.release(id);
             if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
                 w.cancel_notices.push(id);
+                self.events.push(Event::Stop { worker: w.id, task: id });
                 w.failed += 1;
             }
             self.attempt_failed(id, "timeout".to_owned(), None, false, now);

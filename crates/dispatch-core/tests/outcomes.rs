@@ -264,3 +264,19 @@ fn a_long_chain_is_cancelled_without_deep_recursion() {
     assert_eq!(s.live_tasks(), 0);
     assert_eq!(terminal(&mut s).len(), n as usize);
 }
+
+#[test]
+fn a_lost_worker_hands_its_tasks_over_at_once_and_the_attempt_counts() {
+    let mut s = scheduler();
+    let a = worker(&mut s, 1);
+    let t = submit(&mut s, 1, job());
+    s.tick(0);
+    assert_eq!(s.poll(a, 1, 0).unwrap(), vec![t]);
+    let b = worker(&mut s, 1);
+    s.lose_worker(a, 5).unwrap();
+    s.tick(5);
+    let task = s.task(t).unwrap();
+    assert_eq!((task.state, task.worker, task.attempts), (TaskState::Running, Some(b), 2));
+    assert_eq!(s.lose_worker(a, 6), Err(CoreError::UnknownWorker(a)));
+    s.check_invariants().unwrap();
+}

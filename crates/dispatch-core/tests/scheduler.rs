@@ -51,7 +51,7 @@ fn transitions(s: &mut Scheduler<()>) -> Vec<Transition> {
         .into_iter()
         .filter_map(|e| match e {
             Event::Transition(t) => Some(t),
-            Event::WorkerLost { .. } => None,
+            Event::WorkerLost { .. } | Event::Stop { .. } => None,
         })
         .collect()
 }
@@ -395,7 +395,7 @@ fn silent_worker_is_lost_and_its_tasks_go_to_another_worker_on_the_same_tick() {
         .iter()
         .filter_map(|e| match e {
             Event::Transition(t) => Some(t),
-            Event::WorkerLost { .. } => None,
+            Event::WorkerLost { .. } | Event::Stop { .. } => None,
         })
         .collect();
     assert_eq!(ts.len(), 2, "{events:?}");

@@ -254,6 +254,13 @@ impl App {
                         Err(e) => tracing::error!(error = %e, "cannot persist a transition"),
                     }
                 }
+                Event::Stop { worker, .. } => {
+                    // A streaming worker is told at once; an HTTP worker
+                    // reads it from its next heartbeat.
+                    if let Some(w) = shared.wakers.get(&worker) {
+                        w.notify_one();
+                    }
+                }
                 Event::WorkerLost { worker, .. } => {
                     tracing::warn!(%worker, "worker lease expired; its tasks were requeued");
                     self.metrics.workers_lost.fetch_add(1, Ordering::Relaxed);
