@@ -70,6 +70,10 @@ enum Command {
         /// When writes are acknowledged.
         #[arg(long, value_enum, default_value = "durable")]
         durability: DurabilityArg,
+        /// How long finished tasks and their results are kept (default 7
+        /// days).
+        #[arg(long, default_value_t = 7 * 24 * 3_600_000)]
+        retention_ms: u64,
     },
     /// Submit a task.
     Submit {
@@ -266,6 +270,7 @@ async fn run(cli: Cli) -> Result<()> {
             lease_ms,
             max_body_bytes,
             durability,
+            retention_ms,
         } => {
             init_logs("info");
             if lease_ms == 0 {
@@ -273,6 +278,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let mut config = dispatch_server::ServerConfig::new(listen, data);
             config.lease_ms = lease_ms;
+            config.retention_ms = retention_ms;
             config.max_body_bytes = max_body_bytes;
             config.durability = match durability {
                 DurabilityArg::Durable => dispatch_server::Durability::Durable,

@@ -791,3 +791,29 @@ async fn submit_wait_prints_the_finished_task() {
     assert_eq!(t["state"], "succeeded", "{t}");
     assert_eq!(t["result"], json!({"rows": 7}));
 }
+
+#[tokio::test]
+async fn finished_tasks_are_purged_after_the_retention_period() {
+    let server = Server::with_args(&["--retention-ms", "300"]).await;
+    let api = server.api();
+    let w = api.register(&["job"], 4).await;
+    let done = api.submit_id("job", json!({"n": 1})).await;
+    let t = api.poll_one(&w, Duration::from_secs(5)).await;
+    assert_eq!(id_of(&t), done);
+    api.complete(&done, &w, json!("ok")).await.expect(200);
+    let live = api.submit_id("other", json!({"n": 2})).await;
+    // Gone within a few purge rounds after 300 ms; the live task stays.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = api.get(&format!("/v1/tasks/{done}")).await;
+        if r.status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the finished task was never purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.task(&live).await["state"], "queued");
+    // Ids are never reused: the newest task keeps the high-water mark.
+    let next = api.submit_id("other", json!({"n": 3})).await;
+    assert!(next.parse::<u64>().unwrap() > live.parse::<u64>().unwrap());
+}

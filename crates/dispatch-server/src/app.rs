@@ -391,6 +391,51 @@ fn seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
+/// Most tasks deleted by one purge write, so that a large backlog does not
+/// hold the writer for long.
+const PURGE_BATCH: usize = 10_000;
+
+/// Deletes finished tasks older than the retention period, in batches,
+/// every tenth of the period (at most every minute) until the server stops.
+pub(crate) async fn purge_loop(app: Arc<App>) {
+    let mut stop = app.stopping.clone();
+    let retention = app.config.retention_ms;
+    let every = Duration::from_millis((retention / 10).clamp(50, 60_000));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let finished_before = now_ms().saturating_sub(retention);
+        loop {
+            let write = Write::Purge {
+                finished_before,
+                limit: PURGE_BATCH,
+            };
+            let purged = match app.write(write) {
+                Ok(ack) => acked(Some(ack)).await,
+                Err(e) => Err(e),
+            };
+            match purged {
+                Ok(Some(WriteOutcome::Purged(n))) => {
+                    app.metrics.purged.fetch_add(n as u64, Ordering::Relaxed);
+                    if n < PURGE_BATCH {
+                        break;
+                    }
+                }
+                Ok(other) => {
+                    tracing::error!(?other, "unexpected answer to a purge");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging finished tasks failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Ticks the core when its next deadline (a timer or a lease) comes, or at
 /// least every second, until the server stops.
 pub(crate) async fn timer_loop(app: Arc<App>) {

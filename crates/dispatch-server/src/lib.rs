@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// When a write is acknowledged.
     pub durability: Durability,
+    /// How long finished tasks (and their results) are kept.
+    pub retention_ms: u64,
 }
 
 impl ServerConfig {
@@ -54,6 +56,7 @@ impl ServerConfig {
             lease_ms: 10_000,
             max_body_bytes: 10 * 1024 * 1024,
             durability: Durability::Durable,
+            retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -178,6 +181,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     })?;
     let mut stopped = app.stopping.clone();
     tokio::spawn(app::timer_loop(app.clone()));
+    tokio::spawn(app::purge_loop(app.clone()));
     tokio::spawn(schedules::schedule_loop(app.clone()));
     let router = http::router(app.clone());
     let serve = tokio::spawn(async move {

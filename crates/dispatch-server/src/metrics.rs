@@ -21,6 +21,8 @@ pub(crate) struct Metrics {
     /// Transitions into each state, indexed like `TaskState::ALL`.
     transitions: [AtomicU64; 6],
     pub(crate) workers_lost: AtomicU64,
+    /// Finished tasks deleted after the retention period.
+    pub(crate) purged: AtomicU64,
     /// Requests by (route, status).
     requests: Mutex<BTreeMap<(String, u16), u64>>,
 }
@@ -145,6 +147,12 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
         "counter",
         "Workers declared dead after missing their lease.",
         &[(String::new(), m.workers_lost.load(Ordering::Relaxed))],
+    );
+    metric(
+        "dispatch_tasks_purged_total",
+        "counter",
+        "Finished tasks deleted after the retention period.",
+        &[(String::new(), m.purged.load(Ordering::Relaxed))],
     );
     let requests: Vec<_> = m
         .requests

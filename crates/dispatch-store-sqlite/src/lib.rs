@@ -374,8 +374,30 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
                 fire_at,
                 task,
             } => fire(conn, &mut stmts, schedule, *fire_at, task).map(WriteOutcome::Fired),
+            Write::Purge {
+                finished_before,
+                limit,
+            } => purge(conn, *finished_before, *limit).map(WriteOutcome::Purged),
         })
         .collect()
+}
+
+/// Deletes old terminal tasks, oldest ids first, never the newest task (it
+/// holds the id high-water mark that `max_task_id` reads).
+fn purge(conn: &Connection, finished_before: u64, limit: usize) -> Result<usize, StoreError> {
+    let before = codec::to_sql_int(finished_before, "finished_before")?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "DELETE FROM tasks WHERE id IN (
+             SELECT id FROM tasks
+             WHERE state IN ('succeeded', 'dead', 'cancelled')
+               AND finished_at < ?1
+               AND id < (SELECT MAX(id) FROM tasks)
+             ORDER BY id LIMIT ?2)",
+    )
+    .map_err(sql_error("preparing the purge"))?
+    .execute(rusqlite::params![before, limit])
+    .map_err(sql_error("purging finished tasks"))
 }
 
 fn schedule_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {

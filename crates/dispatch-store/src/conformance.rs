@@ -71,6 +71,7 @@ macro_rules! store_conformance_tests {
             max_task_id_tracks_inserts,
             payload_text_round_trips,
             results_and_errors_round_trip,
+            purge_deletes_only_old_terminal_tasks,
             schedules_round_trip_and_list_by_name,
             upsert_replaces_a_schedule,
             delete_schedule_reports_whether_it_existed,
@@ -835,6 +836,50 @@ pub fn results_and_errors_round_trip(store: impl Store) {
     retried.error = None;
     store.apply(&[Write::Update(retried)]).expect("update");
     assert_eq!(get(&store, 3).and_then(|r| r.error), None);
+}
+
+
+/// Purging deletes terminal tasks finished before the cut-off, at most
+/// `limit` of them, never a live task nor the newest one, and frees their
+/// idempotency keys.
+pub fn purge_deletes_only_old_terminal_tasks(store: impl Store) {
+    let ended = |id: u64, state: TaskState, finished: u64| {
+        let mut r = sample(id, "job");
+        r.state = state;
+        r.finished_at = Some(finished);
+        r.body.idempotency_key = Some(format!("k{id}"));
+        r
+    };
+    insert(
+        &store,
+        vec![
+            ended(1, TaskState::Succeeded, 100),
+            ended(2, TaskState::Dead, 200),
+            sample(3, "job"),
+            ended(4, TaskState::Cancelled, 900),
+            ended(5, TaskState::Succeeded, 50),
+        ],
+    );
+    let purge = |limit| {
+        store
+            .apply(&[Write::Purge {
+                finished_before: 500,
+                limit,
+            }])
+            .expect("purge")
+    };
+    assert_eq!(purge(1), vec![WriteOutcome::Purged(1)]);
+    assert_eq!(get(&store, 1), None, "oldest first");
+    assert_eq!(purge(10), vec![WriteOutcome::Purged(1)]);
+    assert_eq!(get(&store, 2), None);
+    assert!(get(&store, 3).is_some(), "live tasks stay");
+    assert!(get(&store, 4).is_some(), "finished after the cut-off");
+    assert!(get(&store, 5).is_some(), "the newest task keeps the id high-water mark");
+    assert_eq!(store.max_task_id().expect("max"), Some(TaskId(5)));
+    assert_eq!(purge(10), vec![WriteOutcome::Purged(0)]);
+    let mut again = sample(6, "job");
+    again.body.idempotency_key = Some("k1".into());
+    assert_eq!(insert(&store, vec![again]), vec![InsertOutcome::Created]);
 }
 
 /// A schedule record with distinctive values, for tests.

@@ -163,6 +163,31 @@ impl Store for MemoryStore {
                     fire_at,
                     task,
                 } => WriteOutcome::Fired(next.fire(schedule, *fire_at, task)),
+                Write::Purge {
+                    finished_before,
+                    limit,
+                } => {
+                    let newest = next.tasks.keys().next_back().copied();
+                    let doomed: Vec<TaskId> = next
+                        .tasks
+                        .values()
+                        .filter(|r| {
+                            r.state.is_terminal()
+                                && r.finished_at.is_some_and(|f| f < *finished_before)
+                                && Some(r.id) != newest
+                        })
+                        .map(|r| r.id)
+                        .take(*limit)
+                        .collect();
+                    for id in &doomed {
+                        if let Some(r) = next.tasks.remove(id)
+                            && let Some(k) = r.body.idempotency_key
+                        {
+                            next.keys.remove(&k);
+                        }
+                    }
+                    WriteOutcome::Purged(doomed.len())
+                }
             });
         }
         Ok(outcomes)

@@ -104,6 +104,15 @@ pub enum Write {
         /// The task this fire creates.
         task: TaskRecord,
     },
+    /// Deletes up to `limit` terminal tasks that finished before
+    /// `finished_before` (the retention period). The task with the highest
+    /// id is always kept, so that ids are never reused.
+    Purge {
+        /// Only tasks finished before this time.
+        finished_before: Millis,
+        /// At most this many in one write.
+        limit: usize,
+    },
 }
 
 /// What one [`Write`] did.
@@ -119,6 +128,8 @@ pub enum WriteOutcome {
     ScheduleDeleted(bool),
     /// What a [`Write::Fire`] did.
     Fired(FireOutcome),
+    /// How many tasks a [`Write::Purge`] deleted.
+    Purged(usize),
 }
 
 /// What happened to a [`Write::Fire`].

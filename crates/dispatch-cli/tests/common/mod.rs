@@ -62,7 +62,8 @@ pub(crate) struct Server {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub(crate) url: String,
-    lease_ms: Option<u64>,
+    /// Extra `dispatch server` arguments, kept for restarts.
+    args: Vec<String>,
     log: Log,
     data: PathBuf,
     /// Removed when the last server using it is gone (after the kill).
@@ -78,24 +79,26 @@ enum Attempt {
 impl Server {
     /// A server with the default lease on a fresh data folder.
     pub(crate) async fn start() -> Server {
-        Server::start_with(None).await
+        Server::with_args(&[]).await
     }
 
     /// A server with `--lease-ms lease_ms` on a fresh data folder.
     pub(crate) async fn with_lease(lease_ms: u64) -> Server {
-        Server::start_with(Some(lease_ms)).await
+        Server::with_args(&["--lease-ms", &lease_ms.to_string()]).await
     }
 
-    async fn start_with(lease_ms: Option<u64>) -> Server {
+    /// A server with extra `dispatch server` arguments on a fresh folder.
+    pub(crate) async fn with_args(args: &[&str]) -> Server {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Server::start_in(dir, lease_ms).await
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Server::start_in(dir, args).await
     }
 
     /// A server on the data folder `dir`; retries on another port when the
     /// chosen one was taken in between.
-    async fn start_in(dir: Arc<tempfile::TempDir>, lease_ms: Option<u64>) -> Server {
+    async fn start_in(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> Server {
         for _ in 0..5 {
-            match Server::try_start(dir.clone(), lease_ms).await {
+            match Server::try_start(dir.clone(), args.clone()).await {
                 Attempt::Up(s) => return s,
                 Attempt::PortTaken => continue,
             }
@@ -103,7 +106,7 @@ impl Server {
         panic!("could not start a server: the chosen ports were taken five times");
     }
 
-    async fn try_start(dir: Arc<tempfile::TempDir>, lease_ms: Option<u64>) -> Attempt {
+    async fn try_start(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> Attempt {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let data = dir.path().join("data");
@@ -113,9 +116,7 @@ impl Server {
             .arg(&listen)
             .arg("--data")
             .arg(&data);
-        if let Some(l) = lease_ms {
-            cmd.arg("--lease-ms").arg(l.to_string());
-        }
+        cmd.args(&args);
         cmd.env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -133,7 +134,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             url: format!("http://{listen}"),
-            lease_ms,
+            args,
             log,
             data,
             dir,
@@ -217,7 +218,7 @@ impl Server {
     /// (on a new port).
     pub(crate) async fn crash_and_restart(mut self) -> Server {
         self.kill();
-        Server::start_in(self.dir.clone(), self.lease_ms).await
+        Server::start_in(self.dir.clone(), self.args.clone()).await
     }
 }
 
@@ -698,6 +699,6 @@ impl Server {
     pub(crate) async fn crash_and_restart_after(mut self, down: Duration) -> Server {
         self.kill();
         tokio::time::sleep(down).await;
-        Server::start_in(self.dir.clone(), self.lease_ms).await
+        Server::start_in(self.dir.clone(), self.args.clone()).await
     }
 }
