@@ -809,7 +809,10 @@ async fn finished_tasks_are_purged_after_the_retention_period() {
         if r.status == 404 {
             break;
         }
-        assert!(Instant::now() < deadline, "the finished task was never purged");
+        assert!(
+            Instant::now() < deadline,
+            "the finished task was never purged"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(api.task(&live).await["state"], "queued");

@@ -863,7 +863,10 @@ impl<B> Scheduler<B> {
             self.release(id);
             if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
                 w.cancel_notices.push(id);
-                self.events.push(Event::Stop { worker: w.id, task: id });
+                self.events.push(Event::Stop {
+                    worker: w.id,
+                    task: id,
+                });
                 w.failed += 1;
             }
             self.attempt_failed(id, "timeout".to_owned(), None, false, now);

@@ -276,7 +276,10 @@ fn a_lost_worker_hands_its_tasks_over_at_once_and_the_attempt_counts() {
     s.lose_worker(a, 5).unwrap();
     s.tick(5);
     let task = s.task(t).unwrap();
-    assert_eq!((task.state, task.worker, task.attempts), (TaskState::Running, Some(b), 2));
+    assert_eq!(
+        (task.state, task.worker, task.attempts),
+        (TaskState::Running, Some(b), 2)
+    );
     assert_eq!(s.lose_worker(a, 6), Err(CoreError::UnknownWorker(a)));
     s.check_invariants().unwrap();
 }

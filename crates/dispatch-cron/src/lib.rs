@@ -231,6 +231,16 @@ impl CronSchedule {
             }
             CronError::cron(format!("{trimmed:?} is invalid: {}", tidy(&e)))
         })?;
+        // Croner gives up on a pattern that matches no date (31 April) after
+        // a bounded search; refuse it now rather than never fire. Checked
+        // once, on the whole pattern: the times of day do not change which
+        // dates match.
+        let epoch = Tz::UTC.timestamp_opt(0, 0).single();
+        if epoch.is_none_or(|t| whole.find_next_occurrence(&t, false).is_err()) {
+            return Err(CronError::cron(format!(
+                "{trimmed:?} never fires: no date matches its day and month fields"
+            )));
+        }
 
         let times = (
             plain_values(fields[0], 59),
@@ -255,20 +265,12 @@ impl CronSchedule {
             }
             _ => (vec![whole], false),
         };
-        let schedule = CronSchedule {
+        Ok(CronSchedule {
             expression: trimmed.to_owned(),
             tz,
             patterns,
             wall_clock,
-        };
-        // Croner gives up on a pattern that matches no date (31 April) after
-        // searching a few years; refuse it now rather than never fire.
-        if schedule.next_after(0).is_none() {
-            return Err(CronError::cron(format!(
-                "{trimmed:?} never fires: no date matches its day and month fields"
-            )));
-        }
-        Ok(schedule)
+        })
     }
 
     /// The expression as given (trimmed).
@@ -362,6 +364,10 @@ mod tests {
         assert!(e.message.contains("unknown nickname"), "{e}");
         let e = err("0 0 30 2 *", "UTC");
         assert!(e.message.contains("never fires"), "{e}");
+        let started = std::time::Instant::now();
+        let e = err("0-59 0 31 4 *", "UTC");
+        assert!(e.message.contains("never fires"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
         let e = err("* * * * *", "Mars/Olympus_Mons");
         assert_eq!(e.field, "timezone");
         assert!(e.message.contains("Mars/Olympus_Mons"), "{e}");

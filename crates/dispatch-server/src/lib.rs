@@ -10,6 +10,8 @@
 //! - `http`: the router, the JSON body extractor (size and depth limits) and
 //!   problem+json errors.
 //! - `tasks`, `workers`: the client endpoints and the HTTP worker protocol.
+//! - `grpc`: the streaming worker protocol (gRPC, credit-based push), served
+//!   on the same listener as HTTP.
 //! - `schedules`: cron schedules' endpoints and the loop that fires them,
 //!   each fire stored with its task before the task reaches the core.
 //! - `metrics`: counters and the Prometheus text at `/metrics`.
@@ -18,6 +20,7 @@
 //! (fsynced in the `durable` mode), so an acknowledged task survives a crash.
 
 mod app;
+mod grpc;
 mod http;
 mod metrics;
 mod schedules;
@@ -183,7 +186,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     tokio::spawn(app::timer_loop(app.clone()));
     tokio::spawn(app::purge_loop(app.clone()));
     tokio::spawn(schedules::schedule_loop(app.clone()));
-    let router = http::router(app.clone());
+    let router = http::router(app.clone()).merge(grpc::router(app.clone()));
     let serve = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;

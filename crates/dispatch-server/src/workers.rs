@@ -97,8 +97,8 @@ pub(crate) async fn leave(
 }
 
 /// Applies one report under the lock. The result is attached to the
-/// task's terminal write by `settle`.
-fn report(
+/// task's terminal write by `settle`. Shared by the gRPC protocol.
+pub(crate) fn report(
     app: &App,
     shared: &mut Shared,
     task: TaskId,

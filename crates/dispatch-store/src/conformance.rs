@@ -838,7 +838,6 @@ pub fn results_and_errors_round_trip(store: impl Store) {
     assert_eq!(get(&store, 3).and_then(|r| r.error), None);
 }
 
-
 /// Purging deletes terminal tasks finished before the cut-off, at most
 /// `limit` of them, never a live task nor the newest one, and frees their
 /// idempotency keys.
@@ -874,7 +873,10 @@ pub fn purge_deletes_only_old_terminal_tasks(store: impl Store) {
     assert_eq!(get(&store, 2), None);
     assert!(get(&store, 3).is_some(), "live tasks stay");
     assert!(get(&store, 4).is_some(), "finished after the cut-off");
-    assert!(get(&store, 5).is_some(), "the newest task keeps the id high-water mark");
+    assert!(
+        get(&store, 5).is_some(),
+        "the newest task keeps the id high-water mark"
+    );
     assert_eq!(store.max_task_id().expect("max"), Some(TaskId(5)));
     assert_eq!(purge(10), vec![WriteOutcome::Purged(0)]);
     let mut again = sample(6, "job");

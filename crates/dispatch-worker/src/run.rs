@@ -195,8 +195,17 @@ async fn fetch_loop(
             let running = running.clone();
             tasks.spawn(async move {
                 let task_id = task.id.clone();
+                let mine = cancel_rx.clone();
                 execute(client, worker_id, handler, task, cancel_rx).await;
-                lock(&running).remove(&task_id);
+                // A retry of this task may already run here under the same
+                // id: only this attempt's switch is removed.
+                let mut running = lock(&running);
+                if running
+                    .get(&task_id)
+                    .is_some_and(|tx| tx.subscribe().same_channel(&mine))
+                {
+                    running.remove(&task_id);
+                }
                 drop(permit);
             });
         }

@@ -1,0 +1,16 @@
+//! Compiles `proto/dispatch/v1/worker.proto` with protox (a protobuf
+//! compiler in Rust), so building needs no `protoc` binary.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/dispatch/v1/worker.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        // The channel is built by the client (the SDK), so the generated
+        // client stays transport-agnostic and this crate needs no
+        // `tonic/channel`.
+        .build_transport(false)
+        .btree_map(".dispatch.v1.Register.labels")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! The streaming worker protocol: gRPC `dispatch.v1.WorkerService.Connect`,
+//! one bidirectional stream per worker session, served on the HTTP listener.
+//!
+//! A gRPC worker is a worker like any other: it registers with the core
+//! (validated like `POST /v1/workers`), the routing strategy assigns tasks to
+//! it, and its reports go through the same `workers::report` as the HTTP
+//! protocol's. What the stream changes is delivery:
+//!
+//! - **Push with credits.** The session keeps the credit the worker granted.
+//!   Whenever the worker's waker fires (tasks were assigned to it, or it must
+//!   stop one), the session hands over up to `credit` assigned tasks in one
+//!   `Tasks` message and any stop notices in one `Stop` message. A tick every
+//!   `heartbeat_ms` does the same, as a safety net.
+//! - **Durable acks.** A `Reports` message is applied at once; its
+//!   `ReportAcks` are sent once the store committed the results, by a
+//!   per-session task that awaits the acknowledgements in order, so the
+//!   session keeps reading while the store syncs.
+//! - **Leases.** Any message renews the lease. A session that hears nothing
+//!   for `lease_ms` declares the worker dead itself, since its own deliveries
+//!   renew the core's lease.
+//! - **Endings.** A clean half-close from the worker is a graceful leave
+//!   (`deregister`: held tasks requeued, attempts not counted). A broken
+//!   stream (the worker process died, the connection dropped) is a loss
+//!   (`lose_worker`): its tasks are requeued at once, the attempts counting,
+//!   without waiting for the lease to run out.
+//!
+//! Serving on the same listener: gRPC is HTTP/2 with paths of the form
+//! `/dispatch.v1.WorkerService/Connect`, which no REST route uses, so the
+//! generated tonic service is mounted on the axum router as a route service
+//! under `/dispatch.v1.WorkerService/*`. tonic's own `Routes` would do the
+//! same but brings a fallback of its own, which axum refuses to merge with
+//! ours. `axum::serve` speaks HTTP/1.1 and cleartext HTTP/2 (prior
+//! knowledge) on one port, so REST clients and gRPC workers share it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::WorkerId;
+use dispatch_grpc::pb::{self, worker_message::Kind};
+use dispatch_grpc::{SERVICE_NAME, WorkerService, WorkerServiceServer};
+use dispatch_proto::RegisterWorker;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::app::{Ack, App, acked, now_ms};
+use crate::workers::report;
+
+/// Messages queued for a worker before the session waits for it to read.
+const OUTBOUND_QUEUE: usize = 64;
+
+/// The routes of the gRPC worker service, to merge into the HTTP router.
+pub(crate) fn router(app: Arc<App>) -> axum::Router {
+    let limit = app.config.max_body_bytes;
+    let service = WorkerServiceServer::new(GrpcWorkers { app })
+        // A message is bounded like a request body.
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    axum::Router::new().route_service(&format!("/{SERVICE_NAME}/{{*method}}"), service)
+}
+
+/// The service: each `Connect` call is one worker session.
+struct GrpcWorkers {
+    app: Arc<App>,
+}
+
+type Outbound = mpsc::Sender<Result<pb::SchedulerMessage, Status>>;
+
+#[tonic::async_trait]
+impl WorkerService for GrpcWorkers {
+    type ConnectStream = ReceiverStream<Result<pb::SchedulerMessage, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let app = self.app.clone();
+        let mut inbound = request.into_inner();
+        let lease = Duration::from_millis(app.config.lease_ms);
+        let first = tokio::time::timeout(lease, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Register message within the lease"))??;
+        let Some(Kind::Register(register)) = first.and_then(|m| m.kind) else {
+            return Err(Status::invalid_argument(
+                "the first message of a session must be Register",
+            ));
+        };
+        let spec = RegisterWorker::from(register)
+            .validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = now_ms();
+        let (worker, waker) = {
+            let mut shared = app.lock();
+            let id = shared.sched.register_worker(spec, now);
+            let waker = app.waker(&mut shared, id);
+            let _ = app.settle(&mut shared, now, None);
+            (id, waker)
+        };
+        app.timer_wake.notify_one();
+        tracing::info!(%worker, "worker registered over gRPC");
+        let lease_ms = app.config.lease_ms;
+        let heartbeat_ms = (lease_ms / 3).max(1);
+        let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let registered =
+            pb::SchedulerMessage::registered(worker.to_string(), lease_ms, heartbeat_ms);
+        // The queue is new and empty: this cannot fail.
+        let _ = out.try_send(Ok(registered));
+        let session = Session {
+            app,
+            worker,
+            waker,
+            out,
+            credit: 0,
+            last_heard: Instant::now(),
+        };
+        tokio::spawn(session.run(inbound, Duration::from_millis(heartbeat_ms)));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// The worker half-closed its stream: a graceful leave.
+    Left,
+    /// The stream broke or the worker stopped reading: it is gone.
+    Broken(String),
+    /// Nothing heard for a whole lease.
+    Silent,
+    /// The worker broke the protocol.
+    Refused(Status),
+    /// The core no longer knows the worker (its lease expired).
+    Unknown,
+    /// The server is shutting down.
+    Stopping,
+}
+
+/// One worker's stream.
+struct Session {
+    app: Arc<App>,
+    worker: WorkerId,
+    waker: Arc<Notify>,
+    out: Outbound,
+    /// Tasks the worker is ready to take.
+    credit: usize,
+    last_heard: Instant,
+}
+
+/// Results waiting for the store, and their statuses.
+type PendingAcks = (Option<Ack>, Vec<pb::ReportAck>);
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::WorkerMessage>, every: Duration) {
+        let lease = Duration::from_millis(self.app.config.lease_ms);
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let acker = tokio::spawn(send_acks(acks_rx, self.out.clone()));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = self.app.stopping.clone();
+        let end = loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(m)) => {
+                        self.last_heard = Instant::now();
+                        if let Err(end) = self.on_message(m, &acks_tx) {
+                            break end;
+                        }
+                    }
+                    Ok(None) => break End::Left,
+                    Err(status) => break End::Broken(status.message().to_owned()),
+                },
+                _ = self.waker.notified() => {}
+                _ = tick.tick() => {
+                    if self.last_heard.elapsed() >= lease {
+                        break End::Silent;
+                    }
+                }
+                _ = self.out.closed() => break End::Broken("the worker stopped reading".into()),
+                _ = stopping.wait_for(|s| *s) => break End::Stopping,
+            }
+            if let Err(end) = self.deliver().await {
+                break end;
+            }
+        };
+        // Acknowledge what was reported before ending the stream.
+        drop(acks_tx);
+        let _ = acker.await;
+        self.finish(end).await;
+    }
+
+    /// Applies one message from the worker.
+    fn on_message(
+        &mut self,
+        message: pb::WorkerMessage,
+        acks: &mpsc::UnboundedSender<PendingAcks>,
+    ) -> Result<(), End> {
+        match message.kind {
+            Some(Kind::Credit(c)) => {
+                let slots = usize::try_from(c.slots).unwrap_or(usize::MAX);
+                self.credit = self.credit.saturating_add(slots);
+            }
+            Some(Kind::Reports(r)) => {
+                let _ = acks.send(self.apply_reports(r.reports));
+            }
+            Some(Kind::Register(_)) => {
+                return Err(End::Refused(Status::invalid_argument(
+                    "Register is only the first message of a session",
+                )));
+            }
+            // A heartbeat renews the lease in `deliver`, like any message;
+            // unknown kinds (a newer worker) are ignored.
+            Some(Kind::Heartbeat(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    /// Applies reports through the HTTP protocol's path; returns the last
+    /// store acknowledgement and one status per report.
+    fn apply_reports(&self, reports: Vec<pb::Report>) -> PendingAcks {
+        let w = self.worker;
+        let mut shared = self.app.lock();
+        let mut ack = None;
+        let statuses = reports
+            .into_iter()
+            .map(|r| {
+                let task_id = r.task_id.clone();
+                let (status, detail) = match r.validate() {
+                    Err(e) => (400, e.to_string()),
+                    Ok((task, outcome)) => match report(&self.app, &mut shared, task, w, outcome) {
+                        Ok(a) => {
+                            ack = a.or(ack.take());
+                            (200, String::new())
+                        }
+                        Err(_) => (409, format!("task {task} is not leased to worker {w}")),
+                    },
+                };
+                pb::ReportAck {
+                    task_id,
+                    status,
+                    detail,
+                }
+            })
+            .collect();
+        (ack, statuses)
+    }
+
+    /// Renews the lease, then pushes up to `credit` assigned tasks and any
+    /// stop notices.
+    async fn deliver(&mut self) -> Result<(), End> {
+        let (tasks, stops) = {
+            let mut shared = self.app.lock();
+            let now = now_ms();
+            let stops = shared
+                .sched
+                .heartbeat(self.worker, now)
+                .map_err(|_| End::Unknown)?;
+            let handed = if self.credit > 0 {
+                shared
+                    .sched
+                    .poll(self.worker, self.credit, now)
+                    .map_err(|_| End::Unknown)?
+            } else {
+                Vec::new()
+            };
+            let tasks: Vec<pb::Task> = handed
+                .iter()
+                .filter_map(|id| shared.sched.task(*id))
+                .map(dispatch_grpc::task_message)
+                .collect();
+            (tasks, stops)
+        };
+        if !tasks.is_empty() {
+            self.credit -= tasks.len().min(self.credit);
+            // Handing over a task with a timeout started its clock: the
+            // timer loop must wake for that deadline.
+            if tasks.iter().any(|t| t.timeout_ms.is_some()) {
+                self.app.timer_wake.notify_one();
+            }
+            self.send(pb::SchedulerMessage::tasks(tasks)).await?;
+        }
+        if !stops.is_empty() {
+            let ids = stops.iter().map(ToString::to_string).collect();
+            self.send(pb::SchedulerMessage::stop(ids)).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, message: pb::SchedulerMessage) -> Result<(), End> {
+        self.out
+            .send(Ok(message))
+            .await
+            .map_err(|_| End::Broken("the worker stopped reading".into()))
+    }
+
+    /// Tells the core how the session ended, waits until that is durable,
+    /// and ends the stream with a status saying what the worker should do.
+    async fn finish(self, end: End) {
+        let w = self.worker;
+        let now = now_ms();
+        let (status, ack) = {
+            let mut shared = self.app.lock();
+            let status = match &end {
+                End::Left => {
+                    let _ = shared.sched.deregister(w, now);
+                    tracing::info!(worker = %w, "gRPC worker left");
+                    None
+                }
+                End::Broken(why) => {
+                    let _ = shared.sched.lose_worker(w, now);
+                    tracing::warn!(worker = %w, why = %why, "gRPC worker stream broke; its tasks were requeued");
+                    None
+                }
+                End::Silent => {
+                    let _ = shared.sched.lose_worker(w, now);
+                    Some(Status::deadline_exceeded(
+                        "nothing heard within the lease; register again",
+                    ))
+                }
+                End::Refused(status) => {
+                    let _ = shared.sched.lose_worker(w, now);
+                    Some(status.clone())
+                }
+                End::Unknown => Some(Status::not_found(
+                    "the lease was lost and the tasks requeued; register again",
+                )),
+                // A restart requeues everything without counting attempts.
+                End::Stopping => Some(Status::unavailable("the scheduler is shutting down")),
+            };
+            self.app.forget_worker(&mut shared, w);
+            let ack = match end {
+                End::Stopping => None,
+                _ => self.app.settle(&mut shared, now, None),
+            };
+            (status, ack)
+        };
+        if let Err(e) = acked(ack).await {
+            tracing::error!(worker = %w, error = %e, "cannot persist the end of a gRPC session");
+        }
+        if let Some(status) = status {
+            let _ = self.out.send(Err(status)).await;
+        }
+    }
+}
+
+/// Sends each batch of statuses once the store acknowledged its results.
+/// Writes commit in order, so awaiting them in order costs nothing.
+async fn send_acks(mut pending: mpsc::UnboundedReceiver<PendingAcks>, out: Outbound) {
+    while let Some((ack, mut statuses)) = pending.recv().await {
+        if let Err(e) = acked(ack).await {
+            tracing::error!(error = %e, "reported results are not durable");
+            for s in statuses.iter_mut().filter(|s| s.status == 200) {
+                s.status = 503;
+                s.detail = format!("the store could not commit the result: {e}");
+            }
+        }
+        if out
+            .send(Ok(pb::SchedulerMessage::report_acks(statuses)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
