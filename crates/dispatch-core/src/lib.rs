@@ -26,6 +26,7 @@
 //! ```
 
 mod backoff;
+mod queues;
 mod rng;
 mod routing;
 mod scheduler;
@@ -33,6 +34,7 @@ mod task;
 mod worker;
 
 pub use backoff::Backoff;
+pub use queues::{QueueConfig, QueueInfo, TypeConfig};
 pub use routing::Strategy;
 pub use scheduler::{Config, CoreError, Event, Scheduler, Transition};
 pub use task::{Task, TaskSpec, TaskState};

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use crate::queues::{Limiter, QueueConfig, QueueInfo, QueueState, TypeConfig};
 use crate::rng::SplitMix64;
 use crate::routing::{self, Candidate};
 use crate::{
@@ -22,11 +23,20 @@ pub struct Config {
     /// A worker that neither heartbeats, polls nor reports for this long is
     /// declared dead and its tasks are requeued.
     pub lease_ms: u64,
+    /// Priority aging: waiting this long counts as one priority point. A
+    /// ready task's rank is the time it became ready minus its priority
+    /// times this; lower ranks run first, so a task of priority p - 10
+    /// overtakes one of priority p that became ready 10 × `aging_ms` later,
+    /// and no priority starves another.
+    pub aging_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { lease_ms: 10_000 }
+        Config {
+            lease_ms: 10_000,
+            aging_ms: 1_000,
+        }
     }
 }
 
@@ -109,8 +119,12 @@ pub enum Event {
     },
 }
 
-/// Order of the ready queue: higher priority first, then submission order.
-type ReadyKey = (Reverse<i8>, u64, TaskId);
+/// Order within a ready lane: rank (ready time minus aged priority), then
+/// submission order.
+type ReadyKey = (i64, u64, TaskId);
+
+/// A ready lane: the queued tasks of one type in one queue.
+type Lane = (Arc<str>, Arc<str>);
 
 /// The workers that run one task type, for routing.
 #[derive(Debug, Default)]
@@ -146,8 +160,14 @@ pub struct Scheduler<B> {
     config: Config,
     rng: SplitMix64,
     tasks: HashMap<TaskId, Task<B>>,
-    /// Queued tasks, per type.
-    ready: HashMap<Arc<str>, BTreeSet<ReadyKey>>,
+    /// Queued tasks, per lane (type, queue).
+    ready: HashMap<Lane, BTreeSet<ReadyKey>>,
+    /// Every queue ever named, with its settings and counters.
+    queues: HashMap<Arc<str>, QueueState>,
+    /// Limits of task types that have any.
+    type_limits: HashMap<Arc<str>, Limiter>,
+    /// The pass of the queue served last (stride scheduling).
+    global_pass: u64,
     /// Scheduled tasks by the time they become ready.
     timers: BTreeSet<(Millis, TaskId)>,
     /// Running tasks by the time their attempt times out.
@@ -172,6 +192,9 @@ impl<B> Scheduler<B> {
             rng: SplitMix64::new(seed),
             tasks: HashMap::new(),
             ready: HashMap::new(),
+            queues: HashMap::new(),
+            type_limits: HashMap::new(),
+            global_pass: 0,
             timers: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             children: HashMap::new(),
@@ -235,11 +258,14 @@ impl<B> Scheduler<B> {
             waiting_on: 0,
             deadline: None,
             seq,
+            rank: 0,
         };
+        let queue = task.spec.queue.clone();
         self.tasks.insert(id, task);
+        self.queue_mut(&queue);
         match ready_at {
             Some(at) => self.make_scheduled(id, at),
-            None => self.make_queued(id),
+            None => self.make_queued(id, now),
         }
         Ok(())
     }
@@ -423,6 +449,68 @@ impl<B> Scheduler<B> {
         Ok(())
     }
 
+    /// Sets a queue's weight and limits (creating it if needed).
+    pub fn configure_queue(&mut self, name: &str, config: QueueConfig) {
+        let q = self.queue_mut(&Arc::from(name));
+        q.limiter.reconfigure(Limiter::new(
+            config.max_running,
+            config.rate_per_sec,
+            config.burst,
+        ));
+        q.config = config;
+    }
+
+    /// Sets a task type's limits.
+    pub fn configure_type(&mut self, kind: &str, config: TypeConfig) {
+        let fresh = Limiter::new(config.max_running, config.rate_per_sec, config.burst);
+        self.type_limits
+            .entry(Arc::from(kind))
+            .or_insert_with(|| fresh.clone())
+            .reconfigure(fresh);
+    }
+
+    /// Stops dispatching from a queue (creating it if needed); running
+    /// tasks go on, new ones wait.
+    pub fn pause_queue(&mut self, name: &str) {
+        self.queue_mut(&Arc::from(name)).paused = true;
+    }
+
+    /// Resumes dispatching from a queue (creating it if needed).
+    pub fn resume_queue(&mut self, name: &str) {
+        self.queue_mut(&Arc::from(name)).paused = false;
+    }
+
+    /// Every queue ever named, by name, with its live counts.
+    pub fn queues(&self) -> Vec<QueueInfo> {
+        let mut counts: HashMap<&str, [usize; 3]> = HashMap::new();
+        for t in self.tasks.values() {
+            let c = counts.entry(&t.spec.queue).or_default();
+            match t.state {
+                TaskState::Scheduled => c[0] += 1,
+                TaskState::Queued => c[1] += 1,
+                TaskState::Running => c[2] += 1,
+                _ => {}
+            }
+        }
+        let mut out: Vec<QueueInfo> = self
+            .queues
+            .iter()
+            .map(|(name, q)| {
+                let c = counts.get(&**name).copied().unwrap_or_default();
+                QueueInfo {
+                    name: name.clone(),
+                    paused: q.paused,
+                    config: q.config.clone(),
+                    scheduled: c[0],
+                    queued: c[1],
+                    running: c[2],
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// Declares a worker dead now, as if its lease had expired: its tasks
     /// are requeued at once and each interrupted attempt counts. For a
     /// transport that sees the worker go (a dropped stream).
@@ -492,7 +580,20 @@ impl<B> Scheduler<B> {
             .map(|&(at, _)| at)
             .min();
         let lease = (!self.workers.is_empty()).then_some(self.lease_check_at);
-        timer.into_iter().chain(lease).min()
+        // A rate-limited lane with ready tasks wakes up at its next token.
+        let tokens = self
+            .ready
+            .keys()
+            .filter_map(|(kind, queue)| {
+                let q = self
+                    .queues
+                    .get(queue)
+                    .and_then(|q| q.limiter.next_token_at());
+                let t = self.type_limits.get(kind).and_then(Limiter::next_token_at);
+                q.into_iter().chain(t).max()
+            })
+            .min();
+        timer.into_iter().chain(lease).chain(tokens).min()
     }
 
     /// Checks the internal invariants; tests call it after every step.
@@ -541,10 +642,10 @@ impl<B> Scheduler<B> {
                 }
                 TaskState::Queued => {
                     queued += 1;
-                    let key = (Reverse(t.spec.priority), t.seq, t.id);
+                    let key = (t.rank, t.seq, t.id);
                     if !self
                         .ready
-                        .get(&t.spec.kind)
+                        .get(&(t.spec.kind.clone(), t.spec.queue.clone()))
                         .is_some_and(|r| r.contains(&key))
                     {
                         return Err(format!("queued task {} not in the ready queue", t.id));
@@ -569,6 +670,42 @@ impl<B> Scheduler<B> {
                 }
                 s if s.is_terminal() => return Err(format!("terminal task {} still held", t.id)),
                 _ => {}
+            }
+        }
+        let mut per_queue: HashMap<&str, (usize, u32)> = HashMap::new();
+        let mut per_type: HashMap<&str, u32> = HashMap::new();
+        for t in self.tasks.values() {
+            let e = per_queue.entry(&t.spec.queue).or_default();
+            match t.state {
+                TaskState::Queued => e.0 += 1,
+                TaskState::Running => {
+                    e.1 += 1;
+                    *per_type.entry(&t.spec.kind).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        for (name, q) in &self.queues {
+            let (ready, running) = per_queue.get(&**name).copied().unwrap_or_default();
+            if q.ready != ready || q.limiter.running != running {
+                return Err(format!(
+                    "queue {name}: counted {} ready / {} running, but {ready} / {running}",
+                    q.ready, q.limiter.running
+                ));
+            }
+            if let Some(max) = q.config.max_running
+                && running > max
+            {
+                return Err(format!("queue {name} runs {running} > max {max}"));
+            }
+        }
+        for (kind, l) in &self.type_limits {
+            let running = per_type.get(&**kind).copied().unwrap_or_default();
+            if l.running != running || l.max_running.is_some_and(|m| running > m) {
+                return Err(format!(
+                    "type {kind}: limiter says {} running, really {running}",
+                    l.running
+                ));
             }
         }
         for &(at, id) in &self.deadlines {
@@ -675,7 +812,8 @@ impl<B> Scheduler<B> {
             return false;
         };
         let mut undelivered = false;
-        if w.running.remove(&task) {
+        let was_running = w.running.remove(&task);
+        if was_running {
             if let Some(pos) = w.undelivered.iter().position(|&t| t == task) {
                 w.undelivered.remove(pos);
                 undelivered = true;
@@ -686,6 +824,9 @@ impl<B> Scheduler<B> {
                 }
             }
         }
+        if was_running {
+            self.attempt_ended(task);
+        }
         undelivered
     }
 
@@ -695,14 +836,14 @@ impl<B> Scheduler<B> {
         }
     }
 
-    /// Removes a queued or scheduled task from the ready queue or timers.
+    /// Removes a queued or scheduled task from its ready lane or timers.
     fn unindex(&mut self, task: TaskId) {
         let t = &self.tasks[&task];
         match t.state {
             TaskState::Queued => {
-                if let Some(r) = self.ready.get_mut(&t.spec.kind) {
-                    r.remove(&(Reverse(t.spec.priority), t.seq, task));
-                }
+                let lane = (t.spec.kind.clone(), t.spec.queue.clone());
+                let key = (t.rank, t.seq, task);
+                self.remove_ready(&lane, key);
             }
             TaskState::Scheduled => {
                 if let Some(at) = t.ready_at {
@@ -713,16 +854,46 @@ impl<B> Scheduler<B> {
         }
     }
 
-    fn make_queued(&mut self, id: TaskId) {
+    /// Takes a key out of its lane, keeping the queue's count.
+    fn remove_ready(&mut self, lane: &Lane, key: ReadyKey) {
+        if let Some(r) = self.ready.get_mut(lane)
+            && r.remove(&key)
+        {
+            if r.is_empty() {
+                self.ready.remove(lane);
+            }
+            if let Some(q) = self.queues.get_mut(&lane.1) {
+                q.ready = q.ready.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The queue of that name, created with default settings when first
+    /// named.
+    fn queue_mut(&mut self, name: &Arc<str>) -> &mut QueueState {
+        self.queues
+            .entry(name.clone())
+            .or_insert_with(|| QueueState::new(QueueConfig::default()))
+    }
+
+    fn make_queued(&mut self, id: TaskId, now: Millis) {
+        let aging = self.config.aging_ms as i64;
         let t = self.tasks.get_mut(&id).expect("task is live");
         t.state = TaskState::Queued;
         t.worker = None;
         t.ready_at = None;
-        self.ready.entry(t.spec.kind.clone()).or_default().insert((
-            Reverse(t.spec.priority),
-            t.seq,
-            id,
-        ));
+        t.rank = (now as i64).saturating_sub(i64::from(t.spec.priority).saturating_mul(aging));
+        let key = (t.rank, t.seq, id);
+        let lane = (t.spec.kind.clone(), t.spec.queue.clone());
+        let global = self.global_pass;
+        let q = self.queue_mut(&lane.1);
+        // A queue that wakes up starts at the current pass: it gets its
+        // share from now on, not a burst for the time it was idle.
+        if q.ready == 0 {
+            q.pass = q.pass.max(global);
+        }
+        q.ready += 1;
+        self.ready.entry(lane).or_default().insert(key);
     }
 
     fn make_scheduled(&mut self, id: TaskId, at: Millis) {
@@ -741,7 +912,7 @@ impl<B> Scheduler<B> {
         if at > now {
             self.make_scheduled(id, at);
         } else {
-            self.make_queued(id);
+            self.make_queued(id, now);
         }
         self.emit(id, None);
     }
@@ -783,7 +954,7 @@ impl<B> Scheduler<B> {
             if t.waiting_on == 0 {
                 match t.ready_at.filter(|&at| at > now) {
                     Some(at) => self.make_scheduled(task, at),
-                    None => self.make_queued(task),
+                    None => self.make_queued(task, now),
                 }
                 self.emit(task, None);
             }
@@ -847,7 +1018,7 @@ impl<B> Scheduler<B> {
                 break;
             }
             self.timers.remove(&(at, id));
-            self.make_queued(id);
+            self.make_queued(id, now);
             self.emit(id, None);
         }
     }
@@ -915,11 +1086,12 @@ impl<B> Scheduler<B> {
         }
         for task in w.running {
             self.clear_deadline(task);
+            self.attempt_ended(task);
             let t = self.tasks.get_mut(&task).expect("running task is live");
             match why {
                 Interruption::Returned => {
                     t.attempts = t.attempts.saturating_sub(1);
-                    self.make_queued(task);
+                    self.make_queued(task, now);
                     self.emit(task, None);
                 }
                 Interruption::WorkerLost => {
@@ -934,44 +1106,117 @@ impl<B> Scheduler<B> {
         }
     }
 
-    /// Assigns ready tasks, best first, to workers with free slots.
+    /// Assigns ready tasks to workers with free slots.
     ///
-    /// Each round considers, across every type some worker has a free slot
-    /// for, the ready tasks in global order (priority, then submission) and
-    /// assigns the first one its strategy can place now. A task that must
-    /// wait for one particular worker is passed over, up to `SCAN_LIMIT`
-    /// deep per type, so it does not hold up the tasks behind it.
+    /// Each round seeds a frontier with the head of every lane (type, queue)
+    /// that may start a task now: a worker has a free slot for the type, the
+    /// queue is not paused, and neither the queue's nor the type's limits
+    /// are reached. The frontier is ordered by the queue's stride pass, then
+    /// the task's rank, so queues share workers by weight and tasks within a
+    /// queue go by aged priority. The first task its strategy (and per-key
+    /// limit) can place is assigned; a task that must wait for one
+    /// particular worker is passed over, up to `SCAN_LIMIT` deep per lane,
+    /// so it does not hold up the tasks behind it.
     fn dispatch(&mut self, now: Millis) {
+        for q in self.queues.values_mut() {
+            q.limiter.refill(now);
+        }
+        for l in self.type_limits.values_mut() {
+            l.refill(now);
+        }
         loop {
-            let mut frontier: BinaryHeap<Reverse<(ReadyKey, Arc<str>, usize)>> = self
+            let mut frontier: BinaryHeap<Reverse<(u64, ReadyKey, Lane, usize)>> = self
                 .ready
                 .iter()
-                .filter(|(kind, _)| self.by_type.get(*kind).is_some_and(|tw| tw.free > 0))
-                .filter_map(|(kind, r)| r.first().map(|key| Reverse((*key, kind.clone(), 0))))
+                .filter(|(lane, _)| self.lane_may_start(lane))
+                .filter_map(|(lane, r)| {
+                    let pass = self.queues.get(&lane.1).map_or(0, |q| q.pass);
+                    r.first().map(|key| Reverse((pass, *key, lane.clone(), 0)))
+                })
                 .collect();
             let mut placed = None;
-            while let Some(Reverse((key, kind, depth))) = frontier.pop() {
-                if let Some(worker) = self.route(key.2, &kind) {
-                    placed = Some((key, kind, worker));
+            while let Some(Reverse((pass, key, lane, depth))) = frontier.pop() {
+                if self.key_allows(key.2)
+                    && let Some(worker) = self.route(key.2, &lane.0)
+                {
+                    placed = Some((key, lane, worker));
                     break;
                 }
                 if depth + 1 < SCAN_LIMIT
-                    && let Some(next) = self.ready[&kind]
+                    && let Some(next) = self.ready[&lane]
                         .range((Bound::Excluded(key), Bound::Unbounded))
                         .next()
                 {
-                    frontier.push(Reverse((*next, kind, depth + 1)));
+                    frontier.push(Reverse((pass, *next, lane, depth + 1)));
                 }
             }
-            let Some((key, kind, worker)) = placed else {
+            let Some((key, lane, worker)) = placed else {
                 break;
             };
-            let ready = self.ready.get_mut(&kind).expect("type has a ready queue");
-            ready.remove(&key);
-            if ready.is_empty() {
-                self.ready.remove(&kind);
-            }
+            self.remove_ready(&lane, key);
+            let q = self.queue_mut(&lane.1);
+            let pass = q.pass;
+            q.pass += q.stride();
+            self.global_pass = self.global_pass.max(pass);
             self.assign(key.2, worker, now);
+        }
+    }
+
+    /// True when a task of this lane may start now, as far as free slots,
+    /// pause and limits go.
+    fn lane_may_start(&self, (kind, queue): &Lane) -> bool {
+        self.by_type.get(kind).is_some_and(|tw| tw.free > 0)
+            && self
+                .queues
+                .get(queue)
+                .is_none_or(|q| !q.paused && q.limiter.allows())
+            && self.type_limits.get(kind).is_none_or(Limiter::allows)
+    }
+
+    /// True when the task's routing key is under its queue's per-key limit.
+    fn key_allows(&self, task: TaskId) -> bool {
+        let t = &self.tasks[&task];
+        self.queues
+            .get(&t.spec.queue)
+            .is_none_or(|q| q.key_allows(t.spec.routing_key.as_ref()))
+    }
+
+    /// Counts an attempt against its queue, type and key limits.
+    fn attempt_started(&mut self, task: TaskId) {
+        let t = &self.tasks[&task];
+        let (kind, queue, key) = (
+            t.spec.kind.clone(),
+            t.spec.queue.clone(),
+            t.spec.routing_key.clone(),
+        );
+        let q = self.queue_mut(&queue);
+        q.limiter.start();
+        if let (Some(_), Some(k)) = (q.config.max_per_key, key) {
+            *q.by_key.entry(k).or_insert(0) += 1;
+        }
+        if let Some(l) = self.type_limits.get_mut(&kind) {
+            l.start();
+        }
+    }
+
+    /// Releases what `attempt_started` counted.
+    fn attempt_ended(&mut self, task: TaskId) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        if let Some(q) = self.queues.get_mut(&t.spec.queue) {
+            q.limiter.end();
+            if let Some(k) = &t.spec.routing_key
+                && let Some(n) = q.by_key.get_mut(k)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    q.by_key.remove(k);
+                }
+            }
+        }
+        if let Some(l) = self.type_limits.get_mut(&t.spec.kind) {
+            l.end();
         }
     }
 
@@ -1040,6 +1285,7 @@ impl<B> Scheduler<B> {
                 tw.free -= 1;
             }
         }
+        self.attempt_started(task);
         let t = self.tasks.get_mut(&task).expect("ready task is live");
         t.state = TaskState::Running;
         t.attempts += 1;

@@ -138,6 +138,8 @@ pub struct Task<B> {
     /// When the current attempt times out (set when the worker collects it
     /// and the task has a `timeout_ms`).
     pub deadline: Option<Millis>,
-    /// Submission order, the tie-breaker between equal priorities.
+    /// Submission order, the tie-breaker between equal ranks.
     pub(crate) seq: u64,
+    /// Position in its ready lane while `Queued` (see `Config::aging_ms`).
+    pub(crate) rank: i64,
 }

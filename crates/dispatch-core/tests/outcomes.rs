@@ -7,7 +7,13 @@ use dispatch_core::{
 };
 
 fn scheduler() -> Scheduler<()> {
-    Scheduler::new(Config { lease_ms: 60_000 }, 7)
+    Scheduler::new(
+        Config {
+            lease_ms: 60_000,
+            ..Config::default()
+        },
+        7,
+    )
 }
 
 fn worker(s: &mut Scheduler<()>, capacity: u32) -> WorkerId {

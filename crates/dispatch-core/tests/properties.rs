@@ -109,7 +109,13 @@ struct Model {
 impl Model {
     fn new(seed: u64) -> Self {
         Model {
-            s: Scheduler::new(Config { lease_ms: LEASE }, seed),
+            s: Scheduler::new(
+                Config {
+                    lease_ms: LEASE,
+                    ..Config::default()
+                },
+                seed,
+            ),
             now: 0,
             registered: Registered::new(),
             submitted: Vec::new(),
@@ -389,7 +395,7 @@ proptest! {
         workers in prop::collection::vec((1u8..8, 1u32..=4), 1..=4),
         jobs in prop::collection::vec(job(), 1..60),
     ) {
-        let mut s: Scheduler<()> = Scheduler::new(Config { lease_ms: LEASE }, seed);
+        let mut s: Scheduler<()> = Scheduler::new(Config { lease_ms: LEASE, ..Config::default() }, seed);
         let mut registered = Registered::new();
         let mut ledger = Ledger::default();
         let ids: Vec<WorkerId> = workers

@@ -11,6 +11,7 @@ fn scheduler(seed: u64) -> Scheduler<()> {
     Scheduler::new(
         Config {
             lease_ms: 1_000_000,
+            ..Config::default()
         },
         seed,
     )

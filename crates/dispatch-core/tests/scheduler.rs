@@ -11,7 +11,13 @@ use dispatch_core::{
 const LEASE: u64 = 10_000;
 
 fn scheduler() -> Scheduler<()> {
-    Scheduler::new(Config { lease_ms: LEASE }, 42)
+    Scheduler::new(
+        Config {
+            lease_ms: LEASE,
+            ..Config::default()
+        },
+        42,
+    )
 }
 
 fn spec(kind: &str) -> TaskSpec {
@@ -268,7 +274,13 @@ fn fail_with_attempts_left_waits_for_the_backoff_then_requeues() {
     };
     // Several seeds, so that the jitter takes several values.
     for seed in 0..20 {
-        let mut s: Scheduler<()> = Scheduler::new(Config { lease_ms: LEASE }, seed);
+        let mut s: Scheduler<()> = Scheduler::new(
+            Config {
+                lease_ms: LEASE,
+                ..Config::default()
+            },
+            seed,
+        );
         let task = TaskSpec {
             backoff,
             ..spec("email")

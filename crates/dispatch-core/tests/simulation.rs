@@ -118,7 +118,13 @@ impl Sim {
         let mut sim = Sim {
             step: 0,
             rng,
-            s: Scheduler::new(Config { lease_ms: LEASE }, core_seed),
+            s: Scheduler::new(
+                Config {
+                    lease_ms: LEASE,
+                    ..Config::default()
+                },
+                core_seed,
+            ),
             now: 1_700_000_000_000,
             workers: BTreeMap::new(),
             registered: Registered::new(),

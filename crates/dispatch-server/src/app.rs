@@ -90,6 +90,7 @@ impl App {
         let now = now_ms();
         let core_config = dispatch_core::Config {
             lease_ms: config.lease_ms,
+            ..dispatch_core::Config::default()
         };
         let mut sched = Scheduler::new(core_config, seed());
         let mut requeued = 0usize;
