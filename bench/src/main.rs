@@ -9,7 +9,8 @@
 //!    acknowledged once durable).
 //! 2. **Drain** (the brief's W1): `--workers` worker processes (this binary,
 //!    `dispatch-bench worker`) speaking the HTTP worker protocol with batched
-//!    results start on the full queue; tasks per second from their start
+//!    results (or, with `--transport grpc`, the gRPC streaming protocol with
+//!    credits) start on the full queue; tasks per second from their start
 //!    until the server has no live task.
 //! 3. **Latency** (W2's shape): with the workers idle, tasks submitted one
 //!    per `POST /v1/tasks` at a fixed open-loop `--rate` for `--seconds`;
@@ -23,6 +24,7 @@
 //! Usually run through `bench/run`, which builds both binaries in release
 //! mode first.
 
+mod grpc_worker;
 mod harness;
 mod report;
 mod worker;
@@ -88,6 +90,9 @@ struct RunArgs {
     /// Each worker's capacity (and poll size).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     capacity: u64,
+    /// The workers' protocol.
+    #[arg(long, default_value = "http", value_parser = ["http", "grpc"])]
+    transport: String,
     /// Longest an idle worker's poll waits, in ms.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=5_000))]
     wait_ms: u64,
@@ -217,8 +222,8 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
 
     // 2. Drain, with worker processes.
     progress(&format!(
-        "draining with {} worker processes of capacity {}",
-        args.workers, args.capacity
+        "draining with {} worker processes of capacity {} over {}",
+        args.workers, args.capacity, args.transport
     ));
     let exe = std::env::current_exe().context("cannot locate this binary")?;
     let drain_started = Instant::now();
@@ -230,6 +235,7 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
             .args(["--server", server.url(), "--name", &name])
             .args(["--capacity", &args.capacity.to_string()])
             .args(["--wait-ms", &args.wait_ms.to_string()])
+            .args(["--transport", &args.transport])
             .stderr(Stdio::inherit());
         workers.push(ChildGuard::spawn(&name, cmd, true)?);
     }
@@ -298,6 +304,7 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         submit,
         workers: args.workers,
         capacity: args.capacity,
+        transport: args.transport.clone(),
         drain,
         latency: Latency::new(
             args.rate,

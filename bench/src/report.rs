@@ -110,6 +110,8 @@ pub(crate) struct Report {
     pub(crate) submit: Duration,
     pub(crate) workers: u64,
     pub(crate) capacity: u64,
+    /// The workers' protocol: `http` or `grpc`.
+    pub(crate) transport: String,
     pub(crate) drain: Duration,
     pub(crate) latency: Latency,
     pub(crate) totals: WorkerTotals,
@@ -160,11 +162,12 @@ impl Report {
             (
                 "drain",
                 format!(
-                    "{:.0} tasks/s ({:.3} s, {} workers x capacity {})",
+                    "{:.0} tasks/s ({:.3} s, {} workers x capacity {}, {})",
                     self.drain_rate(),
                     self.drain.as_secs_f64(),
                     self.workers,
-                    self.capacity
+                    self.capacity,
+                    self.transport
                 ),
             ),
             (
@@ -241,6 +244,7 @@ impl Report {
             "drain": {
                 "workers": self.workers,
                 "capacity": self.capacity,
+                "transport": self.transport,
                 "seconds": self.drain.as_secs_f64(),
                 "tasks_per_s": self.drain_rate(),
             },

@@ -31,28 +31,28 @@ const MAX_ERRORS: u32 = 50;
 pub(crate) struct WorkerArgs {
     /// Server URL.
     #[arg(long)]
-    server: String,
+    pub(crate) server: String,
     /// Display name.
     #[arg(long, default_value = "bench-worker")]
-    name: String,
-    /// Tasks held at once; also the poll's `max`.
+    pub(crate) name: String,
+    /// Tasks held at once; also the poll's `max` (or the stream's credit).
     #[arg(long, default_value_t = 256)]
-    capacity: i64,
+    pub(crate) capacity: i64,
     /// Longest a poll waits when nothing is assigned.
     #[arg(long, default_value_t = 500)]
     wait_ms: i64,
+    /// `http` (long-poll) or `grpc` (streaming, see `grpc_worker`).
+    #[arg(long, default_value = "http", value_parser = ["http", "grpc"])]
+    transport: String,
 }
 
 /// Runs the worker until its stdin closes.
 pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
+    if args.transport == "grpc" {
+        return crate::grpc_worker::run(args).await;
+    }
     let client = Client::new(&args.server)?;
-    let (stop_tx, stop) = watch::channel(false);
-    // A thread, not tokio's stdin: it only has to notice the end.
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        let _ = stop_tx.send(true);
-    });
+    let stop = stop_on_stdin_end();
 
     let reg = RegisterWorker {
         name: Some(args.name.clone()),
@@ -155,8 +155,20 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flips to true when stdin closes (the benchmark's signal to stop).
+pub(crate) fn stop_on_stdin_end() -> watch::Receiver<bool> {
+    let (stop_tx, stop) = watch::channel(false);
+    // A thread, not tokio's stdin: it only has to notice the end.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        let _ = stop_tx.send(true);
+    });
+    stop
+}
+
 /// The `sent_us` field of a latency task's payload.
-fn sent_us(payload: &str) -> Option<u64> {
+pub(crate) fn sent_us(payload: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(payload)
         .ok()?
         .get("sent_us")?

@@ -1,8 +1,9 @@
 //! `dispatch`: the one binary of Dispatch.
 //!
-//! `dispatch server` runs the scheduler; `dispatch submit`, `task`, `tasks`,
-//! `cancel`, `workers`, `schedules` and `schedule` talk to a running one over
-//! its REST API;
+//! `dispatch server` runs the scheduler (`--config dispatch.toml` for queue
+//! and type settings, see `server_config`); `dispatch submit`, `task`,
+//! `tasks`, `cancel`, `workers`, `queues`, `queue`, `schedules` and
+//! `schedule` talk to a running one over its REST API;
 //! `dispatch demo` starts a server on a throw-away store with a few workers
 //! and shows tasks flowing; `dispatch worker --config worker.toml` runs
 //! tasks with shell commands or HTTP calls, as the file says. Errors are `anyhow` with context, printed on one
@@ -10,6 +11,7 @@
 
 mod demo;
 mod output;
+mod server_config;
 mod worker;
 
 use std::net::SocketAddr;
@@ -74,6 +76,10 @@ enum Command {
         /// days).
         #[arg(long, default_value_t = 7 * 24 * 3_600_000)]
         retention_ms: u64,
+        /// Queue and task type settings (TOML): weights, concurrency and
+        /// rate limits, default strategies.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Submit a task.
     Submit {
@@ -143,6 +149,13 @@ enum Command {
     },
     /// List registered workers.
     Workers,
+    /// List queues with their settings and tasks by state.
+    Queues,
+    /// Pause or resume a queue.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// List cron schedules.
     Schedules,
     /// Create or delete a cron schedule.
@@ -165,6 +178,21 @@ enum Command {
         /// Workers to start.
         #[arg(long, default_value_t = 4)]
         workers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Stop dispatching the queue's tasks (running ones go on); survives
+    /// restarts.
+    Pause {
+        /// The queue (any name: a queue exists once named).
+        name: String,
+    },
+    /// Dispatch the queue's tasks again.
+    Resume {
+        /// The queue.
+        name: String,
     },
 }
 
@@ -272,12 +300,16 @@ async fn run(cli: Cli) -> Result<()> {
             max_body_bytes,
             durability,
             retention_ms,
+            config: config_file,
         } => {
             init_logs("info");
             if lease_ms == 0 {
                 bail!("--lease-ms must be at least 1");
             }
             let mut config = dispatch_server::ServerConfig::new(listen, data);
+            if let Some(path) = config_file {
+                config.queue_settings = server_config::load(&path)?;
+            }
             config.lease_ms = lease_ms;
             config.retention_ms = retention_ms;
             config.max_body_bytes = max_body_bytes;
@@ -390,6 +422,23 @@ async fn client_command(client: &Client, command: Command, json: bool) -> Result
         Command::Workers => {
             let list = client.workers().await?;
             show(json, &list, output::print_workers)
+        }
+        Command::Queues => {
+            let list = client.queues().await?;
+            show(json, &list, output::print_queues)
+        }
+        Command::Queue { action } => {
+            let (q, verb) = match action {
+                QueueAction::Pause { name } => (client.pause_queue(&name).await?, "paused"),
+                QueueAction::Resume { name } => (client.resume_queue(&name).await?, "resumed"),
+            };
+            show(json, &q, |q| {
+                let c = &q.counts;
+                println!(
+                    "{verb} queue {} ({} queued, {} running)",
+                    q.name, c.queued, c.running
+                );
+            })
         }
         Command::Schedules => {
             let list = client.schedules().await?;

@@ -1,6 +1,6 @@
 //! Human-readable tables and JSON output.
 
-use dispatch_proto::{ScheduleList, TaskJson, TaskList, WorkerList};
+use dispatch_proto::{QueueList, ScheduleList, TaskJson, TaskList, WorkerList};
 
 /// Prints a value as pretty JSON.
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -101,6 +101,8 @@ pub(crate) fn print_workers(list: &WorkerList) {
                 w.name.clone(),
                 w.types.join(","),
                 format!("{}/{}", w.in_flight, w.capacity),
+                w.weight.to_string(),
+                labels(&w.labels),
                 w.completed.to_string(),
                 w.failed.to_string(),
                 w.state.clone(),
@@ -114,10 +116,76 @@ pub(crate) fn print_workers(list: &WorkerList) {
             "name",
             "types",
             "in_flight",
+            "weight",
+            "labels",
             "done",
             "failed",
             "state",
             "last_seen",
+        ],
+        &rows,
+    );
+}
+
+/// Labels as `k=v,k=v`, or `-`.
+fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "-".to_owned();
+    }
+    let pairs: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    short(&pairs.join(","), 40)
+}
+
+/// Queues as a table.
+pub(crate) fn print_queues(list: &QueueList) {
+    let rows: Vec<Vec<String>> = list
+        .queues
+        .iter()
+        .map(|q| {
+            let mut limits = Vec::new();
+            if let Some(n) = q.max_running {
+                limits.push(format!("running<={n}"));
+            }
+            if let Some(r) = q.rate_per_sec {
+                let burst = q.burst.map(|b| format!(" burst {b}")).unwrap_or_default();
+                limits.push(format!("{r}/s{burst}"));
+            }
+            if let Some(n) = q.max_per_key {
+                limits.push(format!("per_key<={n}"));
+            }
+            let c = &q.counts;
+            vec![
+                q.name.clone(),
+                if q.paused { "yes" } else { "no" }.to_owned(),
+                q.weight.to_string(),
+                if limits.is_empty() {
+                    "-".to_owned()
+                } else {
+                    limits.join(",")
+                },
+                q.strategy.clone().unwrap_or_else(|| "-".to_owned()),
+                c.scheduled.to_string(),
+                c.queued.to_string(),
+                c.running.to_string(),
+                c.succeeded.to_string(),
+                c.dead.to_string(),
+                c.cancelled.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "name",
+            "paused",
+            "weight",
+            "limits",
+            "strategy",
+            "scheduled",
+            "queued",
+            "running",
+            "succeeded",
+            "dead",
+            "cancelled",
         ],
         &rows,
     );

@@ -149,19 +149,7 @@ pub(crate) fn load(path: &Path) -> Result<Config> {
 /// Parses a config: `file` names it in errors, `base` is the folder that
 /// relative `cwd`s start from.
 pub(crate) fn parse(file: &str, text: &str, base: &Path) -> Result<Config> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let at = e
-            .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("line {line}, column {column}: ")
-            })
-            .unwrap_or_default();
-        let message = e.message().trim().replace('\n', "; ");
-        anyhow!("{file}: {at}{message}")
-    })?;
+    let table = parse_toml(file, text)?;
     let top = Section {
         file,
         path: String::new(),
@@ -330,6 +318,24 @@ fn check_programs(file: &str, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Parses TOML text; a syntax error names the file, line and column, on
+/// one line.
+pub(crate) fn parse_toml(file: &str, text: &str) -> Result<toml::Table> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            })
+            .unwrap_or_default();
+        let message = e.message().trim().replace('\n', "; ");
+        anyhow!("{file}: {at}{message}")
+    })
+}
+
 /// A key as TOML writes it: bare when it can be, quoted otherwise.
 fn key(k: &str) -> String {
     let bare = !k.is_empty()
@@ -338,16 +344,17 @@ fn key(k: &str) -> String {
     if bare { k.to_owned() } else { format!("{k:?}") }
 }
 
-/// One table of the config, with its place for error messages.
-struct Section<'a> {
-    file: &'a str,
+/// One table of a config file, with its place for error messages (also
+/// used by the server's config file).
+pub(crate) struct Section<'a> {
+    pub(crate) file: &'a str,
     /// `types."email.send"`; empty at the top level.
-    path: String,
-    table: &'a toml::Table,
+    pub(crate) path: String,
+    pub(crate) table: &'a toml::Table,
 }
 
 impl<'a> Section<'a> {
-    fn key_path(&self, k: &str) -> String {
+    pub(crate) fn key_path(&self, k: &str) -> String {
         if self.path.is_empty() {
             key(k)
         } else {
@@ -356,17 +363,17 @@ impl<'a> Section<'a> {
     }
 
     /// `file: path.key: message`.
-    fn error(&self, k: &str, message: impl std::fmt::Display) -> anyhow::Error {
+    pub(crate) fn error(&self, k: &str, message: impl std::fmt::Display) -> anyhow::Error {
         anyhow!("{}: {}: {message}", self.file, self.key_path(k))
     }
 
     /// `file: path: message`, about the table itself.
-    fn error_here(&self, message: impl std::fmt::Display) -> anyhow::Error {
+    pub(crate) fn error_here(&self, message: impl std::fmt::Display) -> anyhow::Error {
         anyhow!("{}: {}: {message}", self.file, self.path)
     }
 
     /// Refuses keys not in `allowed`.
-    fn only(&self, allowed: &[&str]) -> Result<()> {
+    pub(crate) fn only(&self, allowed: &[&str]) -> Result<()> {
         match self.table.keys().find(|k| !allowed.contains(&k.as_str())) {
             None => Ok(()),
             Some(k) => {
@@ -379,11 +386,11 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn wrong_type(&self, k: &str, want: &str, got: &toml::Value) -> anyhow::Error {
+    pub(crate) fn wrong_type(&self, k: &str, want: &str, got: &toml::Value) -> anyhow::Error {
         self.error(k, format!("must be {want}, not {}", got.type_str()))
     }
 
-    fn string(&self, k: &str) -> Result<Option<String>> {
+    pub(crate) fn string(&self, k: &str) -> Result<Option<String>> {
         match self.table.get(k) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
@@ -391,7 +398,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn integer(&self, k: &str, lo: i64, hi: i64) -> Result<Option<i64>> {
+    pub(crate) fn integer(&self, k: &str, lo: i64, hi: i64) -> Result<Option<i64>> {
         match self.table.get(k) {
             None => Ok(None),
             Some(toml::Value::Integer(i)) if (lo..=hi).contains(i) => Ok(Some(*i)),
@@ -405,7 +412,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn string_array(&self, k: &str) -> Result<Option<Vec<String>>> {
+    pub(crate) fn string_array(&self, k: &str) -> Result<Option<Vec<String>>> {
         match self.table.get(k) {
             None => Ok(None),
             Some(toml::Value::Array(items)) => items
@@ -424,7 +431,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn table(&self, k: &str) -> Result<Option<Section<'a>>> {
+    pub(crate) fn table(&self, k: &str) -> Result<Option<Section<'a>>> {
         match self.table.get(k) {
             None => Ok(None),
             Some(toml::Value::Table(t)) => Ok(Some(Section {
@@ -436,7 +443,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn string_table(&self, k: &str) -> Result<BTreeMap<String, String>> {
+    pub(crate) fn string_table(&self, k: &str) -> Result<BTreeMap<String, String>> {
         let Some(t) = self.table(k)? else {
             return Ok(BTreeMap::new());
         };

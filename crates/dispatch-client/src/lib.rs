@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use dispatch_proto::{
     CompleteTask, CreateSchedule, FailTask, HeartbeatReply, ListTasks, PollReply, PollRequest,
-    Problem, RegisterReply, RegisterWorker, ScheduleJson, ScheduleList, SubmitBatch, SubmitTask,
-    TaskJson, TaskList, WorkerList,
+    Problem, QueueJson, QueueList, RegisterReply, RegisterWorker, ScheduleJson, ScheduleList,
+    SubmitBatch, SubmitTask, TaskJson, TaskList, WorkerList,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -243,6 +243,27 @@ impl Client {
         self.call::<(), serde_json::Value>(Method::DELETE, &path, None, None)
             .await
             .map(|_| ())
+    }
+
+    /// Every queue, by name, with its settings and counts by state.
+    pub async fn queues(&self) -> Result<QueueList, ClientError> {
+        Ok(self
+            .call::<(), _>(Method::GET, "/v1/queues", None, None)
+            .await?
+            .1)
+    }
+
+    /// Pauses a queue: its tasks wait until it is resumed (running ones go
+    /// on). Any name is a queue.
+    pub async fn pause_queue(&self, name: &str) -> Result<QueueJson, ClientError> {
+        let path = format!("/v1/queues/{}/pause", encode(name));
+        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Resumes a paused queue.
+    pub async fn resume_queue(&self, name: &str) -> Result<QueueJson, ClientError> {
+        let path = format!("/v1/queues/{}/resume", encode(name));
+        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
     }
 
     /// Registered workers.

@@ -6,6 +6,7 @@
 //!   and their validation into the core's [`dispatch_core::TaskSpec`] and the
 //!   store's [`dispatch_store::TaskBody`].
 //! - [`worker`]: the HTTP worker protocol: registration, poll, results.
+//! - [`queue`]: queues as `GET /v1/queues` shows them ([`QueueJson`]).
 //! - [`schedule`]: cron schedules ([`CreateSchedule`], [`ScheduleJson`]) and
 //!   the task each fire makes from a schedule's template.
 //! - [`problem`]: `application/problem+json` bodies and [`FieldError`].
@@ -15,6 +16,7 @@
 //! CLI reject the same input with the same message.
 
 pub mod problem;
+pub mod queue;
 pub mod schedule;
 pub mod task;
 pub mod time;
@@ -24,6 +26,7 @@ mod decode;
 
 pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
 pub use problem::{FieldError, Problem};
+pub use queue::{QueueCounts, QueueJson, QueueList, parse_queue_name};
 pub use schedule::{
     CreateSchedule, ScheduleJson, ScheduleList, ScheduleParts, ValidSchedule, fire_key, fire_task,
     parse_schedule_name, schedule_json,

@@ -93,6 +93,9 @@ impl App {
             ..dispatch_core::Config::default()
         };
         let mut sched = Scheduler::new(core_config, seed());
+        config
+            .queue_settings
+            .apply(&mut sched, &store.list_queue_settings()?);
         let mut requeued = 0usize;
         for r in &live {
             // An attempt cut short by a scheduler stop is not the task's

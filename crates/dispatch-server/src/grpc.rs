@@ -153,7 +153,7 @@ impl Session {
     async fn run(mut self, mut inbound: Streaming<pb::WorkerMessage>, every: Duration) {
         let lease = Duration::from_millis(self.app.config.lease_ms);
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-        let acker = tokio::spawn(send_acks(acks_rx, self.out.clone()));
+        let acker = tokio::spawn(send_acks(acks_rx, self.out.clone(), self.app.clone()));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = self.app.stopping.clone();
@@ -244,8 +244,8 @@ impl Session {
         (ack, statuses)
     }
 
-    /// Renews the lease, then pushes up to `credit` assigned tasks and any
-    /// stop notices.
+    /// Renews the lease, then pushes any stop notices and up to `credit`
+    /// assigned tasks.
     async fn deliver(&mut self) -> Result<(), End> {
         let (tasks, stops) = {
             let mut shared = self.app.lock();
@@ -269,6 +269,12 @@ impl Session {
                 .collect();
             (tasks, stops)
         };
+        // Stops first: they are about attempts handed over before, and a
+        // task that timed out may come back in `tasks` as its next attempt.
+        if !stops.is_empty() {
+            let ids = stops.iter().map(ToString::to_string).collect();
+            self.send(pb::SchedulerMessage::stop(ids)).await?;
+        }
         if !tasks.is_empty() {
             self.credit -= tasks.len().min(self.credit);
             // Handing over a task with a timeout started its clock: the
@@ -278,16 +284,11 @@ impl Session {
             }
             self.send(pb::SchedulerMessage::tasks(tasks)).await?;
         }
-        if !stops.is_empty() {
-            let ids = stops.iter().map(ToString::to_string).collect();
-            self.send(pb::SchedulerMessage::stop(ids)).await?;
-        }
         Ok(())
     }
 
     async fn send(&self, message: pb::SchedulerMessage) -> Result<(), End> {
-        self.out
-            .send(Ok(message))
+        send_within_lease(&self.out, &self.app, Ok(message))
             .await
             .map_err(|_| End::Broken("the worker stopped reading".into()))
     }
@@ -337,14 +338,18 @@ impl Session {
             tracing::error!(worker = %w, error = %e, "cannot persist the end of a gRPC session");
         }
         if let Some(status) = status {
-            let _ = self.out.send(Err(status)).await;
+            let _ = send_within_lease(&self.out, &self.app, Err(status)).await;
         }
     }
 }
 
 /// Sends each batch of statuses once the store acknowledged its results.
 /// Writes commit in order, so awaiting them in order costs nothing.
-async fn send_acks(mut pending: mpsc::UnboundedReceiver<PendingAcks>, out: Outbound) {
+async fn send_acks(
+    mut pending: mpsc::UnboundedReceiver<PendingAcks>,
+    out: Outbound,
+    app: Arc<App>,
+) {
     while let Some((ack, mut statuses)) = pending.recv().await {
         if let Err(e) = acked(ack).await {
             tracing::error!(error = %e, "reported results are not durable");
@@ -353,12 +358,24 @@ async fn send_acks(mut pending: mpsc::UnboundedReceiver<PendingAcks>, out: Outbo
                 s.detail = format!("the store could not commit the result: {e}");
             }
         }
-        if out
-            .send(Ok(pb::SchedulerMessage::report_acks(statuses)))
-            .await
-            .is_err()
-        {
+        let acks = Ok(pb::SchedulerMessage::report_acks(statuses));
+        if send_within_lease(&out, &app, acks).await.is_err() {
             return;
         }
+    }
+}
+
+/// Queues a message for the worker; fails when the stream is gone or the
+/// worker has not read for a whole lease (so a stuck worker cannot hold a
+/// session, nor the server's shutdown, forever).
+async fn send_within_lease(
+    out: &Outbound,
+    app: &App,
+    message: Result<pb::SchedulerMessage, Status>,
+) -> Result<(), ()> {
+    let lease = Duration::from_millis(app.config.lease_ms);
+    match tokio::time::timeout(lease, out.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
     }
 }

@@ -14,7 +14,7 @@ use dispatch_store::{ErrorKind, StoreError};
 use serde::de::DeserializeOwned;
 
 use crate::app::App;
-use crate::{metrics, schedules, tasks, workers};
+use crate::{metrics, queues, schedules, tasks, workers};
 
 /// An error answered as `application/problem+json`.
 #[derive(Debug)]
@@ -197,6 +197,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/v1/schedules/{name}",
             get(schedules::get_one).delete(schedules::delete),
         )
+        .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{name}/pause", post(queues::pause))
+        .route("/v1/queues/{name}/resume", post(queues::resume))
         .route("/healthz", get(metrics::healthz))
         .route("/metrics", get(metrics::prometheus))
         .fallback(not_found)

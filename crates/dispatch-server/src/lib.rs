@@ -14,6 +14,8 @@
 //!   on the same listener as HTTP.
 //! - `schedules`: cron schedules' endpoints and the loop that fires them,
 //!   each fire stored with its task before the task reaches the core.
+//! - `queues`: `/v1/queues` (listing, pause, resume), the queue and type
+//!   settings of the config file ([`QueueSettings`]) and default strategies.
 //! - `metrics`: counters and the Prometheus text at `/metrics`.
 //!
 //! Every mutating request is acknowledged only after the store committed it
@@ -23,6 +25,7 @@ mod app;
 mod grpc;
 mod http;
 mod metrics;
+mod queues;
 mod schedules;
 mod tasks;
 mod workers;
@@ -31,7 +34,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use dispatch_core::{QueueConfig, Strategy, TypeConfig};
 pub use dispatch_store_sqlite::Durability;
+pub use queues::{QueueDefaults, QueueSettings, TypeDefaults};
 
 /// How to run a server.
 #[derive(Clone, Debug)]
@@ -48,6 +53,8 @@ pub struct ServerConfig {
     pub durability: Durability,
     /// How long finished tasks (and their results) are kept.
     pub retention_ms: u64,
+    /// Queue and type settings (weights, limits, default strategies).
+    pub queue_settings: QueueSettings,
 }
 
 impl ServerConfig {
@@ -60,6 +67,7 @@ impl ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             durability: Durability::Durable,
             retention_ms: 7 * 24 * 3_600_000,
+            queue_settings: QueueSettings::default(),
         }
     }
 }
@@ -191,6 +199,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
+        // Small writes (a pushed task, a stop notice) must not wait for the
+        // peer's delayed ACK: Nagle's algorithm off.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await

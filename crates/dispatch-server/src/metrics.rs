@@ -79,7 +79,7 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
         .filter(|s| !s.is_terminal())
         .map(|s| (s.as_str(), 0))
         .collect();
-    let (workers, capacity, in_flight) = {
+    let (workers, capacity, in_flight, queues, per_worker) = {
         let shared = app.lock();
         for t in shared.sched.tasks() {
             *by_state.entry(t.state.as_str()).or_default() += 1;
@@ -89,10 +89,24 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
             .workers()
             .map(|w| (w.spec.capacity, w.in_flight()))
             .collect();
+        let per_worker: Vec<_> = shared
+            .sched
+            .workers()
+            .map(|w| {
+                let labels = format!(
+                    "{{worker=\"{}\",name=\"{}\"}}",
+                    w.id,
+                    label_value(&w.spec.name)
+                );
+                (labels, u64::from(w.in_flight()), u64::from(w.spec.capacity))
+            })
+            .collect();
         (
             ws.len(),
             ws.iter().map(|w| u64::from(w.0)).sum::<u64>(),
             ws.iter().map(|w| u64::from(w.1)).sum::<u64>(),
+            shared.sched.queues(),
+            per_worker,
         )
     };
     let m = &app.metrics;
@@ -142,6 +156,56 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
         "Tasks held by workers.",
         &[(String::new(), in_flight)],
     );
+    let mut queue_tasks = Vec::new();
+    for q in &queues {
+        for (state, n) in [
+            (TaskState::Scheduled, q.scheduled),
+            (TaskState::Queued, q.queued),
+            (TaskState::Running, q.running),
+        ] {
+            let labels = format!("{{queue=\"{}\",state=\"{state}\"}}", label_value(&q.name));
+            queue_tasks.push((labels, n as u64));
+        }
+    }
+    metric(
+        "dispatch_queue_tasks",
+        "gauge",
+        "Live tasks by queue and state.",
+        &queue_tasks,
+    );
+    let queue_paused: Vec<_> = queues
+        .iter()
+        .map(|q| {
+            let labels = format!("{{queue=\"{}\"}}", label_value(&q.name));
+            (labels, u64::from(q.paused))
+        })
+        .collect();
+    metric(
+        "dispatch_queue_paused",
+        "gauge",
+        "1 when dispatch from the queue is paused.",
+        &queue_paused,
+    );
+    let worker_in_flight: Vec<_> = per_worker
+        .iter()
+        .map(|(labels, n, _)| (labels.clone(), *n))
+        .collect();
+    metric(
+        "dispatch_worker_tasks_in_flight",
+        "gauge",
+        "Tasks held by each registered worker.",
+        &worker_in_flight,
+    );
+    let worker_capacity: Vec<_> = per_worker
+        .iter()
+        .map(|(labels, _, n)| (labels.clone(), *n))
+        .collect();
+    metric(
+        "dispatch_worker_capacity_slots",
+        "gauge",
+        "Task slots of each registered worker.",
+        &worker_capacity,
+    );
     metric(
         "dispatch_workers_lost_total",
         "counter",
@@ -173,4 +237,27 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// A Prometheus label value: backslash, double quote and line feed escaped.
+fn label_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label_value("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        assert_eq!(super::label_value("host-1.eu"), "host-1.eu");
+    }
 }

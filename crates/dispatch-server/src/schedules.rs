@@ -226,7 +226,9 @@ fn new_fire_task(
     fire_at: Millis,
     now: Millis,
 ) -> Result<TaskRecord, dispatch_proto::FieldError> {
-    let valid = fire_task(template, schedule, fire_at, now)?;
+    let mut valid = fire_task(template, schedule, fire_at, now)?;
+    let explicit = template.strategy.is_some();
+    crate::queues::apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
     let id = TaskId(app.reserve_ids(1));
     Ok(crate::tasks::new_record(id, valid, now))
 }
@@ -298,6 +300,7 @@ pub(crate) async fn create(
     JsonBody(req): JsonBody<CreateSchedule>,
 ) -> Result<Response, ApiError> {
     let valid = req.validate(now_ms())?;
+    crate::queues::check_template(&app.config.queue_settings, &valid.parts.template)?;
     let name = valid.record.name.clone();
     let ack = {
         let mut entries = app.schedules.lock();

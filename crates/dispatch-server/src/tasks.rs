@@ -15,6 +15,7 @@ use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome}
 
 use crate::app::{App, acked, live_record, now_ms};
 use crate::http::{ApiError, JsonBody, json};
+use crate::queues::apply_default_strategy;
 
 /// The record of a newly accepted task.
 pub(crate) fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
@@ -163,7 +164,8 @@ pub(crate) async fn admit(
     app.metrics
         .submitted
         .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    if delayed {
+    // A rate limit may hold tasks back until its next token.
+    if delayed || app.config.queue_settings.rate_limited() {
         app.timer_wake.notify_one();
     }
     Ok(())
@@ -176,7 +178,9 @@ pub(crate) async fn submit(
     JsonBody(req): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
-    let valid = req.validate(now)?;
+    let explicit = req.strategy.is_some();
+    let mut valid = req.validate(now)?;
+    apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
     check_parents(&app, &valid).await?;
     let (record, created) = accept(&app, vec![valid], now)
         .await?
@@ -214,7 +218,12 @@ pub(crate) async fn submit_batch(
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
+            let explicit = t.strategy.is_some();
             t.validate(now)
+                .and_then(|mut v| {
+                    apply_default_strategy(&app.config.queue_settings, explicit, &mut v)?;
+                    Ok(v)
+                })
                 .map_err(|e| e.within(&format!("tasks[{i}]")))
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -1,6 +1,7 @@
 //! Between [`TaskRecord`]s and rows of the `tasks` table, between
-//! [`ScheduleRecord`]s and rows of `schedules`, and between rusqlite's
-//! errors and [`StoreError`]s.
+//! [`ScheduleRecord`]s and rows of `schedules`, between queues' pause states
+//! and rows of `queue_settings`, and between rusqlite's errors and
+//! [`StoreError`]s.
 //!
 //! Decoding never panics: a value of the wrong type or out of range, bad
 //! JSON or an unknown state is an [`ErrorKind::Corrupt`] error naming the
@@ -16,8 +17,9 @@ use rusqlite::{Row, Statement};
 
 /// Prepared statements kept per read connection: `get_task`, `load_live`,
 /// `max_task_id`, the sixteen filter combinations of `list_tasks`,
-/// `get_schedule` and `list_schedules`.
-pub(crate) const READ_STATEMENT_CACHE: usize = 26;
+/// `get_schedule`, `list_schedules`, `list_queue_settings` and
+/// `count_by_queue_state`.
+pub(crate) const READ_STATEMENT_CACHE: usize = 28;
 
 /// The columns of `tasks` in the order [`decode`] reads them.
 macro_rules! columns {
@@ -267,6 +269,50 @@ pub(crate) fn decode_schedule(row: &Row<'_>) -> Result<ScheduleRecord, StoreErro
         created_at: col.int(7)?,
         last_fire_at: col.opt_int(8)?,
     })
+}
+
+/// `list_queue_settings`' query, by name.
+pub(crate) const LIST_QUEUE_SETTINGS_SQL: &str =
+    "SELECT name, paused FROM queue_settings ORDER BY name";
+
+/// Sets a queue's pause state, creating its row when missing.
+pub(crate) const SET_QUEUE_PAUSED_SQL: &str = "INSERT INTO queue_settings (name, paused) \
+     VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET paused = excluded.paused";
+
+/// `count_by_queue_state`' query; the caller sorts states in life order.
+pub(crate) const COUNT_BY_QUEUE_STATE_SQL: &str =
+    "SELECT queue, state, COUNT(*) FROM tasks GROUP BY queue, state";
+
+const QUEUE_SETTING_NAMES: [&str; 2] = ["name", "paused"];
+
+const QUEUE_COUNT_NAMES: [&str; 3] = ["queue", "state", "count"];
+
+/// Decodes one row of [`LIST_QUEUE_SETTINGS_SQL`].
+pub(crate) fn decode_queue_setting(row: &Row<'_>) -> Result<(String, bool), StoreError> {
+    let col = Columns {
+        row,
+        names: &QUEUE_SETTING_NAMES,
+        table: "queue setting",
+    };
+    let paused = match col.int::<i64>(1)? {
+        0 => false,
+        1 => true,
+        v => return Err(col.error(1, format!("{v} is not a boolean"))),
+    };
+    Ok((col.text(0)?.to_owned(), paused))
+}
+
+/// Decodes one row of [`COUNT_BY_QUEUE_STATE_SQL`].
+pub(crate) fn decode_queue_count(row: &Row<'_>) -> Result<(String, TaskState, u64), StoreError> {
+    let col = Columns {
+        row,
+        names: &QUEUE_COUNT_NAMES,
+        table: "task",
+    };
+    let state = col.text(1)?;
+    let state =
+        TaskState::parse(state).ok_or_else(|| col.error(1, format!("unknown state {state:?}")))?;
+    Ok((col.text(0)?.to_owned(), state, col.int(2)?))
 }
 
 /// Decodes one row selected with [`columns!`].

@@ -32,6 +32,9 @@
 //!   [`Write::Fire`] looks the fire up, and only when it is new inserts the
 //!   task and the fire row and advances `last_fire_at`, in the batch's
 //!   transaction: a fire is stored once or not at all.
+//! - **Queues.** `queue_settings` holds one row per queue whose pause state
+//!   was ever set ([`Write::SetQueuePaused`]). `count_by_queue_state` is one
+//!   `GROUP BY queue, state` over `tasks`.
 //! - **Schema.** One `tasks` table with a column per field (see `schema.rs`),
 //!   `STRICT` so that a value of the wrong type cannot be stored, and indexes
 //!   on `(state, id)`, `(type, id)` and `(queue, id)`: `list_tasks` with any
@@ -75,7 +78,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use dispatch_core::TaskId;
+use dispatch_core::{TaskId, TaskState};
 use dispatch_store::{
     ErrorKind, FireOutcome, InsertOutcome, ScheduleRecord, Store, StoreError, TaskQuery,
     TaskRecord, TaskUpdate, Write, WriteOutcome,
@@ -336,6 +339,40 @@ impl Store for SqliteStore {
             }
         })
     }
+
+    fn list_queue_settings(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(codec::LIST_QUEUE_SETTINGS_SQL)
+                .map_err(sql_error("preparing list_queue_settings"))?;
+            let mut rows = stmt
+                .query([])
+                .map_err(sql_error("listing queue settings"))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sql_error("reading queue settings"))? {
+                out.push(codec::decode_queue_setting(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn count_by_queue_state(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
+        let mut out = self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(codec::COUNT_BY_QUEUE_STATE_SQL)
+                .map_err(sql_error("preparing count_by_queue_state"))?;
+            let mut rows = stmt
+                .query([])
+                .map_err(sql_error("counting tasks by queue"))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sql_error("reading task counts"))? {
+                out.push(codec::decode_queue_count(row)?);
+            }
+            Ok(out)
+        })?;
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        Ok(out)
+    }
 }
 
 /// Runs every write of a batch inside the caller's open transaction.
@@ -378,6 +415,9 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
                 finished_before,
                 limit,
             } => purge(conn, *finished_before, *limit).map(WriteOutcome::Purged),
+            Write::SetQueuePaused { name, paused } => {
+                set_queue_paused(conn, name, *paused).map(WriteOutcome::QueuePausedSet)
+            }
         })
         .collect()
 }
@@ -398,6 +438,25 @@ fn purge(conn: &Connection, finished_before: u64, limit: usize) -> Result<usize,
     .map_err(sql_error("preparing the purge"))?
     .execute(rusqlite::params![before, limit])
     .map_err(sql_error("purging finished tasks"))
+}
+
+/// Stores a queue's pause state; answers whether it changed (a queue
+/// without a row is not paused).
+fn set_queue_paused(conn: &Connection, name: &str, paused: bool) -> Result<bool, StoreError> {
+    let before: Option<bool> = conn
+        .prepare_cached("SELECT paused FROM queue_settings WHERE name = ?1")
+        .map_err(sql_error("preparing the queue setting lookup"))?
+        .query_row([name], |row| row.get::<_, i64>(0))
+        .optional()
+        .map_err(sql_error("looking up a queue setting"))?
+        .map(|v| v != 0);
+    conn.prepare_cached(codec::SET_QUEUE_PAUSED_SQL)
+        .map_err(sql_error("preparing the queue setting"))?
+        .execute(rusqlite::params![name, paused])
+        .map_err(sql_error(&format!(
+            "storing the pause state of queue {name:?}"
+        )))?;
+    Ok(before.unwrap_or(false) != paused)
 }
 
 fn schedule_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {

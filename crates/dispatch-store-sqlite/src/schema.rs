@@ -78,7 +78,16 @@ CREATE TABLE schedule_fires (
 ) STRICT, WITHOUT ROWID;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+/// Version 3: the pause state of queues, by name. A queue without a row is
+/// not paused; `paused` is 0 or 1.
+const V3: &str = "
+CREATE TABLE queue_settings (
+    name   TEXT    PRIMARY KEY,
+    paused INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

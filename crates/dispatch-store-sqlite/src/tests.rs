@@ -47,6 +47,12 @@ impl Store for TempStore {
     ) -> Result<Option<dispatch_store::ScheduleRecord>, StoreError> {
         self.store.get_schedule(name)
     }
+    fn list_queue_settings(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        self.store.list_queue_settings()
+    }
+    fn count_by_queue_state(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
+        self.store.count_by_queue_state()
+    }
 }
 
 fn fresh() -> TempStore {
@@ -373,8 +379,11 @@ fn a_version_1_file_migrates_and_keeps_its_tasks() {
     }
     // Turn the file back into what version 1 wrote.
     let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
-    raw.execute_batch("DROP TABLE schedules; DROP TABLE schedule_fires; PRAGMA user_version = 1;")
-        .expect("downgrade");
+    raw.execute_batch(
+        "DROP TABLE schedules; DROP TABLE schedule_fires; DROP TABLE queue_settings; \
+         PRAGMA user_version = 1;",
+    )
+    .expect("downgrade");
     drop(raw);
     let store = SqliteStore::open(dir.path(), Durability::Durable).expect("migrate");
     assert_eq!(
@@ -391,7 +400,93 @@ fn a_version_1_file_migrates_and_keeps_its_tasks() {
     let version: i64 = raw
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .expect("pragma");
-    assert_eq!(version, 2);
+    assert_eq!(version, crate::schema::VERSION as i64);
+}
+
+#[test]
+fn a_version_2_file_migrates_and_keeps_its_tasks_and_schedules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schedule = dispatch_store::conformance::sample_schedule("nightly");
+    {
+        let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+        store
+            .apply(&[
+                Write::Insert(vec![sample(1, "email")]),
+                Write::UpsertSchedule(schedule.clone()),
+            ])
+            .expect("insert");
+    }
+    // Turn the file back into what version 2 wrote.
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    raw.execute_batch("DROP TABLE queue_settings; PRAGMA user_version = 2;")
+        .expect("downgrade");
+    drop(raw);
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("migrate");
+    assert_eq!(
+        store.get_task(TaskId(1)).expect("get"),
+        Some(sample(1, "email"))
+    );
+    assert_eq!(store.get_schedule("nightly").expect("get"), Some(schedule));
+    assert_eq!(store.list_queue_settings().expect("list"), Vec::new());
+    store
+        .apply(&[Write::SetQueuePaused {
+            name: "bulk".into(),
+            paused: true,
+        }])
+        .expect("pause");
+    assert_eq!(
+        store.list_queue_settings().expect("list"),
+        vec![("bulk".to_owned(), true)]
+    );
+}
+
+#[test]
+fn queue_pause_states_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+        let (writer, thread) = GroupCommitWriter::start(store);
+        for (name, paused) in [("bulk", true), ("mail", true), ("mail", false)] {
+            writer
+                .write_detached(Write::SetQueuePaused {
+                    name: name.into(),
+                    paused,
+                })
+                .expect("send");
+        }
+        drop(writer);
+        thread.join().expect("writer thread");
+    }
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("reopen");
+    assert_eq!(
+        store.list_queue_settings().expect("list"),
+        vec![("bulk".to_owned(), true), ("mail".to_owned(), false)]
+    );
+}
+
+#[test]
+fn damaged_queue_rows_are_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+    store
+        .apply(&[
+            Write::SetQueuePaused {
+                name: "bulk".into(),
+                paused: true,
+            },
+            Write::Insert(vec![sample(1, "email")]),
+        ])
+        .expect("apply");
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    raw.execute_batch("UPDATE queue_settings SET paused = 2")
+        .expect("damage");
+    let err = store.list_queue_settings().expect_err("paused = 2");
+    assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
+    assert!(err.message.contains("paused"), "{err}");
+    raw.execute_batch("UPDATE tasks SET state = 'lost'")
+        .expect("damage");
+    let err = store.count_by_queue_state().expect_err("unknown state");
+    assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
 }
 
 #[test]

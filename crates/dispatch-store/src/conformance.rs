@@ -83,6 +83,9 @@ macro_rules! store_conformance_tests {
             a_fire_whose_key_is_taken_answers_the_key_holder,
             last_fire_at_never_goes_back,
             delete_schedule_forgets_its_fires_but_keeps_their_tasks,
+            queue_pause_states_round_trip_and_list_by_name,
+            queue_pause_states_of_a_refused_batch_are_not_stored,
+            count_by_queue_state_counts_every_stored_task,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1165,4 +1168,143 @@ pub fn delete_schedule_forgets_its_fires_but_keeps_their_tasks(store: impl Store
     t.body.idempotency_key = Some("schedule:s:60000:again".into());
     assert_eq!(fire(&store, "s", 60_000, t), FireOutcome::Created);
     assert_eq!(last_fire(&store, "s"), Some(60_000));
+}
+
+fn set_paused(name: &str, paused: bool) -> Write {
+    Write::SetQueuePaused {
+        name: name.to_owned(),
+        paused,
+    }
+}
+
+/// Pause states read back by queue name; the last write of a queue wins,
+/// and each outcome says whether the state changed (a queue never set is
+/// not paused).
+pub fn queue_pause_states_round_trip_and_list_by_name(store: impl Store) {
+    assert_eq!(store.list_queue_settings().expect("list"), Vec::new());
+    let out = store
+        .apply(&[
+            set_paused("reports", true),
+            set_paused("a:bulk.v2", true),
+            set_paused("reports", false),
+            set_paused("never-paused", false),
+            set_paused("a:bulk.v2", true),
+        ])
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![
+            WriteOutcome::QueuePausedSet(true),
+            WriteOutcome::QueuePausedSet(true),
+            WriteOutcome::QueuePausedSet(true),
+            WriteOutcome::QueuePausedSet(false),
+            WriteOutcome::QueuePausedSet(false),
+        ]
+    );
+    assert_eq!(
+        store.list_queue_settings().expect("list"),
+        vec![
+            ("a:bulk.v2".to_owned(), true),
+            ("never-paused".to_owned(), false),
+            ("reports".to_owned(), false),
+        ]
+    );
+    assert_eq!(
+        store
+            .apply(&[set_paused("reports", true)])
+            .expect("pause again"),
+        vec![WriteOutcome::QueuePausedSet(true)]
+    );
+    assert!(store.list_queue_settings().expect("list")[2].1);
+    // Queue states are neither tasks nor touched by a purge.
+    store
+        .apply(&[Write::Purge {
+            finished_before: u64::MAX >> 2,
+            limit: 100,
+        }])
+        .expect("purge");
+    assert_eq!(store.list_queue_settings().expect("list").len(), 3);
+    assert_eq!(store.max_task_id().expect("max_task_id"), None);
+    assert_eq!(store.count_by_queue_state().expect("count"), Vec::new());
+}
+
+/// A batch refused for a conflict stores none of its pause states.
+pub fn queue_pause_states_of_a_refused_batch_are_not_stored(store: impl Store) {
+    insert(&store, vec![sample(1, "email")]);
+    store.apply(&[set_paused("kept", true)]).expect("pause");
+    let err = store
+        .apply(&[
+            set_paused("lost", true),
+            set_paused("kept", false),
+            Write::Insert(vec![sample(1, "email")]),
+        ])
+        .expect_err("a taken id");
+    assert_eq!(err.kind, ErrorKind::Conflict);
+    assert_eq!(
+        store.list_queue_settings().expect("list"),
+        vec![("kept".to_owned(), true)]
+    );
+}
+
+/// Every stored task counts once, under its queue and current state, live
+/// or terminal; purged tasks no longer count.
+pub fn count_by_queue_state_counts_every_stored_task(store: impl Store) {
+    assert_eq!(store.count_by_queue_state().expect("count"), Vec::new());
+    let in_queue = |id: u64, queue: &str, state: TaskState| {
+        let mut r = sample(id, "job");
+        r.spec.queue = queue.into();
+        r.state = state;
+        if state.is_terminal() {
+            r.finished_at = Some(100 + id);
+        }
+        r
+    };
+    insert(
+        &store,
+        vec![
+            in_queue(1, "default", TaskState::Queued),
+            in_queue(2, "default", TaskState::Queued),
+            in_queue(3, "default", TaskState::Succeeded),
+            in_queue(4, "bulk", TaskState::Dead),
+            in_queue(5, "bulk", TaskState::Scheduled),
+            in_queue(6, "bulk", TaskState::Cancelled),
+            in_queue(7, "a.first", TaskState::Running),
+            in_queue(8, "default", TaskState::Succeeded),
+            in_queue(9, "zz", TaskState::Queued),
+        ],
+    );
+    let mut done = update(2, TaskState::Succeeded, 1);
+    done.finished_at = Some(150);
+    store.apply(&[Write::Update(done)]).expect("update");
+    let row = |q: &str, s: TaskState, n: u64| (q.to_owned(), s, n);
+    assert_eq!(
+        store.count_by_queue_state().expect("count"),
+        vec![
+            row("a.first", TaskState::Running, 1),
+            row("bulk", TaskState::Scheduled, 1),
+            row("bulk", TaskState::Dead, 1),
+            row("bulk", TaskState::Cancelled, 1),
+            row("default", TaskState::Queued, 1),
+            row("default", TaskState::Succeeded, 3),
+            row("zz", TaskState::Queued, 1),
+        ]
+    );
+    // Purged tasks (finished before 105: tasks 3 and 4) stop counting.
+    store
+        .apply(&[Write::Purge {
+            finished_before: 105,
+            limit: 100,
+        }])
+        .expect("purge");
+    assert_eq!(
+        store.count_by_queue_state().expect("count"),
+        vec![
+            row("a.first", TaskState::Running, 1),
+            row("bulk", TaskState::Scheduled, 1),
+            row("bulk", TaskState::Cancelled, 1),
+            row("default", TaskState::Queued, 1),
+            row("default", TaskState::Succeeded, 2),
+            row("zz", TaskState::Queued, 1),
+        ]
+    );
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`Store`]: what every backend implements — apply a batch of writes in one
 //!   transaction, read a task, list tasks, load the live ones at start-up,
-//!   read cron schedules.
+//!   read cron schedules, read the queues' pause states and count tasks per
+//!   queue and state.
 //! - [`StoreError`] / [`ErrorKind`]: what can go wrong, classified so that the
 //!   server can answer 503 for an unavailable store and 500 for a bug.
 //! - [`GroupCommitWriter`]: the single writer thread in front of a store. It
@@ -16,6 +17,9 @@
 //! A schedule's fire ([`Write::Fire`]) is recorded, unique on (schedule,
 //! fire time), in the same transaction as the task it creates: a fire is
 //! either wholly stored or not at all, and never stored twice.
+//!
+//! A queue's pause state ([`Write::SetQueuePaused`]) is kept by name, apart
+//! from the tasks: a queue can be paused before any task names it.
 //!
 //! The record types ([`TaskRecord`], [`TaskBody`], [`TaskUpdate`],
 //! [`ScheduleRecord`]) are plain
@@ -96,6 +100,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// One schedule.
     fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError>;
+
+    /// Every queue whose pause state was ever set, by name, with that
+    /// state (`true`: paused).
+    fn list_queue_settings(&self) -> Result<Vec<(String, bool)>, StoreError>;
+
+    /// How many stored tasks each queue holds in each state, by queue name
+    /// then state in life order ([`dispatch_core::TaskState::ALL`]); counts
+    /// of zero are left out.
+    fn count_by_queue_state(
+        &self,
+    ) -> Result<Vec<(String, dispatch_core::TaskState, u64)>, StoreError>;
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -119,5 +134,13 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
         (**self).get_schedule(name)
+    }
+    fn list_queue_settings(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        (**self).list_queue_settings()
+    }
+    fn count_by_queue_state(
+        &self,
+    ) -> Result<Vec<(String, dispatch_core::TaskState, u64)>, StoreError> {
+        (**self).count_by_queue_state()
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use dispatch_core::{Millis, TaskId};
+use dispatch_core::{Millis, TaskId, TaskState};
 
 use crate::{
     FireOutcome, InsertOutcome, ScheduleRecord, Store, StoreError, TaskQuery, TaskRecord, Write,
@@ -23,6 +23,8 @@ struct Inner {
     schedules: BTreeMap<String, ScheduleRecord>,
     /// `(schedule, fire_at)` to the fire's task.
     fires: BTreeMap<(String, Millis), TaskId>,
+    /// Queue name to paused.
+    queue_settings: BTreeMap<String, bool>,
 }
 
 impl MemoryStore {
@@ -188,6 +190,10 @@ impl Store for MemoryStore {
                     }
                     WriteOutcome::Purged(doomed.len())
                 }
+                Write::SetQueuePaused { name, paused } => {
+                    let before = next.queue_settings.insert(name.clone(), *paused);
+                    WriteOutcome::QueuePausedSet(before.unwrap_or(false) != *paused)
+                }
             });
         }
         Ok(outcomes)
@@ -229,6 +235,25 @@ impl Store for MemoryStore {
 
     fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
         Ok(self.lock().schedules.get(name).cloned())
+    }
+
+    fn list_queue_settings(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        Ok(self
+            .lock()
+            .queue_settings
+            .iter()
+            .map(|(name, paused)| (name.clone(), *paused))
+            .collect())
+    }
+
+    fn count_by_queue_state(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
+        let mut counts: BTreeMap<(String, TaskState), u64> = BTreeMap::new();
+        for r in self.lock().tasks.values() {
+            *counts
+                .entry((r.spec.queue.to_string(), r.state))
+                .or_default() += 1;
+        }
+        Ok(counts.into_iter().map(|((q, s), n)| (q, s, n)).collect())
     }
 }
 

@@ -113,6 +113,14 @@ pub enum Write {
         /// At most this many in one write.
         limit: usize,
     },
+    /// Pauses or resumes a queue. The state is kept per queue name, so that
+    /// it survives a restart; a queue without a stored state is not paused.
+    SetQueuePaused {
+        /// The queue's name.
+        name: String,
+        /// Its new state.
+        paused: bool,
+    },
 }
 
 /// What one [`Write`] did.
@@ -130,6 +138,9 @@ pub enum WriteOutcome {
     Fired(FireOutcome),
     /// How many tasks a [`Write::Purge`] deleted.
     Purged(usize),
+    /// A [`Write::SetQueuePaused`] was stored (`true`: it changed the
+    /// queue's state; a queue never set before counts as not paused).
+    QueuePausedSet(bool),
 }
 
 /// What happened to a [`Write::Fire`].

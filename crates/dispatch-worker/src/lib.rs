@@ -20,8 +20,17 @@
 //! - **Graceful shutdown**: when the shutdown future resolves it stops taking
 //!   tasks, lets the running ones finish, reports them and leaves.
 //!
-//! The transport is the HTTP worker protocol (long-poll with batched
-//! results), so a worker needs nothing but the scheduler's URL.
+//! Two transports reach the same scheduler on the same URL, and a worker is
+//! a worker whatever its transport: the handlers, timeouts, cancellation and
+//! shutdown behave alike.
+//! - [`Transport::Http`] (the default): the HTTP worker protocol, long-poll
+//!   with batched results. It works through any HTTP/1.1 proxy.
+//! - [`Transport::Grpc`]: the streaming protocol, one gRPC stream per
+//!   session (cleartext HTTP/2). The scheduler pushes tasks as soon as they
+//!   are assigned, never more than the slots this worker granted (credits:
+//!   its free slots), stop notices arrive at once instead of at the next
+//!   heartbeat, and a worker whose process dies has its tasks requeued as
+//!   soon as the connection drops rather than when its lease runs out.
 //!
 //! ```no_run
 //! use dispatch_worker::{TaskContext, TaskError, Worker};
@@ -46,6 +55,7 @@
 //! # }
 //! ```
 
+mod grpc;
 mod handler;
 mod run;
 
@@ -70,9 +80,21 @@ pub enum WorkerError {
     Refused(String),
 }
 
+/// How the worker talks to the scheduler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The HTTP/JSON long-poll protocol (`POST /v1/workers/{id}/poll`).
+    #[default]
+    Http,
+    /// The gRPC streaming protocol (`dispatch.v1.WorkerService/Connect`),
+    /// served on the same listener as HTTP.
+    Grpc,
+}
+
 /// Builds a [`Worker`].
 pub struct WorkerBuilder {
     server: String,
+    transport: Transport,
     name: String,
     labels: BTreeMap<String, String>,
     concurrency: usize,
@@ -96,6 +118,12 @@ impl WorkerBuilder {
     /// How many tasks run at once (default 8).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
+        self
+    }
+
+    /// The protocol to use (default [`Transport::Http`]).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
         self
     }
 
@@ -126,8 +154,11 @@ impl WorkerBuilder {
             return Err(WorkerError::Config("concurrency must be 1 to 10000".into()));
         }
         let client = Client::new(&self.server).map_err(|e| WorkerError::Config(e.to_string()))?;
+        let endpoint = grpc::endpoint(&self.server)?;
         Ok(Worker {
             client,
+            endpoint,
+            transport: self.transport,
             name: self.name,
             labels: self.labels,
             concurrency: self.concurrency,
@@ -140,6 +171,8 @@ impl WorkerBuilder {
 /// A configured worker; [`Worker::run`] runs it.
 pub struct Worker {
     client: Client,
+    endpoint: tonic::transport::Endpoint,
+    transport: Transport,
     name: String,
     labels: BTreeMap<String, String>,
     concurrency: usize,
@@ -153,6 +186,7 @@ impl Worker {
     pub fn builder(server: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             server: server.into(),
+            transport: Transport::Http,
             name: "rust-worker".to_owned(),
             labels: BTreeMap::new(),
             concurrency: 8,
@@ -175,6 +209,9 @@ impl Worker {
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), WorkerError> {
-        run::run(self, shutdown).await
+        match self.transport {
+            Transport::Http => run::run(self, shutdown).await,
+            Transport::Grpc => grpc::run(self, shutdown).await,
+        }
     }
 }

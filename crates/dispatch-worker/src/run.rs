@@ -22,14 +22,14 @@ use crate::handler::{BoxedHandler, TaskContext, TaskError};
 use crate::{Worker, WorkerError};
 
 /// Grows a retry delay from 100 ms to 5 s.
-struct Backoff(Duration);
+pub(crate) struct Backoff(Duration);
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff(Duration::from_millis(100))
     }
 
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let d = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
         d
@@ -220,6 +220,18 @@ async fn execute(
     task: PolledTask,
     cancel: watch::Receiver<bool>,
 ) {
+    if let Some(outcome) = attempt(handler, &task, cancel).await {
+        report(&client, &worker_id, &task.id, outcome).await;
+    }
+}
+
+/// Runs one attempt with its timeout and cancellation; `None` when the
+/// scheduler stopped it (nothing to report). Shared by both transports.
+pub(crate) async fn attempt(
+    handler: BoxedHandler,
+    task: &PolledTask,
+    cancel: watch::Receiver<bool>,
+) -> Option<Result<Box<RawValue>, TaskError>> {
     let timeout = task.timeout_ms.map(Duration::from_millis);
     let ctx = TaskContext {
         id: task.id.clone(),
@@ -233,17 +245,18 @@ async fn execute(
     let work = handler(ctx, &task.payload);
     let mut cancelled = cancel;
     let outcome = tokio::select! {
+        // The handler first: one that selects on `cancelled()` is woken by
+        // the same signal and gets to finish its clean-up.
+        biased;
         r = work => Some(r),
         _ = sleep_or_forever(timeout) => Some(Err(TaskError::retry("timeout"))),
         // The scheduler already ended this attempt: nothing to report.
         _ = cancelled.wait_for(|c| *c) => None,
     };
-    match outcome {
-        Some(outcome) => report(&client, &worker_id, &task.id, outcome).await,
-        None => {
-            tracing::info!(task = %task.id, "stopped: the scheduler cancelled or took back the task")
-        }
+    if outcome.is_none() {
+        tracing::info!(task = %task.id, "stopped: the scheduler cancelled or took back the task");
     }
+    outcome
 }
 
 async fn sleep_or_forever(d: Option<Duration>) {

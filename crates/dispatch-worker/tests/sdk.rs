@@ -2,121 +2,15 @@
 //! port with a SQLite store in a temporary folder, and a `Worker` speaking
 //! the HTTP protocol to it.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use dispatch_client::Client;
-use dispatch_proto::{SubmitTask, TaskJson};
-use dispatch_worker::{TaskContext, TaskError, Worker, WorkerBuilder};
-use serde::Deserialize;
+use common::{Running, Scheduler, add};
+use dispatch_worker::{TaskContext, TaskError, Worker};
 use serde_json::json;
-use tokio::sync::oneshot;
-
-struct Scheduler {
-    server: Option<dispatch_server::RunningServer>,
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    client: Client,
-}
-
-impl Scheduler {
-    async fn start() -> Scheduler {
-        let dir = tempfile::tempdir().unwrap();
-        Scheduler::start_at("127.0.0.1:0".parse().unwrap(), dir).await
-    }
-
-    async fn start_at(addr: SocketAddr, dir: tempfile::TempDir) -> Scheduler {
-        let mut config = dispatch_server::ServerConfig::new(addr, dir.path());
-        config.lease_ms = 900;
-        let server = dispatch_server::start(config).await.unwrap();
-        let addr = server.local_addr();
-        let client = Client::new(&format!("http://{addr}")).unwrap();
-        Scheduler {
-            server: Some(server),
-            dir,
-            addr,
-            client,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
-    }
-
-    async fn submit(
-        &self,
-        kind: &str,
-        payload: serde_json::Value,
-        tweak: impl FnOnce(&mut SubmitTask),
-    ) -> String {
-        let mut t = SubmitTask::new(kind, serde_json::value::to_raw_value(&payload).unwrap());
-        tweak(&mut t);
-        self.client.submit(&t).await.unwrap().0.id
-    }
-
-    /// Waits (bounded) until the task is terminal.
-    async fn ended(&self, id: &str) -> TaskJson {
-        let t = self.client.wait(id, Duration::from_secs(10)).await.unwrap();
-        assert!(
-            matches!(t.state.as_str(), "succeeded" | "dead" | "cancelled"),
-            "task {id} still {} after 10 s",
-            t.state
-        );
-        t
-    }
-}
-
-/// Runs a worker in the background; stops it (gracefully) on `stop`.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<Result<(), dispatch_worker::WorkerError>>,
-}
-
-impl Running {
-    fn spawn(builder: WorkerBuilder) -> Running {
-        let worker = builder
-            .poll_wait(Duration::from_millis(300))
-            .build()
-            .unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(worker.run(async move {
-            let _ = stopped.await;
-        }));
-        Running {
-            stop: Some(stop),
-            handle,
-        }
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), &mut self.handle)
-            .await
-            .expect("the worker stops within 10 s")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-#[derive(Deserialize)]
-struct Add {
-    a: i64,
-    b: i64,
-}
-
-async fn add(_ctx: TaskContext, p: Add) -> Result<serde_json::Value, TaskError> {
-    Ok(json!({ "sum": p.a + p.b }))
-}
 
 #[tokio::test]
 async fn a_handler_result_is_stored_with_the_task() {

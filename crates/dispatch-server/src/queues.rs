@@ -1,0 +1,353 @@
+//! Queues: `GET /v1/queues`, pause and resume, the queue and type settings
+//! of the config file, and the default routing strategies they give.
+//!
+//! The core keeps each queue's weight, limits and pause flag
+//! ([`dispatch_core::Scheduler::configure_queue`], `pause_queue`, ...).
+//! [`QueueSettings`] is what the config file says; [`QueueSettings::apply`]
+//! hands it to a fresh scheduler at start-up together with the pause states
+//! kept by the store. A pause or resume is stored first
+//! ([`Write::SetQueuePaused`], acknowledged by the store) and applied to
+//! the core after, so an answered pause survives a crash; a resume settles
+//! the core at once, which dispatches what the queue holds.
+//!
+//! The listing shows every queue the core knows (named by a task since
+//! start-up, configured, or paused or resumed once) and every queue the
+//! store still holds tasks of: live counts come from the core, finished
+//! ones from the store's aggregate.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use dispatch_core::{QueueConfig, QueueInfo, Scheduler, Strategy, TaskState, TypeConfig};
+use dispatch_proto::{FieldError, QueueJson, QueueList, SubmitTask, ValidTask, parse_queue_name};
+use dispatch_store::Write;
+
+use crate::app::{App, acked, now_ms};
+use crate::http::{ApiError, json};
+
+/// A queue's settings from the config file (`[queues.NAME]`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueDefaults {
+    /// Weight and limits, handed to the core.
+    pub config: QueueConfig,
+    /// The strategy of its tasks that name none (after their type's).
+    pub strategy: Option<Strategy>,
+}
+
+/// A task type's settings from the config file (`[types.NAME]`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TypeDefaults {
+    /// Limits, handed to the core.
+    pub config: TypeConfig,
+    /// The strategy of its tasks that name none (before their queue's).
+    pub strategy: Option<Strategy>,
+}
+
+/// Queue and type settings, by name, as the config file gives them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueSettings {
+    /// `[queues.NAME]` sections.
+    pub queues: BTreeMap<String, QueueDefaults>,
+    /// `[types.NAME]` sections.
+    pub types: BTreeMap<String, TypeDefaults>,
+}
+
+impl QueueSettings {
+    /// The strategy of a task of `kind` in `queue` that names none: its
+    /// type's default, else its queue's, with a description of where it
+    /// comes from; `None` means `round_robin`.
+    pub fn default_strategy(&self, kind: &str, queue: &str) -> Option<(Strategy, String)> {
+        let of_type = self
+            .types
+            .get(kind)
+            .and_then(|t| t.strategy)
+            .map(|s| (s, format!("type {kind:?}")));
+        of_type.or_else(|| {
+            self.queues
+                .get(queue)
+                .and_then(|q| q.strategy)
+                .map(|s| (s, format!("queue {queue:?}")))
+        })
+    }
+
+    /// True when some queue or type has a rate limit, whose next token the
+    /// timer loop must wake up for.
+    pub(crate) fn rate_limited(&self) -> bool {
+        self.queues
+            .values()
+            .any(|q| q.config.rate_per_sec.is_some())
+            || self.types.values().any(|t| t.config.rate_per_sec.is_some())
+    }
+
+    /// Hands the settings to a fresh scheduler, then the pause states the
+    /// store kept.
+    pub(crate) fn apply<B>(&self, sched: &mut Scheduler<B>, stored: &[(String, bool)]) {
+        for (name, q) in &self.queues {
+            sched.configure_queue(name, q.config.clone());
+        }
+        for (kind, t) in &self.types {
+            sched.configure_type(kind, t.config.clone());
+        }
+        for (name, paused) in stored {
+            if *paused {
+                sched.pause_queue(name);
+            } else {
+                sched.resume_queue(name);
+            }
+        }
+    }
+}
+
+/// Gives a submitted task that named no strategy (`explicit` false) the
+/// default of its type or queue. A default of `consistent_hash` needs a
+/// `routing_key`: without one the submission is refused, naming it.
+pub(crate) fn apply_default_strategy(
+    settings: &QueueSettings,
+    explicit: bool,
+    task: &mut ValidTask,
+) -> Result<(), FieldError> {
+    if explicit {
+        return Ok(());
+    }
+    let Some((strategy, from)) = settings.default_strategy(&task.spec.kind, &task.spec.queue)
+    else {
+        return Ok(());
+    };
+    if strategy == Strategy::ConsistentHash && task.spec.routing_key.is_none() {
+        return Err(FieldError::new(
+            "routing_key",
+            format!("is required: tasks of {from} default to strategy consistent_hash"),
+        ));
+    }
+    task.spec.strategy = strategy;
+    Ok(())
+}
+
+/// Checks a schedule's task template against the default strategies, as
+/// each fire's task will be (a `consistent_hash` default needs the
+/// template to carry a `routing_key`).
+pub(crate) fn check_template(
+    settings: &QueueSettings,
+    template: &SubmitTask,
+) -> Result<(), FieldError> {
+    let (Some(kind), None, None) = (&template.kind, &template.strategy, &template.routing_key)
+    else {
+        return Ok(());
+    };
+    let queue = template.queue.as_deref().unwrap_or("default");
+    match settings.default_strategy(kind, queue) {
+        Some((Strategy::ConsistentHash, from)) => Err(FieldError::new(
+            "task.routing_key",
+            format!("is required: tasks of {from} default to strategy consistent_hash"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Serializes pause and resume: each is stored, then applied, before the
+/// next starts, so the core ends in the state the store has last.
+static PAUSE_ORDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Every queue, by name, as the API shows it.
+async fn all_queues(app: &Arc<App>) -> Result<Vec<QueueJson>, ApiError> {
+    let live = app.lock().sched.queues();
+    // Finished tasks' writes were sent before the snapshot: wait for them,
+    // so a task that ended before it is counted.
+    app.barrier().await?;
+    let store = app.store.clone();
+    let stored = tokio::task::spawn_blocking(move || store.count_by_queue_state())
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))??;
+    let mut finished: BTreeMap<String, Vec<(TaskState, u64)>> = BTreeMap::new();
+    for (queue, state, n) in stored {
+        finished.entry(queue).or_default().push((state, n));
+    }
+    let mut infos: BTreeMap<String, QueueInfo> =
+        live.into_iter().map(|q| (q.name.to_string(), q)).collect();
+    for name in finished.keys() {
+        infos.entry(name.clone()).or_insert_with(|| QueueInfo {
+            name: Arc::from(name.as_str()),
+            paused: false,
+            config: QueueConfig::default(),
+            scheduled: 0,
+            queued: 0,
+            running: 0,
+        });
+    }
+    let settings = &app.config.queue_settings;
+    Ok(infos
+        .into_iter()
+        .map(|(name, info)| {
+            let strategy = settings.queues.get(&name).and_then(|q| q.strategy);
+            QueueJson::new(&info, strategy, finished.remove(&name).unwrap_or_default())
+        })
+        .collect())
+}
+
+/// `GET /v1/queues`.
+pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let queues = all_queues(&app).await?;
+    Ok(json(StatusCode::OK, &QueueList { queues }))
+}
+
+/// `POST /v1/queues/{name}/pause`: 200 with the queue.
+pub(crate) async fn pause(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&app, &name, true).await
+}
+
+/// `POST /v1/queues/{name}/resume`: 200 with the queue.
+pub(crate) async fn resume(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&app, &name, false).await
+}
+
+/// Stores the new state, waits for the commit, then applies it to the
+/// core and settles (a resume dispatches at once).
+async fn set_paused(app: &Arc<App>, name: &str, paused: bool) -> Result<Response, ApiError> {
+    let name = parse_queue_name(name)?;
+    {
+        let _order = PAUSE_ORDER.lock().await;
+        let write = Write::SetQueuePaused {
+            name: name.to_owned(),
+            paused,
+        };
+        acked(Some(app.write(write)?)).await?;
+        let now = now_ms();
+        let mut shared = app.lock();
+        if paused {
+            shared.sched.pause_queue(name);
+        } else {
+            shared.sched.resume_queue(name);
+        }
+        let _ = app.settle(&mut shared, now, None);
+    }
+    // A rate-limited queue may now wait for its next token.
+    app.timer_wake.notify_one();
+    tracing::info!(queue = name, paused, "queue state changed");
+    let queue = all_queues(app)
+        .await?
+        .into_iter()
+        .find(|q| q.name == name)
+        .ok_or_else(|| ApiError::new(500, "a queue vanished"))?;
+    Ok(json(StatusCode::OK, &queue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> QueueSettings {
+        let mut s = QueueSettings::default();
+        s.queues.insert(
+            "hashed".into(),
+            QueueDefaults {
+                strategy: Some(Strategy::ConsistentHash),
+                ..QueueDefaults::default()
+            },
+        );
+        s.queues.insert(
+            "spread".into(),
+            QueueDefaults {
+                strategy: Some(Strategy::Random),
+                ..QueueDefaults::default()
+            },
+        );
+        s.types.insert(
+            "render".into(),
+            TypeDefaults {
+                strategy: Some(Strategy::WeightedRoundRobin),
+                ..TypeDefaults::default()
+            },
+        );
+        s
+    }
+
+    fn submit(json: &str) -> Result<Strategy, FieldError> {
+        let req: SubmitTask = serde_json::from_str(json).unwrap();
+        let explicit = req.strategy.is_some();
+        let mut task = req.validate(0)?;
+        apply_default_strategy(&settings(), explicit, &mut task)?;
+        Ok(task.spec.strategy)
+    }
+
+    #[test]
+    fn the_task_beats_its_type_which_beats_its_queue() {
+        let cases = [
+            (r#"{"type": "x"}"#, Strategy::RoundRobin),
+            (r#"{"type": "x", "queue": "spread"}"#, Strategy::Random),
+            (
+                r#"{"type": "render", "queue": "spread"}"#,
+                Strategy::WeightedRoundRobin,
+            ),
+            (
+                r#"{"type": "render", "queue": "spread", "strategy": "least_loaded"}"#,
+                Strategy::LeastLoaded,
+            ),
+            (
+                r#"{"type": "render", "queue": "hashed"}"#,
+                Strategy::WeightedRoundRobin,
+            ),
+            (
+                r#"{"type": "x", "queue": "hashed", "routing_key": "k"}"#,
+                Strategy::ConsistentHash,
+            ),
+            (
+                r#"{"type": "x", "queue": "hashed", "strategy": "round_robin"}"#,
+                Strategy::RoundRobin,
+            ),
+        ];
+        for (json, want) in cases {
+            assert_eq!(submit(json), Ok(want), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_consistent_hash_default_needs_a_routing_key() {
+        let e = submit(r#"{"type": "x", "queue": "hashed"}"#).unwrap_err();
+        assert_eq!(e.field, "routing_key");
+        assert!(e.message.contains("queue \"hashed\""), "{e}");
+    }
+
+    #[test]
+    fn a_schedule_template_is_checked_like_its_fires_tasks() {
+        let template = |json: &str| serde_json::from_str::<SubmitTask>(json).unwrap();
+        let e = check_template(
+            &settings(),
+            &template(r#"{"type": "x", "queue": "hashed"}"#),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "task.routing_key");
+        for ok in [
+            r#"{"type": "x", "queue": "hashed", "routing_key": "k"}"#,
+            r#"{"type": "x", "queue": "hashed", "strategy": "random"}"#,
+            r#"{"type": "render", "queue": "hashed"}"#,
+            r#"{"type": "x"}"#,
+        ] {
+            assert_eq!(check_template(&settings(), &template(ok)), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn settings_and_stored_pauses_reach_the_core() {
+        let mut s = settings();
+        s.queues.get_mut("spread").unwrap().config.max_running = Some(2);
+        let mut sched: Scheduler<()> = Scheduler::new(dispatch_core::Config::default(), 1);
+        s.apply(
+            &mut sched,
+            &[("spread".into(), true), ("other".into(), false)],
+        );
+        let queues = sched.queues();
+        let names: Vec<&str> = queues.iter().map(|q| &*q.name).collect();
+        assert_eq!(names, ["hashed", "other", "spread"]);
+        assert!(queues[2].paused && !queues[1].paused);
+        assert_eq!(queues[2].config.max_running, Some(2));
+    }
+}
