@@ -143,6 +143,14 @@ fn strategy(s: &Section<'_>) -> Result<Option<Strategy>> {
         return Ok(None);
     };
     if let Some(st) = Strategy::parse(&name) {
+        if st.fans_out() {
+            return Err(s.error(
+                "strategy",
+                format!(
+                    "{name:?} cannot be a default: a task asks for it (with shards for sharding)"
+                ),
+            ));
+        }
         return Ok(Some(st));
     }
     let known = dispatch_proto::task::STRATEGIES;

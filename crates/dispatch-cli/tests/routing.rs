@@ -150,7 +150,85 @@ async fn unknown_and_unavailable_strategies_are_refused() {
     api.post("/v1/tasks", json!({"type": "x", "strategy": "broadcast"}))
         .await
         .problem(422, Some("strategy"));
+    api.post("/v1/tasks", json!({"type": "x", "strategy": "sharding"}))
+        .await
+        .problem(422, Some("shards"));
+    api.post("/v1/tasks", json!({"type": "x", "shards": 3}))
+        .await
+        .problem(422, Some("shards"));
     api.post("/v1/workers", json!({"types": ["x"], "weight": 0}))
         .await
         .problem(422, Some("weight"));
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_matching_worker_exactly_once() {
+    let server = Server::start().await;
+    let api = server.api();
+    let workers = futures_join(&api, 3, "bc").await;
+    let _other = register(&api, "not-bc", 10, 1, json!({})).await;
+    let parent = api
+        .submit(json!({"type": "bc", "strategy": "broadcast", "payload": {"flush": true}}))
+        .await;
+    assert_eq!(parent["state"], "scheduled");
+    let copies: Vec<String> = parent["depends_on"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(copies.len(), 3, "one copy per worker of the type");
+    let placed = collect(&api, &workers).await;
+    assert_eq!(placed.len(), 3);
+    let mut homes: Vec<&String> = placed.values().collect();
+    homes.sort();
+    homes.dedup();
+    assert_eq!(homes.len(), 3, "each worker got exactly one copy");
+    for id in &copies {
+        let copy = api.task(id).await;
+        assert_eq!(copy["pinned_worker_id"].as_str(), Some(placed[id].as_str()));
+        api.complete(id, &placed[id], json!("flushed"))
+            .await
+            .expect(200);
+    }
+    let done = api
+        .wait_task(&id_of(&parent), Duration::from_secs(5), |t| {
+            t["state"] == "succeeded"
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn sharding_splits_a_task_and_joins_the_shards() {
+    let server = Server::start().await;
+    let api = server.api();
+    let workers = futures_join(&api, 2, "sh").await;
+    let parent = api
+        .submit(json!({"type": "sh", "strategy": "sharding", "shards": 4, "max_attempts": 1}))
+        .await;
+    let placed = collect(&api, &workers).await;
+    assert_eq!(placed.len(), 4);
+    let mut indexes = Vec::new();
+    for (id, w) in &placed {
+        let t = api.task(id).await;
+        assert_eq!(t["shard_total"], 4);
+        indexes.push(t["shard_index"].as_u64().unwrap());
+        if t["shard_index"] == 2 {
+            api.fail(id, w, "disk full", json!({})).await.expect(200);
+        } else {
+            api.complete(id, w, json!(null)).await.expect(200);
+        }
+    }
+    indexes.sort();
+    assert_eq!(indexes, vec![0, 1, 2, 3]);
+    let ended = api
+        .wait_task(&id_of(&parent), Duration::from_secs(5), |t| {
+            t["state"] == "dead"
+        })
+        .await;
+    assert!(
+        ended["error"].as_str().unwrap().contains("ended dead"),
+        "{ended}"
+    );
 }

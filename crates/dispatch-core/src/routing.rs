@@ -30,18 +30,31 @@ pub enum Strategy {
     ConsistentHash,
     /// The first registered worker that is still alive.
     Failover,
+    /// One copy per matching worker. The shell expands the task into copies
+    /// pinned to each worker and a join that waits for them.
+    Broadcast,
+    /// N shards. The shell expands the task into shards (routed round
+    /// robin, each told its index and the total) and a join.
+    Sharding,
 }
 
 impl Strategy {
     /// Every strategy the core routes by.
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 8] = [
         Strategy::RoundRobin,
         Strategy::WeightedRoundRobin,
         Strategy::Random,
         Strategy::LeastLoaded,
         Strategy::ConsistentHash,
         Strategy::Failover,
+        Strategy::Broadcast,
+        Strategy::Sharding,
     ];
+
+    /// True for the strategies that expand one task into several.
+    pub fn fans_out(self) -> bool {
+        matches!(self, Strategy::Broadcast | Strategy::Sharding)
+    }
 
     /// The contract name.
     pub fn as_str(self) -> &'static str {
@@ -52,6 +65,8 @@ impl Strategy {
             Strategy::LeastLoaded => "least_loaded",
             Strategy::ConsistentHash => "consistent_hash",
             Strategy::Failover => "failover",
+            Strategy::Broadcast => "broadcast",
+            Strategy::Sharding => "sharding",
         }
     }
 

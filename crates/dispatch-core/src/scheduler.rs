@@ -174,6 +174,8 @@ pub struct Scheduler<B> {
     deadlines: BTreeSet<(Millis, TaskId)>,
     /// Live parents and the tasks waiting for them.
     children: HashMap<TaskId, Vec<TaskId>>,
+    /// Live tasks pinned to each worker (broadcast copies).
+    pinned: HashMap<WorkerId, BTreeSet<TaskId>>,
     workers: BTreeMap<WorkerId, Worker>,
     by_type: HashMap<Arc<str>, TypeWorkers>,
     next_seq: u64,
@@ -198,6 +200,7 @@ impl<B> Scheduler<B> {
             timers: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             children: HashMap::new(),
+            pinned: HashMap::new(),
             workers: BTreeMap::new(),
             by_type: HashMap::new(),
             next_seq: 0,
@@ -261,11 +264,26 @@ impl<B> Scheduler<B> {
             rank: 0,
         };
         let queue = task.spec.queue.clone();
+        if let Some(w) = task.spec.pinned {
+            self.pinned.entry(w).or_default().insert(id);
+        }
         self.tasks.insert(id, task);
         self.queue_mut(&queue);
         match ready_at {
             Some(at) => self.make_scheduled(id, at),
             None => self.make_queued(id, now),
+        }
+        // A copy for a worker that is already gone can never run.
+        if let Some(w) = self.tasks[&id].spec.pinned
+            && !self.workers.contains_key(&w)
+        {
+            self.unindex(id);
+            self.finish(
+                id,
+                TaskState::Dead,
+                Some(format!("worker {w} is gone")),
+                now,
+            );
         }
         Ok(())
     }
@@ -949,6 +967,23 @@ impl<B> Scheduler<B> {
         if t.waiting_on == 0 {
             return None;
         }
+        if t.spec.join {
+            // A join ends with its last child, or its first failed one.
+            let done = if state == TaskState::Succeeded {
+                t.waiting_on -= 1;
+                (t.waiting_on == 0).then_some((TaskState::Succeeded, None))
+            } else {
+                t.waiting_on = 0;
+                Some((
+                    TaskState::Dead,
+                    Some(format!("task {parent} ended {state}")),
+                ))
+            };
+            let (end, error) = done?;
+            return self
+                .finish_one(task, end, error, now)
+                .then_some((task, end));
+        }
         if state == TaskState::Succeeded {
             t.waiting_on -= 1;
             if t.waiting_on == 0 {
@@ -980,6 +1015,14 @@ impl<B> Scheduler<B> {
         let Some(mut t) = self.tasks.remove(&id) else {
             return false;
         };
+        if let Some(w) = t.spec.pinned
+            && let Some(set) = self.pinned.get_mut(&w)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                self.pinned.remove(&w);
+            }
+        }
         t.state = state;
         if error.is_some() {
             t.last_error = error;
@@ -1104,6 +1147,20 @@ impl<B> Scheduler<B> {
                 }
             }
         }
+        // Tasks only this worker could run can never run now.
+        for task in self.pinned.remove(&id).unwrap_or_default() {
+            if let Some(t) = self.tasks.get(&task)
+                && t.state != TaskState::Running
+            {
+                self.unindex(task);
+                self.finish(
+                    task,
+                    TaskState::Dead,
+                    Some(format!("worker {id} is gone")),
+                    now,
+                );
+            }
+        }
     }
 
     /// Assigns ready tasks to workers with free slots.
@@ -1226,7 +1283,11 @@ impl<B> Scheduler<B> {
         let t = &self.tasks[&task];
         let tw = self.by_type.get_mut(kind)?;
         let workers = &self.workers;
-        let fits = |w: &Worker| w.has_labels(&t.spec.labels);
+        if t.spec.join {
+            return None;
+        }
+        let fits =
+            |w: &Worker| w.has_labels(&t.spec.labels) && t.spec.pinned.is_none_or(|p| p == w.id);
         if t.spec.strategy == Strategy::RoundRobin {
             // The common case walks the ring without building candidates.
             let n = tw.workers.len();
@@ -1252,7 +1313,8 @@ impl<B> Scheduler<B> {
             .collect();
         let unless_full = |c: Candidate| (c.free > 0).then_some(c.id);
         match t.spec.strategy {
-            Strategy::RoundRobin => None,
+            // Only joins carry these, and joins never run on a worker.
+            Strategy::RoundRobin | Strategy::Broadcast | Strategy::Sharding => None,
             Strategy::WeightedRoundRobin => routing::weighted_round_robin(&cands, &mut tw.current),
             Strategy::Random => routing::random(&cands, self.rng.next_f64()),
             Strategy::LeastLoaded => routing::least_loaded(&cands),

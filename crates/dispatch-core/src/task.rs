@@ -89,6 +89,14 @@ pub struct TaskSpec {
     pub routing_key: Option<Arc<str>>,
     /// Labels a worker must carry (same values) to receive the task.
     pub labels: BTreeMap<String, String>,
+    /// Only this worker may run it (a `broadcast` copy). When that worker
+    /// is gone the task is dead.
+    pub pinned: Option<WorkerId>,
+    /// A join: it never runs on a worker; it succeeds when every task it
+    /// waits for (`hold_for_parents`) succeeded and is dead as soon as one
+    /// ends otherwise. The parent of `broadcast` copies and `sharding`
+    /// shards.
+    pub join: bool,
 }
 
 impl TaskSpec {
@@ -107,6 +115,8 @@ impl TaskSpec {
             strategy: Strategy::RoundRobin,
             routing_key: None,
             labels: BTreeMap::new(),
+            pinned: None,
+            join: false,
         }
     }
 }

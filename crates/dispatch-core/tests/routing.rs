@@ -224,3 +224,109 @@ fn labels_are_constraints_and_do_not_block_the_tasks_behind() {
     );
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn pinned_copies_reach_exactly_their_worker_and_a_join_ends_with_them() {
+    let mut s = scheduler(1);
+    let ws: Vec<WorkerId> = (0..3).map(|_| worker(&mut s, 5, 1, &[])).collect();
+    for (i, w) in ws.iter().enumerate() {
+        let copy = TaskSpec {
+            pinned: Some(*w),
+            ..spec(Strategy::RoundRobin)
+        };
+        s.submit(TaskId(i as u64 + 1), copy, (), 1).unwrap();
+    }
+    let join = TaskId(10);
+    s.submit(
+        join,
+        TaskSpec {
+            join: true,
+            ..TaskSpec::new("job")
+        },
+        (),
+        1,
+    )
+    .unwrap();
+    s.hold_for_parents(join, &[TaskId(1), TaskId(2), TaskId(3)])
+        .unwrap();
+    s.tick(1);
+    for (i, w) in ws.iter().enumerate() {
+        assert_eq!(
+            s.poll(*w, 10, 1).unwrap(),
+            vec![TaskId(i as u64 + 1)],
+            "each copy on its own worker"
+        );
+    }
+    s.check_invariants().unwrap();
+    s.complete(TaskId(1), ws[0], 2).unwrap();
+    s.complete(TaskId(2), ws[1], 2).unwrap();
+    assert_eq!(
+        s.task(join).map(|t| t.state),
+        Some(TaskState::Scheduled),
+        "waits for the last copy"
+    );
+    s.complete(TaskId(3), ws[2], 3).unwrap();
+    assert!(
+        s.task(join).is_none(),
+        "the join succeeded with its last copy"
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_copy_whose_worker_is_gone_is_dead_and_fails_its_join() {
+    let mut s = scheduler(1);
+    let a = worker(&mut s, 5, 1, &[]);
+    let b = worker(&mut s, 5, 1, &[]);
+    for (id, w) in [(1, a), (2, b)] {
+        s.submit(
+            TaskId(id),
+            TaskSpec {
+                pinned: Some(w),
+                ..spec(Strategy::RoundRobin)
+            },
+            (),
+            1,
+        )
+        .unwrap();
+    }
+    let join = TaskId(10);
+    s.submit(
+        join,
+        TaskSpec {
+            join: true,
+            ..TaskSpec::new("job")
+        },
+        (),
+        1,
+    )
+    .unwrap();
+    s.hold_for_parents(join, &[TaskId(1), TaskId(2)]).unwrap();
+    s.drain_events();
+    s.deregister(b, 2).unwrap();
+    let ended: Vec<(TaskId, TaskState, Option<String>)> = s
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Transition(t) if t.state.is_terminal() => Some((t.task, t.state, t.error)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended[0].0, TaskId(2));
+    assert_eq!(ended[0].1, TaskState::Dead);
+    assert_eq!(ended[1].0, join);
+    assert_eq!(ended[1].2.as_deref(), Some("task 2 ended dead"));
+    // A copy for a worker that left before it was admitted dies at once.
+    s.submit(
+        TaskId(20),
+        TaskSpec {
+            pinned: Some(b),
+            ..spec(Strategy::RoundRobin)
+        },
+        (),
+        3,
+    )
+    .unwrap();
+    assert!(s.task(TaskId(20)).is_none());
+    s.check_invariants().unwrap();
+}

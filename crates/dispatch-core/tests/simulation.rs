@@ -225,7 +225,12 @@ impl Sim {
             if timeout_ms.is_some() {
                 self.timed.insert(id);
             }
-            let strategy = self.rng.pick(&Strategy::ALL);
+            // Fan-out strategies are expanded by the shell, not routed.
+            let routed: Vec<Strategy> = Strategy::ALL
+                .into_iter()
+                .filter(|s| !s.fans_out())
+                .collect();
+            let strategy = self.rng.pick(&routed);
             let routing_key = (strategy == Strategy::ConsistentHash)
                 .then(|| format!("key-{}", self.rng.below(20)).into());
             let spec = TaskSpec {

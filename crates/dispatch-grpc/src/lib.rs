@@ -148,6 +148,8 @@ pub fn task_message(t: &Task<Arc<TaskBody>>) -> pb::Task {
         max_attempts: t.spec.max_attempts,
         timeout_ms: t.spec.timeout_ms,
         priority: i32::from(t.spec.priority),
+        shard_index: t.body.shard.map(|(i, _)| i),
+        shard_total: t.body.shard.map(|(_, n)| n),
     }
 }
 
@@ -165,6 +167,8 @@ pub fn polled_task(t: pb::Task) -> Result<PolledTask, FieldError> {
         max_attempts: t.max_attempts,
         timeout_ms: t.timeout_ms,
         priority: i64::from(t.priority),
+        shard_index: t.shard_index,
+        shard_total: t.shard_total,
     })
 }
 
@@ -337,6 +341,8 @@ mod tests {
             max_attempts: 3,
             timeout_ms: Some(500),
             priority: -5,
+            shard_index: Some(1),
+            shard_total: Some(4),
         };
         let p = polled_task(t.clone()).unwrap();
         assert_eq!(

@@ -114,6 +114,11 @@ fn validate_template(task: &SubmitTask, now: Millis) -> Result<(), FieldError> {
             "depends_on",
             "a schedule's tasks cannot depend on fixed task ids",
         ),
+        (
+            matches!(task.strategy.as_deref(), Some("broadcast" | "sharding")),
+            "strategy",
+            "broadcast and sharding are for submitted tasks in this version",
+        ),
     ];
     if let Some((_, field, why)) = decided.into_iter().find(|(set, _, _)| *set) {
         return Err(FieldError::new(

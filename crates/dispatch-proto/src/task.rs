@@ -17,6 +17,8 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_KEY_LEN: usize = 256;
 /// Most tasks in one batch submission.
 pub const MAX_BATCH: usize = 10_000;
+/// Most shards of a `sharding` task.
+pub const MAX_SHARDS: i64 = 1_000;
 /// Most parents a task may wait for.
 pub const MAX_PARENTS: usize = 1_000;
 /// Most attempts a task may ask for.
@@ -97,6 +99,9 @@ pub struct SubmitTask {
     /// Parent task ids.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub depends_on: Option<Vec<String>>,
+    /// How many shards, with strategy `sharding` (1 to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i64>,
 }
 
 /// `POST /v1/tasks/batch`.
@@ -114,6 +119,8 @@ pub struct ValidTask {
     pub spec: TaskSpec,
     /// What the server keeps beside it.
     pub body: TaskBody,
+    /// The shard count of a `sharding` task.
+    pub shards: Option<u32>,
 }
 
 /// Checks a type, queue or schedule name: 1 to 128 of `[A-Za-z0-9._:-]`.
@@ -214,18 +221,25 @@ impl SubmitTask {
         }
         let strategy = match &self.strategy {
             None => Strategy::RoundRobin,
-            Some(s) if STRATEGIES.contains(&s.as_str()) => Strategy::parse(s).ok_or_else(|| {
+            Some(s) => Strategy::parse(s).ok_or_else(|| {
                 FieldError::new(
                     "strategy",
-                    format!("strategy {s:?} is not available in this version"),
+                    format!("unknown strategy {s:?}; one of {}", STRATEGIES.join(", ")),
                 )
             })?,
-            Some(s) => {
+        };
+        let shards = match (strategy, self.shards) {
+            (Strategy::Sharding, None) => {
                 return Err(FieldError::new(
-                    "strategy",
-                    format!("unknown strategy {s:?}; one of {}", STRATEGIES.join(", ")),
+                    "shards",
+                    "is required with strategy sharding",
                 ));
             }
+            (Strategy::Sharding, Some(n)) => Some(in_range("shards", n, 1, MAX_SHARDS)? as u32),
+            (_, Some(_)) => {
+                return Err(FieldError::new("shards", "is only for strategy sharding"));
+            }
+            (_, None) => None,
         };
         if strategy == Strategy::ConsistentHash && self.routing_key.is_none() {
             return Err(FieldError::new(
@@ -275,13 +289,17 @@ impl SubmitTask {
                 strategy,
                 routing_key: self.routing_key.map(Arc::from),
                 labels,
+                pinned: None,
+                join: false,
             },
             body: TaskBody {
                 payload,
                 idempotency_key: self.idempotency_key,
                 depends_on: parents,
                 created_at: now,
+                shard: None,
             },
+            shards,
         })
     }
 }
@@ -369,6 +387,15 @@ pub struct TaskJson {
     pub started_at: Option<String>,
     /// Terminal since.
     pub finished_at: Option<String>,
+    /// A `sharding` shard's index (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_index: Option<u32>,
+    /// A `sharding` shard's total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_total: Option<u32>,
+    /// The only worker a `broadcast` copy runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_worker_id: Option<String>,
 }
 
 fn raw(text: &str) -> Box<RawValue> {
@@ -405,6 +432,9 @@ pub fn task_json(r: &TaskRecord) -> TaskJson {
         created_at: format_rfc3339(r.body.created_at),
         started_at: r.started_at.map(format_rfc3339),
         finished_at: r.finished_at.map(format_rfc3339),
+        shard_index: r.body.shard.map(|(i, _)| i),
+        shard_total: r.body.shard.map(|(_, n)| n),
+        pinned_worker_id: r.spec.pinned.map(|w| w.to_string()),
     }
 }
 

@@ -248,6 +248,12 @@ pub struct PolledTask {
     pub timeout_ms: Option<u64>,
     /// Priority.
     pub priority: i64,
+    /// A `sharding` shard's index (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_index: Option<u32>,
+    /// A `sharding` shard's total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_total: Option<u32>,
 }
 
 impl PolledTask {
@@ -263,6 +269,8 @@ impl PolledTask {
             max_attempts: t.spec.max_attempts,
             timeout_ms: t.spec.timeout_ms,
             priority: i64::from(t.spec.priority),
+            shard_index: t.body.shard.map(|(i, _)| i),
+            shard_total: t.body.shard.map(|(_, n)| n),
         }
     }
 }

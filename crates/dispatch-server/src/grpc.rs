@@ -14,7 +14,11 @@
 //! - **Durable acks.** A `Reports` message is applied at once; its
 //!   `ReportAcks` are sent once the store committed the results, by a
 //!   per-session task that awaits the acknowledgements in order, so the
-//!   session keeps reading while the store syncs.
+//!   session keeps reading while the store syncs. While `MAX_UNACKED`
+//!   report batches wait for the store, no new task is pushed:
+//!   a fast worker cannot run ahead of the disk and pile up a backlog of
+//!   writes that every other request would queue behind (an HTTP worker is
+//!   held the same way, its next poll answered once its results are durable).
 //! - **Leases.** Any message renews the lease. A session that hears nothing
 //!   for `lease_ms` declares the worker dead itself, since its own deliveries
 //!   renew the core's lease.
@@ -33,6 +37,7 @@
 //! knowledge) on one port, so REST clients and gRPC workers share it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dispatch_core::WorkerId;
@@ -49,6 +54,12 @@ use crate::workers::report;
 
 /// Messages queued for a worker before the session waits for it to read.
 const OUTBOUND_QUEUE: usize = 64;
+
+/// Report batches of one session waiting for the store that stop new tasks
+/// from being pushed: with two, a worker's next batch runs while the
+/// previous one is being synced, and the writes it has in flight stay
+/// bounded.
+const MAX_UNACKED: usize = 2;
 
 /// The routes of the gRPC worker service, to merge into the HTTP router.
 pub(crate) fn router(app: Arc<App>) -> axum::Router {
@@ -113,6 +124,8 @@ impl WorkerService for GrpcWorkers {
             out,
             credit: 0,
             last_heard: Instant::now(),
+            unacked: Arc::default(),
+            acked: Arc::default(),
         };
         tokio::spawn(session.run(inbound, Duration::from_millis(heartbeat_ms)));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -144,6 +157,10 @@ struct Session {
     /// Tasks the worker is ready to take.
     credit: usize,
     last_heard: Instant,
+    /// Report batches waiting for the store.
+    unacked: Arc<AtomicUsize>,
+    /// Notified each time one of them is durable.
+    acked: Arc<Notify>,
 }
 
 /// Results waiting for the store, and their statuses.
@@ -153,7 +170,12 @@ impl Session {
     async fn run(mut self, mut inbound: Streaming<pb::WorkerMessage>, every: Duration) {
         let lease = Duration::from_millis(self.app.config.lease_ms);
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-        let acker = tokio::spawn(send_acks(acks_rx, self.out.clone(), self.app.clone()));
+        let acker = tokio::spawn(send_acks(
+            acks_rx,
+            self.out.clone(),
+            self.app.clone(),
+            (self.unacked.clone(), self.acked.clone()),
+        ));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = self.app.stopping.clone();
@@ -170,6 +192,7 @@ impl Session {
                     Err(status) => break End::Broken(status.message().to_owned()),
                 },
                 _ = self.waker.notified() => {}
+                _ = self.acked.notified() => {}
                 _ = tick.tick() => {
                     if self.last_heard.elapsed() >= lease {
                         break End::Silent;
@@ -200,6 +223,7 @@ impl Session {
                 self.credit = self.credit.saturating_add(slots);
             }
             Some(Kind::Reports(r)) => {
+                self.unacked.fetch_add(1, Ordering::SeqCst);
                 let _ = acks.send(self.apply_reports(r.reports));
             }
             Some(Kind::Register(_)) => {
@@ -254,7 +278,8 @@ impl Session {
                 .sched
                 .heartbeat(self.worker, now)
                 .map_err(|_| End::Unknown)?;
-            let handed = if self.credit > 0 {
+            let held_back = self.unacked.load(Ordering::SeqCst) >= MAX_UNACKED;
+            let handed = if self.credit > 0 && !held_back {
                 shared
                     .sched
                     .poll(self.worker, self.credit, now)
@@ -349,9 +374,13 @@ async fn send_acks(
     mut pending: mpsc::UnboundedReceiver<PendingAcks>,
     out: Outbound,
     app: Arc<App>,
+    (unacked, durable): (Arc<AtomicUsize>, Arc<Notify>),
 ) {
     while let Some((ack, mut statuses)) = pending.recv().await {
-        if let Err(e) = acked(ack).await {
+        let committed = acked(ack).await;
+        unacked.fetch_sub(1, Ordering::SeqCst);
+        durable.notify_one();
+        if let Err(e) = committed {
             tracing::error!(error = %e, "reported results are not durable");
             for s in statuses.iter_mut().filter(|s| s.status == 200) {
                 s.status = 503;

@@ -6,7 +6,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use dispatch_core::{TaskId, TaskState};
+use dispatch_core::{Strategy, TaskId, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
     FieldError, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskList, ValidTask, task_json,
@@ -66,12 +66,34 @@ async fn accept(
     tasks: Vec<ValidTask>,
     now: u64,
 ) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
-    let first = app.reserve_ids(tasks.len() as u64);
-    let records: Vec<TaskRecord> = tasks
+    // Broadcast and sharding tasks expand into their copies or shards,
+    // stored (with lower ids, in the same all-or-nothing insert) before the
+    // submitted task, which becomes the join that waits for them.
+    let mut plan: Vec<ValidTask> = Vec::with_capacity(tasks.len());
+    let mut roots = Vec::with_capacity(tasks.len());
+    let mut joins = Vec::new();
+    for v in tasks {
+        let children = fan_out(app, &v)?;
+        let start = plan.len();
+        plan.extend(children);
+        if plan.len() > start {
+            joins.push((plan.len(), start..plan.len()));
+        }
+        roots.push(plan.len());
+        plan.push(v);
+    }
+    let first = app.reserve_ids(plan.len() as u64);
+    let mut records: Vec<TaskRecord> = plan
         .into_iter()
         .enumerate()
         .map(|(i, v)| new_record(TaskId(first + i as u64), v, now))
         .collect();
+    for (join, children) in joins {
+        let r = &mut records[join];
+        r.body.depends_on = children.map(|k| TaskId(first + k as u64)).collect();
+        r.spec.join = true;
+        r.state = TaskState::Scheduled;
+    }
     let ack = app.write(Write::Insert(records.clone()))?;
     let outcomes = match acked(Some(ack)).await? {
         Some(WriteOutcome::Inserted(o)) if o.len() == records.len() => o,
@@ -103,7 +125,62 @@ async fn accept(
             .ok_or_else(|| ApiError::new(500, "idempotency key names a missing task"))?;
         out[i] = Some((original, false));
     }
-    Ok(out.into_iter().flatten().collect())
+    Ok(roots.into_iter().filter_map(|i| out[i].take()).collect())
+}
+
+/// The copies of a `broadcast` task (one pinned to each registered worker
+/// that runs its type and carries its labels) or the shards of a
+/// `sharding` one; nothing for other strategies. Copies and shards are
+/// routed like any task and inherit the task's own parents.
+fn fan_out(app: &App, v: &ValidTask) -> Result<Vec<ValidTask>, ApiError> {
+    let child = |i: u32| {
+        let mut c = v.clone();
+        c.spec.strategy = Strategy::RoundRobin;
+        c.shards = None;
+        c.body.idempotency_key = v.body.idempotency_key.as_ref().map(|k| format!("{k}#{i}"));
+        c
+    };
+    match v.spec.strategy {
+        Strategy::Sharding => {
+            let total = v.shards.unwrap_or(1);
+            Ok((0..total)
+                .map(|i| {
+                    let mut c = child(i);
+                    c.body.shard = Some((i, total));
+                    c
+                })
+                .collect())
+        }
+        Strategy::Broadcast => {
+            let workers: Vec<WorkerId> = app
+                .lock()
+                .sched
+                .workers()
+                .filter(|w| w.handles(&v.spec.kind) && w.has_labels(&v.spec.labels))
+                .map(|w| w.id)
+                .collect();
+            if workers.is_empty() {
+                return Err(FieldError::new(
+                    "strategy",
+                    format!(
+                        "no registered worker runs type {} with these labels; a broadcast needs one",
+                        v.spec.kind
+                    ),
+                )
+                .into());
+            }
+            Ok(workers
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let mut c = child(i as u32);
+                    c.spec.pinned = Some(w);
+                    c
+                })
+                .collect())
+        }
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// Hands tasks that are already stored to the core: they wait for their

@@ -27,12 +27,12 @@ macro_rules! columns {
         "id, type, queue, payload, priority, state, attempts, max_attempts, timeout_ms, \
          backoff_initial_ms, backoff_max_ms, backoff_multiplier, run_at, idempotency_key, \
          routing_key, strategy, labels, depends_on, result, error, worker_id, created_at, \
-         started_at, finished_at"
+         started_at, finished_at, pinned_worker, is_join, shard_index, shard_total"
     };
 }
 
 /// Column names by index, for error messages.
-const NAMES: [&str; 24] = [
+const NAMES: [&str; 28] = [
     "id",
     "type",
     "queue",
@@ -57,6 +57,10 @@ const NAMES: [&str; 24] = [
     "created_at",
     "started_at",
     "finished_at",
+    "pinned_worker",
+    "is_join",
+    "shard_index",
+    "shard_total",
 ];
 
 pub(crate) const GET_SQL: &str = concat!("SELECT ", columns!(), " FROM tasks WHERE id = ?1");
@@ -65,7 +69,7 @@ pub(crate) const INSERT_SQL: &str = concat!(
     "INSERT INTO tasks (",
     columns!(),
     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
+     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28) \
      ON CONFLICT (idempotency_key) DO NOTHING"
 );
 
@@ -178,6 +182,10 @@ impl<'r> InsertRow<'r> {
             self.created_at,
             self.started_at,
             self.finished_at,
+            r.spec.pinned.map(|w| w.0.cast_signed()),
+            i64::from(r.spec.join),
+            r.body.shard.map(|(i, _)| i),
+            r.body.shard.map(|(_, n)| n),
         ])
     }
 }
@@ -346,12 +354,23 @@ pub(crate) fn decode(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
             },
             routing_key: col.opt_text(14)?.map(Into::into),
             labels,
+            pinned: col.opt_int::<i64>(24)?.map(|w| WorkerId(w.cast_unsigned())),
+            join: match col.int::<i64>(25)? {
+                0 => false,
+                1 => true,
+                v => return Err(col.error(25, format!("{v} is not a boolean"))),
+            },
         },
         body: TaskBody {
             payload: col.text(3)?.into(),
             idempotency_key: col.opt_text(13)?.map(str::to_string),
             depends_on: depends_on.into_iter().map(TaskId).collect(),
             created_at: col.int(21)?,
+            shard: match (col.opt_int(26)?, col.opt_int(27)?) {
+                (Some(i), Some(n)) => Some((i, n)),
+                (None, None) => None,
+                _ => return Err(col.error(26, "shard_index and shard_total go together")),
+            },
         },
         state: {
             let s = col.text(5)?;

@@ -87,7 +87,18 @@ CREATE TABLE queue_settings (
 ) STRICT, WITHOUT ROWID;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+/// Version 4: `broadcast` and `sharding`. `pinned_worker` is the only worker
+/// a broadcast copy may run on (its id's bit pattern, like `worker_id`);
+/// `is_join` (0 or 1) marks the parent that ends with its copies or shards;
+/// `shard_index` and `shard_total` are handed to the worker.
+const V4: &str = "
+ALTER TABLE tasks ADD COLUMN pinned_worker INTEGER;
+ALTER TABLE tasks ADD COLUMN is_join INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN shard_index INTEGER;
+ALTER TABLE tasks ADD COLUMN shard_total INTEGER;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

@@ -14,6 +14,8 @@ pub struct TaskBody {
     pub depends_on: Vec<TaskId>,
     /// When the task was accepted.
     pub created_at: Millis,
+    /// `(index, total)` of a `sharding` shard, handed to its worker.
+    pub shard: Option<(u32, u32)>,
 }
 
 /// A task as stored: spec, body and current state.
