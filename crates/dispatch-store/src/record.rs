@@ -83,6 +83,9 @@ impl From<dispatch_core::Transition> for TaskUpdate {
 }
 
 /// One write in a batch.
+// A write is built once and moved through the writer's channel; boxing the
+// fire's task would add an allocation per fire for no measurable gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
     /// New tasks, all or nothing. A task whose idempotency key is already
