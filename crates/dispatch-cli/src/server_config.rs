@@ -153,13 +153,6 @@ fn strategy(s: &Section<'_>) -> Result<Option<Strategy>> {
         }
         return Ok(Some(st));
     }
-    let known = dispatch_proto::task::STRATEGIES;
-    if known.contains(&name.as_str()) {
-        return Err(s.error(
-            "strategy",
-            format!("{name:?} is not available in this version"),
-        ));
-    }
     let names: Vec<&str> = Strategy::ALL.iter().map(|st| st.as_str()).collect();
     Err(s.error(
         "strategy",
@@ -270,7 +263,7 @@ mod tests {
             ),
             (
                 "[types.a]\nstrategy = \"broadcast\"",
-                "d.toml: types.a.strategy: \"broadcast\" is not available in this version",
+                "d.toml: types.a.strategy: \"broadcast\" cannot be a default",
             ),
             (
                 "[queues.\"a b\"]",

@@ -381,6 +381,8 @@ fn a_version_1_file_migrates_and_keeps_its_tasks() {
     let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
     raw.execute_batch(
         "DROP TABLE schedules; DROP TABLE schedule_fires; DROP TABLE queue_settings; \
+         ALTER TABLE tasks DROP COLUMN pinned_worker; ALTER TABLE tasks DROP COLUMN is_join; \
+         ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          PRAGMA user_version = 1;",
     )
     .expect("downgrade");
@@ -418,8 +420,13 @@ fn a_version_2_file_migrates_and_keeps_its_tasks_and_schedules() {
     }
     // Turn the file back into what version 2 wrote.
     let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
-    raw.execute_batch("DROP TABLE queue_settings; PRAGMA user_version = 2;")
-        .expect("downgrade");
+    raw.execute_batch(
+        "DROP TABLE queue_settings; \
+         ALTER TABLE tasks DROP COLUMN pinned_worker; ALTER TABLE tasks DROP COLUMN is_join; \
+         ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
+         PRAGMA user_version = 2;",
+    )
+    .expect("downgrade");
     drop(raw);
     let store = SqliteStore::open(dir.path(), Durability::Durable).expect("migrate");
     assert_eq!(
