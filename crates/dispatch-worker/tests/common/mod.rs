@@ -1,8 +1,11 @@
 //! The in-process harness of the SDK tests: a real scheduler on a loopback
 //! port with a SQLite store in a temporary folder, and a `Worker` running in
-//! the background until stopped.
+//! the background until stopped. The scenarios both transports run are in
+//! [`scenarios`].
 
 #![allow(dead_code)]
+
+pub(crate) mod scenarios;
 
 use std::net::SocketAddr;
 use std::time::Duration;
