@@ -266,7 +266,7 @@ impl App {
                     }
                 }
                 Event::WorkerLost { worker, .. } => {
-                    tracing::warn!(%worker, "worker lease expired; its tasks were requeued");
+                    tracing::warn!(%worker, "worker declared dead (lease expired or stream broken); its tasks were requeued");
                     self.metrics.workers_lost.fetch_add(1, Ordering::Relaxed);
                     shared.wakers.remove(&worker);
                 }
