@@ -6,8 +6,10 @@
 //! `schedule` talk to a running one over its REST API;
 //! `dispatch demo` starts a server on a throw-away store with a few workers
 //! and shows tasks flowing; `dispatch worker --config worker.toml` runs
-//! tasks with shell commands or HTTP calls, as the file says. Errors are `anyhow` with context, printed on one
-//! line.
+//! tasks with shell commands or HTTP calls, as the file says;
+//! `dispatch token create` makes a bearer token for `dispatch server
+//! --tokens`, and `--token` / `DISPATCH_TOKEN` sends one. Errors are
+//! `anyhow` with context, printed on one line.
 
 mod demo;
 mod output;
@@ -38,6 +40,9 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     server: String,
+    /// Bearer token for a server started with `--tokens`.
+    #[arg(long, global = true, env = "DISPATCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -80,6 +85,18 @@ enum Command {
         /// rate limits, default strategies.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Token file (SHA-256 digests, see `dispatch token create`): every
+        /// endpoint but /healthz then needs a bearer token.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Allow listening beyond loopback without --tokens.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Submit a task.
     Submit {
@@ -178,6 +195,23 @@ enum Command {
         /// Workers to start.
         #[arg(long, default_value_t = 4)]
         workers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token: print it once, append its SHA-256 digest to the
+    /// token file (created with mode 0600).
+    Create {
+        /// Scopes, comma-separated: submit, work, admin.
+        #[arg(long)]
+        scope: String,
+        /// A name for the token, kept in the file.
+        #[arg(long)]
+        name: Option<String>,
+        /// The token file the server reads (`dispatch server --tokens`).
+        #[arg(long)]
+        tokens: PathBuf,
     },
 }
 
@@ -301,6 +335,8 @@ async fn run(cli: Cli) -> Result<()> {
             durability,
             retention_ms,
             config: config_file,
+            tokens,
+            insecure,
         } => {
             init_logs("info");
             if lease_ms == 0 {
@@ -310,6 +346,10 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(path) = config_file {
                 config.queue_settings = server_config::load(&path)?;
             }
+            if let Some(path) = tokens {
+                config.tokens = Some(dispatch_server::Tokens::load(&path)?);
+            }
+            config.insecure = insecure;
             config.lease_ms = lease_ms;
             config.retention_ms = retention_ms;
             config.max_body_bytes = max_body_bytes;
@@ -326,14 +366,29 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo { tasks, workers } => demo::run(tasks, workers).await,
+        Command::Token {
+            action:
+                TokenAction::Create {
+                    scope,
+                    name,
+                    tokens,
+                },
+        } => create_token(&scope, name.as_deref(), &tokens),
         Command::Worker { config } => {
             let server = worker::server_given().then_some(cli.server);
-            worker::run(&config, server).await
+            worker::run(&config, server, cli.token).await
         }
         command => {
-            let client = Client::new(&cli.server)?;
+            let mut client = Client::new(&cli.server)?;
+            if let Some(t) = cli.token {
+                client = client.with_token(t);
+            }
             client_command(&client, command, json).await.map_err(|e| {
                 match e.downcast::<ClientError>() {
+                    Ok(ClientError::Api(p)) if p.status == 401 => anyhow::anyhow!(
+                        "the server refused: {} (pass --token or set DISPATCH_TOKEN)",
+                        p.detail
+                    ),
                     Ok(ClientError::Api(p)) => anyhow::anyhow!("the server refused: {}", p.detail),
                     Ok(other) => anyhow::Error::new(other),
                     Err(e) => e,
@@ -341,6 +396,48 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
     }
+}
+
+/// `dispatch token create`: a new token on stdout, its digest in the file.
+fn create_token(scope: &str, name: Option<&str>, file: &std::path::Path) -> Result<()> {
+    use std::io::Write as _;
+    let scopes =
+        dispatch_server::Scope::parse_list(scope).map_err(|e| anyhow::anyhow!("--scope: {e}"))?;
+    if let Some(n) = name
+        && (n.is_empty() || n.chars().any(|c| c.is_whitespace() || c == '#'))
+    {
+        bail!("--name must be one word, without spaces or #");
+    }
+    let token = dispatch_server::auth::generate_token().map_err(|e| anyhow::anyhow!(e))?;
+    let line = dispatch_server::auth::token_line(&token, &scopes, name);
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(file)
+        .with_context(|| format!("cannot open the token file {}", file.display()))?;
+    // Begin on a new line even if the file's last line has no newline.
+    let needs_newline = std::fs::read(file)
+        .map(|b| b.last().is_some_and(|c| *c != b'\n'))
+        .unwrap_or(false);
+    let text = if needs_newline {
+        format!("\n{line}\n")
+    } else {
+        format!("{line}\n")
+    };
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write the token file {}", file.display()))?;
+    println!("{token}");
+    eprintln!(
+        "token with scope {scope} added to {}; it is shown only once",
+        file.display()
+    );
+    Ok(())
 }
 
 async fn client_command(client: &Client, command: Command, json: bool) -> Result<()> {
@@ -491,7 +588,10 @@ async fn client_command(client: &Client, command: Command, json: bool) -> Result
                 Ok(())
             }
         }
-        Command::Server { .. } | Command::Demo { .. } | Command::Worker { .. } => {
+        Command::Server { .. }
+        | Command::Demo { .. }
+        | Command::Worker { .. }
+        | Command::Token { .. } => {
             unreachable!("handled by run")
         }
     }

@@ -459,7 +459,13 @@ impl<'a> Section<'a> {
 /// Runs the worker described by the config file at `path` until Ctrl-C or
 /// SIGTERM. The scheduler is `cli_server` when the CLI named one (`--server`
 /// or `DISPATCH_SERVER`), else the file's `server`, else the default.
-pub(crate) async fn run(path: &Path, cli_server: Option<String>) -> Result<()> {
+/// `token` (`--token` / `DISPATCH_TOKEN`) is sent to a server that requires
+/// one.
+pub(crate) async fn run(
+    path: &Path,
+    cli_server: Option<String>,
+    token: Option<String>,
+) -> Result<()> {
     init_logs();
     let config = load(path)?;
     let server = cli_server
@@ -473,6 +479,9 @@ pub(crate) async fn run(path: &Path, cli_server: Option<String>) -> Result<()> {
     let mut builder = Worker::builder(server.clone())
         .name(config.name.clone())
         .concurrency(config.concurrency);
+    if let Some(t) = token {
+        builder = builder.token(t);
+    }
     for (k, v) in &config.labels {
         builder = builder.label(k, v);
     }

@@ -62,10 +62,21 @@ impl ClientError {
 }
 
 /// A connection to one Dispatch server. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Client {
@@ -80,7 +91,25 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ClientError::Decode(e.to_string()))?;
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            token: None,
+        })
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer` on every
+    /// request (a server started with `--tokens` requires one). An empty
+    /// token means none.
+    pub fn with_token(mut self, token: impl Into<String>) -> Client {
+        let token: String = token.into();
+        self.token = (!token.is_empty()).then(|| token.into());
+        self
+    }
+
+    /// The bearer token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// The server's base URL.
@@ -96,6 +125,9 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<(StatusCode, R), ClientError> {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -64,11 +64,16 @@ const MAX_UNACKED: usize = 2;
 /// The routes of the gRPC worker service, to merge into the HTTP router.
 pub(crate) fn router(app: Arc<App>) -> axum::Router {
     let limit = app.config.max_body_bytes;
-    let service = WorkerServiceServer::new(GrpcWorkers { app })
+    let service = WorkerServiceServer::new(GrpcWorkers { app: app.clone() })
         // A message is bounded like a request body.
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
-    axum::Router::new().route_service(&format!("/{SERVICE_NAME}/{{*method}}"), service)
+    axum::Router::new()
+        .route_service(&format!("/{SERVICE_NAME}/{{*method}}"), service)
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            crate::auth::require,
+        ))
 }
 
 /// The service: each `Connect` call is one worker session.

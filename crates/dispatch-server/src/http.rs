@@ -206,6 +206,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
+            crate::auth::require,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
             metrics::count_requests,
         ))
         .layer(DefaultBodyLimit::max(limit))

@@ -17,11 +17,15 @@
 //! - `queues`: `/v1/queues` (listing, pause, resume), the queue and type
 //!   settings of the config file ([`QueueSettings`]) and default strategies.
 //! - `metrics`: counters and the Prometheus text at `/metrics`.
+//! - `auth`: bearer tokens with scopes ([`Tokens`], read from a token file
+//!   of SHA-256 digests) and the one table of what each route needs,
+//!   enforced by one middleware around REST and gRPC alike.
 //!
 //! Every mutating request is acknowledged only after the store committed it
 //! (fsynced in the `durable` mode), so an acknowledged task survives a crash.
 
 mod app;
+pub mod auth;
 mod grpc;
 mod http;
 mod metrics;
@@ -34,6 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use auth::{Scope, Tokens};
 pub use dispatch_core::{QueueConfig, Strategy, TypeConfig};
 pub use dispatch_store_sqlite::Durability;
 pub use queues::{QueueDefaults, QueueSettings, TypeDefaults};
@@ -55,6 +60,10 @@ pub struct ServerConfig {
     pub retention_ms: u64,
     /// Queue and type settings (weights, limits, default strategies).
     pub queue_settings: QueueSettings,
+    /// Accepted bearer tokens; `None` serves without authentication.
+    pub tokens: Option<Tokens>,
+    /// Allow listening beyond loopback without tokens.
+    pub insecure: bool,
 }
 
 impl ServerConfig {
@@ -68,6 +77,8 @@ impl ServerConfig {
             durability: Durability::Durable,
             retention_ms: 7 * 24 * 3_600_000,
             queue_settings: QueueSettings::default(),
+            tokens: None,
+            insecure: false,
         }
     }
 }
@@ -83,6 +94,11 @@ pub enum StartError {
         /// What failed.
         source: dispatch_store::StoreError,
     },
+    /// A non-loopback address without tokens, and no `insecure`.
+    #[error(
+        "refusing to listen on {0} without tokens: anyone who can reach it could submit and run tasks; pass --tokens FILE (see `dispatch token create`) or --insecure"
+    )]
+    Insecure(SocketAddr),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -150,6 +166,9 @@ async fn wait_for_signal() {
 
 /// Opens the store, recovers, binds and starts serving.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    if !config.listen.ip().is_loopback() && config.tokens.is_none() && !config.insecure {
+        return Err(StartError::Insecure(config.listen));
+    }
     let dir = config.data_dir.clone();
     let store_err = |source| StartError::Store {
         dir: dir.clone(),
@@ -211,6 +230,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             tracing::error!(error = %e, "server stopped");
         }
     });
+    match &config.tokens {
+        Some(t) => tracing::info!(tokens = t.len(), "bearer token authentication on"),
+        None => tracing::warn!("no --tokens: every endpoint is open to anyone who can reach it"),
+    }
     tracing::info!(%addr, data = %config.data_dir.display(), "dispatch server listening");
     Ok(RunningServer {
         addr,

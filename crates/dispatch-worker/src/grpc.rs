@@ -138,10 +138,11 @@ async fn open(
         .await
         .map_err(|e| OpenError::Retry(format!("cannot connect: {e}")))?;
     let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(usize::MAX);
-    let mut inbound = client
-        .connect(ReceiverStream::new(outbound))
-        .await?
-        .into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(outbound));
+    if let Some(b) = &w.bearer {
+        request.metadata_mut().insert("authorization", b.clone());
+    }
+    let mut inbound = client.connect(request).await?.into_inner();
     match inbound.message().await? {
         Some(pb::SchedulerMessage {
             kind: Some(Kind::Registered(r)),

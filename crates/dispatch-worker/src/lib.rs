@@ -100,9 +100,19 @@ pub struct WorkerBuilder {
     concurrency: usize,
     poll_wait: Duration,
     handlers: HashMap<String, BoxedHandler>,
+    token: Option<String>,
 }
 
 impl WorkerBuilder {
+    /// The bearer token (scope `work`) sent on every HTTP request and as
+    /// `authorization` metadata on the gRPC stream. An empty token means
+    /// none.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        let token: String = token.into();
+        self.token = (!token.is_empty()).then_some(token);
+        self
+    }
+
     /// The display name the scheduler shows (default: `rust-worker`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -153,11 +163,23 @@ impl WorkerBuilder {
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return Err(WorkerError::Config("concurrency must be 1 to 10000".into()));
         }
-        let client = Client::new(&self.server).map_err(|e| WorkerError::Config(e.to_string()))?;
+        let mut client =
+            Client::new(&self.server).map_err(|e| WorkerError::Config(e.to_string()))?;
+        let bearer = match &self.token {
+            Some(t) => {
+                client = client.with_token(t.clone());
+                let value = format!("Bearer {t}").parse().map_err(|_| {
+                    WorkerError::Config("the token has characters a header cannot carry".into())
+                })?;
+                Some(value)
+            }
+            None => None,
+        };
         let endpoint = grpc::endpoint(&self.server)?;
         Ok(Worker {
             client,
             endpoint,
+            bearer,
             transport: self.transport,
             name: self.name,
             labels: self.labels,
@@ -172,6 +194,8 @@ impl WorkerBuilder {
 pub struct Worker {
     client: Client,
     endpoint: tonic::transport::Endpoint,
+    /// `authorization` metadata for the gRPC stream.
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     transport: Transport,
     name: String,
     labels: BTreeMap<String, String>,
@@ -192,6 +216,7 @@ impl Worker {
             concurrency: 8,
             poll_wait: Duration::from_secs(5),
             handlers: HashMap::new(),
+            token: None,
         }
     }
 

@@ -1,0 +1,501 @@
+//! Bearer tokens and scopes against the real binary: `dispatch token
+//! create`, the endpoint x token matrix, the CLI's `--token`, and the
+//! refusal to listen beyond loopback without tokens.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, assert_problem_shape, run_cli};
+use serde_json::{Value, json};
+
+/// Runs `dispatch token create` and returns the printed token.
+fn create_token(file: &Path, scope: &str, name: &str) -> String {
+    let out = run_cli(
+        &[
+            "token",
+            "create",
+            "--scope",
+            scope,
+            "--name",
+            name,
+            "--tokens",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "the token is printed once: {stdout:?}");
+    let token = lines[0].to_owned();
+    assert!(token.starts_with("dsp_") && token.len() > 40, "{token}");
+    token
+}
+
+/// A server with one token per scope.
+struct Secured {
+    server: Server,
+    _dir: tempfile::TempDir,
+    submit: String,
+    work: String,
+    admin: String,
+}
+
+async fn secured() -> Secured {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let submit = create_token(&file, "submit", "client");
+    let work = create_token(&file, "work", "worker");
+    let admin = create_token(&file, "admin", "ops");
+    let server = Server::with_args(&["--tokens", file.to_str().unwrap()]).await;
+    Secured {
+        server,
+        _dir: dir,
+        submit,
+        work,
+        admin,
+    }
+}
+
+/// A request with an optional bearer token; returns status, headers, body.
+async fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> common::Resp {
+    let http = reqwest::Client::new();
+    let what = format!("{method} {path} with {token:?}");
+    let mut req = http.request(
+        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+        format!("{base}{path}"),
+    );
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = resp.text().await.unwrap();
+    assert!(status < 500, "{what} -> {status}: {text}");
+    common::Resp {
+        status,
+        content_type,
+        headers,
+        text,
+        what,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Need {
+    Open,
+    Any,
+    Submit,
+    Work,
+    Admin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Who {
+    Nobody,
+    Bad,
+    Submit,
+    Work,
+    Admin,
+}
+
+/// The status class a caller gets: 401, 403 or through (anything else).
+fn expected(need: Need, who: Who) -> Option<u16> {
+    match (need, who) {
+        (Need::Open, _) => None,
+        (_, Who::Nobody | Who::Bad) => Some(401),
+        (_, Who::Admin) | (Need::Any, _) => None,
+        (Need::Submit, Who::Submit) | (Need::Work, Who::Work) => None,
+        _ => Some(403),
+    }
+}
+
+#[tokio::test]
+async fn every_endpoint_checks_its_scope() {
+    let s = secured().await;
+    let base = s.server.url.clone();
+    // Something to point at: a task, a worker, a schedule.
+    let task = call(
+        &base,
+        "POST",
+        "/v1/tasks",
+        Some(json!({"type": "t"})),
+        Some(&s.submit),
+    )
+    .await
+    .expect(201);
+    let id = task["id"].as_str().unwrap().to_owned();
+    let worker = call(
+        &base,
+        "POST",
+        "/v1/workers",
+        Some(json!({"name": "w", "types": ["other"], "capacity": 1})),
+        Some(&s.work),
+    )
+    .await
+    .expect(201);
+    let wid = worker["id"].as_str().unwrap().to_owned();
+    let schedule = json!({"name": "nightly", "cron": "0 3 * * *", "task": {"type": "t"}});
+    let rows: Vec<(&str, String, Option<Value>, Need)> = vec![
+        ("GET", "/healthz".into(), None, Need::Open),
+        ("GET", "/metrics".into(), None, Need::Any),
+        (
+            "POST",
+            "/v1/tasks".into(),
+            Some(json!({"type": "t"})),
+            Need::Submit,
+        ),
+        (
+            "POST",
+            "/v1/tasks/batch".into(),
+            Some(json!({"tasks": [{"type": "t"}]})),
+            Need::Submit,
+        ),
+        ("GET", "/v1/tasks".into(), None, Need::Submit),
+        ("GET", format!("/v1/tasks/{id}"), None, Need::Submit),
+        ("POST", "/v1/tasks/999999/cancel".into(), None, Need::Submit),
+        ("POST", format!("/v1/tasks/{id}/retry"), None, Need::Admin),
+        (
+            "POST",
+            format!("/v1/tasks/{id}/complete"),
+            Some(json!({"worker_id": wid, "result": null})),
+            Need::Work,
+        ),
+        (
+            "POST",
+            format!("/v1/tasks/{id}/fail"),
+            Some(json!({"worker_id": wid, "error": "x"})),
+            Need::Work,
+        ),
+        (
+            "POST",
+            "/v1/workers".into(),
+            Some(json!({"name": "w2", "types": ["other"], "capacity": 1})),
+            Need::Work,
+        ),
+        ("GET", "/v1/workers".into(), None, Need::Any),
+        (
+            "POST",
+            format!("/v1/workers/{wid}/heartbeat"),
+            None,
+            Need::Work,
+        ),
+        (
+            "POST",
+            format!("/v1/workers/{wid}/poll"),
+            Some(json!({"max": 1, "wait_ms": 0})),
+            Need::Work,
+        ),
+        ("DELETE", "/v1/workers/999999".into(), None, Need::Work),
+        ("GET", "/v1/queues".into(), None, Need::Any),
+        ("POST", "/v1/queues/q1/pause".into(), None, Need::Admin),
+        ("POST", "/v1/queues/q1/resume".into(), None, Need::Admin),
+        ("POST", "/v1/schedules".into(), Some(schedule), Need::Admin),
+        ("GET", "/v1/schedules".into(), None, Need::Any),
+        ("GET", "/v1/schedules/nightly".into(), None, Need::Any),
+        ("DELETE", "/v1/schedules/nope".into(), None, Need::Admin),
+        ("GET", "/v1/no-such-endpoint".into(), None, Need::Any),
+    ];
+    let mut checked = 0;
+    for (method, path, body, need) in &rows {
+        for who in [Who::Nobody, Who::Bad, Who::Submit, Who::Work, Who::Admin] {
+            let token = match who {
+                Who::Nobody => None,
+                Who::Bad => Some("dsp_0000000000000000000000000000000000000000"),
+                Who::Submit => Some(s.submit.as_str()),
+                Who::Work => Some(s.work.as_str()),
+                Who::Admin => Some(s.admin.as_str()),
+            };
+            let r = call(&base, method, path, body.clone(), token).await;
+            match expected(*need, who) {
+                Some(401) => {
+                    let p = r.problem(401, None);
+                    assert_eq!(
+                        r.headers
+                            .get("www-authenticate")
+                            .and_then(|v| v.to_str().ok()),
+                        Some("Bearer"),
+                        "{}: {p}",
+                        r.what
+                    );
+                }
+                Some(403) => {
+                    let p = r.problem(403, None);
+                    let scope = format!("{need:?}").to_lowercase();
+                    assert!(
+                        p["detail"].as_str().unwrap().contains(&scope),
+                        "{}: the 403 names the scope {scope}: {p}",
+                        r.what
+                    );
+                }
+                _ => {
+                    assert!(
+                        r.status != 401 && r.status != 403,
+                        "{} ({need:?}) -> {}: {}",
+                        r.what,
+                        r.status,
+                        r.text
+                    );
+                    if r.status >= 400 {
+                        assert_problem_shape(&r);
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, rows.len() * 5);
+}
+
+#[tokio::test]
+async fn token_create_prints_the_token_once_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let a = create_token(&file, "submit,work", "ci");
+    let b = create_token(&file, "admin", "ops");
+    assert_ne!(a, b);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains(&a) && !text.contains(&a["dsp_".len()..]),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&b) && !text.contains(&b["dsp_".len()..]),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("sha256:") && lines[0].ends_with(" submit,work ci"));
+    assert!(lines[1].starts_with("sha256:") && lines[1].ends_with(" admin ops"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+    let out = run_cli(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "root",
+            "--tokens",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}
+
+#[tokio::test]
+async fn a_bad_token_file_stops_the_server_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "# ok\nsha256:nothex submit\n").unwrap();
+    let out = run_cli(
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dir.path().join("data").to_str().unwrap(),
+            "--tokens",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_cli_sends_its_token_and_explains_a_401_in_one_line() {
+    let s = secured().await;
+    let url = s.server.url.as_str();
+    let out = run_cli(&["--server", url, "--token", &s.submit, "submit", "t"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_cli(
+        &["--server", url, "tasks"],
+        &[("DISPATCH_TOKEN", &s.submit)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_cli(&["--server", url, "tasks"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("token") && err.contains("DISPATCH_TOKEN"),
+        "{err}"
+    );
+    let out = run_cli(
+        &["--server", url, "--token", &s.submit, "queue", "pause", "q"],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("admin"), "{err}");
+    let out = run_cli(
+        &["--server", url, "--token", &s.admin, "queue", "pause", "q"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = &s.work;
+}
+
+#[test]
+fn a_non_loopback_listen_without_tokens_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run_cli(
+        &[
+            "server",
+            "--listen",
+            "0.0.0.0:0",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: refusing to listen on 0.0.0.0:0")
+            && last.contains("--tokens")
+            && last.contains("--insecure"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_non_loopback_listen_with_insecure_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["server", "--listen", "0.0.0.0:0", "--insecure", "--data"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut up = false;
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
+            && line.contains("dispatch server listening on http://0.0.0.0:")
+        {
+            up = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "the server did not start with --insecure");
+}
+
+#[tokio::test]
+async fn the_generic_worker_uses_its_token() {
+    let s = secured().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{}\"\nname = \"gw\"\n\n[types.\"echo\"]\ncommand = [\"sh\", \"-c\", \"cat >/dev/null; echo '{{\\\"ok\\\": true}}'\"]\n",
+            s.server.url
+        ),
+    )
+    .unwrap();
+    // Without a token it is refused and exits.
+    let out = run_cli(&["worker", "--config", config.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    // With DISPATCH_TOKEN it runs tasks.
+    let mut child = Command::new(BIN)
+        .args(["worker", "--config"])
+        .arg(&config)
+        .env_remove("DISPATCH_SERVER")
+        .env("DISPATCH_TOKEN", &s.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = s.server.url.clone();
+    let task = call(
+        &base,
+        "POST",
+        "/v1/tasks",
+        Some(json!({"type": "echo"})),
+        Some(&s.submit),
+    )
+    .await
+    .expect(201);
+    let id = task["id"].as_str().unwrap();
+    let done = call(
+        &base,
+        "GET",
+        &format!("/v1/tasks/{id}?wait_ms=10000"),
+        None,
+        Some(&s.submit),
+    )
+    .await
+    .expect(200);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"], json!({"ok": true}), "{done}");
+}

@@ -1,0 +1,421 @@
+//! Bearer tokens with scopes, and the one table saying which scope each
+//! endpoint needs.
+//!
+//! Tokens are opaque: `dsp_` and 64 hex digits (32 random bytes from the
+//! operating system). The server never stores one: the token file holds its
+//! SHA-256 digest, one line per token:
+//!
+//! ```text
+//! # comments and blank lines are ignored
+//! sha256:<64 hex digits> <scope>[,<scope>...] [name]
+//! ```
+//!
+//! A request's token is hashed and its digest compared with every stored
+//! one in constant time ([`subtle::ConstantTimeEq`]), without stopping at
+//! the first match.
+//!
+//! **Invariant:** [`required`] is the only place that maps a route and a
+//! method to what it needs. Handlers never check scopes themselves; the
+//! middleware [`require`] wraps the whole router (REST and gRPC), so a new
+//! route without a row in the table needs at least a valid token.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::app::App;
+use crate::http::ApiError;
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Create, read and cancel tasks.
+    Submit,
+    /// Speak a worker protocol (HTTP or gRPC).
+    Work,
+    /// Everything: retry, queue pause/resume, schedules; implies the others.
+    Admin,
+}
+
+impl Scope {
+    /// Its name in token files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Submit => "submit",
+            Scope::Work => "work",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Parses one scope name.
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "submit" => Some(Scope::Submit),
+            "work" => Some(Scope::Work),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    /// Parses a comma-separated list (`submit,work`), at least one.
+    pub fn parse_list(s: &str) -> Result<Vec<Scope>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            let scope = Scope::parse(part)
+                .ok_or_else(|| format!("unknown scope {part:?}: expected submit, work or admin"))?;
+            if !out.contains(&scope) {
+                out.push(scope);
+            }
+        }
+        if out.is_empty() {
+            return Err("no scope given".into());
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an endpoint needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Nothing: open to all.
+    Open,
+    /// Any valid token, whatever its scopes.
+    AnyToken,
+    /// A token with this scope (or `admin`).
+    Scope(Scope),
+}
+
+/// Path under which the gRPC worker service is mounted.
+const GRPC_PREFIX: &str = "/dispatch.v1.WorkerService/";
+
+/// THE scope table: (method, route pattern) -> what it needs. Anything not
+/// listed (unknown routes, other methods) needs a valid token.
+const TABLE: &[(&str, &str, Need)] = {
+    use Need::{AnyToken, Open, Scope as S};
+    use Scope::{Admin, Submit, Work};
+    &[
+        // Client endpoints.
+        ("POST", "/v1/tasks", S(Submit)),
+        ("GET", "/v1/tasks", S(Submit)),
+        ("POST", "/v1/tasks/batch", S(Submit)),
+        ("GET", "/v1/tasks/{id}", S(Submit)),
+        ("POST", "/v1/tasks/{id}/cancel", S(Submit)),
+        // The worker protocols.
+        ("POST", "/v1/workers", S(Work)),
+        ("POST", "/v1/workers/{id}/heartbeat", S(Work)),
+        ("POST", "/v1/workers/{id}/poll", S(Work)),
+        ("DELETE", "/v1/workers/{id}", S(Work)),
+        ("POST", "/v1/tasks/{id}/complete", S(Work)),
+        ("POST", "/v1/tasks/{id}/fail", S(Work)),
+        ("POST", "/dispatch.v1.WorkerService/{*method}", S(Work)),
+        // Administration.
+        ("POST", "/v1/tasks/{id}/retry", S(Admin)),
+        ("POST", "/v1/queues/{name}/pause", S(Admin)),
+        ("POST", "/v1/queues/{name}/resume", S(Admin)),
+        ("POST", "/v1/schedules", S(Admin)),
+        ("DELETE", "/v1/schedules/{name}", S(Admin)),
+        // Reads for any valid token.
+        ("GET", "/v1/workers", AnyToken),
+        ("GET", "/v1/queues", AnyToken),
+        ("GET", "/v1/schedules", AnyToken),
+        ("GET", "/v1/schedules/{name}", AnyToken),
+        ("GET", "/metrics", AnyToken),
+        // Open.
+        ("GET", "/healthz", Open),
+    ]
+};
+
+/// What a request needs, from the one table. `route` is the matched route
+/// pattern when the router found one; `path` the request's path.
+pub(crate) fn required(method: &Method, route: Option<&str>, path: &str) -> Need {
+    let route = match route {
+        Some(r) => r,
+        // A route service may not report its pattern: the gRPC service is
+        // recognised by its prefix.
+        None if path.starts_with(GRPC_PREFIX) => "/dispatch.v1.WorkerService/{*method}",
+        None => return Need::AnyToken,
+    };
+    TABLE
+        .iter()
+        .find(|(m, r, _)| *m == method.as_str() && *r == route)
+        .map_or(Need::AnyToken, |(_, _, need)| *need)
+}
+
+/// One stored token: the digest of the token and its scopes.
+#[derive(Clone)]
+struct Entry {
+    digest: [u8; 32],
+    scopes: Vec<Scope>,
+}
+
+/// The tokens a server accepts, as read from a token file.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    entries: Arc<Vec<Entry>>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tokens({} tokens)", self.entries.len())
+    }
+}
+
+/// A token file that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file could not be read.
+    #[error("cannot read the token file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A line is malformed.
+    #[error("token file line {line}: {message}")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Tokens {
+    /// Reads a token file.
+    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Tokens::parse(&text)
+    }
+
+    /// Parses the text of a token file.
+    pub fn parse(text: &str) -> Result<Tokens, TokenFileError> {
+        let mut entries = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |message: String| TokenFileError::Line {
+                line: i + 1,
+                message,
+            };
+            let mut parts = line.split_whitespace();
+            let hash = parts.next().unwrap_or_default();
+            let hex = hash
+                .strip_prefix("sha256:")
+                .ok_or_else(|| err("expected `sha256:<hex digest> <scopes> [name]`".to_owned()))?;
+            let digest = decode_hex32(hex)
+                .ok_or_else(|| err("the digest must be 64 hex digits".to_owned()))?;
+            let scopes = parts
+                .next()
+                .ok_or_else(|| err("no scopes after the digest".to_owned()))?;
+            let scopes = Scope::parse_list(scopes).map_err(err)?;
+            entries.push(Entry { digest, scopes });
+        }
+        Ok(Tokens {
+            entries: Arc::new(entries),
+        })
+    }
+
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The scopes of `token`, or `None` when it is not a known token. Every
+    /// stored digest is compared, in constant time.
+    fn scopes_of(&self, token: &str) -> Option<&[Scope]> {
+        let digest = sha256(token);
+        let mut found = None;
+        for e in self.entries.iter() {
+            if bool::from(e.digest.ct_eq(&digest)) && found.is_none() {
+                found = Some(e.scopes.as_slice());
+            }
+        }
+        found
+    }
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// A new random token: `dsp_` and 64 hex digits from the OS generator.
+pub fn generate_token() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("cannot get random bytes: {e}"))?;
+    Ok(format!("dsp_{}", encode_hex(&bytes)))
+}
+
+/// The token file line for `token`: its digest, scopes and name.
+pub fn token_line(token: &str, scopes: &[Scope], name: Option<&str>) -> String {
+    let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    let mut line = format!("sha256:{} {}", encode_hex(&sha256(token)), scopes.join(","));
+    if let Some(n) = name {
+        line.push(' ');
+        line.push_str(n);
+    }
+    line
+}
+
+/// The bearer token of a request, if it carries one.
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (kind, token) = value.split_once(' ')?;
+    kind.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Why a request is refused.
+enum Denied {
+    Unauthenticated(&'static str),
+    Forbidden(Scope),
+}
+
+fn check(tokens: &Tokens, need: Need, token: Option<&str>) -> Result<(), Denied> {
+    if need == Need::Open {
+        return Ok(());
+    }
+    let token = token.ok_or(Denied::Unauthenticated(
+        "this endpoint needs a bearer token (Authorization: Bearer <token>)",
+    ))?;
+    let scopes = tokens
+        .scopes_of(token)
+        .ok_or(Denied::Unauthenticated("the bearer token is not valid"))?;
+    match need {
+        Need::Scope(s) if !scopes.contains(&s) && !scopes.contains(&Scope::Admin) => {
+            Err(Denied::Forbidden(s))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Middleware: lets a request through when the server has no tokens, or
+/// when its token has what [`required`] says; else 401 or 403 (as gRPC
+/// statuses on the gRPC service).
+pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let Some(tokens) = &app.config.tokens else {
+        return next.run(req).await;
+    };
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+    let path = req.uri().path();
+    let need = required(req.method(), route, path);
+    let grpc = path.starts_with(GRPC_PREFIX);
+    match check(tokens, need, bearer(&req)) {
+        Ok(()) => next.run(req).await,
+        Err(denied) if grpc => {
+            let status = match denied {
+                Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+                Denied::Forbidden(s) => {
+                    tonic::Status::permission_denied(format!("this needs a token with scope {s}"))
+                }
+            };
+            status.into_http()
+        }
+        Err(Denied::Unauthenticated(m)) => {
+            let mut resp = ApiError::new(401, m).into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp
+        }
+        Err(Denied::Forbidden(s)) => ApiError::new(
+            403,
+            format!("this endpoint needs a token with scope {s} (or admin)"),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_round_trips() {
+        let t = generate_token().unwrap();
+        let line = token_line(&t, &[Scope::Submit, Scope::Work], Some("ci"));
+        assert!(!line.contains(&t));
+        let tokens = Tokens::parse(&format!("# c\n\n{line}\n")).unwrap();
+        assert_eq!(
+            tokens.scopes_of(&t),
+            Some(&[Scope::Submit, Scope::Work][..])
+        );
+        assert_eq!(tokens.scopes_of("dsp_nope"), None);
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let e = Tokens::parse("# c\nsha256:zz submit\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = Tokens::parse(&format!("sha256:{} root\n", "a".repeat(64))).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn admin_implies_every_scope_and_healthz_is_open() {
+        let t = generate_token().unwrap();
+        let tokens = Tokens::parse(&token_line(&t, &[Scope::Admin], None)).unwrap();
+        for need in [
+            Need::Scope(Scope::Submit),
+            Need::Scope(Scope::Work),
+            Need::AnyToken,
+        ] {
+            assert!(check(&tokens, need, Some(&t)).is_ok());
+        }
+        assert!(check(&tokens, Need::Open, None).is_ok());
+        assert_eq!(
+            required(&Method::GET, Some("/healthz"), "/healthz"),
+            Need::Open
+        );
+        assert_eq!(
+            required(&Method::POST, None, "/dispatch.v1.WorkerService/Connect"),
+            Need::Scope(Scope::Work)
+        );
+    }
+}
