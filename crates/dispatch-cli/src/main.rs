@@ -92,6 +92,13 @@ enum Command {
         /// Allow listening beyond loopback without --tokens.
         #[arg(long)]
         insecure: bool,
+        /// Most live tasks the server holds; submissions beyond answer 429.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_live_tasks: usize,
+        /// Append admin actions and refused requests to FILE, one JSON
+        /// line each.
+        #[arg(long, value_name = "FILE")]
+        audit_log: Option<PathBuf>,
     },
     /// Manage bearer tokens.
     Token {
@@ -337,6 +344,8 @@ async fn run(cli: Cli) -> Result<()> {
             config: config_file,
             tokens,
             insecure,
+            max_live_tasks,
+            audit_log,
         } => {
             init_logs("info");
             if lease_ms == 0 {
@@ -350,6 +359,8 @@ async fn run(cli: Cli) -> Result<()> {
                 config.tokens = Some(dispatch_server::Tokens::load(&path)?);
             }
             config.insecure = insecure;
+            config.max_live_tasks = max_live_tasks;
+            config.audit_log = audit_log;
             config.lease_ms = lease_ms;
             config.retention_ms = retention_ms;
             config.max_body_bytes = max_body_bytes;

@@ -7,6 +7,7 @@
 //! rate_per_sec = 50          # most starts per second (a token bucket)
 //! burst = 10                 # starts allowed at once (default: a second's worth)
 //! max_per_key = 1            # most running at once per routing_key
+//! max_depth = 10000          # most queued and scheduled; beyond, 429
 //! strategy = "least_loaded"  # for its tasks that name none
 //!
 //! [types."report.render"]
@@ -82,6 +83,7 @@ fn parse_queue(s: &Section<'_>) -> Result<QueueDefaults> {
         "rate_per_sec",
         "burst",
         "max_per_key",
+        "max_depth",
         "strategy",
     ])?;
     let (rate_per_sec, burst) = rate(s)?;
@@ -94,6 +96,7 @@ fn parse_queue(s: &Section<'_>) -> Result<QueueDefaults> {
             max_per_key: count(s, "max_per_key")?,
         },
         strategy: strategy(s)?,
+        max_depth: s.integer("max_depth", 1, i64::MAX)?.map(|n| n as u64),
     })
 }
 
@@ -186,6 +189,7 @@ mod tests {
             rate_per_sec = 50
             burst = 10
             max_per_key = 1
+            max_depth = 500
             strategy = "least_loaded"
 
             [queues."bulk.v2"]
@@ -198,6 +202,7 @@ mod tests {
         )
         .unwrap();
         let critical = &s.queues["critical"];
+        assert_eq!(critical.max_depth, Some(500));
         assert_eq!(
             critical.config,
             QueueConfig {

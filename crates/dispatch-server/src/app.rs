@@ -49,6 +49,8 @@ pub(crate) struct App {
     retrying: Mutex<std::collections::HashSet<TaskId>>,
     /// Cron schedules, fired by `schedules::schedule_loop`.
     pub(crate) schedules: crate::schedules::Schedules,
+    /// The audit log, when `--audit-log` names one.
+    pub(crate) audit: Option<crate::audit::AuditLog>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the shell's only clock.
@@ -81,6 +83,7 @@ impl App {
     /// the live tasks. Runs on a blocking thread.
     pub(crate) fn open(
         config: ServerConfig,
+        audit: Option<crate::audit::AuditLog>,
     ) -> Result<(Arc<App>, std::thread::JoinHandle<()>), StoreError> {
         let store = Arc::new(SqliteStore::open(&config.data_dir, config.durability)?);
         let live = store.load_live()?;
@@ -177,6 +180,7 @@ impl App {
             metrics: Metrics::default(),
             retrying: Mutex::default(),
             schedules: crate::schedules::Schedules::default(),
+            audit,
         };
         Ok((Arc::new(app), writer_thread))
     }

@@ -20,10 +20,11 @@
 //! route without a row in the table needs at least a valid token.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -139,6 +140,26 @@ const TABLE: &[(&str, &str, Need)] = {
     ]
 };
 
+/// The admin actions the audit log records, keyed like [`TABLE`]:
+/// (method, route pattern) -> action name.
+const AUDITED: &[(&str, &str, &str)] = &[
+    ("POST", "/v1/tasks/{id}/cancel", "task.cancel"),
+    ("POST", "/v1/tasks/{id}/retry", "task.retry"),
+    ("POST", "/v1/queues/{name}/pause", "queue.pause"),
+    ("POST", "/v1/queues/{name}/resume", "queue.resume"),
+    ("POST", "/v1/schedules", "schedule.create"),
+    ("DELETE", "/v1/schedules/{name}", "schedule.delete"),
+];
+
+/// The audit action of a request, if it is one.
+pub(crate) fn audited(method: &Method, route: Option<&str>) -> Option<&'static str> {
+    let route = route?;
+    AUDITED
+        .iter()
+        .find(|(m, r, _)| *m == method.as_str() && *r == route)
+        .map(|(_, _, action)| *action)
+}
+
 /// What a request needs, from the one table. `route` is the matched route
 /// pattern when the router found one; `path` the request's path.
 pub(crate) fn required(method: &Method, route: Option<&str>, path: &str) -> Need {
@@ -160,6 +181,7 @@ pub(crate) fn required(method: &Method, route: Option<&str>, path: &str) -> Need
 struct Entry {
     digest: [u8; 32],
     scopes: Vec<Scope>,
+    name: Option<String>,
 }
 
 /// The tokens a server accepts, as read from a token file.
@@ -228,7 +250,12 @@ impl Tokens {
                 .next()
                 .ok_or_else(|| err("no scopes after the digest".to_owned()))?;
             let scopes = Scope::parse_list(scopes).map_err(err)?;
-            entries.push(Entry { digest, scopes });
+            let name = parts.next().map(str::to_owned);
+            entries.push(Entry {
+                digest,
+                scopes,
+                name,
+            });
         }
         Ok(Tokens {
             entries: Arc::new(entries),
@@ -256,6 +283,23 @@ impl Tokens {
             }
         }
         found
+    }
+
+    /// Who `token` is, for the audit log: its name in the token file, else
+    /// `sha256:` and the start of its digest (also for unknown tokens).
+    /// Never the token itself.
+    fn who(&self, token: &str) -> String {
+        let digest = sha256(token);
+        let mut found = None;
+        for e in self.entries.iter() {
+            if bool::from(e.digest.ct_eq(&digest)) && found.is_none() {
+                found = Some(e);
+            }
+        }
+        match found.and_then(|e| e.name.clone()) {
+            Some(name) => name,
+            None => format!("sha256:{}", &encode_hex(&digest)[..12]),
+        }
     }
 }
 
@@ -338,38 +382,119 @@ fn check(tokens: &Tokens, need: Need, token: Option<&str>) -> Result<(), Denied>
 
 /// Middleware: lets a request through when the server has no tokens, or
 /// when its token has what [`required`] says; else 401 or 403 (as gRPC
-/// statuses on the gRPC service).
+/// statuses on the gRPC service). With an audit log, records refusals and
+/// the actions of [`audited`] with their outcome.
 pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let Some(tokens) = &app.config.tokens else {
-        return next.run(req).await;
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let who = match (&app.config.tokens, bearer(&req)) {
+        (Some(tokens), Some(token)) if app.audit.is_some() => Some(tokens.who(token)),
+        _ => None,
     };
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
-    let path = req.uri().path();
-    let need = required(req.method(), route, path);
-    let grpc = path.starts_with(GRPC_PREFIX);
-    match check(tokens, need, bearer(&req)) {
-        Ok(()) => next.run(req).await,
-        Err(denied) if grpc => {
-            let status = match denied {
-                Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-                Denied::Forbidden(s) => {
-                    tonic::Status::permission_denied(format!("this needs a token with scope {s}"))
-                }
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let verdict = match &app.config.tokens {
+        None => Ok(()),
+        Some(tokens) => check(
+            tokens,
+            required(&method, route.as_deref(), &path),
+            bearer(&req),
+        ),
+    };
+    let denied = match verdict {
+        Ok(()) => {
+            let Some((log, action)) = app.audit.as_ref().zip(audited(&method, route.as_deref()))
+            else {
+                return next.run(req).await;
             };
-            status.into_http()
+            let (req, target) = match route.as_deref() {
+                Some(r) if r.contains('{') => (req, crate::audit::path_param(r, &path)),
+                _ => match name_in_body(req, app.config.max_body_bytes).await {
+                    Ok(x) => x,
+                    Err(resp) => return resp,
+                },
+            };
+            let resp = next.run(req).await;
+            log.record(&crate::audit::Entry {
+                at: dispatch_proto::time::format_rfc3339(crate::app::now_ms()),
+                action,
+                target,
+                outcome: resp.status().as_u16(),
+                token: who,
+                remote,
+                method: None,
+                path: None,
+            });
+            return resp;
         }
-        Err(Denied::Unauthenticated(m)) => {
-            let mut resp = ApiError::new(401, m).into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            resp
+        Err(denied) => denied,
+    };
+    let resp = if path.starts_with(GRPC_PREFIX) {
+        let status = match denied {
+            Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+            Denied::Forbidden(s) => {
+                tonic::Status::permission_denied(format!("this needs a token with scope {s}"))
+            }
+        };
+        status.into_http()
+    } else {
+        match denied {
+            Denied::Unauthenticated(m) => {
+                let mut resp = ApiError::new(401, m).into_response();
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                resp
+            }
+            Denied::Forbidden(s) => ApiError::new(
+                403,
+                format!("this endpoint needs a token with scope {s} (or admin)"),
+            )
+            .into_response(),
         }
-        Err(Denied::Forbidden(s)) => ApiError::new(
-            403,
-            format!("this endpoint needs a token with scope {s} (or admin)"),
-        )
-        .into_response(),
+    };
+    if let Some(log) = &app.audit {
+        // A gRPC refusal is a 200 with a gRPC status: record it as HTTP.
+        let outcome = match resp.status().as_u16() {
+            200 if path.starts_with(GRPC_PREFIX) => match denied {
+                Denied::Unauthenticated(_) => 401,
+                Denied::Forbidden(_) => 403,
+            },
+            s => s,
+        };
+        log.record(&crate::audit::Entry {
+            at: dispatch_proto::time::format_rfc3339(crate::app::now_ms()),
+            action: "auth.denied",
+            target: Some(path.clone()),
+            outcome,
+            token: who,
+            remote,
+            method: Some(method.as_str()),
+            path: Some(&path),
+        });
     }
+    resp
+}
+
+/// Reads the body of a request with a JSON `name` (schedule creation) for
+/// the audit log, and gives the request back with the same body.
+async fn name_in_body(req: Request, limit: usize) -> Result<(Request, Option<String>), Response> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(413, "the request body is larger than the server accepts").into_response()
+    })?;
+    let name = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("name")?.as_str().map(str::to_owned));
+    Ok((
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+        name,
+    ))
 }
 
 #[cfg(test)]
@@ -387,6 +512,28 @@ mod tests {
             Some(&[Scope::Submit, Scope::Work][..])
         );
         assert_eq!(tokens.scopes_of("dsp_nope"), None);
+    }
+
+    #[test]
+    fn the_audit_log_names_a_token_never_shows_it() {
+        let named = generate_token().unwrap();
+        let anonymous = generate_token().unwrap();
+        let text = format!(
+            "{}\n{}\n",
+            token_line(&named, &[Scope::Admin], Some("ops")),
+            token_line(&anonymous, &[Scope::Submit], None)
+        );
+        let tokens = Tokens::parse(&text).unwrap();
+        assert_eq!(tokens.who(&named), "ops");
+        let who = tokens.who(&anonymous);
+        assert!(who.starts_with("sha256:") && who.len() == 7 + 12, "{who}");
+        assert!(!anonymous.contains(&who[7..]), "{who}");
+        assert!(tokens.who("dsp_unknown").starts_with("sha256:"));
+        assert_eq!(
+            audited(&Method::POST, Some("/v1/tasks/{id}/cancel")),
+            Some("task.cancel")
+        );
+        assert_eq!(audited(&Method::POST, Some("/v1/tasks")), None);
     }
 
     #[test]

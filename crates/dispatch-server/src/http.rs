@@ -35,6 +35,14 @@ impl ApiError {
         ApiError::new(404, format!("no {what}"))
     }
 
+    /// 429 with `Retry-After: 1`: the server or a queue is full.
+    pub(crate) fn overloaded(detail: impl Into<String>) -> Self {
+        ApiError {
+            problem: Problem::new(429, detail),
+            retry_after: Some(1),
+        }
+    }
+
     pub(crate) fn conflict(detail: impl Into<String>) -> Self {
         ApiError::new(409, detail)
     }

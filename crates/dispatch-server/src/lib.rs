@@ -17,6 +17,8 @@
 //! - `queues`: `/v1/queues` (listing, pause, resume), the queue and type
 //!   settings of the config file ([`QueueSettings`]) and default strategies.
 //! - `metrics`: counters and the Prometheus text at `/metrics`.
+//! - `audit`: the audit log (`--audit-log`), one JSON line per admin action
+//!   or refused request, written by its own thread.
 //! - `auth`: bearer tokens with scopes ([`Tokens`], read from a token file
 //!   of SHA-256 digests) and the one table of what each route needs,
 //!   enforced by one middleware around REST and gRPC alike.
@@ -25,6 +27,7 @@
 //! (fsynced in the `durable` mode), so an acknowledged task survives a crash.
 
 mod app;
+mod audit;
 pub mod auth;
 mod grpc;
 mod http;
@@ -64,6 +67,11 @@ pub struct ServerConfig {
     pub tokens: Option<Tokens>,
     /// Allow listening beyond loopback without tokens.
     pub insecure: bool,
+    /// Most live tasks the server holds; submissions beyond answer 429.
+    pub max_live_tasks: usize,
+    /// File that admin actions and refused requests are appended to, one
+    /// JSON line each; `None` keeps no audit log.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -79,6 +87,8 @@ impl ServerConfig {
             queue_settings: QueueSettings::default(),
             tokens: None,
             insecure: false,
+            max_live_tasks: 1_000_000,
+            audit_log: None,
         }
     }
 }
@@ -99,6 +109,14 @@ pub enum StartError {
         "refusing to listen on {0} without tokens: anyone who can reach it could submit and run tasks; pass --tokens FILE (see `dispatch token create`) or --insecure"
     )]
     Insecure(SocketAddr),
+    /// The audit log could not be opened.
+    #[error("cannot open the audit log {path}: {source}")]
+    AuditLog {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -174,9 +192,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         dir: dir.clone(),
         source,
     };
+    let audit = match &config.audit_log {
+        Some(path) => Some(
+            audit::AuditLog::open(path).map_err(|source| StartError::AuditLog {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let (app, writer) = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || app::App::open(config))
+        tokio::task::spawn_blocking(move || app::App::open(config, audit))
             .await
             .map_err(|e| {
                 store_err(dispatch_store::StoreError::new(
@@ -223,7 +250,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        if let Err(e) = axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await
         {

@@ -35,6 +35,9 @@ pub struct QueueDefaults {
     pub config: QueueConfig,
     /// The strategy of its tasks that name none (after their type's).
     pub strategy: Option<Strategy>,
+    /// Most queued and scheduled live tasks it holds; submissions beyond
+    /// answer 429.
+    pub max_depth: Option<u64>,
 }
 
 /// A task type's settings from the config file (`[types.NAME]`).

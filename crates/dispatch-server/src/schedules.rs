@@ -173,6 +173,10 @@ impl Schedules {
                         continue;
                     }
                 };
+                if let Err(err) = crate::tasks::check_capacity(app, std::slice::from_ref(&task)) {
+                    tracing::warn!(schedule = %name, fire_at, reason = %err, "overloaded; skipping the fire");
+                    continue;
+                }
                 let w = Write::Fire {
                     schedule: name.clone(),
                     fire_at,

@@ -58,6 +58,59 @@ async fn check_parents(app: &Arc<App>, task: &ValidTask) -> Result<(), FieldErro
     Ok(())
 }
 
+/// Refuses new tasks that would take a queue past its `max_depth` (its
+/// queued and scheduled live tasks) or the server past `max_live_tasks`.
+///
+/// Checked under the scheduler lock just before the insert is sent, but
+/// the tasks reach the core only after the store acknowledged them: two
+/// submissions racing may both pass, so a queue or the server can end
+/// slightly over its limit. Tasks whose idempotency key was seen before
+/// count as new here.
+pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<(), String> {
+    let settings = &app.config.queue_settings.queues;
+    let mut adding: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for r in records {
+        if settings
+            .get(&*r.spec.queue)
+            .is_some_and(|q| q.max_depth.is_some())
+        {
+            *adding.entry(&*r.spec.queue).or_default() += 1;
+        }
+    }
+    let shared = app.lock();
+    let live = shared.sched.live_tasks();
+    let max = app.config.max_live_tasks;
+    if live.saturating_add(records.len()) > max {
+        return Err(format!(
+            "the server holds {live} live tasks and takes at most {max}; try again later"
+        ));
+    }
+    if adding.is_empty() {
+        return Ok(());
+    }
+    let mut depth: std::collections::BTreeMap<&str, u64> = adding.keys().map(|q| (*q, 0)).collect();
+    for t in shared.sched.tasks() {
+        if matches!(t.state, TaskState::Queued | TaskState::Scheduled)
+            && let Some(d) = depth.get_mut(&*t.spec.queue)
+        {
+            *d += 1;
+        }
+    }
+    for (queue, n) in adding {
+        let max = settings
+            .get(queue)
+            .and_then(|q| q.max_depth)
+            .unwrap_or(u64::MAX);
+        let now = depth.get(queue).copied().unwrap_or(0);
+        if now.saturating_add(n) > max {
+            return Err(format!(
+                "queue {queue:?} holds {now} waiting tasks and takes at most {max}; try again later"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Stores new tasks durably, then hands the created ones to the core.
 /// Returns, per task, its record and whether it was created (false: its
 /// idempotency key named an earlier task, whose record is returned).
@@ -94,6 +147,7 @@ async fn accept(
         r.spec.join = true;
         r.state = TaskState::Scheduled;
     }
+    check_capacity(app, &records).map_err(ApiError::overloaded)?;
     let ack = app.write(Write::Insert(records.clone()))?;
     let outcomes = match acked(Some(ack)).await? {
         Some(WriteOutcome::Inserted(o)) if o.len() == records.len() => o,

@@ -1,0 +1,82 @@
+//! Overload end to end, with the real binary: a queue's `max_depth` and
+//! the server's `--max-live-tasks` answer 429 with `Retry-After` and store
+//! nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, Server, id_of};
+use serde_json::{Value, json};
+
+/// The tasks of `queue` the server lists.
+async fn stored_in(api: &Api, queue: &str) -> usize {
+    let list = api.list(&format!("queue={queue}&limit=100")).await;
+    list["tasks"].as_array().expect("tasks array").len()
+}
+
+/// Asserts a 429 problem with a `Retry-After` of whole seconds.
+#[track_caller]
+fn assert_overloaded(r: &common::Resp) -> Value {
+    let p = r.problem(429, None);
+    let after = r
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{}: no Retry-After header", r.what));
+    assert!(after.parse::<u64>().is_ok_and(|s| s >= 1), "{after}");
+    p
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_until_a_worker_drains_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("dispatch.toml");
+    std::fs::write(&config, "[queues.small]\nmax_depth = 3\n").expect("write config");
+    let server = Server::with_args(&["--config", config.to_str().unwrap()]).await;
+    let api = server.api();
+    let task = json!({"type": "overload.job", "queue": "small", "payload": 1});
+    for _ in 0..3 {
+        api.submit(task.clone()).await;
+    }
+    let r = api.post("/v1/tasks", task.clone()).await;
+    let p = assert_overloaded(&r);
+    assert!(
+        p["detail"].as_str().unwrap_or("").contains("small"),
+        "the detail names the queue: {p}"
+    );
+    // A batch that would overflow it is refused whole.
+    let batch = json!({"tasks": [task.clone()]});
+    assert_overloaded(&api.post("/v1/tasks/batch", batch.clone()).await);
+    assert_eq!(stored_in(&api, "small").await, 3, "nothing more stored");
+    // Other queues still accept.
+    api.submit(json!({"type": "overload.other", "queue": "other", "payload": 1}))
+        .await;
+
+    // A worker takes the three: the queue has room again.
+    let worker = api.register(&["overload.job"], 10).await;
+    let got = api.poll_n(&worker, 3, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 3);
+    let t = api.submit(task.clone()).await;
+    api.post("/v1/tasks/batch", batch).await.expect(201);
+    assert_eq!(stored_in(&api, "small").await, 5);
+    assert!(!id_of(&t).is_empty());
+}
+
+#[tokio::test]
+async fn max_live_tasks_refuses_a_batch_that_would_pass_it() {
+    let server = Server::with_args(&["--max-live-tasks", "5"]).await;
+    let api = server.api();
+    let tasks: Vec<Value> = (0..6)
+        .map(|i| json!({"type": "overload.live", "queue": "live", "payload": i}))
+        .collect();
+    let r = api.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
+    assert_overloaded(&r);
+    assert_eq!(stored_in(&api, "live").await, 0, "none of the batch stored");
+    // Five fit.
+    let five = json!({"tasks": tasks[..5].to_vec()});
+    api.post("/v1/tasks/batch", five).await.expect(201);
+    let one = json!({"type": "overload.live", "queue": "live", "payload": 9});
+    assert_overloaded(&api.post("/v1/tasks", one).await);
+    assert_eq!(stored_in(&api, "live").await, 5);
+}
