@@ -7,27 +7,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Server, id_of, run_cli};
+use common::{Server, create_token, id_of};
 use serde_json::{Value, json};
-
-/// Runs `dispatch token create` and returns the printed token.
-fn create_token(file: &Path, scope: &str, name: &str) -> String {
-    let out = run_cli(
-        &[
-            "token",
-            "create",
-            "--scope",
-            scope,
-            "--name",
-            name,
-            "--tokens",
-            file.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "token create failed: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// A request with an optional bearer token.
 async fn call(

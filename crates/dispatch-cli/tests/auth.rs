@@ -5,40 +5,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, assert_problem_shape, run_cli};
+use common::{BIN, Server, assert_problem_shape, create_token, run_cli};
 use serde_json::{Value, json};
-
-/// Runs `dispatch token create` and returns the printed token.
-fn create_token(file: &Path, scope: &str, name: &str) -> String {
-    let out = run_cli(
-        &[
-            "token",
-            "create",
-            "--scope",
-            scope,
-            "--name",
-            name,
-            "--tokens",
-            file.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "token create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "the token is printed once: {stdout:?}");
-    let token = lines[0].to_owned();
-    assert!(token.starts_with("dsp_") && token.len() > 40, "{token}");
-    token
-}
 
 /// A server with one token per scope.
 struct Secured {

@@ -6,29 +6,8 @@ mod common;
 
 use std::process::Output;
 
-use common::{Server, free_port, run_cli};
+use common::{Server, free_port, ok, run_cli, stderr, stdout};
 use serde_json::{Value, json};
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts success and returns stdout.
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "dispatch failed ({}):\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
 
 /// Asserts failure with a one-line error on stderr; returns that line.
 #[track_caller]

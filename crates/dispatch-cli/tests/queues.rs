@@ -7,10 +7,9 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Api, Server, id_of, run_cli};
+use common::{Api, Server, id_of, ok, run_cli, stderr};
 use serde_json::{Value, json};
 
 /// A config file in a folder of its own, kept while the value lives.
@@ -382,26 +381,6 @@ async fn type_and_queue_default_strategies_apply_to_tasks_that_name_none() {
         (28..=33).contains(&heavy_got),
         "heavy {heavy_got}, light {light_got}"
     );
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "dispatch failed ({}):\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
 }
 
 #[tokio::test]

@@ -702,3 +702,54 @@ impl Server {
         Server::start_in(self.dir.clone(), self.args.clone()).await
     }
 }
+
+/// A command's stdout as text.
+pub(crate) fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's stderr as text.
+pub(crate) fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+pub(crate) fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "dispatch failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// Runs `dispatch token create` and returns the printed token.
+pub(crate) fn create_token(file: &Path, scope: &str, name: &str) -> String {
+    let out = run_cli(
+        &[
+            "token",
+            "create",
+            "--scope",
+            scope,
+            "--name",
+            name,
+            "--tokens",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "the token is printed once: {stdout:?}");
+    let token = lines[0].to_owned();
+    assert!(token.starts_with("dsp_") && token.len() > 40, "{token}");
+    token
+}
