@@ -10,7 +10,6 @@ use dispatch_core::{Event, Millis, Scheduler, Task, TaskId, TaskState, WorkerId}
 use dispatch_store::{
     GroupCommitWriter, Store, StoreError, TaskBody, TaskRecord, TaskUpdate, Write, WriteOutcome,
 };
-use dispatch_store_sqlite::SqliteStore;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::ServerConfig;
@@ -83,9 +82,9 @@ impl App {
     /// the live tasks. Runs on a blocking thread.
     pub(crate) fn open(
         config: ServerConfig,
+        store: Arc<dyn Store>,
         audit: Option<crate::audit::AuditLog>,
     ) -> Result<(Arc<App>, std::thread::JoinHandle<()>), StoreError> {
-        let store = Arc::new(SqliteStore::open(&config.data_dir, config.durability)?);
         let live = store.load_live()?;
         let next_id = store.max_task_id()?.map_or(1, |id| id.0 + 1);
         let (writer, writer_thread) = GroupCommitWriter::start(store.clone());
@@ -216,6 +215,11 @@ impl App {
             .map_err(|e| StoreError::new(dispatch_store::ErrorKind::Unavailable, e.to_string()))
     }
 
+    /// Whether the store takes writes, as the writer last saw it.
+    pub(crate) fn store_health(&self) -> &dispatch_store::StoreHealth {
+        self.writer.health()
+    }
+
     /// Signals shutdown to long polls and the timer loop.
     pub(crate) fn begin_stop(&self) {
         let _ = self.stop_tx.send(true);
@@ -257,7 +261,9 @@ impl App {
                     {
                         update.result = Some(r);
                     }
-                    match self.write(Write::Update(update)) {
+                    // The core has moved on: the store must follow, even
+                    // through an outage, so the write is retained.
+                    match self.writer.write_retained(Write::Update(update)) {
                         Ok(ack) => last = Some(ack),
                         Err(e) => tracing::error!(error = %e, "cannot persist a transition"),
                     }

@@ -44,6 +44,8 @@ use std::sync::Arc;
 pub use auth::{Scope, Tokens};
 pub use dispatch_core::{QueueConfig, Strategy, TypeConfig};
 pub use dispatch_store_sqlite::Durability;
+
+use dispatch_store::{ErrorKind, Store, StoreError};
 pub use queues::{QueueDefaults, QueueSettings, TypeDefaults};
 
 /// How to run a server.
@@ -182,11 +184,40 @@ async fn wait_for_signal() {
     }
 }
 
-/// Opens the store, recovers, binds and starts serving.
+/// Opens the embedded store in the data folder, recovers, binds and starts
+/// serving.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    check_exposure(&config)?;
+    let dir = config.data_dir.clone();
+    let durability = config.durability;
+    let store = tokio::task::spawn_blocking(move || {
+        dispatch_store_sqlite::SqliteStore::open(&dir, durability)
+    })
+    .await
+    .map_err(|e| StoreError::new(ErrorKind::Unavailable, e.to_string()))
+    .and_then(|opened| opened)
+    .map_err(|source| StartError::Store {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    start_with_store(config, Arc::new(store)).await
+}
+
+fn check_exposure(config: &ServerConfig) -> Result<(), StartError> {
     if !config.listen.ip().is_loopback() && config.tokens.is_none() && !config.insecure {
         return Err(StartError::Insecure(config.listen));
     }
+    Ok(())
+}
+
+/// Like [`start`], on a store the caller opened: another backend, or a
+/// wrapped one (tests use [`dispatch_store::FaultyStore`]). The data folder
+/// of `config` only names the store in errors.
+pub async fn start_with_store(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+) -> Result<RunningServer, StartError> {
+    check_exposure(&config)?;
     let dir = config.data_dir.clone();
     let store_err = |source| StartError::Store {
         dir: dir.clone(),
@@ -203,26 +234,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     };
     let (app, writer) = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || app::App::open(config, audit))
+        tokio::task::spawn_blocking(move || app::App::open(config, store, audit))
             .await
-            .map_err(|e| {
-                store_err(dispatch_store::StoreError::new(
-                    dispatch_store::ErrorKind::Unavailable,
-                    e.to_string(),
-                ))
-            })?
+            .map_err(|e| store_err(StoreError::new(ErrorKind::Unavailable, e.to_string())))?
             .map_err(store_err)?
     };
     let stored_schedules = {
         let app = app.clone();
         tokio::task::spawn_blocking(move || app.store.list_schedules())
             .await
-            .map_err(|e| {
-                store_err(dispatch_store::StoreError::new(
-                    dispatch_store::ErrorKind::Unavailable,
-                    e.to_string(),
-                ))
-            })?
+            .map_err(|e| store_err(StoreError::new(ErrorKind::Unavailable, e.to_string())))?
             .map_err(store_err)?
     };
     app.schedules.load(stored_schedules);

@@ -66,6 +66,22 @@ pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
         let shared = app.lock();
         (shared.sched.live_tasks(), shared.sched.workers().count())
     };
+    let health = app.store_health();
+    if health.is_failing() {
+        // Reads and live work go on, but nothing new can be accepted.
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({
+                "status": "store_unavailable",
+                "store": {
+                    "error": health.last_error(),
+                    "retained_writes": health.retained(),
+                },
+                "live_tasks": live,
+                "workers": workers,
+            }),
+        );
+    }
     json(
         StatusCode::OK,
         &serde_json::json!({ "status": "ok", "live_tasks": live, "workers": workers }),
@@ -138,6 +154,25 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
         .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n))
         .collect();
     metric("dispatch_tasks", "gauge", "Live tasks by state.", &live);
+    let health = app.store_health();
+    metric(
+        "dispatch_store_failing",
+        "gauge",
+        "1 while the store refuses writes (writes answer 503 and state changes wait to be retried).",
+        &[(String::new(), u64::from(health.is_failing()))],
+    );
+    metric(
+        "dispatch_store_commit_failures_total",
+        "counter",
+        "Store commits that failed.",
+        &[(String::new(), health.failures())],
+    );
+    metric(
+        "dispatch_store_retained_writes",
+        "gauge",
+        "State changes made in memory that wait for the store to take them.",
+        &[(String::new(), health.retained() as u64)],
+    );
     metric(
         "dispatch_workers",
         "gauge",

@@ -11,6 +11,9 @@
 //!   one fsync acknowledges many tasks (group commit).
 //! - [`MemoryStore`]: an in-memory double for tests. It is not durable and
 //!   is never used by the server.
+//! - [`FaultyStore`]: wraps any store and fails its reads or writes on
+//!   demand ([`Faults`]), to test behaviour under a full disk or a lost
+//!   database.
 //! - [`conformance`]: the suite every backend must pass, instantiated with
 //!   [`store_conformance_tests!`].
 //!
@@ -26,18 +29,20 @@
 //! Rust: serialization to JSON happens in `dispatch-proto`, and each backend
 //! chooses its own column encoding.
 
+mod faulty;
 mod memory;
 mod record;
 mod writer;
 
 pub mod conformance;
 
+pub use faulty::{Faults, FaultyStore};
 pub use memory::MemoryStore;
 pub use record::{
     FireOutcome, InsertOutcome, ScheduleRecord, TaskBody, TaskQuery, TaskRecord, TaskUpdate, Write,
     WriteOutcome,
 };
-pub use writer::{GroupCommitWriter, WriterClosed};
+pub use writer::{GroupCommitWriter, StoreHealth, WriterClosed};
 
 /// How a store failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

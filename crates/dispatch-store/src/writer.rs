@@ -9,16 +9,50 @@
 //!
 //! Writes are applied in the order they were sent: a task's insert always
 //! precedes its updates, whichever request sent them.
+//!
+//! # When the store fails
+//!
+//! A write is sent one of two ways:
+//! - [`GroupCommitWriter::write`]: *fail fast*. If its commit fails, its
+//!   caller gets the error and the write is gone (a submission answered 503
+//!   was never accepted). Nothing of it is stored: the batch's transaction
+//!   rolled back.
+//! - [`GroupCommitWriter::write_retained`] and
+//!   [`GroupCommitWriter::write_detached`]: *retained*. The write records a
+//!   change the caller has already made in memory (a task's state
+//!   transition), so it must reach the store eventually. If its commit
+//!   fails, its waiter (if any) still gets the error, but the writer keeps
+//!   the write and commits it, before anything sent later, once the store
+//!   works again: retrying after a back-off (50 ms doubling to 2 s), and at
+//!   every new write that arrives meanwhile.
+//!
+//! A failed batch is taken apart so that one bad write does not sink the
+//! others: the retained writes are tried alone, then, if they went through,
+//! each fail-fast write alone. A retained write that fails for a reason
+//! other than an unavailable store (a bug, never an outage) is dropped with
+//! an error in the log rather than retried forever. [`StoreHealth`] tells
+//! the server whether the store is failing, so it can say so in `/healthz`
+//! and in its metrics.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::{Store, StoreError, Write, WriteOutcome};
+use crate::{ErrorKind, Store, StoreError, Write, WriteOutcome};
 
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 8_192;
+
+/// First wait before retrying retained writes after a failure.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between retries of retained writes.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Retries of retained writes once every handle is dropped (shutdown),
+/// before giving up on them.
+const RETRIES_AT_SHUTDOWN: u32 = 5;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
 
@@ -27,39 +61,138 @@ type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
 #[error("the store writer has stopped")]
 pub struct WriterClosed;
 
+/// Whether the store is taking writes, as the writer last saw it.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    failing: AtomicBool,
+    failures: AtomicU64,
+    retained: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    /// True from a commit failing because the store is unavailable until
+    /// a later commit succeeds with nothing left to retry.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Failed commits since the writer started.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Retained writes waiting for the store to work again.
+    pub fn retained(&self) -> usize {
+        self.retained.load(Ordering::Relaxed)
+    }
+
+    /// The message of the last failure, while the store is failing.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn failed(&self, e: &StoreError) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if e.kind == ErrorKind::Unavailable {
+            self.failing.store(true, Ordering::Relaxed);
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        }
+    }
+
+    fn settled(&self, retained: usize) {
+        self.retained.store(retained, Ordering::Relaxed);
+        if retained == 0 && self.failing.swap(false, Ordering::Relaxed) {
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            tracing::info!("the store takes writes again");
+        }
+    }
+}
+
+/// One write on its way, with how to answer it.
+struct Item {
+    write: Write,
+    reply: Option<Reply>,
+    retain: bool,
+}
+
 /// A handle to the writer thread. Cloning it is cheap; the thread stops when
 /// every handle is dropped, after committing what was sent.
 #[derive(Clone, Debug)]
 pub struct GroupCommitWriter {
-    tx: mpsc::Sender<(Write, Option<Reply>)>,
+    tx: mpsc::Sender<Item>,
+    health: Arc<StoreHealth>,
+}
+
+impl std::fmt::Debug for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Item")
+            .field("write", &self.write)
+            .field("retain", &self.retain)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GroupCommitWriter {
     /// Starts the writer thread for `store`.
     pub fn start<S: Store>(store: S) -> (GroupCommitWriter, thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel::<(Write, Option<Reply>)>();
+        let (tx, rx) = mpsc::channel::<Item>();
+        let health = Arc::new(StoreHealth::default());
+        let thread_health = health.clone();
         let handle = thread::Builder::new()
             .name("dispatch-store-writer".into())
-            .spawn(move || run(store, rx))
+            .spawn(move || run(store, rx, &thread_health))
             .expect("spawning the store writer thread");
-        (GroupCommitWriter { tx }, handle)
+        (GroupCommitWriter { tx, health }, handle)
     }
 
-    /// Queues a write and returns a receiver that resolves once it is
-    /// committed (or failed with its batch).
+    /// The store's health as the writer sees it.
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.health
+    }
+
+    /// Queues a fail-fast write and returns a receiver that resolves once
+    /// it is committed, or with the error that stopped it (the write is
+    /// then dropped).
     pub fn write(
         &self,
         w: Write,
     ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, WriterClosed> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send((w, Some(reply))).map_err(|_| WriterClosed)?;
-        Ok(rx)
+        self.send(w, true, false)
     }
 
-    /// Queues a write whose outcome nobody waits for. It is still applied in
-    /// order; a failure is logged.
+    /// Queues a retained write: its receiver resolves once it is committed,
+    /// or with the error of its first failed commit, after which the writer
+    /// keeps retrying it until the store takes it.
+    pub fn write_retained(
+        &self,
+        w: Write,
+    ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, WriterClosed> {
+        self.send(w, true, true)
+    }
+
+    /// Queues a retained write whose outcome nobody waits for.
     pub fn write_detached(&self, w: Write) -> Result<(), WriterClosed> {
-        self.tx.send((w, None)).map_err(|_| WriterClosed)
+        self.send(w, false, true).map(drop)
+    }
+
+    fn send(
+        &self,
+        write: Write,
+        wait: bool,
+        retain: bool,
+    ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, WriterClosed> {
+        let (reply, rx) = oneshot::channel();
+        let item = Item {
+            write,
+            reply: wait.then_some(reply),
+            retain,
+        };
+        self.tx.send(item).map_err(|_| WriterClosed)?;
+        Ok(rx)
     }
 
     /// Writes and waits for the commit, from async code.
@@ -72,36 +205,171 @@ impl GroupCommitWriter {
     }
 }
 
-fn run<S: Store>(store: S, rx: mpsc::Receiver<(Write, Option<Reply>)>) {
-    let mut writes = Vec::with_capacity(MAX_BATCH);
-    let mut replies = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some((w, r)) = next {
-            writes.push(w);
-            replies.push(r);
-            next = if writes.len() < MAX_BATCH {
-                rx.try_recv().ok()
+fn run<S: Store>(store: S, rx: mpsc::Receiver<Item>, health: &StoreHealth) {
+    // Retained writes whose commit failed, oldest first: they go before
+    // anything newer.
+    let mut retained: Vec<Item> = Vec::new();
+    let mut backoff = MIN_BACKOFF;
+    let mut closed = false;
+    let mut shutdown_tries = 0;
+    loop {
+        let mut batch = std::mem::take(&mut retained);
+        if !closed {
+            let first = if batch.is_empty() {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
             } else {
-                None
+                rx.recv_timeout(backoff)
             };
+            match first {
+                Ok(item) => batch.push(item),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
         }
-        match store.apply(&writes) {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.drain(..).zip(outcomes) {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(outcome));
+        if batch.is_empty() {
+            return;
+        }
+        if closed {
+            if shutdown_tries == RETRIES_AT_SHUTDOWN {
+                tracing::error!(
+                    writes = batch.len(),
+                    "stopping with state changes the store never took; at the next start the store's older states are recovered"
+                );
+                return;
+            }
+            if shutdown_tries > 0 {
+                thread::sleep(backoff);
+            }
+            shutdown_tries += 1;
+        }
+        retained = commit(&store, batch, health);
+        health.settled(retained.len());
+        backoff = if retained.is_empty() {
+            MIN_BACKOFF
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
+    }
+}
+
+/// Commits `batch`, answers every waiter, and returns the retained writes
+/// that must be tried again.
+fn commit<S: Store>(store: &S, batch: Vec<Item>, health: &StoreHealth) -> Vec<Item> {
+    let (e, batch) = match apply(store, batch) {
+        Ok(()) => return Vec::new(),
+        Err(failed) => failed,
+    };
+    health.failed(&e);
+    if batch.len() == 1 {
+        return give_up_or_keep(batch, &e);
+    }
+    let (keep, fail_fast): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|i| i.retain);
+    if !keep.is_empty() {
+        match apply(store, keep) {
+            Ok(()) => {}
+            Err((e, keep)) if e.kind == ErrorKind::Unavailable => {
+                // The store is down: nothing else can go through now.
+                health.failed(&e);
+                for item in fail_fast {
+                    answer(item.reply, Err(e.clone()));
+                }
+                return give_up_or_keep(keep, &e);
+            }
+            Err((e, keep)) => {
+                // One of them is at fault: find it by committing each alone.
+                health.failed(&e);
+                let mut left = Vec::new();
+                for item in keep {
+                    left.extend(commit_alone(store, item, health));
+                }
+                if !left.is_empty() {
+                    for item in fail_fast {
+                        answer(item.reply, Err(e.clone()));
                     }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, writes = writes.len(), "store commit failed");
-                for reply in replies.drain(..).flatten() {
-                    let _ = reply.send(Err(e.clone()));
+                    return left;
                 }
             }
         }
-        writes.clear();
-        replies.clear();
+    } else if e.kind == ErrorKind::Unavailable {
+        for item in fail_fast {
+            answer(item.reply, Err(e.clone()));
+        }
+        return Vec::new();
+    }
+    // The store works: each fail-fast write stands or falls alone.
+    let mut left = Vec::new();
+    for item in fail_fast {
+        left.extend(commit_alone(store, item, health));
+    }
+    left
+}
+
+fn commit_alone<S: Store>(store: &S, item: Item, health: &StoreHealth) -> Vec<Item> {
+    match apply(store, vec![item]) {
+        Ok(()) => Vec::new(),
+        Err((e, items)) => {
+            health.failed(&e);
+            give_up_or_keep(items, &e)
+        }
+    }
+}
+
+/// Answers the failed writes' waiters with `e`; returns the retained ones
+/// to try again when the store is unavailable, and drops the rest.
+fn give_up_or_keep(items: Vec<Item>, e: &StoreError) -> Vec<Item> {
+    let mut keep = Vec::new();
+    for mut item in items {
+        answer(item.reply.take(), Err(e.clone()));
+        if !item.retain {
+            continue;
+        }
+        if e.kind == ErrorKind::Unavailable {
+            keep.push(item);
+        } else {
+            tracing::error!(error = %e, write = ?item.write, "dropping a state change the store refuses");
+        }
+    }
+    keep
+}
+
+/// Applies `items` in one transaction and answers their waiters; on
+/// failure, gives the items back unanswered.
+fn apply<S: Store>(store: &S, items: Vec<Item>) -> Result<(), (StoreError, Vec<Item>)> {
+    let (writes, rest): (Vec<Write>, Vec<(Option<Reply>, bool)>) = items
+        .into_iter()
+        .map(|i| (i.write, (i.reply, i.retain)))
+        .unzip();
+    match store.apply(&writes) {
+        Ok(outcomes) => {
+            for ((reply, _), outcome) in rest.into_iter().zip(outcomes) {
+                answer(reply, Ok(outcome));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, writes = writes.len(), "store commit failed");
+            let items = writes
+                .into_iter()
+                .zip(rest)
+                .map(|(write, (reply, retain))| Item {
+                    write,
+                    reply,
+                    retain,
+                })
+                .collect();
+            Err((e, items))
+        }
+    }
+}
+
+fn answer(reply: Option<Reply>, result: Result<WriteOutcome, StoreError>) {
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
     }
 }

@@ -1,0 +1,190 @@
+//! The server when its store fails (a full disk, a lost database): writes
+//! answer 503 with a problem body, the server stays up and says so in
+//! `/healthz` and `/metrics`, nothing refused is stored, the state changes
+//! made meanwhile reach the store once it works again, and it recovers by
+//! itself. A real server on loopback, over a real SQLite file wrapped in a
+//! fault-injecting store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dispatch_client::{Client, ClientError};
+use dispatch_core::{TaskId, TaskState};
+use dispatch_proto::{CompleteTask, PollRequest, RegisterWorker, SubmitTask};
+use dispatch_server::{Durability, ServerConfig};
+use dispatch_store::{FaultyStore, Store};
+use dispatch_store_sqlite::SqliteStore;
+use serde_json::value::to_raw_value;
+
+fn task(kind: &str) -> SubmitTask {
+    SubmitTask::new(
+        kind,
+        to_raw_value(&serde_json::json!({"n": 1})).expect("json"),
+    )
+}
+
+fn worker() -> RegisterWorker {
+    RegisterWorker {
+        name: Some("w".into()),
+        types: Some(vec!["job".into()]),
+        capacity: Some(4),
+        ..RegisterWorker::default()
+    }
+}
+
+async fn poll_one(client: &Client, worker: &str) -> String {
+    let req = PollRequest {
+        max: Some(1),
+        wait_ms: Some(5_000),
+        results: None,
+    };
+    let reply = client.poll(worker, &req).await.expect("poll");
+    assert_eq!(reply.tasks.len(), 1, "one task assigned");
+    reply.tasks[0].id.clone()
+}
+
+fn complete() -> impl Fn(&str) -> CompleteTask {
+    |worker| CompleteTask {
+        worker_id: Some(worker.to_owned()),
+        result: Some(to_raw_value(&serde_json::json!({"ok": true})).expect("json")),
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_unavailable(e: &ClientError) {
+    match e {
+        ClientError::Api(p) => {
+            assert_eq!(p.status, 503, "{p:?}");
+            assert!(p.detail.contains("store"), "the problem says why: {p:?}");
+        }
+        other => panic!("expected a 503 problem, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_answers_503_and_the_server_recovers_by_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+    let (faulty, faults) = FaultyStore::new(sqlite);
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server =
+        dispatch_server::start_with_store(ServerConfig::new(listen, dir.path()), Arc::new(faulty))
+            .await
+            .expect("start");
+    let base = format!("http://{}", server.local_addr());
+    let client = Client::new(&base).expect("client");
+    let http = reqwest::Client::new();
+
+    let w = client.register(&worker()).await.expect("register").id;
+    let (a, _) = client.submit(&task("job")).await.expect("submit");
+    assert_eq!(poll_one(&client, &w).await, a.id);
+
+    // The disk fills up.
+    faults.fail_writes(true);
+    let refused = client.submit(&task("job")).await.expect_err("no store");
+    assert_unavailable(&refused);
+    let resp = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&serde_json::json!({"type": "job"}))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/problem+json",
+        "a problem body"
+    );
+    let batch = client
+        .submit_batch(vec![task("job"), task("job")])
+        .await
+        .expect_err("no store");
+    assert_unavailable(&batch);
+
+    // The worker finishes its task: the server cannot confirm it is stored,
+    // but keeps the change and stores it later.
+    let report = client.complete(&a.id, &complete()(&w)).await;
+    assert_unavailable(&report.expect_err("not stored yet"));
+
+    // Still up: health says what is wrong, reads of memory work.
+    let health = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 503);
+    let body: serde_json::Value = health.json().await.expect("json");
+    assert_eq!(body["status"], "store_unavailable");
+    assert!(
+        body["store"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("full"))
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("dispatch_store_failing 1"), "{metrics}");
+    assert_eq!(client.workers().await.expect("workers").workers.len(), 1);
+
+    // The disk has room again: the server heals without a restart.
+    faults.fail_writes(false);
+    eventually("healthz back to 200", || async {
+        client.health().await.is_ok()
+    })
+    .await;
+    let a_now = client.task(&a.id).await.expect("task a");
+    assert_eq!(a_now.state, "succeeded", "the retained completion landed");
+    let (c, created) = client.submit(&task("job")).await.expect("submit again");
+    assert!(created);
+    assert_eq!(poll_one(&client, &w).await, c.id);
+    client
+        .complete(&c.id, &complete()(&w))
+        .await
+        .expect("complete");
+
+    // A store that cannot be read answers 503 too, and heals the same way.
+    faults.fail_reads(true);
+    let list = client
+        .tasks(&dispatch_proto::ListTasks::default())
+        .await
+        .expect_err("no reads");
+    assert_unavailable(&list);
+    faults.fail_reads(false);
+    let listed = client
+        .tasks(&dispatch_proto::ListTasks::default())
+        .await
+        .expect("reads again");
+    let mut ids: Vec<_> = listed.tasks.iter().map(|t| t.id.clone()).collect();
+    ids.sort();
+    let mut expected = vec![a.id.clone(), c.id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected, "nothing refused was stored");
+
+    server.shutdown().await;
+    // On disk, after a clean stop: both tasks succeeded, nothing else.
+    let reopened = SqliteStore::open(dir.path(), Durability::Durable).expect("reopen");
+    for id in [&a.id, &c.id] {
+        let id = TaskId(id.parse().expect("numeric id"));
+        let stored = reopened.get_task(id).expect("read").expect("stored");
+        assert_eq!(stored.state, TaskState::Succeeded);
+    }
+    assert!(reopened.load_live().expect("live").is_empty());
+}
