@@ -72,7 +72,7 @@ pub struct StoreHealth {
 
 impl StoreHealth {
     /// True from a commit failing because the store is unavailable until
-    /// a later commit succeeds with nothing left to retry.
+    /// a later commit succeeds.
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
     }
@@ -103,9 +103,8 @@ impl StoreHealth {
         }
     }
 
-    fn settled(&self, retained: usize) {
-        self.retained.store(retained, Ordering::Relaxed);
-        if retained == 0 && self.failing.swap(false, Ordering::Relaxed) {
+    fn committed(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
             *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
             tracing::info!("the store takes writes again");
         }
@@ -249,7 +248,7 @@ fn run<S: Store>(store: S, rx: mpsc::Receiver<Item>, health: &StoreHealth) {
             shutdown_tries += 1;
         }
         retained = commit(&store, batch, health);
-        health.settled(retained.len());
+        health.retained.store(retained.len(), Ordering::Relaxed);
         backoff = if retained.is_empty() {
             MIN_BACKOFF
         } else {
@@ -261,21 +260,19 @@ fn run<S: Store>(store: S, rx: mpsc::Receiver<Item>, health: &StoreHealth) {
 /// Commits `batch`, answers every waiter, and returns the retained writes
 /// that must be tried again.
 fn commit<S: Store>(store: &S, batch: Vec<Item>, health: &StoreHealth) -> Vec<Item> {
-    let (e, batch) = match apply(store, batch) {
+    let (e, batch) = match apply(store, batch, health) {
         Ok(()) => return Vec::new(),
         Err(failed) => failed,
     };
-    health.failed(&e);
     if batch.len() == 1 {
         return give_up_or_keep(batch, &e);
     }
     let (keep, fail_fast): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|i| i.retain);
     if !keep.is_empty() {
-        match apply(store, keep) {
+        match apply(store, keep, health) {
             Ok(()) => {}
             Err((e, keep)) if e.kind == ErrorKind::Unavailable => {
                 // The store is down: nothing else can go through now.
-                health.failed(&e);
                 for item in fail_fast {
                     answer(item.reply, Err(e.clone()));
                 }
@@ -283,7 +280,6 @@ fn commit<S: Store>(store: &S, batch: Vec<Item>, health: &StoreHealth) -> Vec<It
             }
             Err((e, keep)) => {
                 // One of them is at fault: find it by committing each alone.
-                health.failed(&e);
                 let mut left = Vec::new();
                 for item in keep {
                     left.extend(commit_alone(store, item, health));
@@ -311,12 +307,9 @@ fn commit<S: Store>(store: &S, batch: Vec<Item>, health: &StoreHealth) -> Vec<It
 }
 
 fn commit_alone<S: Store>(store: &S, item: Item, health: &StoreHealth) -> Vec<Item> {
-    match apply(store, vec![item]) {
+    match apply(store, vec![item], health) {
         Ok(()) => Vec::new(),
-        Err((e, items)) => {
-            health.failed(&e);
-            give_up_or_keep(items, &e)
-        }
+        Err((e, items)) => give_up_or_keep(items, &e),
     }
 }
 
@@ -340,13 +333,18 @@ fn give_up_or_keep(items: Vec<Item>, e: &StoreError) -> Vec<Item> {
 
 /// Applies `items` in one transaction and answers their waiters; on
 /// failure, gives the items back unanswered.
-fn apply<S: Store>(store: &S, items: Vec<Item>) -> Result<(), (StoreError, Vec<Item>)> {
+fn apply<S: Store>(
+    store: &S,
+    items: Vec<Item>,
+    health: &StoreHealth,
+) -> Result<(), (StoreError, Vec<Item>)> {
     let (writes, rest): (Vec<Write>, Vec<(Option<Reply>, bool)>) = items
         .into_iter()
         .map(|i| (i.write, (i.reply, i.retain)))
         .unzip();
     match store.apply(&writes) {
         Ok(outcomes) => {
+            health.committed();
             for ((reply, _), outcome) in rest.into_iter().zip(outcomes) {
                 answer(reply, Ok(outcome));
             }
@@ -354,6 +352,7 @@ fn apply<S: Store>(store: &S, items: Vec<Item>) -> Result<(), (StoreError, Vec<I
         }
         Err(e) => {
             tracing::error!(error = %e, writes = writes.len(), "store commit failed");
+            health.failed(&e);
             let items = writes
                 .into_iter()
                 .zip(rest)
