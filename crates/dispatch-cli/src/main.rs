@@ -95,6 +95,11 @@ enum Command {
         /// Most live tasks the server holds; submissions beyond answer 429.
         #[arg(long, default_value_t = 1_000_000)]
         max_live_tasks: usize,
+        /// Most memory live tasks may take, in MiB (each is charged its
+        /// payload and strings plus a fixed overhead); submissions beyond
+        /// answer 429.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+        max_memory_mb: u64,
         /// Append admin actions and refused requests to FILE, one JSON
         /// line each.
         #[arg(long, value_name = "FILE")]
@@ -345,6 +350,7 @@ async fn run(cli: Cli) -> Result<()> {
             tokens,
             insecure,
             max_live_tasks,
+            max_memory_mb,
             audit_log,
         } => {
             init_logs("info");
@@ -360,6 +366,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             config.insecure = insecure;
             config.max_live_tasks = max_live_tasks;
+            config.max_memory_bytes = max_memory_mb.saturating_mul(1 << 20);
             config.audit_log = audit_log;
             config.lease_ms = lease_ms;
             config.retention_ms = retention_ms;

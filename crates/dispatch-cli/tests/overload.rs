@@ -80,3 +80,61 @@ async fn max_live_tasks_refuses_a_batch_that_would_pass_it() {
     assert_overloaded(&api.post("/v1/tasks", one).await);
     assert_eq!(stored_in(&api, "live").await, 5);
 }
+
+/// The value of an unlabelled sample in the Prometheus text.
+async fn metric(api: &Api, name: &str) -> u64 {
+    let text = api.get("/metrics").await.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[tokio::test]
+async fn the_memory_bound_refuses_work_until_tasks_end() {
+    let server = Server::with_args(&["--max-memory-mb", "1"]).await;
+    let api = server.api();
+    assert_eq!(
+        metric(&api, "dispatch_task_memory_limit_bytes").await,
+        1 << 20
+    );
+    // About 100 KiB each: ten fit in 1 MiB, the eleventh does not.
+    let big = "x".repeat(100 * 1024);
+    let task = json!({"type": "overload.mem", "queue": "mem", "payload": big});
+    let mut accepted = 0;
+    let refused = loop {
+        let r = api.post("/v1/tasks", task.clone()).await;
+        if r.status == 429 {
+            break r;
+        }
+        r.expect(201);
+        accepted += 1;
+        assert!(accepted <= 10, "the bound was not enforced");
+    };
+    assert_eq!(accepted, 10);
+    let p = assert_overloaded(&refused);
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--max-memory-mb"),
+        "the detail names the bound: {p}"
+    );
+    assert!(metric(&api, "dispatch_task_memory_bytes").await > 10 * 100 * 1024);
+    // The bound counts bytes, not tasks: a small one still fits.
+    let small = json!({"type": "overload.mem", "queue": "mem", "payload": 1});
+    api.post("/v1/tasks", small).await.expect(201);
+    assert_eq!(stored_in(&api, "mem").await, 11, "nothing refused was stored");
+
+    // A worker finishes three: their memory comes back.
+    let worker = api.register(&["overload.mem"], 3).await;
+    for t in api.poll_n(&worker, 3, Duration::from_secs(5)).await {
+        api.complete(&id_of(&t), &worker, json!(null))
+            .await
+            .expect(200);
+    }
+    for _ in 0..3 {
+        api.post("/v1/tasks", task.clone()).await.expect(201);
+    }
+    assert_overloaded(&api.post("/v1/tasks", task).await);
+    assert_eq!(api.get("/healthz").await.status, 200, "still healthy");
+}

@@ -32,8 +32,6 @@
 //! (stream breaks)                lost: held tasks requeued at once, attempts count
 //! ```
 
-use std::sync::Arc;
-
 use dispatch_core::{Task, TaskId};
 use dispatch_proto::{
     FieldError, MAX_JSON_DEPTH, Outcome, PolledTask, RegisterWorker, ReportResult, ResultStatus,
@@ -138,18 +136,19 @@ impl pb::Report {
 }
 
 /// The task message of a running task, as the scheduler hands it over.
-pub fn task_message(t: &Task<Arc<TaskBody>>) -> pb::Task {
+pub fn task_message<B: AsRef<TaskBody>>(t: &Task<B>) -> pb::Task {
+    let body = t.body.as_ref();
     pb::Task {
         id: t.id.to_string(),
         r#type: t.spec.kind.to_string(),
         queue: t.spec.queue.to_string(),
-        payload_json: t.body.payload.to_string(),
+        payload_json: body.payload.to_string(),
         attempt: t.attempts,
         max_attempts: t.spec.max_attempts,
         timeout_ms: t.spec.timeout_ms,
         priority: i32::from(t.spec.priority),
-        shard_index: t.body.shard.map(|(i, _)| i),
-        shard_total: t.body.shard.map(|(_, n)| n),
+        shard_index: body.shard.map(|(i, _)| i),
+        shard_total: body.shard.map(|(_, n)| n),
     }
 }
 

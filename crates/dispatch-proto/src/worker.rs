@@ -258,19 +258,20 @@ pub struct PolledTask {
 
 impl PolledTask {
     /// The delivery view of a running task.
-    pub fn new(t: &Task<Arc<TaskBody>>) -> Self {
+    pub fn new<B: AsRef<TaskBody>>(t: &Task<B>) -> Self {
+        let body = t.body.as_ref();
         PolledTask {
             id: t.id.to_string(),
             kind: t.spec.kind.to_string(),
             queue: t.spec.queue.to_string(),
-            payload: RawValue::from_string(t.body.payload.to_string())
+            payload: RawValue::from_string(body.payload.to_string())
                 .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
             attempt: t.attempts,
             max_attempts: t.spec.max_attempts,
             timeout_ms: t.spec.timeout_ms,
             priority: i64::from(t.spec.priority),
-            shard_index: t.body.shard.map(|(i, _)| i),
-            shard_total: t.body.shard.map(|(_, n)| n),
+            shard_index: body.shard.map(|(i, _)| i),
+            shard_total: body.shard.map(|(_, n)| n),
         }
     }
 }

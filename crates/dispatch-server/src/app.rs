@@ -15,8 +15,8 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::ServerConfig;
 use crate::metrics::Metrics;
 
-/// The task body the server keeps in the core beside each live task.
-pub(crate) type Body = Arc<TaskBody>;
+pub(crate) use crate::budget::Body;
+use crate::budget::{MemoryBudget, footprint};
 
 /// Everything behind the one lock: the scheduler and the workers' wake-ups.
 pub(crate) struct Shared {
@@ -44,6 +44,8 @@ pub(crate) struct App {
     pub(crate) stopping: watch::Receiver<bool>,
     stop_tx: watch::Sender<bool>,
     pub(crate) metrics: Metrics,
+    /// What live tasks take of `--max-memory-mb`.
+    pub(crate) budget: Arc<MemoryBudget>,
     /// Dead tasks being requeued by `POST /v1/tasks/{id}/retry`.
     retrying: Mutex<std::collections::HashSet<TaskId>>,
     /// Cron schedules, fired by `schedules::schedule_loop`.
@@ -66,7 +68,7 @@ pub(crate) fn live_record(t: &Task<Body>) -> TaskRecord {
     TaskRecord {
         id: t.id,
         spec,
-        body: (*t.body).clone(),
+        body: TaskBody::clone(&t.body),
         state: t.state,
         attempts: t.attempts,
         worker: t.worker,
@@ -88,6 +90,7 @@ impl App {
         let live = store.load_live()?;
         let next_id = store.max_task_id()?.map_or(1, |id| id.0 + 1);
         let (writer, writer_thread) = GroupCommitWriter::start(store.clone());
+        let budget = MemoryBudget::new(config.max_memory_bytes);
 
         let now = now_ms();
         let core_config = dispatch_core::Config {
@@ -108,7 +111,8 @@ impl App {
             } else {
                 r.attempts
             };
-            let body = Arc::new(r.body.clone());
+            // Recovered tasks are held whatever the budget says.
+            let body = Body::new(r.body.clone(), budget.charge(footprint(r)));
             if let Err(e) =
                 sched.restore(r.id, r.spec.clone(), body, attempts, r.error.clone(), now)
             {
@@ -177,6 +181,7 @@ impl App {
             stopping,
             stop_tx,
             metrics: Metrics::default(),
+            budget,
             retrying: Mutex::default(),
             schedules: crate::schedules::Schedules::default(),
             audit,

@@ -29,6 +29,7 @@
 mod app;
 mod audit;
 pub mod auth;
+mod budget;
 mod grpc;
 mod http;
 mod metrics;
@@ -71,6 +72,10 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// Most live tasks the server holds; submissions beyond answer 429.
     pub max_live_tasks: usize,
+    /// Most memory live tasks may take, in bytes (estimated per task from
+    /// its payload and strings plus a fixed overhead); submissions beyond
+    /// answer 429.
+    pub max_memory_bytes: u64,
     /// File that admin actions and refused requests are appended to, one
     /// JSON line each; `None` keeps no audit log.
     pub audit_log: Option<PathBuf>,
@@ -90,6 +95,7 @@ impl ServerConfig {
             tokens: None,
             insecure: false,
             max_live_tasks: 1_000_000,
+            max_memory_bytes: 1 << 30,
             audit_log: None,
         }
     }

@@ -154,6 +154,18 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
         .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n))
         .collect();
     metric("dispatch_tasks", "gauge", "Live tasks by state.", &live);
+    metric(
+        "dispatch_task_memory_bytes",
+        "gauge",
+        "Memory live tasks are charged (payloads, strings and a fixed share each).",
+        &[(String::new(), app.budget.used())],
+    );
+    metric(
+        "dispatch_task_memory_limit_bytes",
+        "gauge",
+        "The bound on dispatch_task_memory_bytes (--max-memory-mb); submissions beyond answer 429.",
+        &[(String::new(), app.budget.limit())],
+    );
     let health = app.store_health();
     metric(
         "dispatch_store_failing",

@@ -105,6 +105,8 @@ struct SentFire {
     fire_at: Millis,
     task: TaskRecord,
     ack: Ack,
+    /// The task's memory, reserved before its write was sent.
+    reserved: crate::budget::Charge,
 }
 
 impl Schedules {
@@ -173,10 +175,14 @@ impl Schedules {
                         continue;
                     }
                 };
-                if let Err(err) = crate::tasks::check_capacity(app, std::slice::from_ref(&task)) {
-                    tracing::warn!(schedule = %name, fire_at, reason = %err, "overloaded; skipping the fire");
-                    continue;
-                }
+                let reserved = match crate::tasks::check_capacity(app, std::slice::from_ref(&task))
+                {
+                    Ok(r) => r,
+                    Err(err) => {
+                        tracing::warn!(schedule = %name, fire_at, reason = %err, "overloaded; skipping the fire");
+                        continue;
+                    }
+                };
                 let w = Write::Fire {
                     schedule: name.clone(),
                     fire_at,
@@ -188,6 +194,7 @@ impl Schedules {
                         fire_at,
                         task,
                         ack,
+                        reserved,
                     }),
                     Err(err) => {
                         tracing::error!(schedule = %name, error = %err, "cannot write a fire");
@@ -242,11 +249,13 @@ fn new_fire_task(
 async fn settle_fires(app: &Arc<App>, sent: Vec<SentFire>, now: Millis) -> bool {
     let mut healthy = true;
     let mut created = Vec::new();
+    let mut reserved = app.budget.charge(0);
     for f in sent {
         match acked(Some(f.ack)).await {
             Ok(Some(WriteOutcome::Fired(FireOutcome::Created))) => {
                 app.schedules.fired(&f.schedule, f.fire_at);
                 created.push(f.task);
+                reserved.absorb(f.reserved);
             }
             Ok(Some(WriteOutcome::Fired(FireOutcome::Existing(task)))) => {
                 // Recorded before (a restart raced its own commit): that
@@ -266,7 +275,7 @@ async fn settle_fires(app: &Arc<App>, sent: Vec<SentFire>, now: Millis) -> bool 
         }
     }
     if !created.is_empty()
-        && let Err(e) = crate::tasks::admit(app, &mut created, now).await
+        && let Err(e) = crate::tasks::admit(app, &mut created, &mut reserved, now).await
     {
         tracing::error!(error = ?e, "stored fire tasks were not admitted; they run after a restart");
     }

@@ -14,6 +14,7 @@ use dispatch_proto::{
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
 use crate::app::{App, acked, live_record, now_ms};
+use crate::budget::{Body, Charge, footprint};
 use crate::http::{ApiError, JsonBody, json};
 use crate::queues::apply_default_strategy;
 
@@ -66,7 +67,7 @@ async fn check_parents(app: &Arc<App>, task: &ValidTask) -> Result<(), FieldErro
 /// submissions racing may both pass, so a queue or the server can end
 /// slightly over its limit. Tasks whose idempotency key was seen before
 /// count as new here.
-pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<(), String> {
+pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<Charge, String> {
     let settings = &app.config.queue_settings.queues;
     let mut adding: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for r in records {
@@ -86,7 +87,7 @@ pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<(), St
         ));
     }
     if adding.is_empty() {
-        return Ok(());
+        return reserve_memory(app, records);
     }
     let mut depth: std::collections::BTreeMap<&str, u64> = adding.keys().map(|q| (*q, 0)).collect();
     for t in shared.sched.tasks() {
@@ -108,7 +109,13 @@ pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<(), St
             ));
         }
     }
-    Ok(())
+    reserve_memory(app, records)
+}
+
+/// Reserves the memory `records` will take once live.
+fn reserve_memory(app: &App, records: &[TaskRecord]) -> Result<Charge, String> {
+    let bytes = records.iter().map(footprint).sum();
+    app.budget.reserve(bytes).map_err(|e| e.to_string())
 }
 
 /// Stores new tasks durably, then hands the created ones to the core.
@@ -147,7 +154,7 @@ async fn accept(
         r.spec.join = true;
         r.state = TaskState::Scheduled;
     }
-    check_capacity(app, &records).map_err(ApiError::overloaded)?;
+    let mut reserved = check_capacity(app, &records).map_err(ApiError::overloaded)?;
     let ack = app.write(Write::Insert(records.clone()))?;
     let outcomes = match acked(Some(ack)).await? {
         Some(WriteOutcome::Inserted(o)) if o.len() == records.len() => o,
@@ -167,7 +174,7 @@ async fn accept(
         }
     }
     let mut new_records: Vec<TaskRecord> = created.iter().map(|(_, r)| r.clone()).collect();
-    admit(app, &mut new_records, now).await?;
+    admit(app, &mut new_records, &mut reserved, now).await?;
     let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; created.len() + existing.len()];
     for ((i, _), r) in created.iter().zip(new_records) {
         out[*i] = Some((r, true));
@@ -238,11 +245,13 @@ fn fan_out(app: &App, v: &ValidTask) -> Result<Vec<ValidTask>, ApiError> {
 }
 
 /// Hands tasks that are already stored to the core: they wait for their
-/// time or their parents, or are assigned at once. Updates each record to
-/// the task's state after that.
+/// time or their parents, or are assigned at once. Each takes its share of
+/// `reserved` (see [`check_capacity`]). Updates each record to the task's
+/// state after that.
 pub(crate) async fn admit(
     app: &Arc<App>,
     records: &mut [TaskRecord],
+    reserved: &mut Charge,
     now: u64,
 ) -> Result<(), ApiError> {
     let mut delayed = false;
@@ -251,7 +260,7 @@ pub(crate) async fn admit(
         let mut shared = app.lock();
         for r in records.iter() {
             delayed |= r.spec.run_at.is_some_and(|at| at > now);
-            let body = Arc::new(r.body.clone());
+            let body = Body::new(r.body.clone(), reserved.split_off(footprint(r)));
             if let Err(e) = shared.sched.submit(r.id, r.spec.clone(), body, now) {
                 tracing::error!(task = %r.id, error = %e, "the core refused a stored task");
                 continue;
@@ -535,7 +544,7 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
     let now = now_ms();
     record.spec.run_at = None;
     let mut shared = app.lock();
-    let body = Arc::new(record.body.clone());
+    let body = Body::new(record.body.clone(), app.budget.charge(footprint(&record)));
     shared
         .sched
         .restore(

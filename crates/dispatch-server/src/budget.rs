@@ -1,0 +1,217 @@
+//! The memory budget of live tasks (`--max-memory-mb`).
+//!
+//! Every live task is charged an estimate of what it costs the server in
+//! memory: its payload and strings plus a fixed share for the core's
+//! structures ([`footprint`]). A submission reserves its tasks' charge
+//! before its insert is sent, so submissions racing each other cannot
+//! overshoot the bound together; past it they answer 429. The charge then
+//! travels with the task's [`Body`] inside the core and is released when
+//! the core lets the task go, whatever ended it.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dispatch_store::{TaskBody, TaskRecord};
+
+/// Bytes charged per live task beyond its payload and strings: the core's
+/// task entry, its place in a lane, its timers, the id maps and the body's
+/// allocation. Measured with `bench/chaos flood` (RSS over live tasks).
+pub(crate) const TASK_OVERHEAD: u64 = 400;
+
+/// What a task is charged.
+pub(crate) fn footprint(r: &TaskRecord) -> u64 {
+    let spec = &r.spec;
+    let labels: usize = spec
+        .labels
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 48)
+        .sum();
+    let strings = r.body.payload.len()
+        + r.body.idempotency_key.as_ref().map_or(0, String::len)
+        + r.body.depends_on.len() * 8
+        + spec.kind.len()
+        + spec.queue.len()
+        + spec.routing_key.as_ref().map_or(0, |k| k.len())
+        + labels;
+    TASK_OVERHEAD + strings as u64
+}
+
+/// Bytes in use against a limit.
+#[derive(Debug)]
+pub(crate) struct MemoryBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+/// A submission that does not fit.
+#[derive(Debug)]
+pub(crate) struct OverBudget {
+    pub(crate) used: u64,
+    pub(crate) limit: u64,
+}
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "live tasks take about {} MiB of the server's {} MiB (--max-memory-mb); try again later",
+            self.used >> 20,
+            self.limit >> 20
+        )
+    }
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(MemoryBudget {
+            used: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes charged now.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The bound.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Reserves `bytes` if they fit.
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Charge, OverBudget> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let after = used.saturating_add(bytes);
+            if after > self.limit {
+                return Err(OverBudget {
+                    used,
+                    limit: self.limit,
+                });
+            }
+            match self
+                .used
+                .compare_exchange_weak(used, after, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Ok(Charge {
+                        bytes,
+                        budget: self.clone(),
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Charges `bytes` whether they fit or not: for tasks the server must
+    /// hold anyway (recovered at start, requeued from dead).
+    pub(crate) fn charge(self: &Arc<Self>, bytes: u64) -> Charge {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        Charge {
+            bytes,
+            budget: self.clone(),
+        }
+    }
+}
+
+/// Bytes held against a budget until dropped.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    bytes: u64,
+    budget: Arc<MemoryBudget>,
+}
+
+impl Charge {
+    /// Moves `bytes` of this charge into a new one (charging what this one
+    /// lacks).
+    pub(crate) fn split_off(&mut self, bytes: u64) -> Charge {
+        let moved = bytes.min(self.bytes);
+        self.bytes -= moved;
+        let mut part = self.budget.charge(bytes - moved);
+        part.bytes = bytes;
+        part
+    }
+}
+
+impl Charge {
+    /// Takes over `other`'s bytes.
+    pub(crate) fn absorb(&mut self, mut other: Charge) {
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A live task's body as the core holds it, with its charge: cloning is
+/// cheap, and the charge goes when the last clone does.
+#[derive(Clone, Debug)]
+pub(crate) struct Body(Arc<(TaskBody, Charge)>);
+
+impl Body {
+    /// `body`, holding `charge`.
+    pub(crate) fn new(body: TaskBody, charge: Charge) -> Self {
+        Body(Arc::new((body, charge)))
+    }
+}
+
+impl Deref for Body {
+    type Target = TaskBody;
+    fn deref(&self) -> &TaskBody {
+        &self.0.0
+    }
+}
+
+impl AsRef<TaskBody> for Body {
+    fn as_ref(&self) -> &TaskBody {
+        &self.0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_stop_at_the_limit_and_come_back_when_dropped() {
+        let budget = MemoryBudget::new(1_000);
+        let a = budget.reserve(600).expect("fits");
+        let refused = budget.reserve(500).expect_err("over");
+        assert_eq!((refused.used, refused.limit), (600, 1_000));
+        let b = budget.reserve(400).expect("fits exactly");
+        assert_eq!(budget.used(), 1_000);
+        drop(a);
+        assert_eq!(budget.used(), 400);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn split_charges_move_bytes_without_counting_them_twice() {
+        let budget = MemoryBudget::new(1_000);
+        let mut batch = budget.reserve(300).expect("fits");
+        let one = batch.split_off(200);
+        assert_eq!(budget.used(), 300);
+        // Asking for more than is left charges the difference.
+        let two = batch.split_off(150);
+        assert_eq!(budget.used(), 350);
+        drop(batch);
+        assert_eq!(budget.used(), 350);
+        let body = Body::new(
+            dispatch_store::conformance::sample(1, "t").body,
+            budget.charge(50),
+        );
+        let copy = body.clone();
+        drop((one, two, body));
+        assert_eq!(budget.used(), 50, "a clone still holds the body's charge");
+        drop(copy);
+        assert_eq!(budget.used(), 0);
+    }
+}
