@@ -8,8 +8,10 @@
 //! and shows tasks flowing; `dispatch worker --config worker.toml` runs
 //! tasks with shell commands or HTTP calls, as the file says;
 //! `dispatch token create` makes a bearer token for `dispatch server
-//! --tokens`, and `--token` / `DISPATCH_TOKEN` sends one. Errors are
-//! `anyhow` with context, printed on one line.
+//! --tokens`, and `--token` / `DISPATCH_TOKEN` sends one. `dispatch server
+//! --tls-cert --tls-key` serves HTTPS; `--ca` / `DISPATCH_CA` makes client
+//! commands and `dispatch worker` trust a private CA. Errors are `anyhow`
+//! with context, printed on one line.
 
 mod demo;
 mod output;
@@ -43,6 +45,10 @@ struct Cli {
     /// Bearer token for a server started with `--tokens`.
     #[arg(long, global = true, env = "DISPATCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM file of a CA certificate to trust, besides the system's, for an
+    /// https:// server (e.g. the private CA that signed its certificate).
+    #[arg(long, global = true, env = "DISPATCH_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -104,6 +110,13 @@ enum Command {
         /// line each.
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
+        /// Serve HTTPS (REST and gRPC) with this PEM certificate chain, the
+        /// server's certificate first; needs --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage bearer tokens.
     Token {
@@ -352,6 +365,8 @@ async fn run(cli: Cli) -> Result<()> {
             max_live_tasks,
             max_memory_mb,
             audit_log,
+            tls_cert,
+            tls_key,
         } => {
             init_logs("info");
             if lease_ms == 0 {
@@ -368,6 +383,14 @@ async fn run(cli: Cli) -> Result<()> {
             config.max_live_tasks = max_live_tasks;
             config.max_memory_bytes = max_memory_mb.saturating_mul(1 << 20);
             config.audit_log = audit_log;
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                config.tls = Some(dispatch_server::TlsFiles { cert, key });
+            }
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             config.lease_ms = lease_ms;
             config.retention_ms = retention_ms;
             config.max_body_bytes = max_body_bytes;
@@ -377,7 +400,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let server = dispatch_server::start(config).await?;
             println!(
-                "dispatch server listening on http://{}",
+                "dispatch server listening on {scheme}://{}",
                 server.local_addr()
             );
             server.run_until_signal().await;
@@ -394,10 +417,11 @@ async fn run(cli: Cli) -> Result<()> {
         } => create_token(&scope, name.as_deref(), &tokens),
         Command::Worker { config } => {
             let server = worker::server_given().then_some(cli.server);
-            worker::run(&config, server, cli.token).await
+            worker::run(&config, server, cli.token, cli.ca.as_deref()).await
         }
         command => {
-            let mut client = Client::new(&cli.server)?;
+            let trust = trust_store(cli.ca.as_deref(), cli.server.starts_with("https://"))?;
+            let mut client = Client::with_trust(&cli.server, &trust)?;
             if let Some(t) = cli.token {
                 client = client.with_token(t);
             }
@@ -408,12 +432,50 @@ async fn run(cli: Cli) -> Result<()> {
                         p.detail
                     ),
                     Ok(ClientError::Api(p)) => anyhow::anyhow!("the server refused: {}", p.detail),
+                    Ok(other) if cli.ca.is_none() && is_certificate_error(&other) => {
+                        anyhow::Error::new(other).context(
+                            "the server's certificate is not trusted: if a private CA signed it, \
+                             pass --ca FILE or set DISPATCH_CA",
+                        )
+                    }
                     Ok(other) => anyhow::Error::new(other),
                     Err(e) => e,
                 }
             })
         }
     }
+}
+
+/// The certificate authorities to trust: the system's when `needed` (an
+/// https:// URL), plus the `--ca` file when given (read and checked even for
+/// http://, so that a wrong path is reported).
+pub(crate) fn trust_store(
+    ca: Option<&std::path::Path>,
+    needed: bool,
+) -> Result<dispatch_client::TrustStore> {
+    use dispatch_client::TrustStore;
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            TrustStore::with_ca_pem(&pem).with_context(|| format!("--ca {}", path.display()))
+        }
+        None if needed => TrustStore::system().context("cannot verify an https:// server"),
+        None => Ok(TrustStore::empty()),
+    }
+}
+
+/// True when `e` failed on the server's certificate (unknown issuer, wrong
+/// name, expired), as rustls words it somewhere in the error's causes.
+fn is_certificate_error(e: &ClientError) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// `dispatch token create`: a new token on stdout, its digest in the file.

@@ -38,7 +38,9 @@
 //! `X-Dispatch-Task-Id`, `X-Dispatch-Task-Type` and `X-Dispatch-Attempt`.
 //! 2xx: success, the body is the result. 4xx other than 408 and 429:
 //! failure without retry. Anything else, and network errors: retried
-//! (after `Retry-After` seconds when the answer has that header).
+//! (after `Retry-After` seconds when the answer has that header). An
+//! `https://` endpoint, like an `https://` scheduler, must present a
+//! certificate that the system's CAs or `--ca` vouch for.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -160,7 +162,10 @@ pub(crate) fn parse(file: &str, text: &str, base: &Path) -> Result<Config> {
     if let Some(s) = &server
         && !(s.starts_with("http://") || s.starts_with("https://"))
     {
-        return Err(top.error("server", format!("must be an http:// URL, got {s:?}")));
+        return Err(top.error(
+            "server",
+            format!("must be an http:// or https:// URL, got {s:?}"),
+        ));
     }
     let name = top
         .string("name")?
@@ -247,15 +252,11 @@ fn parse_type(s: &Section<'_>, base: &Path) -> Result<TypeConfig> {
             let url = reqwest::Url::parse(&raw)
                 .map_err(|e| s.error("url", format!("{raw:?} is not a URL: {e}")))?;
             match url.scheme() {
-                "http" => {}
-                "https" => {
-                    return Err(s.error(
-                        "url",
-                        "https is not supported by this build (no TLS); use http://",
-                    ));
-                }
+                "http" | "https" => {}
                 other => {
-                    return Err(s.error("url", format!("must be http://, not {other}:")));
+                    return Err(
+                        s.error("url", format!("must be http:// or https://, not {other}:"))
+                    );
                 }
             }
             let method = match s.string("method")? {
@@ -460,23 +461,33 @@ impl<'a> Section<'a> {
 /// SIGTERM. The scheduler is `cli_server` when the CLI named one (`--server`
 /// or `DISPATCH_SERVER`), else the file's `server`, else the default.
 /// `token` (`--token` / `DISPATCH_TOKEN`) is sent to a server that requires
-/// one.
+/// one. `ca` (`--ca` / `DISPATCH_CA`) is a CA certificate trusted besides
+/// the system's, for an https:// scheduler and https:// endpoints alike.
 pub(crate) async fn run(
     path: &Path,
     cli_server: Option<String>,
     token: Option<String>,
+    ca: Option<&Path>,
 ) -> Result<()> {
     init_logs();
     let config = load(path)?;
     let server = cli_server
         .or(config.server.clone())
         .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+    let https = server.starts_with("https://")
+        || config
+            .types
+            .values()
+            .any(|t| matches!(&t.action, Action::Http(e) if e.url.scheme() == "https"));
+    let trust = crate::trust_store(ca, https)?;
     let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(trust.client_config(&[b"http/1.1"])?)
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("dispatch-worker/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("cannot set up the HTTP client")?;
     let mut builder = Worker::builder(server.clone())
+        .trust(trust)
         .name(config.name.clone())
         .concurrency(config.concurrency);
     if let Some(t) = token {
@@ -1024,7 +1035,7 @@ mod tests {
             ),
             (
                 "server = \"localhost:7070\"\n[types.a]\ncommand = [\"x\"]",
-                "w.toml: server: must be an http:// URL",
+                "w.toml: server: must be an http:// or https:// URL",
             ),
             (
                 "labels = { zone = 1 }\n[types.a]\ncommand = [\"x\"]",
@@ -1059,12 +1070,8 @@ mod tests {
                 "w.toml: types.a.url: \"not a url\" is not a URL",
             ),
             (
-                "[types.a]\nurl = \"https://h/\"",
-                "w.toml: types.a.url: https is not supported",
-            ),
-            (
                 "[types.a]\nurl = \"ftp://h/\"",
-                "w.toml: types.a.url: must be http://",
+                "w.toml: types.a.url: must be http:// or https://, not ftp:",
             ),
             (
                 "[types.a]\nurl = \"http://h/\"\nmethod = \"G T\"",

@@ -123,7 +123,11 @@ async fn the_memory_bound_refuses_work_until_tasks_end() {
     // The bound counts bytes, not tasks: a small one still fits.
     let small = json!({"type": "overload.mem", "queue": "mem", "payload": 1});
     api.post("/v1/tasks", small).await.expect(201);
-    assert_eq!(stored_in(&api, "mem").await, 11, "nothing refused was stored");
+    assert_eq!(
+        stored_in(&api, "mem").await,
+        11,
+        "nothing refused was stored"
+    );
 
     // A worker finishes three: their memory comes back.
     let worker = api.register(&["overload.mem"], 3).await;

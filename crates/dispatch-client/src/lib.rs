@@ -6,6 +6,11 @@
 //! reached" from "the server refused" ([`ClientError::Api`] carries the
 //! problem+json body, with the field at fault).
 //!
+//! `https://` servers are verified against a [`TrustStore`]: the system's
+//! certificate authorities, plus a private CA with
+//! [`TrustStore::with_ca_pem`] and [`Client::with_trust`] (rustls with the
+//! `ring` provider).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), dispatch_client::ClientError> {
 //! use dispatch_client::Client;
@@ -18,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 
+mod tls;
+
 use std::time::Duration;
 
 use dispatch_proto::{
@@ -28,6 +35,8 @@ use dispatch_proto::{
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+pub use tls::{TlsError, TrustStore};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,9 @@ pub enum ClientError {
     /// The server answered with an error status.
     #[error("{0}")]
     Api(Problem),
+    /// TLS could not be set up (no trusted roots, a bad CA certificate).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// The server's reply could not be decoded.
     #[error("unexpected reply from the server: {0}")]
     Decode(String),
@@ -81,12 +93,27 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client for the server at `base` (e.g. `http://127.0.0.1:7070`).
+    /// An `https://` server must present a certificate that the system's
+    /// certificate authorities vouch for; see [`Client::with_trust`] for a
+    /// private CA.
     pub fn new(base: &str) -> Result<Client, ClientError> {
+        let trust = if base.starts_with("https://") {
+            TrustStore::system()?
+        } else {
+            TrustStore::empty()
+        };
+        Client::with_trust(base, &trust)
+    }
+
+    /// A client for the server at `base` that trusts the certificate
+    /// authorities of `trust` for `https://`.
+    pub fn with_trust(base: &str, trust: &TrustStore) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadUrl(base));
         }
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(trust.client_config(&[b"http/1.1"])?)
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()

@@ -22,6 +22,9 @@
 //! - `auth`: bearer tokens with scopes ([`Tokens`], read from a token file
 //!   of SHA-256 digests) and the one table of what each route needs,
 //!   enforced by one middleware around REST and gRPC alike.
+//! - `tls`: HTTPS on the same listener ([`TlsFiles`], `--tls-cert` and
+//!   `--tls-key`): rustls with the `ring` provider, ALPN `h2` and
+//!   `http/1.1`, handshakes off the accept loop.
 //!
 //! Every mutating request is acknowledged only after the store committed it
 //! (fsynced in the `durable` mode), so an acknowledged task survives a crash.
@@ -36,6 +39,7 @@ mod metrics;
 mod queues;
 mod schedules;
 mod tasks;
+mod tls;
 mod workers;
 
 use std::net::SocketAddr;
@@ -45,9 +49,10 @@ use std::sync::Arc;
 pub use auth::{Scope, Tokens};
 pub use dispatch_core::{QueueConfig, Strategy, TypeConfig};
 pub use dispatch_store_sqlite::Durability;
+pub use queues::{QueueDefaults, QueueSettings, TypeDefaults};
+pub use tls::{TlsError, TlsFiles};
 
 use dispatch_store::{ErrorKind, Store, StoreError};
-pub use queues::{QueueDefaults, QueueSettings, TypeDefaults};
 
 /// How to run a server.
 #[derive(Clone, Debug)]
@@ -79,6 +84,9 @@ pub struct ServerConfig {
     /// File that admin actions and refused requests are appended to, one
     /// JSON line each; `None` keeps no audit log.
     pub audit_log: Option<PathBuf>,
+    /// Certificate and key to serve HTTPS (REST and gRPC on the same
+    /// port); `None` serves cleartext HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServerConfig {
@@ -97,6 +105,7 @@ impl ServerConfig {
             max_live_tasks: 1_000_000,
             max_memory_bytes: 1 << 30,
             audit_log: None,
+            tls: None,
         }
     }
 }
@@ -125,6 +134,9 @@ pub enum StartError {
         /// What failed.
         source: std::io::Error,
     },
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -194,6 +206,9 @@ async fn wait_for_signal() {
 /// serving.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     check_exposure(&config)?;
+    // Checked before the store is opened: a wrong file is the likelier
+    // mistake, and it should not wait for recovery to be reported.
+    config.tls.as_ref().map(tls::acceptor).transpose()?;
     let dir = config.data_dir.clone();
     let durability = config.durability;
     let store = tokio::task::spawn_blocking(move || {
@@ -224,6 +239,7 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, StartError> {
     check_exposure(&config)?;
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let dir = config.data_dir.clone();
     let store_err = |source| StartError::Store {
         dir: dir.clone(),
@@ -268,32 +284,60 @@ pub async fn start_with_store(
     tokio::spawn(app::purge_loop(app.clone()));
     tokio::spawn(schedules::schedule_loop(app.clone()));
     let router = http::router(app.clone()).merge(grpc::router(app.clone()));
-    let serve = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        // Small writes (a pushed task, a stop notice) must not wait for the
-        // peer's delayed ACK: Nagle's algorithm off.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "server stopped");
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    // Small writes (a pushed task, a stop notice) must not wait for the
+    // peer's delayed ACK: Nagle's algorithm off. `tap_io` also gives both
+    // listeners the `ConnectInfo<SocketAddr>` that auth and audit read.
+    let serve = match tls {
+        None => {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(serve(listener, service, shutdown))
         }
-    });
+        Some(acceptor) => {
+            let listener = tls::TlsListener::new(listener, acceptor);
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tls| {
+                let _ = tls.get_ref().0.set_nodelay(true);
+            });
+            tokio::spawn(serve(listener, service, shutdown))
+        }
+    };
     match &config.tokens {
         Some(t) => tracing::info!(tokens = t.len(), "bearer token authentication on"),
         None => tracing::warn!("no --tokens: every endpoint is open to anyone who can reach it"),
     }
-    tracing::info!(%addr, data = %config.data_dir.display(), "dispatch server listening");
+    tracing::info!(
+        %addr,
+        tls = config.tls.is_some(),
+        data = %config.data_dir.display(),
+        "dispatch server listening"
+    );
     Ok(RunningServer {
         addr,
         app,
         serve,
         writer,
     })
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then lets the
+/// requests in progress finish.
+async fn serve<L>(
+    listener: L,
+    service: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    if let Err(e) = axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "server stopped");
+    }
 }

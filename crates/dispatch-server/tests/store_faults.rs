@@ -83,6 +83,8 @@ async fn a_failing_store_answers_503_and_the_server_recovers_by_itself() {
         dispatch_server::start_with_store(ServerConfig::new(listen, dir.path()), Arc::new(faulty))
             .await
             .expect("start");
+    // reqwest is built without a default TLS provider here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let base = format!("http://{}", server.local_addr());
     let client = Client::new(&base).expect("client");
     let http = reqwest::Client::new();

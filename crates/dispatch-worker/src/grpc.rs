@@ -23,6 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use dispatch_client::TrustStore;
 use dispatch_grpc::WorkerServiceClient;
 use dispatch_grpc::pb::{self, scheduler_message::Kind};
 use dispatch_proto::RegisterWorker;
@@ -30,7 +31,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 use crate::handler::TaskError;
@@ -47,10 +48,18 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a leaving worker waits for the scheduler to confirm.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The connection settings for the scheduler at `server`.
-pub(crate) fn endpoint(server: &str) -> Result<Endpoint, WorkerError> {
-    let endpoint = Endpoint::from_shared(server.to_owned())
+/// The connection settings for the scheduler at `server`; `tls` holds the
+/// roots to verify an `https://` scheduler with.
+pub(crate) fn endpoint(server: &str, tls: Option<&TrustStore>) -> Result<Endpoint, WorkerError> {
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| WorkerError::Config(format!("{server:?} is not a usable URL: {e}")))?;
+    if let Some(trust) = tls {
+        // tonic offers ALPN `h2` and verifies the host of the URL.
+        let config = ClientTlsConfig::new().trust_anchors(trust.roots().roots.iter().cloned());
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| WorkerError::Config(format!("cannot set up TLS for {server}: {e}")))?;
+    }
     Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)

@@ -26,11 +26,14 @@
 //! - [`Transport::Http`] (the default): the HTTP worker protocol, long-poll
 //!   with batched results. It works through any HTTP/1.1 proxy.
 //! - [`Transport::Grpc`]: the streaming protocol, one gRPC stream per
-//!   session (cleartext HTTP/2). The scheduler pushes tasks as soon as they
+//!   session (HTTP/2, cleartext or over TLS). The scheduler pushes tasks as soon as they
 //!   are assigned, never more than the slots this worker granted (credits:
 //!   its free slots), stop notices arrive at once instead of at the next
 //!   heartbeat, and a worker whose process dies has its tasks requeued as
 //!   soon as the connection drops rather than when its lease runs out.
+//!
+//! Both speak TLS to an `https://` URL, trusting the system's certificate
+//! authorities, or also a private CA given with [`WorkerBuilder::trust`].
 //!
 //! ```no_run
 //! use dispatch_worker::{TaskContext, TaskError, Worker};
@@ -63,7 +66,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_client::Client;
+use dispatch_client::{Client, TrustStore};
 
 use handler::{BoxedHandler, Handler};
 pub use handler::{TaskContext, TaskError};
@@ -101,9 +104,18 @@ pub struct WorkerBuilder {
     poll_wait: Duration,
     handlers: HashMap<String, BoxedHandler>,
     token: Option<String>,
+    trust: Option<TrustStore>,
 }
 
 impl WorkerBuilder {
+    /// The certificate authorities an `https://` scheduler's certificate
+    /// must chain to, on both transports (default: the system's; see
+    /// [`TrustStore::with_ca_pem`] for a private CA).
+    pub fn trust(mut self, trust: TrustStore) -> Self {
+        self.trust = Some(trust);
+        self
+    }
+
     /// The bearer token (scope `work`) sent on every HTTP request and as
     /// `authorization` metadata on the gRPC stream. An empty token means
     /// none.
@@ -163,8 +175,14 @@ impl WorkerBuilder {
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return Err(WorkerError::Config("concurrency must be 1 to 10000".into()));
         }
-        let mut client =
-            Client::new(&self.server).map_err(|e| WorkerError::Config(e.to_string()))?;
+        let tls = self.server.starts_with("https://");
+        let trust = match self.trust {
+            Some(t) => t,
+            None if tls => TrustStore::system().map_err(|e| WorkerError::Config(e.to_string()))?,
+            None => TrustStore::empty(),
+        };
+        let mut client = Client::with_trust(&self.server, &trust)
+            .map_err(|e| WorkerError::Config(e.to_string()))?;
         let bearer = match &self.token {
             Some(t) => {
                 client = client.with_token(t.clone());
@@ -175,7 +193,7 @@ impl WorkerBuilder {
             }
             None => None,
         };
-        let endpoint = grpc::endpoint(&self.server)?;
+        let endpoint = grpc::endpoint(&self.server, tls.then_some(&trust))?;
         Ok(Worker {
             client,
             endpoint,
@@ -217,6 +235,7 @@ impl Worker {
             poll_wait: Duration::from_secs(5),
             handlers: HashMap::new(),
             token: None,
+            trust: None,
         }
     }
 

@@ -57,13 +57,24 @@ fn drain(stream: impl Read + Send + 'static, log: Log, listening: Option<mpsc::S
     });
 }
 
+/// Makes `ring` the process's rustls provider, for the tests' own
+/// `reqwest::Client::new()`: reqwest has no `ring` feature of its own, and
+/// without a provider it panics when a client is built. (`dispatch-client`
+/// names `ring` in its configurations and needs none.)
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A `dispatch server` child process on a free loopback port.
 pub(crate) struct Server {
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` when it serves TLS.
     pub(crate) url: String,
     /// Extra `dispatch server` arguments, kept for restarts.
     args: Vec<String>,
+    /// The CA certificate (PEM file) that the TLS server's certificate
+    /// chains to; `None` for a cleartext server.
+    ca: Option<PathBuf>,
     log: Log,
     data: PathBuf,
     /// Removed when the last server using it is gone (after the kill).
@@ -91,14 +102,26 @@ impl Server {
     pub(crate) async fn with_args(args: &[&str]) -> Server {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let args = args.iter().map(|a| a.to_string()).collect();
-        Server::start_in(dir, args).await
+        Server::start_in(dir, args, None).await
+    }
+
+    /// A TLS server: `args` give `--tls-cert` and `--tls-key`, whose
+    /// certificate chains to the CA certificate in the PEM file `ca`.
+    pub(crate) async fn with_tls(ca: &Path, args: &[&str]) -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Server::start_in(dir, args, Some(ca.to_owned())).await
     }
 
     /// A server on the data folder `dir`; retries on another port when the
     /// chosen one was taken in between.
-    async fn start_in(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> Server {
+    async fn start_in(
+        dir: Arc<tempfile::TempDir>,
+        args: Vec<String>,
+        ca: Option<PathBuf>,
+    ) -> Server {
         for _ in 0..5 {
-            match Server::try_start(dir.clone(), args.clone()).await {
+            match Server::try_start(dir.clone(), args.clone(), ca.clone()).await {
                 Attempt::Up(s) => return s,
                 Attempt::PortTaken => continue,
             }
@@ -106,7 +129,12 @@ impl Server {
         panic!("could not start a server: the chosen ports were taken five times");
     }
 
-    async fn try_start(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> Attempt {
+    async fn try_start(
+        dir: Arc<tempfile::TempDir>,
+        args: Vec<String>,
+        ca: Option<PathBuf>,
+    ) -> Attempt {
+        install_crypto_provider();
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let data = dir.path().join("data");
@@ -133,8 +161,9 @@ impl Server {
         drain(child.stderr.take().expect("stderr"), log.clone(), Some(tx));
         let mut server = Server {
             child: Some(child),
-            url: format!("http://{listen}"),
+            url: format!("{}://{listen}", if ca.is_some() { "https" } else { "http" }),
             args,
+            ca,
             log,
             data,
             dir,
@@ -192,7 +221,10 @@ impl Server {
 
     /// A client for this server.
     pub(crate) fn api(&self) -> Api {
-        Api::new(&self.url)
+        match &self.ca {
+            Some(ca) => Api::with_ca(&self.url, ca),
+            None => Api::new(&self.url),
+        }
     }
 
     /// The data folder given to `--data`.
@@ -218,7 +250,7 @@ impl Server {
     /// (on a new port).
     pub(crate) async fn crash_and_restart(mut self) -> Server {
         self.kill();
-        Server::start_in(self.dir.clone(), self.args.clone()).await
+        Server::start_in(self.dir.clone(), self.args.clone(), self.ca.clone()).await
     }
 }
 
@@ -358,7 +390,21 @@ pub(crate) struct Api {
 impl Api {
     /// A client for `base`.
     pub(crate) fn new(base: &str) -> Api {
+        Api::with_trust(base, &dispatch_client::TrustStore::empty())
+    }
+
+    /// A client for the `https://` server at `base` whose certificate
+    /// chains to the CA certificate in the PEM file `ca`.
+    pub(crate) fn with_ca(base: &str, ca: &Path) -> Api {
+        let pem = std::fs::read(ca).expect("read the CA certificate");
+        let trust = dispatch_client::TrustStore::with_ca_pem(&pem).expect("a usable CA");
+        Api::with_trust(base, &trust)
+    }
+
+    fn with_trust(base: &str, trust: &dispatch_client::TrustStore) -> Api {
+        let tls = trust.client_config(&[b"http/1.1"]).expect("TLS config");
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .timeout(Duration::from_secs(20))
             .build()
             .expect("reqwest client");
@@ -670,6 +716,7 @@ pub(crate) fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.args(args)
         .env_remove("DISPATCH_SERVER")
         .env_remove("DISPATCH_TOKEN")
+        .env_remove("DISPATCH_CA")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -699,7 +746,7 @@ impl Server {
     pub(crate) async fn crash_and_restart_after(mut self, down: Duration) -> Server {
         self.kill();
         tokio::time::sleep(down).await;
-        Server::start_in(self.dir.clone(), self.args.clone()).await
+        Server::start_in(self.dir.clone(), self.args.clone(), self.ca.clone()).await
     }
 }
 
