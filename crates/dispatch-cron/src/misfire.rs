@@ -73,6 +73,12 @@ pub struct DueFires {
 /// The most fires one evaluation looks at, whatever the catch-up limit.
 const WALK_LIMIT: usize = 100_000;
 
+/// Where the searches end: croner looks for fires up to the year 5000
+/// (5000-01-01T00:00:00Z). Beyond it no fire is found, so a walk back
+/// from a later `now` would find none and the walk forward from `after`
+/// would be bounded only by this end.
+const SEARCH_END: Millis = 95_617_584_000_000;
+
 impl CronSchedule {
     /// The fires to run at `now`, given that every fire up to `after`
     /// (inclusive) was already decided: run, or dropped by the policy.
@@ -82,7 +88,9 @@ impl CronSchedule {
     /// month-long outage of an every-second schedule costs a few searches.
     pub fn due_fires(&self, after: Millis, now: Millis, policy: &MisfirePolicy) -> DueFires {
         let next = self.next_after(now.max(after));
-        if now <= after {
+        // The walks stop where the searches end (see `SEARCH_END`).
+        let horizon = now.min(SEARCH_END);
+        if horizon <= after {
             return DueFires {
                 fires: Vec::new(),
                 missed: false,
@@ -100,7 +108,7 @@ impl CronSchedule {
         // Step back from `now` over the last `keep` fires; older fires can
         // only be dropped, so the forward walk may start after them.
         let mut from = after;
-        let mut t = now.saturating_add(1);
+        let mut t = horizon + 1;
         let mut seen = 0usize;
         while seen < keep {
             match self.last_before(t) {
@@ -122,7 +130,7 @@ impl CronSchedule {
         let mut due = std::collections::VecDeque::new();
         let mut cursor = from;
         while let Some(f) = self.next_after(cursor) {
-            if f > now {
+            if f > horizon {
                 break;
             }
             if due.len() == keep {
@@ -213,5 +221,19 @@ mod tests {
         let d = s.due_fires(0, month + 500, &policy(Misfire::Skip, 3));
         assert_eq!(d.fires, vec![month]);
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_now_past_the_end_of_the_calendar_costs_little() {
+        // Before the end was kept in mind, these walked every minute up to
+        // the year 5000.
+        let s = CronSchedule::parse("* * * * *", "UTC").unwrap();
+        // Three missed fires, and the last one on time when it is.
+        for (now, fires) in [(u64::MAX, 3), (SEARCH_END + 1, 4), (200_000_000_000_000, 3)] {
+            let d = s.due_fires(1_700_000_000_000, now, &policy(Misfire::CatchUp, 3));
+            assert_eq!(d.fires.len(), fires, "{now}: {d:?}");
+            assert!(d.missed);
+            assert_eq!(d.next, None);
+        }
     }
 }

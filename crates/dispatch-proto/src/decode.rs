@@ -63,8 +63,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         if inner.is_syntax() || inner.is_eof() {
             Problem::new(400, format!("malformed JSON: {msg}"))
         } else {
-            let field = if path == "." { String::new() } else { path };
-            Problem::field(400, FieldError::new(field, msg))
+            let parent = if path == "." { "" } else { &path };
+            Problem::field(400, FieldError::new(member_at_fault(parent, &msg), msg))
         }
     })?;
     de.end().map_err(|e| {
@@ -74,6 +74,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         )
     })?;
     Ok(value)
+}
+
+/// The field a data error is about: serde reports a missing or repeated
+/// member at the object holding it (`missing field \`tasks\``), so the
+/// member's name is taken from the message and put under that object.
+fn member_at_fault(parent: &str, msg: &str) -> String {
+    let member = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| msg.strip_prefix(prefix))
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match member {
+        Some(name) if parent.is_empty() => name.to_owned(),
+        Some(name) => format!("{parent}.{name}"),
+        None => parent.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -107,5 +123,28 @@ mod tests {
         let p = decode::<serde_json::Value>(body.as_bytes()).unwrap_err();
         assert_eq!(p.status, 400);
         assert!(p.detail.contains("deeper"));
+    }
+
+    #[test]
+    fn missing_and_repeated_members_are_named() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            id: String,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct T {
+            a: Option<u8>,
+            items: Vec<Inner>,
+        }
+        let field = |s: &str| decode::<T>(s.as_bytes()).unwrap_err().field;
+        assert_eq!(field("{}").as_deref(), Some("items"));
+        assert_eq!(field(r#"{"items": [{}]}"#).as_deref(), Some("items[0].id"));
+        assert_eq!(
+            field(r#"{"a": 1, "a": 2, "items": []}"#).as_deref(),
+            Some("a")
+        );
+        assert_eq!(field(r#"{"a": "x", "items": []}"#).as_deref(), Some("a"));
     }
 }

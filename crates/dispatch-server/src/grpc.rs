@@ -70,10 +70,33 @@ pub(crate) fn router(app: Arc<App>) -> axum::Router {
         .max_encoding_message_size(usize::MAX);
     axum::Router::new()
         .route_service(&format!("/{SERVICE_NAME}/{{*method}}"), service)
+        .layer(axum::middleware::from_fn(require_grpc))
         .layer(axum::middleware::from_fn_with_state(
             app,
             crate::auth::require,
         ))
+}
+
+/// Refuses a request on the gRPC path that is not gRPC (plain HTTP, JSON)
+/// with a 415 problem, as the REST routes do, instead of letting the gRPC
+/// server read its body as frames.
+async fn require_grpc(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc {
+        return next.run(req).await;
+    }
+    let not_grpc = crate::http::ApiError::new(
+        415,
+        "this is the gRPC worker protocol: send application/grpc over HTTP/2",
+    );
+    axum::response::IntoResponse::into_response(not_grpc)
 }
 
 /// The service: each `Connect` call is one worker session.
@@ -143,6 +166,9 @@ enum End {
     Left,
     /// The stream broke or the worker stopped reading: it is gone.
     Broken(String),
+    /// A message could not be read (not protobuf, too large): the worker
+    /// is gone, and told why if it still listens.
+    Unreadable(Status),
     /// Nothing heard for a whole lease.
     Silent,
     /// The worker broke the protocol.
@@ -194,7 +220,7 @@ impl Session {
                         }
                     }
                     Ok(None) => break End::Left,
-                    Err(status) => break End::Broken(status.message().to_owned()),
+                    Err(status) => break End::Unreadable(status),
                 },
                 _ = self.waker.notified() => {}
                 _ = self.acked.notified() => {}
@@ -340,6 +366,11 @@ impl Session {
                     let _ = shared.sched.lose_worker(w, now);
                     tracing::warn!(worker = %w, why = %why, "gRPC worker stream broke; its tasks were requeued");
                     None
+                }
+                End::Unreadable(status) => {
+                    let _ = shared.sched.lose_worker(w, now);
+                    tracing::warn!(worker = %w, why = %status.message(), "gRPC worker stream failed; its tasks were requeued");
+                    Some(status.clone())
                 }
                 End::Silent => {
                     let _ = shared.sched.lose_worker(w, now);

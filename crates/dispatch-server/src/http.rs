@@ -177,6 +177,44 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(405, "this endpoint does not accept that method")
 }
 
+/// Most bytes of a rejection's text kept as the problem's detail.
+const MAX_REJECTION_TEXT: usize = 4 * 1024;
+
+/// Turns error answers that axum gives itself as text (a path segment that
+/// is not UTF-8, a query it cannot read) into problem+json with the same
+/// status and the text as the detail, so every error has one shape.
+async fn problem_bodies(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let detail = match text.trim() {
+        "" => status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_lowercase(),
+        t => t.to_owned(),
+    };
+    let mut out = ApiError::new(status.as_u16(), detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name, value.clone());
+        }
+    }
+    out
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
     ApiError::new(500, "internal error").into_response()
@@ -212,6 +250,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(problem_bodies))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::auth::require,
