@@ -83,6 +83,8 @@ def parse_args():
                    help="seconds of work per W1/W3/W4 run for slow peers (sized from the warm-up)")
     p.add_argument("--label", default="", help="a note on this run, shown in the report")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--append", metavar="RESULTS_JSON",
+                   help="add this invocation's peers to an earlier result file (same settings) instead of a new one")
     a = p.parse_args()
     if a.quick:
         a.runs = 1
@@ -385,8 +387,12 @@ def main():
     args = parse_args()
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(args.out, f"{stamp}.json")
+    path = args.append or os.path.join(args.out, f"{stamp}.json")
     started = time.time()
+    earlier = None
+    if args.append:
+        with open(args.append) as f:
+            earlier = json.load(f)
     doc = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "label": args.label or ("quick" if args.quick else "full"),
@@ -396,6 +402,21 @@ def main():
         "versions": versions(args.only),
         "cells": [],
     }
+    if earlier:
+        # One report: the earlier invocation's settings, peers and load, plus
+        # this one's peers; each invocation's span is kept.
+        invocations = earlier.get("invocations") or [
+            {k: earlier.get(k) for k in ("started", "wall_seconds", "loadavg_start", "loadavg_end")}
+            | {"peers": earlier["args"]["only"]}]
+        earlier["versions"].update(doc["versions"])
+        earlier["args"]["only"] = earlier["args"]["only"] + args.only
+        earlier["invocations"] = invocations
+        cells_before = earlier["cells"]
+        doc = earlier
+        doc["cells"] = list(cells_before)
+        this = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "loadavg_start": common.loadavg(), "peers": args.only}
+        doc["invocations"].append(this)
     # SIGTERM from the wrapper (or Ctrl-C) stops the children via finally.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for name in args.only:
@@ -415,8 +436,14 @@ def main():
             doc["cells"].append(cell)
             with open(path, "w") as f:
                 json.dump(doc, f, indent=1)
-    doc["loadavg_end"] = common.loadavg()
-    doc["wall_seconds"] = time.time() - started
+    if earlier:
+        this["loadavg_end"] = common.loadavg()
+        this["wall_seconds"] = time.time() - started
+        doc["loadavg_end"] = this["loadavg_end"]
+        doc["wall_seconds"] = sum(i.get("wall_seconds") or 0 for i in doc["invocations"])
+    else:
+        doc["loadavg_end"] = common.loadavg()
+        doc["wall_seconds"] = time.time() - started
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     log(f"results in {path} ({doc['wall_seconds']:.0f} s)")

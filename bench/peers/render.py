@@ -170,6 +170,11 @@ def render(doc, png_name):
     L.append(f"**Machine:** {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, Linux {m['kernel']}, "
              f"Python {m['python']}. Everything (services, clients, workers, the driver) shares these cores, "
              "on loopback.")
+    for inv in doc.get("invocations", []):
+        L.append("")
+        L.append(f"- invocation started {inv['started']} ({fmt((inv.get('wall_seconds') or 0) / 60, 1)} min): "
+                 f"{', '.join(inv['peers'])}; load average {inv['loadavg_start'][0]:.1f} -> "
+                 f"{(inv.get('loadavg_end') or [0])[0]:.1f}")
     la0, la1 = doc.get("loadavg_start", [0])[0], doc.get("loadavg_end", [0])[0]
     L.append("")
     L.append(f"**Load:** the machine was shared with other builds during this run: 1-minute load average "

@@ -75,10 +75,14 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         in_flight: usize,
     },
-    /// Push a job and poll until it is done, N times.
+    /// Push a job and poll until it is done, N times or until the budget
+    /// is spent.
     Roundtrip {
         #[arg(long)]
         n: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        budget_secs: f64,
     },
 }
 
@@ -142,7 +146,7 @@ async fn main() -> Result<()> {
             secs,
             in_flight,
         } => open_loop(&cli, *rate, *secs, *in_flight).await?,
-        Cmd::Roundtrip { n } => roundtrip(&cli, *n).await?,
+        Cmd::Roundtrip { n, budget_secs } => roundtrip(&cli, *n, *budget_secs).await?,
     }
     Ok(())
 }
@@ -249,7 +253,8 @@ async fn open_loop(cli: &Cli, rate: u64, secs: f64, in_flight: usize) -> Result<
     Ok(())
 }
 
-async fn roundtrip(cli: &Cli, n: u64) -> Result<()> {
+async fn roundtrip(cli: &Cli, n: u64, budget_secs: f64) -> Result<()> {
+    let stop = Instant::now() + Duration::from_secs_f64(budget_secs);
     let pool = pool(cli, &cli.sync).await?;
     let mut s = storage(pool, Duration::from_millis(10));
     let mut samples = Vec::with_capacity(n as usize);
@@ -274,6 +279,9 @@ async fn roundtrip(cli: &Cli, n: u64) -> Result<()> {
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         samples.push(t0.elapsed().as_micros() as u64);
+        if Instant::now() >= stop {
+            break;
+        }
     }
     println!("{}", serde_json::json!({"samples_us": samples}));
     Ok(())
