@@ -2,7 +2,10 @@
 docs/benchmarks.md, and adds the chart's data to the file for
 ``dispatch-bench chart`` to draw.
 
-Usage: render.py RESULTS.json DOCS_MD CHART_PNG_NAME
+Usage: render.py RESULTS.json DOCS_MD CHART_PNG_NAME [MORE_RESULTS.json...]
+
+With more result files (invocations with the same settings for other
+peers), their peers are merged into RESULTS.json first.
 """
 
 import json
@@ -401,11 +404,37 @@ def chart(sums, a):
     return {"title": "Dispatch and peers, same machine, same run", "panels": [p for p in panels if p["bars"]]}
 
 
+def invocation(doc):
+    return {"started": doc["started"], "wall_seconds": doc.get("wall_seconds"),
+            "loadavg_start": doc.get("loadavg_start"), "loadavg_end": doc.get("loadavg_end"),
+            "peers": list(doc["args"]["only"])}
+
+
+def merge(doc, other):
+    """Adds another invocation's peers (same settings) to ``doc``."""
+    keep = ("runs", "workers", "slots", "in_flight", "w1_tasks", "w3_tasks", "w4_tasks", "rates", "w2_seconds", "budget")
+    for k in keep:
+        if doc["args"].get(k) != other["args"].get(k):
+            raise SystemExit(f"cannot merge: {k} differs ({doc['args'].get(k)} vs {other['args'].get(k)})")
+    if "invocations" not in doc:
+        doc["invocations"] = [invocation(doc)]
+    doc["invocations"].append(invocation(other))
+    doc["args"]["only"] = doc["args"]["only"] + other["args"]["only"]
+    doc["versions"].update(other["versions"])
+    doc["cells"] += other["cells"]
+    doc["wall_seconds"] = sum(i.get("wall_seconds") or 0 for i in doc["invocations"])
+    doc["loadavg_end"] = other.get("loadavg_end")
+
+
 def main():
     results, md, png_name = sys.argv[1], sys.argv[2], sys.argv[3]
     with open(results) as f:
         doc = json.load(f)
     import os
+    for extra in sys.argv[4:]:
+        with open(extra) as f:
+            merge(doc, json.load(f))
+        os.unlink(extra)
     doc["file"] = os.path.basename(results)
     text, ch = render(doc, png_name)
     doc["chart"] = ch

@@ -174,6 +174,8 @@ fn draw_panel(
             .configure_mesh()
             .y_labels(n.max(1) * 2 + 1)
             .y_label_formatter(&y_fmt)
+            .y_label_style(("sans-serif", 15))
+            .x_label_style(("sans-serif", 13))
             .x_label_formatter(&|x| short(*x))
             .disable_y_mesh()
             .draw()?;
@@ -184,6 +186,8 @@ fn draw_panel(
             .configure_mesh()
             .y_labels(n.max(1) * 2 + 1)
             .y_label_formatter(&y_fmt)
+            .y_label_style(("sans-serif", 15))
+            .x_label_style(("sans-serif", 13))
             .x_label_formatter(&|x| short(*x))
             .disable_y_mesh()
             .draw()?;
