@@ -178,6 +178,9 @@ def render(doc, png_name):
         L.append(f"- invocation started {inv['started']} ({fmt((inv.get('wall_seconds') or 0) / 60, 1)} min): "
                  f"{', '.join(inv['peers'])}; load average {inv['loadavg_start'][0]:.1f} -> "
                  f"{(inv.get('loadavg_end') or [0])[0]:.1f}")
+    if doc.get("note"):
+        L.append("")
+        L.append(doc["note"])
     la0, la1 = doc.get("loadavg_start", [0])[0], doc.get("loadavg_end", [0])[0]
     L.append("")
     L.append(f"**Load:** the machine was shared with other builds during this run: 1-minute load average "
@@ -401,7 +404,7 @@ def chart(sums, a):
     if "W4" in a["workloads"]:
         panels.append({"title": "W4 submit and wait, one client", "unit": "round trips/s, log scale",
                        "log": True, "bars": bars("W4", lambda s: s["W4"]["per_s"] if "W4" in s else None)})
-    return {"title": "Dispatch and peers, same machine, same run", "panels": [p for p in panels if p["bars"]]}
+    return {"title": "Dispatch and peers on one 2-core machine (medians; see docs/benchmarks.md)", "panels": [p for p in panels if p["bars"]]}
 
 
 def invocation(doc):
