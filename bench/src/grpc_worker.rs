@@ -5,6 +5,11 @@
 //! result) in one `Reports` message followed by one `Credit` for the slots
 //! they freed.
 //!
+//! A `bench.sleep` task (the peer benchmark's W3) holds its slot for the
+//! `sleep_ms` of its payload, on a blocking thread so that the sleep is as
+//! precise as the operating system's; its report and credit go out when it
+//! ends.
+//!
 //! Latency samples and the final JSON line are the same as the HTTP
 //! worker's; `polls` counts the `Tasks` messages received. It stops when
 //! its stdin is closed: it half-closes the stream (a graceful leave) and
@@ -20,7 +25,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use crate::worker::{LATENCY_TYPE, NOOP_TYPE, WorkerArgs, sent_us, stop_on_stdin_end};
+use crate::worker::{
+    LATENCY_TYPE, NOOP_TYPE, SLEEP_TYPE, WorkerArgs, sent_us, sleep_ms, stop_on_stdin_end,
+};
 
 /// Runs the worker until its stdin closes.
 pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
@@ -36,7 +43,11 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
     let capacity = u32::try_from(args.capacity).context("capacity")?;
     tx.send(pb::WorkerMessage::register(pb::Register {
         name: Some(args.name.clone()),
-        types: vec![NOOP_TYPE.to_owned(), LATENCY_TYPE.to_owned()],
+        types: vec![
+            NOOP_TYPE.to_owned(),
+            LATENCY_TYPE.to_owned(),
+            SLEEP_TYPE.to_owned(),
+        ],
         labels: Default::default(),
         capacity,
         weight: None,
@@ -56,6 +67,8 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
     tx.send(pb::WorkerMessage::credit(capacity)).await?;
     let mut tx = Some(tx);
     let mut tick = tokio::time::interval(heartbeat);
+    // Sleep tasks report here when their sleep ends.
+    let (slept_tx, mut slept_rx) = mpsc::unbounded_channel::<String>();
 
     let (mut sent_at_us, mut latency_us): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
     let (mut completed, mut conflicts, mut pushes) = (0u64, 0u64, 0u64);
@@ -73,6 +86,15 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                         noop_pushes += u64::from(batch.tasks.iter().any(|t| t.r#type == NOOP_TYPE));
                         let mut reports = Vec::with_capacity(batch.tasks.len());
                         for t in batch.tasks {
+                            if t.r#type == SLEEP_TYPE {
+                                let pause = Duration::from_millis(sleep_ms(&t.payload_json));
+                                let done = slept_tx.clone();
+                                tokio::task::spawn_blocking(move || {
+                                    std::thread::sleep(pause);
+                                    let _ = done.send(t.id);
+                                });
+                                continue;
+                            }
                             if t.r#type == LATENCY_TYPE {
                                 if let Some(sent) = sent_us(&t.payload_json) {
                                     sent_at_us.push(sent);
@@ -84,17 +106,21 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                             completed += 1;
                             reports.push(pb::Report { task_id: t.id, outcome: None });
                         }
-                        let freed = reports.len() as u32;
-                        if let Some(tx) = &tx {
-                            tx.send(pb::WorkerMessage::reports(reports)).await?;
-                            tx.send(pb::WorkerMessage::credit(freed)).await?;
-                        }
+                        send_reports(tx.as_ref(), reports).await?;
                     }
                     Some(Kind::ReportAcks(acks)) => {
                         conflicts += acks.acks.iter().filter(|a| a.status != 200).count() as u64;
                     }
                     _ => {}
                 }
+            }
+            Some(id) = slept_rx.recv() => {
+                let mut reports = vec![pb::Report { task_id: id, outcome: None }];
+                while let Ok(id) = slept_rx.try_recv() {
+                    reports.push(pb::Report { task_id: id, outcome: None });
+                }
+                completed += reports.len() as u64;
+                send_reports(tx.as_ref(), reports).await?;
             }
             _ = tick.tick(), if tx.is_some() => {
                 if let Some(tx) = &tx {
@@ -118,5 +144,21 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         "latency_us": latency_us,
     });
     println!("{report}");
+    Ok(())
+}
+
+/// Sends finished tasks' reports, then one credit for the slots they freed.
+async fn send_reports(
+    tx: Option<&mpsc::Sender<pb::WorkerMessage>>,
+    reports: Vec<pb::Report>,
+) -> Result<()> {
+    if reports.is_empty() {
+        return Ok(());
+    }
+    let freed = reports.len() as u32;
+    if let Some(tx) = tx {
+        tx.send(pb::WorkerMessage::reports(reports)).await?;
+        tx.send(pb::WorkerMessage::credit(freed)).await?;
+    }
     Ok(())
 }

@@ -18,12 +18,25 @@
 //!    measure submit-to-start latency from it (so a late send counts against
 //!    the server, not for it). Reported as p50, p99, p99.9 and max.
 //!
+//! 4. **Sleep** (the peer benchmark's W3, with `--sleep-tasks N`, gRPC
+//!    workers only): with the default queue paused, N tasks that each hold
+//!    their slot for `--sleep-ms` are submitted in batches; the queue is
+//!    resumed and the time until none is live is compared with the ideal,
+//!    N x sleep / (workers x capacity).
+//! 5. **Round trip** (W4, with `--roundtrips N`): one client submits a
+//!    no-op task and waits for its result (`GET /v1/tasks/{id}?wait_ms`), N
+//!    times in a row; round trips per second and their p50, p99, p99.9.
+//!
+//! `--tasks 0` skips the submit and drain phases, `--seconds 0` the latency
+//! phase.
+//!
 //! Everything is bounded by `--timeout-secs`; every child process and the
 //! temporary folder are removed on exit, error or Ctrl-C.
 //!
 //! Usually run through `bench/run`, which builds both binaries in release
 //! mode first.
 
+mod chart;
 mod grpc_worker;
 mod harness;
 mod report;
@@ -44,8 +57,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::harness::{ChildGuard, Server};
-use crate::report::{Latency, Machine, Report, WorkerTotals};
-use crate::worker::{LATENCY_TYPE, NOOP_TYPE};
+use crate::report::{Latency, Machine, Report, RoundTrips, SleepPhase, WorkerTotals};
+use crate::worker::{LATENCY_TYPE, NOOP_TYPE, SLEEP_TYPE};
+
+/// The queue tasks go to when they name none.
+const DEFAULT_QUEUE: &str = "default";
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +81,8 @@ enum Cmd {
     /// One benchmark worker process (started by the benchmark itself).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// Draw a peer benchmark result file as a PNG (used by bench/peers/run).
+    Chart(chart::ChartArgs),
 }
 
 #[derive(Args, Debug)]
@@ -75,8 +93,8 @@ struct RunArgs {
     /// Server durability mode.
     #[arg(long, default_value = "durable", value_parser = ["durable", "relaxed"])]
     durability: String,
-    /// Tasks queued for the drain phase.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Tasks queued for the drain phase (0: no submit and drain phases).
+    #[arg(long, default_value_t = 20_000)]
     tasks: u64,
     /// Tasks per batch submission.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -99,12 +117,23 @@ struct RunArgs {
     /// Latency phase: tasks submitted per second (open loop).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     rate: u64,
-    /// Latency phase: how long to submit, in seconds.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    /// Latency phase: how long to submit, in seconds (0: no latency phase).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
     seconds: u64,
     /// Latency phase: most submissions in flight at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_024))]
     latency_submitters: u64,
+    /// Sleep phase: tasks that each sleep `--sleep-ms` (0: no sleep phase;
+    /// needs `--transport grpc`).
+    #[arg(long, default_value_t = 0)]
+    sleep_tasks: u64,
+    /// Sleep phase: how long each task sleeps, in ms.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    sleep_ms: u64,
+    /// Round-trip phase: submit-and-wait cycles, one after the other (0: no
+    /// round-trip phase).
+    #[arg(long, default_value_t = 0)]
+    roundtrips: u64,
     /// Give up (and clean up) after this many seconds in all.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_secs: u64,
@@ -139,6 +168,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Cmd::Worker(args)) => worker::run(args).await,
+            Some(Cmd::Chart(args)) => chart::run(&args),
             None => bench(cli.run).await,
         }
     });
@@ -196,6 +226,9 @@ fn progress(msg: &str) {
 }
 
 async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
+    if args.sleep_tasks > 0 && args.transport != "grpc" {
+        bail!("--sleep-tasks needs --transport grpc (the HTTP worker runs no sleep tasks)");
+    }
     let dispatch = dispatch_binary(args)?;
     let machine = Machine::detect();
     progress(&format!(
@@ -211,7 +244,11 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         "submitting {} tasks in batches of {} from {} submitters",
         args.tasks, args.batch, args.submitters
     ));
-    let submit = submit_batches(&client, args.tasks, args.batch, args.submitters).await?;
+    let noop = SubmitTask {
+        kind: Some(NOOP_TYPE.to_owned()),
+        ..SubmitTask::default()
+    };
+    let submit = submit_batches(&client, &noop, args.tasks, args.batch, args.submitters).await?;
     let live = live_tasks(&client).await?;
     if live != args.tasks {
         bail!(
@@ -248,8 +285,58 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         "latency: {} tasks/s for {} s, one POST /v1/tasks each, up to {} in flight",
         args.rate, args.seconds, args.latency_submitters
     ));
-    let sent = open_loop(&client, args.rate, total, args.latency_submitters as usize).await?;
-    wait_drained(&client, &mut server, &mut workers, deadline).await?;
+    let sent = if total > 0 {
+        wait_registered(&client, args.workers, deadline).await?;
+        let sent = open_loop(&client, args.rate, total, args.latency_submitters as usize).await?;
+        wait_drained(&client, &mut server, &mut workers, deadline).await?;
+        sent
+    } else {
+        Sent::default()
+    };
+
+    // 4. Sleep tasks, queued behind a paused queue, then released at once.
+    let sleep = if args.sleep_tasks > 0 {
+        progress(&format!(
+            "sleep: {} tasks of {} ms on {} workers x {} slots",
+            args.sleep_tasks, args.sleep_ms, args.workers, args.capacity
+        ));
+        wait_registered(&client, args.workers, deadline).await?;
+        client
+            .pause_queue(DEFAULT_QUEUE)
+            .await
+            .context("cannot pause the default queue")?;
+        let payload = serde_json::value::to_raw_value(&json!({ "sleep_ms": args.sleep_ms }))?;
+        let task = SubmitTask::new(SLEEP_TYPE, payload);
+        submit_batches(
+            &client,
+            &task,
+            args.sleep_tasks,
+            args.batch,
+            args.submitters,
+        )
+        .await?;
+        let started = Instant::now();
+        client
+            .resume_queue(DEFAULT_QUEUE)
+            .await
+            .context("cannot resume the default queue")?;
+        wait_drained(&client, &mut server, &mut workers, deadline).await?;
+        Some(started.elapsed())
+    } else {
+        None
+    };
+
+    // 5. Submit and wait, one task at a time.
+    let roundtrip = if args.roundtrips > 0 {
+        progress(&format!(
+            "round trip: {} submit-and-wait cycles",
+            args.roundtrips
+        ));
+        wait_registered(&client, args.workers, deadline).await?;
+        Some(roundtrips(&client, args.roundtrips).await?)
+    } else {
+        None
+    };
 
     // Stop the workers and merge what they measured.
     let mut totals = WorkerTotals::default();
@@ -280,7 +367,7 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         write_samples(path, &mut pairs)?;
     }
     server.check_alive()?;
-    let expected = args.tasks + total;
+    let expected = args.tasks + total + args.sleep_tasks + args.roundtrips;
     if totals.completed != expected {
         progress(&format!(
             "warning: workers completed {} tasks, {} were submitted",
@@ -313,6 +400,13 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
             sent,
             samples,
         ),
+        sleep: sleep.map(|elapsed| SleepPhase {
+            tasks: args.sleep_tasks,
+            sleep_ms: args.sleep_ms,
+            slots: args.workers * args.capacity,
+            elapsed,
+        }),
+        roundtrip,
         totals,
         data_bytes,
     })
@@ -337,16 +431,18 @@ fn write_samples(path: &std::path::Path, pairs: &mut [(u64, u64)]) -> Result<()>
 
 /// Submits `n` no-op tasks in batches from concurrent submitters; returns
 /// the time until the last batch was acknowledged.
-async fn submit_batches(client: &Client, n: u64, batch: u64, submitters: u64) -> Result<Duration> {
+async fn submit_batches(
+    client: &Client,
+    task: &SubmitTask,
+    n: u64,
+    batch: u64,
+    submitters: u64,
+) -> Result<Duration> {
     let mut batches: Vec<Vec<SubmitTask>> = Vec::new();
     let mut left = n;
     while left > 0 {
         let size = left.min(batch);
-        let task = SubmitTask {
-            kind: Some(NOOP_TYPE.to_owned()),
-            ..SubmitTask::default()
-        };
-        batches.push(vec![task; size as usize]);
+        batches.push(vec![task.clone(); size as usize]);
         left -= size;
     }
     let queue = Arc::new(Mutex::new(batches));
@@ -411,7 +507,53 @@ async fn wait_drained(
     }
 }
 
+/// Waits until `n` workers are registered (so that a phase does not time
+/// their start-up).
+async fn wait_registered(client: &Client, n: u64, deadline: Instant) -> Result<()> {
+    loop {
+        let list = client.workers().await.context("GET /v1/workers failed")?;
+        if list.workers.len() as u64 >= n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} of {n} workers registered at the deadline",
+                list.workers.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Submits a no-op task and waits for it to finish, `n` times in a row;
+/// returns the round trips' durations.
+async fn roundtrips(client: &Client, n: u64) -> Result<RoundTrips> {
+    let task = SubmitTask {
+        kind: Some(NOOP_TYPE.to_owned()),
+        ..SubmitTask::default()
+    };
+    let mut samples = Vec::with_capacity(n as usize);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let (submitted, _) = client
+            .submit(&task)
+            .await
+            .context("POST /v1/tasks failed")?;
+        let done = client
+            .wait(&submitted.id, Duration::from_secs(30))
+            .await
+            .context("waiting for a task failed")?;
+        if done.state != "succeeded" {
+            bail!("task {} ended {} instead of succeeded", done.id, done.state);
+        }
+        samples.push(t0.elapsed().as_micros() as u64);
+    }
+    Ok(RoundTrips::new(started.elapsed(), samples))
+}
+
 /// What the open-loop phase sent.
+#[derive(Default)]
 pub(crate) struct Sent {
     /// Tasks submitted.
     pub(crate) tasks: u64,

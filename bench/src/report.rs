@@ -87,16 +87,52 @@ impl Latency {
 
     /// The `p` quantile (nearest rank), in milliseconds.
     fn quantile_ms(&self, p: f64) -> Option<f64> {
-        let n = self.samples.len();
-        if n == 0 {
-            return None;
-        }
-        let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
-        Some(self.samples[rank - 1] as f64 / 1_000.0)
+        quantile_of(&self.samples, p)
     }
 
     fn achieved_rate(&self) -> f64 {
         self.sent.tasks as f64 / self.sent.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Nearest-rank quantile of sorted microsecond samples, in milliseconds.
+fn quantile_of(sorted: &[u64], p: f64) -> Option<f64> {
+    let n = sorted.len();
+    if n == 0 {
+        return None;
+    }
+    let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+    Some(sorted[rank - 1] as f64 / 1_000.0)
+}
+
+/// The sleep phase (W3): tasks that hold a slot for a while.
+pub(crate) struct SleepPhase {
+    pub(crate) tasks: u64,
+    pub(crate) sleep_ms: u64,
+    /// Workers x capacity.
+    pub(crate) slots: u64,
+    /// From the queue's resume until no task was live.
+    pub(crate) elapsed: Duration,
+}
+
+impl SleepPhase {
+    /// The time with every slot busy all along and no overhead.
+    fn ideal(&self) -> Duration {
+        Duration::from_millis(self.tasks * self.sleep_ms) / (self.slots.max(1) as u32)
+    }
+}
+
+/// The round-trip phase (W4): submit, then wait for the result.
+pub(crate) struct RoundTrips {
+    elapsed: Duration,
+    /// Sorted, in microseconds.
+    samples: Vec<u64>,
+}
+
+impl RoundTrips {
+    pub(crate) fn new(elapsed: Duration, mut samples: Vec<u64>) -> RoundTrips {
+        samples.sort_unstable();
+        RoundTrips { elapsed, samples }
     }
 }
 
@@ -114,6 +150,8 @@ pub(crate) struct Report {
     pub(crate) transport: String,
     pub(crate) drain: Duration,
     pub(crate) latency: Latency,
+    pub(crate) sleep: Option<SleepPhase>,
+    pub(crate) roundtrip: Option<RoundTrips>,
     pub(crate) totals: WorkerTotals,
     pub(crate) data_bytes: u64,
 }
@@ -143,7 +181,7 @@ impl Report {
     /// Prints the figures as a two-column table.
     pub(crate) fn print_table(&self) {
         let l = &self.latency;
-        let rows: Vec<(&str, String)> = vec![
+        let mut rows: Vec<(&str, String)> = vec![
             ("machine", self.machine.line()),
             ("durability", self.durability.clone()),
             ("tasks (N)", self.tasks.to_string()),
@@ -214,6 +252,32 @@ impl Report {
                 format!("{:.1} MiB", self.data_bytes as f64 / (1024.0 * 1024.0)),
             ),
         ];
+        if let Some(s) = &self.sleep {
+            rows.push((
+                "sleep",
+                format!(
+                    "{} tasks of {} ms on {} slots: {:.3} s (ideal {:.3} s)",
+                    s.tasks,
+                    s.sleep_ms,
+                    s.slots,
+                    s.elapsed.as_secs_f64(),
+                    s.ideal().as_secs_f64()
+                ),
+            ));
+        }
+        if let Some(r) = &self.roundtrip {
+            rows.push((
+                "round trip ms",
+                format!(
+                    "p50 {}  p99 {}  p99.9 {}  ({} in {:.3} s)",
+                    ms(quantile_of(&r.samples, 0.50)),
+                    ms(quantile_of(&r.samples, 0.99)),
+                    ms(quantile_of(&r.samples, 0.999)),
+                    r.samples.len(),
+                    r.elapsed.as_secs_f64()
+                ),
+            ));
+        }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let rule = "-".repeat(width + 2 + rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0));
         println!("Dispatch benchmark");
@@ -269,6 +333,22 @@ impl Report {
                 "nonempty_polls": self.totals.busy_polls,
                 "drain_tasks_per_poll": self.drain_tasks_per_poll(),
             },
+            "sleep": self.sleep.as_ref().map(|s| json!({
+                "tasks": s.tasks,
+                "sleep_ms": s.sleep_ms,
+                "slots": s.slots,
+                "seconds": s.elapsed.as_secs_f64(),
+                "ideal_seconds": s.ideal().as_secs_f64(),
+                "tasks_per_s": per_sec(s.tasks, s.elapsed),
+            })),
+            "roundtrip": self.roundtrip.as_ref().map(|r| json!({
+                "count": r.samples.len(),
+                "seconds": r.elapsed.as_secs_f64(),
+                "per_s": per_sec(r.samples.len() as u64, r.elapsed),
+                "p50_ms": quantile_of(&r.samples, 0.50),
+                "p99_ms": quantile_of(&r.samples, 0.99),
+                "p999_ms": quantile_of(&r.samples, 0.999),
+            })),
             "data_bytes": self.data_bytes,
         })
     }

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 /// Task types the benchmark submits.
 pub(crate) const NOOP_TYPE: &str = "bench.noop";
 pub(crate) const LATENCY_TYPE: &str = "bench.latency";
+/// Sleeps `sleep_ms` (payload) before succeeding; gRPC workers only.
+pub(crate) const SLEEP_TYPE: &str = "bench.sleep";
 
 /// Consecutive failed polls before the worker gives up.
 const MAX_ERRORS: u32 = 50;
@@ -173,4 +175,12 @@ pub(crate) fn sent_us(payload: &str) -> Option<u64> {
         .ok()?
         .get("sent_us")?
         .as_u64()
+}
+
+/// The `sleep_ms` field of a sleep task's payload (0 when absent).
+pub(crate) fn sleep_ms(payload: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("sleep_ms")?.as_u64())
+        .unwrap_or(0)
 }
