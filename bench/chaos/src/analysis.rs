@@ -5,7 +5,9 @@
 //! but the last one started. Each is *explained* when its result could
 //! have been lost by at-least-once delivery: between its start and the
 //! start of the task's next attempt, the worker running it was SIGKILLed,
-//! or the server was. Anything else is *unexplained* (a bug).
+//! or the server was. A server kill counts from [`DELIVERY_SLACK_US`] before
+//! the start: a task handed out just before the kill starts just after it.
+//! Anything else is *unexplained* (a bug).
 //!
 //! A succeeded task's result names the process and attempt that produced
 //! it; a result with no matching `D` line is *unlogged* (also a bug: the
@@ -16,6 +18,9 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::execlog::{Mark, Record};
+
+/// How long before a handler's start its task may have been handed out.
+pub(crate) const DELIVERY_SLACK_US: u64 = 250_000;
 
 /// The kills, by time.
 #[derive(Default)]
@@ -113,13 +118,25 @@ pub(crate) fn analyse(
                 .is_some_and(|t| window.contains(t))
             {
                 f.explained_worker_kill += 1;
-            } else if kills.server.iter().any(|t| window.contains(t)) {
+            } else if kills
+                .server
+                .iter()
+                .any(|t| (start.saturating_sub(DELIVERY_SLACK_US)..=next).contains(t))
+            {
                 f.explained_server_kill += 1;
             } else {
+                let nearest = kills
+                    .server
+                    .iter()
+                    .chain(kills.workers.get(&done.pid))
+                    .map(|t| *t as i64 - *start as i64)
+                    .min_by_key(|d| d.unsigned_abs());
                 f.unexplained.push(format!(
                     "task {task}: attempt {} on pid {} started at {start} µs and finished; \
-                     next start at {next} µs, no kill in between",
-                    done.attempt, done.pid
+                     next start at {next} µs, no kill in between (nearest kill at {} µs from its start)",
+                    done.attempt,
+                    done.pid,
+                    nearest.map_or("none".to_owned(), |d| format!("{d:+}"))
                 ));
             }
         }
@@ -177,10 +194,15 @@ mod tests {
             rec(Mark::Start, "t2", 1, 40, 400),
             rec(Mark::Done, "t2", 1, 40, 410),
             // t3: run twice with no kill in its window.
-            rec(Mark::Start, "t3", 1, 30, 500),
-            rec(Mark::Done, "t3", 1, 30, 510),
-            rec(Mark::Start, "t3", 2, 40, 600),
-            rec(Mark::Done, "t3", 2, 40, 610),
+            rec(Mark::Start, "t3", 1, 30, 1_000_000),
+            rec(Mark::Done, "t3", 1, 30, 1_000_010),
+            rec(Mark::Start, "t3", 2, 40, 1_100_000),
+            rec(Mark::Done, "t3", 2, 40, 1_100_010),
+            // t5: handed out just before the server kill, started after it.
+            rec(Mark::Start, "t5", 1, 30, 260),
+            rec(Mark::Done, "t5", 1, 30, 270),
+            rec(Mark::Start, "t5", 1, 40, 900),
+            rec(Mark::Done, "t5", 1, 40, 910),
             // t4: started on a killed worker, finished once elsewhere.
             rec(Mark::Start, "t4", 1, 10, 100),
             rec(Mark::Start, "t4", 2, 20, 300),
@@ -195,14 +217,15 @@ mod tests {
             ("t2".to_owned(), succeeded(40, 1)),
             ("t3".to_owned(), succeeded(40, 2)),
             ("t4".to_owned(), succeeded(20, 2)),
+            ("t5".to_owned(), succeeded(40, 1)),
         ]);
         let f = analyse(&records, &kills, &tasks);
-        assert_eq!(f.started, 8);
-        assert_eq!(f.executions, 7);
-        assert_eq!(f.tasks_executed, 4);
-        assert_eq!(f.duplicates, 3);
+        assert_eq!(f.started, 10);
+        assert_eq!(f.executions, 9);
+        assert_eq!(f.tasks_executed, 5);
+        assert_eq!(f.duplicates, 4);
         assert_eq!(f.explained_worker_kill, 1);
-        assert_eq!(f.explained_server_kill, 1);
+        assert_eq!(f.explained_server_kill, 2);
         assert_eq!(f.unexplained.len(), 1);
         assert!(f.unexplained[0].starts_with("task t3:"));
         assert!(f.unlogged.is_empty());

@@ -94,7 +94,11 @@ struct Fleet {
 
 impl Fleet {
     fn transport(slot: usize) -> &'static str {
-        if slot % 2 == 0 { "http" } else { "grpc" }
+        if slot.is_multiple_of(2) {
+            "http"
+        } else {
+            "grpc"
+        }
     }
 
     fn spawn(&mut self, slot: usize) -> Result<Proc> {

@@ -8,17 +8,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Builds the `dispatch` binary with the cargo running this test (a no-op
-/// when it is fresh) and returns its path, as cargo reports it.
+/// The `dispatch` binary, as cargo reports it after building it. Built
+/// the way `cargo test --workspace` builds it (for `dispatch-cli`'s own
+/// end-to-end tests, with the workspace's features), so inside such a run
+/// this is a no-op and never rebuilds dependencies with other features.
 fn dispatch_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
     cmd.args([
-        "build",
-        "-p",
-        "dispatch-cli",
-        "--bin",
-        "dispatch",
+        "test",
+        "--workspace",
+        "--locked",
+        "--no-run",
         "--message-format=json-render-diagnostics",
     ])
     .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -37,6 +38,8 @@ fn dispatch_binary() -> PathBuf {
         };
         if msg["reason"] == "compiler-artifact"
             && msg["target"]["name"] == "dispatch"
+            && msg["target"]["kind"][0] == "bin"
+            && msg["profile"]["test"] == false
             && let Some(path) = msg["executable"].as_str()
         {
             exe = Some(PathBuf::from(path));
@@ -44,7 +47,7 @@ fn dispatch_binary() -> PathBuf {
     }
     assert!(
         child.wait().expect("cargo").success(),
-        "cargo build -p dispatch-cli failed"
+        "cargo test --workspace --no-run failed"
     );
     exe.expect("cargo built no dispatch binary")
 }
