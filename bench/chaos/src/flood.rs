@@ -89,8 +89,10 @@ impl FloodReport {
         let j = &self.json;
         println!("Dispatch submit flood");
         println!(
-            "  server         {} mode, --max-live-tasks {}, extra {}",
-            j["durability"], j["max_live_tasks"], j["server_args"]
+            "  server         {} mode, --max-live-tasks {}, extra arguments {}",
+            j["durability"].as_str().unwrap_or("?"),
+            j["max_live_tasks"],
+            j["server_args"]
         );
         println!(
             "  submitted      {} tasks in batches of {} over {} connections in {:.1} s ({:.0} tasks/s)",
