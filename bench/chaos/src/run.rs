@@ -276,9 +276,23 @@ pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
         drain_time.as_secs_f64()
     ));
 
-    let finals = list_tasks(&client).await?;
     let ids = std::mem::take(&mut *acks.ids.lock().unwrap_or_else(|e| e.into_inner()));
-    let (terminal, lost) = check_acknowledged(&ids, &finals);
+    // The store may still be committing the last finishes when the core
+    // holds no live task: look again for up to 5 s before calling a task lost.
+    let mut looks = 0;
+    let (finals, terminal, lost) = loop {
+        looks += 1;
+        let finals = list_tasks(&client).await?;
+        let (terminal, lost) = check_acknowledged(&ids, &finals);
+        if lost.is_empty() || looks == 10 {
+            break (finals, terminal, lost);
+        }
+        progress(&format!(
+            "{} acknowledged tasks not terminal in the listing yet; looking again",
+            lost.len()
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     drop(fleet);
     drop(server);
     let records = execlog::read_dir(&logs)?;
