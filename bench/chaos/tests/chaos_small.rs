@@ -1,0 +1,121 @@
+//! The small chaos run: 5k tasks through HTTP and gRPC worker processes,
+//! two worker SIGKILLs and one server SIGKILL (restarted on the same data),
+//! then nothing acknowledged may be lost and every duplicate execution must
+//! be explained by a kill.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `dispatch` binary, as cargo reports it after building it. Built
+/// the way `cargo test --workspace` builds it (for `dispatch-cli`'s own
+/// end-to-end tests, with the workspace's features), so inside such a run
+/// this is a no-op and never rebuilds dependencies with other features.
+fn dispatch_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "test",
+        "--workspace",
+        "--locked",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let mut child = cmd.spawn().expect("cannot run cargo");
+    let stdout = child.stdout.take().expect("cargo's stdout");
+    let mut exe = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("cargo's output");
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == "dispatch"
+            && msg["target"]["kind"][0] == "bin"
+            && msg["profile"]["test"] == false
+            && let Some(path) = msg["executable"].as_str()
+        {
+            exe = Some(PathBuf::from(path));
+        }
+    }
+    assert!(
+        child.wait().expect("cargo").success(),
+        "cargo test --workspace --no-run failed"
+    );
+    exe.expect("cargo built no dispatch binary")
+}
+
+/// Kills the chaos run if the test fails before it ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn small_chaos_run_loses_nothing_and_explains_every_duplicate() {
+    let dispatch = dispatch_binary();
+    let child = Command::new(env!("CARGO_BIN_EXE_dispatch-chaos"))
+        .arg("--dispatch")
+        .arg(&dispatch)
+        .args(["--tasks", "5000", "--workers", "4", "--concurrency", "16"])
+        .args(["--worker-kills", "2", "--server-kills", "1"])
+        .args(["--seed", "7", "--server-down-ms", "200"])
+        .args(["--timeout-secs", "90", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start dispatch-chaos");
+    let mut guard = Guard(child);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("dispatch-chaos") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(110),
+            "dispatch-chaos did not stop by itself"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(
+        guard.0.stdout.as_mut().expect("dispatch-chaos stdout"),
+        &mut out,
+    )
+    .expect("dispatch-chaos output");
+    assert!(
+        status.code().is_some_and(|c| c <= 1),
+        "dispatch-chaos failed to run: {status}"
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(r["acknowledged"], 5000, "{r:#}");
+    assert_eq!(r["terminal"], 5000, "{r:#}");
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(r["unexplained"], 0, "{r:#}");
+    assert_eq!(r["unlogged_results"], 0, "{r:#}");
+    assert_eq!(r["worker_kills"], 2, "{r:#}");
+    assert_eq!(r["server_kills"], 1, "{r:#}");
+    assert!(
+        r["executions"].as_u64() >= Some(5000),
+        "every task ran: {r:#}"
+    );
+    assert_eq!(
+        r["duplicate_executions"],
+        r["explained_by_worker_kill"].as_u64().unwrap()
+            + r["explained_by_server_kill"].as_u64().unwrap(),
+        "{r:#}"
+    );
+    assert_eq!(r["passed"], true, "{r:#}");
+    assert!(status.success(), "{status}");
+}
