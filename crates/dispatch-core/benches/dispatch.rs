@@ -170,7 +170,9 @@ impl Bench {
                 && let Some(w) = t.worker
             {
                 self.running.push_back((t.task, w));
-                self.sched.poll(w, usize::MAX, self.now).expect("live worker");
+                self.sched
+                    .poll(w, usize::MAX, self.now)
+                    .expect("live worker");
             }
         }
     }
@@ -199,7 +201,9 @@ impl Bench {
                 self.running.push_back((t.task, w));
                 assigned += 1;
                 // Hand the task over, as the worker's long-poll would.
-                self.sched.poll(w, usize::MAX, self.now).expect("live worker");
+                self.sched
+                    .poll(w, usize::MAX, self.now)
+                    .expect("live worker");
             }
         }
         (spent, assigned)

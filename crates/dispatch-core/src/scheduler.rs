@@ -129,15 +129,33 @@ type Lane = (Arc<str>, Arc<str>);
 /// The workers that run one task type, for routing.
 #[derive(Debug, Default)]
 struct TypeWorkers {
-    /// In registration order; the round-robin ring.
-    workers: Vec<WorkerId>,
+    /// In registration order, with their load: the round-robin ring and
+    /// what every strategy reads.
+    workers: Vec<Candidate>,
+    /// Where each worker sits in `workers`.
+    position: HashMap<WorkerId, usize>,
     /// Where the next round-robin scan starts.
     cursor: usize,
     /// Free slots summed over `workers`, so that a type with nobody free is
     /// skipped without scanning.
     free: u64,
-    /// Current weights of the smooth weighted round robin.
-    current: HashMap<WorkerId, i64>,
+}
+
+impl TypeWorkers {
+    /// Counts one more (`started`) or one fewer task on a worker.
+    fn count(&mut self, worker: WorkerId, started: bool) {
+        let Some(&i) = self.position.get(&worker) else {
+            return;
+        };
+        let c = &mut self.workers[i];
+        if started {
+            c.in_flight += 1;
+            self.free -= 1;
+        } else {
+            c.in_flight -= 1;
+            self.free += 1;
+        }
+    }
 }
 
 /// How deep into one type's ready queue dispatch looks for a task it can
@@ -179,7 +197,6 @@ pub struct Scheduler<B> {
     workers: BTreeMap<WorkerId, Worker>,
     by_type: HashMap<Arc<str>, TypeWorkers>,
     next_seq: u64,
-    next_worker_order: u64,
     /// No lease can expire before this time; a lower bound recomputed by
     /// each scan so that most ticks skip the scan.
     lease_check_at: Millis,
@@ -204,7 +221,6 @@ impl<B> Scheduler<B> {
             workers: BTreeMap::new(),
             by_type: HashMap::new(),
             next_seq: 0,
-            next_worker_order: 0,
             lease_check_at: Millis::MAX,
             events: Vec::new(),
         }
@@ -393,7 +409,9 @@ impl<B> Scheduler<B> {
         };
         for kind in &spec.types {
             let tw = self.by_type.entry(kind.clone()).or_default();
-            tw.workers.push(id);
+            tw.position.insert(id, tw.workers.len());
+            tw.workers
+                .push(Candidate::new(id, spec.capacity, spec.weight));
             tw.free += u64::from(spec.capacity);
         }
         self.workers.insert(
@@ -409,10 +427,8 @@ impl<B> Scheduler<B> {
                 cancel_notices: Vec::new(),
                 completed: 0,
                 failed: 0,
-                order: self.next_worker_order,
             },
         );
-        self.next_worker_order += 1;
         self.lease_check_at = self
             .lease_check_at
             .min(now.saturating_add(self.config.lease_ms));
@@ -745,10 +761,25 @@ impl<B> Scheduler<B> {
             ));
         }
         for (kind, tw) in &self.by_type {
+            for (i, c) in tw.workers.iter().enumerate() {
+                let w = self
+                    .workers
+                    .get(&c.id)
+                    .ok_or(format!("type {kind} routes to unknown worker {}", c.id))?;
+                if c.in_flight != w.in_flight() || c.capacity != w.spec.capacity {
+                    return Err(format!(
+                        "routing view of worker {} in {kind} is stale",
+                        c.id
+                    ));
+                }
+                if tw.position.get(&c.id) != Some(&i) || tw.position.len() != tw.workers.len() {
+                    return Err(format!("position of worker {} in {kind} is wrong", c.id));
+                }
+            }
             let free: u64 = tw
                 .workers
                 .iter()
-                .map(|w| u64::from(self.workers[w].free_slots()))
+                .map(|c| u64::from(self.workers[&c.id].free_slots()))
                 .sum();
             if free != tw.free {
                 return Err(format!(
@@ -838,7 +869,7 @@ impl<B> Scheduler<B> {
             }
             for kind in &w.spec.types {
                 if let Some(tw) = self.by_type.get_mut(kind) {
-                    tw.free += 1;
+                    tw.count(wid, false);
                 }
             }
         }
@@ -1119,8 +1150,13 @@ impl<B> Scheduler<B> {
         };
         for kind in &w.spec.types {
             if let Some(tw) = self.by_type.get_mut(kind) {
-                tw.workers.retain(|&x| x != id);
-                tw.current.remove(&id);
+                tw.workers.retain(|c| c.id != id);
+                tw.position = tw
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.id, i))
+                    .collect();
                 tw.free -= u64::from(w.free_slots());
                 if tw.workers.is_empty() {
                     self.by_type.remove(kind);
@@ -1283,55 +1319,45 @@ impl<B> Scheduler<B> {
         let t = &self.tasks[&task];
         let tw = self.by_type.get_mut(kind)?;
         let workers = &self.workers;
-        if t.spec.join {
+        let spec = &t.spec;
+        if spec.join {
             return None;
         }
         let fits =
-            |w: &Worker| w.has_labels(&t.spec.labels) && t.spec.pinned.is_none_or(|p| p == w.id);
-        if t.spec.strategy == Strategy::RoundRobin {
-            // The common case walks the ring without building candidates.
-            let n = tw.workers.len();
-            let i = (0..n).map(|step| (tw.cursor + step) % n).find(|&i| {
-                let w = &workers[&tw.workers[i]];
-                w.free_slots() > 0 && fits(w)
-            })?;
-            tw.cursor = (i + 1) % n;
-            return Some(tw.workers[i]);
+            |c: &Candidate| spec.labels.is_empty() || workers[&c.id].has_labels(&spec.labels);
+        // A pinned task has one candidate, whatever its strategy.
+        if let Some(p) = spec.pinned {
+            let c = &tw.workers[*tw.position.get(&p)?];
+            return (c.free() > 0 && fits(c)).then_some(p);
         }
-        let cands: Vec<Candidate> = tw
-            .workers
-            .iter()
-            .map(|id| &workers[id])
-            .filter(|w| fits(w))
-            .map(|w| Candidate {
-                id: w.id,
-                free: w.free_slots(),
-                in_flight: w.in_flight(),
-                capacity: w.spec.capacity,
-                weight: w.spec.weight,
-            })
-            .collect();
-        let unless_full = |c: Candidate| (c.free > 0).then_some(c.id);
-        match t.spec.strategy {
+        let unless_full = |c: &Candidate| (c.free() > 0).then_some(c.id);
+        match spec.strategy {
+            Strategy::RoundRobin => {
+                let n = tw.workers.len();
+                let i = (0..n)
+                    .map(|step| (tw.cursor + step) % n)
+                    .find(|&i| tw.workers[i].free() > 0 && fits(&tw.workers[i]))?;
+                tw.cursor = (i + 1) % n;
+                Some(tw.workers[i].id)
+            }
             // Only joins carry these, and joins never run on a worker.
-            Strategy::RoundRobin | Strategy::Broadcast | Strategy::Sharding => None,
-            Strategy::WeightedRoundRobin => routing::weighted_round_robin(&cands, &mut tw.current),
-            Strategy::Random => routing::random(&cands, self.rng.next_f64()),
-            Strategy::LeastLoaded => routing::least_loaded(&cands),
+            Strategy::Broadcast | Strategy::Sharding => None,
+            Strategy::WeightedRoundRobin => routing::weighted_round_robin(&mut tw.workers, fits),
+            Strategy::Random => routing::random(&tw.workers, fits, || self.rng.next_f64()),
+            Strategy::LeastLoaded => routing::least_loaded(&tw.workers, fits),
             Strategy::ConsistentHash => {
-                let key = t
-                    .spec
-                    .routing_key
-                    .clone()
-                    .unwrap_or_else(|| task.to_string().into());
-                routing::rendezvous(&cands, &key).and_then(unless_full)
+                let fallback;
+                let key: &str = match &spec.routing_key {
+                    Some(k) => k,
+                    None => {
+                        fallback = task.to_string();
+                        &fallback
+                    }
+                };
+                routing::rendezvous(&tw.workers, fits, key).and_then(unless_full)
             }
             // Registration order decides who is first.
-            Strategy::Failover => cands
-                .iter()
-                .min_by_key(|c| workers[&c.id].order)
-                .copied()
-                .and_then(unless_full),
+            Strategy::Failover => tw.workers.iter().find(|c| fits(c)).and_then(unless_full),
         }
     }
 
@@ -1344,7 +1370,7 @@ impl<B> Scheduler<B> {
         w.undelivered.push_back(task);
         for kind in &w.spec.types {
             if let Some(tw) = self.by_type.get_mut(kind) {
-                tw.free -= 1;
+                tw.count(worker, true);
             }
         }
         self.attempt_started(task);
