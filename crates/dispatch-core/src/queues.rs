@@ -161,6 +161,12 @@ impl QueueState {
         STRIDE / u64::from(self.config.weight.max(1))
     }
 
+    /// True when a task of this queue may start now, as far as pause and
+    /// the queue's limits go.
+    pub(crate) fn may_start(&self) -> bool {
+        !self.paused && self.limiter.allows()
+    }
+
     /// True when a task with `key` may start under the per-key cap.
     pub(crate) fn key_allows(&self, key: Option<&Arc<str>>) -> bool {
         match (self.config.max_per_key, key) {

@@ -126,6 +126,11 @@ type ReadyKey = (i64, u64, TaskId);
 /// A ready lane: the queued tasks of one type in one queue.
 type Lane = (Arc<str>, Arc<str>);
 
+/// An entry of the dispatch frontier: a lane's next candidate task, at
+/// `depth` tasks past the lane's head, ordered by the pass its queue had
+/// when the entry was pushed, then by the task's key.
+type FrontierEntry = (u64, ReadyKey, usize, Lane);
+
 /// The workers that run one task type, for routing.
 #[derive(Debug, Default)]
 struct TypeWorkers {
@@ -178,8 +183,9 @@ pub struct Scheduler<B> {
     config: Config,
     rng: SplitMix64,
     tasks: HashMap<TaskId, Task<B>>,
-    /// Queued tasks, per lane (type, queue).
-    ready: HashMap<Lane, BTreeSet<ReadyKey>>,
+    /// Queued tasks, per type then queue (a lane each), so that dispatch
+    /// skips every lane of a type nobody can take at once.
+    ready: HashMap<Arc<str>, HashMap<Arc<str>, BTreeSet<ReadyKey>>>,
     /// Every queue ever named, with its settings and counters.
     queues: HashMap<Arc<str>, QueueState>,
     /// Limits of task types that have any.
@@ -497,10 +503,18 @@ impl<B> Scheduler<B> {
     /// Sets a task type's limits.
     pub fn configure_type(&mut self, kind: &str, config: TypeConfig) {
         let fresh = Limiter::new(config.max_running, config.rate_per_sec, config.burst);
-        self.type_limits
-            .entry(Arc::from(kind))
-            .or_insert_with(|| fresh.clone())
-            .reconfigure(fresh);
+        if let Some(l) = self.type_limits.get_mut(kind) {
+            l.reconfigure(fresh);
+            return;
+        }
+        // A type's first limits count the attempts already running.
+        let mut l = fresh;
+        l.running = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running && &*t.spec.kind == kind)
+            .count() as u32;
+        self.type_limits.insert(Arc::from(kind), l);
     }
 
     /// Stops dispatching from a queue (creating it if needed); running
@@ -617,7 +631,8 @@ impl<B> Scheduler<B> {
         // A rate-limited lane with ready tasks wakes up at its next token.
         let tokens = self
             .ready
-            .keys()
+            .iter()
+            .flat_map(|(kind, lanes)| lanes.keys().map(move |queue| (kind, queue)))
             .filter_map(|(kind, queue)| {
                 let q = self
                     .queues
@@ -678,8 +693,7 @@ impl<B> Scheduler<B> {
                     queued += 1;
                     let key = (t.rank, t.seq, t.id);
                     if !self
-                        .ready
-                        .get(&(t.spec.kind.clone(), t.spec.queue.clone()))
+                        .lane(&t.spec.kind, &t.spec.queue)
                         .is_some_and(|r| r.contains(&key))
                     {
                         return Err(format!("queued task {} not in the ready queue", t.id));
@@ -753,7 +767,12 @@ impl<B> Scheduler<B> {
                 ));
             }
         }
-        let ready_len: usize = self.ready.values().map(BTreeSet::len).sum();
+        let ready_len: usize = self
+            .ready
+            .values()
+            .flat_map(HashMap::values)
+            .map(BTreeSet::len)
+            .sum();
         if ready_len != queued || self.timers.len() != scheduled {
             return Err(format!(
                 "index sizes: ready {ready_len} vs {queued} queued, timers {} vs {scheduled} scheduled",
@@ -905,11 +924,15 @@ impl<B> Scheduler<B> {
 
     /// Takes a key out of its lane, keeping the queue's count.
     fn remove_ready(&mut self, lane: &Lane, key: ReadyKey) {
-        if let Some(r) = self.ready.get_mut(lane)
+        if let Some(lanes) = self.ready.get_mut(&lane.0)
+            && let Some(r) = lanes.get_mut(&lane.1)
             && r.remove(&key)
         {
             if r.is_empty() {
-                self.ready.remove(lane);
+                lanes.remove(&lane.1);
+                if lanes.is_empty() {
+                    self.ready.remove(&lane.0);
+                }
             }
             if let Some(q) = self.queues.get_mut(&lane.1) {
                 q.ready = q.ready.saturating_sub(1);
@@ -942,7 +965,12 @@ impl<B> Scheduler<B> {
             q.pass = q.pass.max(global);
         }
         q.ready += 1;
-        self.ready.entry(lane).or_default().insert(key);
+        self.ready
+            .entry(lane.0)
+            .or_default()
+            .entry(lane.1)
+            .or_default()
+            .insert(key);
     }
 
     fn make_scheduled(&mut self, id: TaskId, at: Millis) {
@@ -1201,30 +1229,89 @@ impl<B> Scheduler<B> {
 
     /// Assigns ready tasks to workers with free slots.
     ///
-    /// Each round seeds a frontier with the head of every lane (type, queue)
-    /// that may start a task now: a worker has a free slot for the type, the
-    /// queue is not paused, and neither the queue's nor the type's limits
-    /// are reached. The frontier is ordered by the queue's stride pass, then
-    /// the task's rank, so queues share workers by weight and tasks within a
-    /// queue go by aged priority. The first task its strategy (and per-key
-    /// limit) can place is assigned; a task that must wait for one
-    /// particular worker is passed over, up to `SCAN_LIMIT` deep per lane,
-    /// so it does not hold up the tasks behind it.
+    /// A frontier holds the head of every lane (type, queue) that may start
+    /// a task now: a worker has a free slot for the type, the queue is not
+    /// paused, and neither the queue's nor the type's limits are reached.
+    /// It is ordered by the queue's stride pass, then the task's rank, so
+    /// queues share workers by weight and tasks within a queue go by aged
+    /// priority. The first task its strategy (and per-key limit) can place
+    /// is assigned; a task that must wait for one particular worker is
+    /// passed over, up to `SCAN_LIMIT` deep per lane, so it does not hold up
+    /// the tasks behind it.
+    ///
+    /// The frontier is built once per call, not once per assignment: within
+    /// one call assignments only use up slots, tokens and per-key room, so
+    /// a lane that may not start, or a task that could not be placed, stays
+    /// so until the call ends and need not be looked at again. Passes only
+    /// grow, so an entry whose queue moved on since it was pushed is pushed
+    /// back with the new pass when it comes up. The result is the same as
+    /// rebuilding the frontier before every assignment (`dispatch_rebuilt`,
+    /// which the tests compare it with).
     fn dispatch(&mut self, now: Millis) {
-        for q in self.queues.values_mut() {
-            q.limiter.refill(now);
+        self.refill_limits(now);
+        let mut frontier: BinaryHeap<Reverse<FrontierEntry>> = BinaryHeap::new();
+        for (kind, lanes) in &self.ready {
+            if !self.type_may_start(kind) {
+                continue;
+            }
+            for (queue, keys) in lanes {
+                let Some(q) = self.queues.get(queue) else {
+                    continue;
+                };
+                if q.may_start()
+                    && let Some(key) = keys.first()
+                {
+                    frontier.push(Reverse((q.pass, *key, 0, (kind.clone(), queue.clone()))));
+                }
+            }
         }
-        for l in self.type_limits.values_mut() {
-            l.refill(now);
+        while let Some(Reverse((pushed_pass, key, depth, lane))) = frontier.pop() {
+            let pass = self.queues.get(&lane.1).map_or(0, |q| q.pass);
+            if pass != pushed_pass {
+                frontier.push(Reverse((pass, key, depth, lane)));
+                continue;
+            }
+            if !self.lane_may_start(&lane) {
+                continue;
+            }
+            let next = self.lane(&lane.0, &lane.1).and_then(|r| {
+                r.range((Bound::Excluded(key), Bound::Unbounded))
+                    .next()
+                    .copied()
+            });
+            if self.key_allows(key.2)
+                && let Some(worker) = self.route(key.2, &lane.0)
+            {
+                self.take_ready(&lane, key);
+                self.assign(key.2, worker, now);
+                // The task after it moves up to its place in the lane.
+                if let Some(next) = next {
+                    let pass = self.queues.get(&lane.1).map_or(0, |q| q.pass);
+                    frontier.push(Reverse((pass, next, depth, lane)));
+                }
+            } else if depth + 1 < SCAN_LIMIT
+                && let Some(next) = next
+            {
+                frontier.push(Reverse((pass, next, depth + 1, lane)));
+            }
         }
+    }
+
+    /// The reference `dispatch`: rebuilds the frontier from every lane
+    /// before each assignment. Slower, and obviously right.
+    #[cfg(test)]
+    pub(crate) fn dispatch_rebuilt(&mut self, now: Millis) {
+        self.refill_limits(now);
         loop {
             let mut frontier: BinaryHeap<Reverse<(u64, ReadyKey, Lane, usize)>> = self
                 .ready
                 .iter()
+                .flat_map(|(kind, lanes)| lanes.iter().map(move |(queue, r)| (kind, queue, r)))
+                .map(|(kind, queue, r)| ((kind.clone(), queue.clone()), r))
                 .filter(|(lane, _)| self.lane_may_start(lane))
                 .filter_map(|(lane, r)| {
                     let pass = self.queues.get(&lane.1).map_or(0, |q| q.pass);
-                    r.first().map(|key| Reverse((pass, *key, lane.clone(), 0)))
+                    r.first().map(|key| Reverse((pass, *key, lane, 0)))
                 })
                 .collect();
             let mut placed = None;
@@ -1236,9 +1323,9 @@ impl<B> Scheduler<B> {
                     break;
                 }
                 if depth + 1 < SCAN_LIMIT
-                    && let Some(next) = self.ready[&lane]
-                        .range((Bound::Excluded(key), Bound::Unbounded))
-                        .next()
+                    && let Some(next) = self
+                        .lane(&lane.0, &lane.1)
+                        .and_then(|r| r.range((Bound::Excluded(key), Bound::Unbounded)).next())
                 {
                     frontier.push(Reverse((pass, *next, lane, depth + 1)));
                 }
@@ -1246,24 +1333,55 @@ impl<B> Scheduler<B> {
             let Some((key, lane, worker)) = placed else {
                 break;
             };
-            self.remove_ready(&lane, key);
-            let q = self.queue_mut(&lane.1);
-            let pass = q.pass;
-            q.pass += q.stride();
-            self.global_pass = self.global_pass.max(pass);
+            self.take_ready(&lane, key);
             self.assign(key.2, worker, now);
         }
+    }
+
+    /// Like `tick`, with the reference dispatch.
+    #[cfg(test)]
+    pub(crate) fn tick_rebuilt(&mut self, now: Millis) {
+        self.fire_timers(now);
+        self.expire_timeouts(now);
+        self.expire_leases(now);
+        self.dispatch_rebuilt(now);
+    }
+
+    fn refill_limits(&mut self, now: Millis) {
+        for q in self.queues.values_mut() {
+            q.limiter.refill(now);
+        }
+        for l in self.type_limits.values_mut() {
+            l.refill(now);
+        }
+    }
+
+    /// Takes the task being assigned out of its lane and advances its
+    /// queue's stride pass.
+    fn take_ready(&mut self, lane: &Lane, key: ReadyKey) {
+        self.remove_ready(lane, key);
+        let q = self.queue_mut(&lane.1);
+        let pass = q.pass;
+        q.pass += q.stride();
+        self.global_pass = self.global_pass.max(pass);
+    }
+
+    /// The queued tasks of one lane.
+    fn lane(&self, kind: &str, queue: &str) -> Option<&BTreeSet<ReadyKey>> {
+        self.ready.get(kind).and_then(|lanes| lanes.get(queue))
+    }
+
+    /// True when a task of this type may start now, as far as free slots
+    /// and the type's limits go.
+    fn type_may_start(&self, kind: &str) -> bool {
+        self.by_type.get(kind).is_some_and(|tw| tw.free > 0)
+            && self.type_limits.get(kind).is_none_or(Limiter::allows)
     }
 
     /// True when a task of this lane may start now, as far as free slots,
     /// pause and limits go.
     fn lane_may_start(&self, (kind, queue): &Lane) -> bool {
-        self.by_type.get(kind).is_some_and(|tw| tw.free > 0)
-            && self
-                .queues
-                .get(queue)
-                .is_none_or(|q| !q.paused && q.limiter.allows())
-            && self.type_limits.get(kind).is_none_or(Limiter::allows)
+        self.type_may_start(kind) && self.queues.get(queue).is_none_or(QueueState::may_start)
     }
 
     /// True when the task's routing key is under its queue's per-key limit.
