@@ -169,18 +169,20 @@ pub(crate) fn least_loaded(
         .map(|c| c.id)
 }
 
-/// The fitting candidate with the highest rendezvous score for `key`, full
-/// or not.
-pub(crate) fn rendezvous<'a>(
-    cands: &'a [Candidate],
+/// The position of the fitting candidate with the highest rendezvous score
+/// for `key`, full or not.
+pub(crate) fn rendezvous(
+    cands: &[Candidate],
     fits: impl Fn(&Candidate) -> bool,
     key: &str,
-) -> Option<&'a Candidate> {
+) -> Option<usize> {
     let h = fnv1a(key.as_bytes());
     cands
         .iter()
-        .filter(|c| fits(c))
-        .max_by_key(|c| (mix(h ^ c.id.0.rotate_left(17)), c.id))
+        .enumerate()
+        .filter(|(_, c)| fits(c))
+        .max_by_key(|(_, c)| (mix(h ^ c.id.0.rotate_left(17)), c.id))
+        .map(|(i, _)| i)
 }
 
 /// 64-bit FNV-1a: a stable hash of the routing key (the standard library's
@@ -265,17 +267,20 @@ mod tests {
         let keys: Vec<String> = (0..2_000).map(|i| format!("customer-{i}")).collect();
         let before: Vec<WorkerId> = keys
             .iter()
-            .map(|k| rendezvous(&all, any, k).unwrap().id)
+            .map(|k| all[rendezvous(&all, any, k).unwrap()].id)
             .collect();
         let removed = all[3].id;
         let rest: Vec<Candidate> = all.iter().copied().filter(|c| c.id != removed).collect();
         for (k, was) in keys.iter().zip(&before) {
-            let now = rendezvous(&rest, any, k).unwrap().id;
+            let now = rest[rendezvous(&rest, any, k).unwrap()].id;
             if *was != removed {
                 assert_eq!(now, *was, "{k} moved although its worker stayed");
             }
             // Filtering the worker out is the same as removing it.
-            assert_eq!(rendezvous(&all, |c| c.id != removed, k).unwrap().id, now);
+            assert_eq!(
+                all[rendezvous(&all, |c| c.id != removed, k).unwrap()].id,
+                now
+            );
         }
         let share = before.iter().filter(|&&w| w == removed).count() as f64 / keys.len() as f64;
         assert!(

@@ -144,6 +144,13 @@ struct TypeWorkers {
     /// Free slots summed over `workers`, so that a type with nobody free is
     /// skipped without scanning.
     free: u64,
+    /// The `consistent_hash` choice (a position in `workers`) of routing
+    /// keys seen lately, for tasks without labels: a hash of the key
+    /// against every worker costs a microsecond with a thousand workers,
+    /// and a task waiting for its worker is looked at on every tick.
+    /// Cleared whenever `workers` changes, and when it grows past
+    /// `HASH_CACHE_LIMIT`.
+    hashed: HashMap<Arc<str>, usize>,
 }
 
 impl TypeWorkers {
@@ -168,6 +175,9 @@ impl TypeWorkers {
 /// `consistent_hash`, `failover` or labels). Bounds the work per decision.
 const SCAN_LIMIT: usize = 64;
 
+/// Routing keys whose `consistent_hash` choice a type remembers at most.
+const HASH_CACHE_LIMIT: usize = 1 << 16;
+
 /// Why a running attempt ended without a result.
 enum Interruption {
     /// The worker died: the attempt counts and its error is recorded.
@@ -182,7 +192,9 @@ enum Interruption {
 pub struct Scheduler<B> {
     config: Config,
     rng: SplitMix64,
-    tasks: HashMap<TaskId, Task<B>>,
+    /// Boxed: a table of a million entries has two million slots, and a
+    /// slot of a pointer costs far less than a slot of a whole task.
+    tasks: HashMap<TaskId, Box<Task<B>>>,
     /// Queued tasks, per type then queue (a lane each), so that dispatch
     /// skips every lane of a type nobody can take at once.
     ready: HashMap<Arc<str>, HashMap<Arc<str>, BTreeSet<ReadyKey>>>,
@@ -258,7 +270,7 @@ impl<B> Scheduler<B> {
     pub fn restore(
         &mut self,
         id: TaskId,
-        spec: TaskSpec,
+        mut spec: TaskSpec,
         body: B,
         attempts: u32,
         last_error: Option<String>,
@@ -267,6 +279,7 @@ impl<B> Scheduler<B> {
         if self.tasks.contains_key(&id) {
             return Err(CoreError::DuplicateTask(id));
         }
+        self.intern(&mut spec);
         let seq = self.next_seq;
         self.next_seq += 1;
         let ready_at = spec.run_at.filter(|&t| t > now);
@@ -289,7 +302,7 @@ impl<B> Scheduler<B> {
         if let Some(w) = task.spec.pinned {
             self.pinned.entry(w).or_default().insert(id);
         }
-        self.tasks.insert(id, task);
+        self.tasks.insert(id, Box::new(task));
         self.queue_mut(&queue);
         match ready_at {
             Some(at) => self.make_scheduled(id, at),
@@ -416,6 +429,7 @@ impl<B> Scheduler<B> {
         for kind in &spec.types {
             let tw = self.by_type.entry(kind.clone()).or_default();
             tw.position.insert(id, tw.workers.len());
+            tw.hashed.clear();
             tw.workers
                 .push(Candidate::new(id, spec.capacity, spec.weight));
             tw.free += u64::from(spec.capacity);
@@ -589,12 +603,12 @@ impl<B> Scheduler<B> {
 
     /// A live task.
     pub fn task(&self, id: TaskId) -> Option<&Task<B>> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).map(|t| &**t)
     }
 
     /// Every live task, in no particular order.
     pub fn tasks(&self) -> impl Iterator<Item = &Task<B>> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     /// Number of live tasks.
@@ -795,6 +809,13 @@ impl<B> Scheduler<B> {
                     return Err(format!("position of worker {} in {kind} is wrong", c.id));
                 }
             }
+            for (key, &i) in &tw.hashed {
+                if routing::rendezvous(&tw.workers, |_| true, key) != Some(i) {
+                    return Err(format!(
+                        "stale consistent_hash choice for key {key} in {kind}"
+                    ));
+                }
+            }
             let free: u64 = tw
                 .workers
                 .iter()
@@ -937,6 +958,25 @@ impl<B> Scheduler<B> {
             if let Some(q) = self.queues.get_mut(&lane.1) {
                 q.ready = q.ready.saturating_sub(1);
             }
+        }
+    }
+
+    /// Makes the spec share the scheduler's copy of its queue name, and of
+    /// its type name when a worker runs the type or tasks of it are queued,
+    /// so that a million queued tasks do not hold a million copies of the
+    /// same few strings.
+    fn intern(&mut self, spec: &mut TaskSpec) {
+        self.queue_mut(&spec.queue);
+        if let Some((k, _)) = self.queues.get_key_value(&*spec.queue) {
+            spec.queue = k.clone();
+        }
+        let kind = self
+            .by_type
+            .get_key_value(&*spec.kind)
+            .map(|(k, _)| k)
+            .or_else(|| self.ready.get_key_value(&*spec.kind).map(|(k, _)| k));
+        if let Some(k) = kind {
+            spec.kind = k.clone();
         }
     }
 
@@ -1179,6 +1219,7 @@ impl<B> Scheduler<B> {
         for kind in &w.spec.types {
             if let Some(tw) = self.by_type.get_mut(kind) {
                 tw.workers.retain(|c| c.id != id);
+                tw.hashed.clear();
                 tw.position = tw
                     .workers
                     .iter()
@@ -1463,6 +1504,21 @@ impl<B> Scheduler<B> {
             Strategy::WeightedRoundRobin => routing::weighted_round_robin(&mut tw.workers, fits),
             Strategy::Random => routing::random(&tw.workers, fits, || self.rng.next_f64()),
             Strategy::LeastLoaded => routing::least_loaded(&tw.workers, fits),
+            Strategy::ConsistentHash if spec.labels.is_empty() && spec.routing_key.is_some() => {
+                let key = spec.routing_key.as_ref()?;
+                let i = match tw.hashed.get(key) {
+                    Some(&i) => i,
+                    None => {
+                        let i = routing::rendezvous(&tw.workers, |_| true, key)?;
+                        if tw.hashed.len() >= HASH_CACHE_LIMIT {
+                            tw.hashed.clear();
+                        }
+                        tw.hashed.insert(key.clone(), i);
+                        i
+                    }
+                };
+                unless_full(&tw.workers[i])
+            }
             Strategy::ConsistentHash => {
                 let fallback;
                 let key: &str = match &spec.routing_key {
@@ -1472,7 +1528,8 @@ impl<B> Scheduler<B> {
                         &fallback
                     }
                 };
-                routing::rendezvous(&tw.workers, fits, key).and_then(unless_full)
+                routing::rendezvous(&tw.workers, fits, key)
+                    .and_then(|i| unless_full(&tw.workers[i]))
             }
             // Registration order decides who is first.
             Strategy::Failover => tw.workers.iter().find(|c| fits(c)).and_then(unless_full),
