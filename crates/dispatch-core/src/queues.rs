@@ -12,8 +12,9 @@
 //! tokens at most). Per-key concurrency caps the running tasks of one
 //! `routing_key` within a queue.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::Millis;
 

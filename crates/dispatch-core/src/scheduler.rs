@@ -6,9 +6,11 @@
 //! worker leases and assigns ready tasks to workers with free slots.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::ops::Bound;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::queues::{Limiter, QueueConfig, QueueInfo, QueueState, TypeConfig};
 use crate::rng::SplitMix64;
