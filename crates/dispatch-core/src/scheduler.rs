@@ -220,6 +220,9 @@ pub struct Scheduler<B> {
     /// No lease can expire before this time; a lower bound recomputed by
     /// each scan so that most ticks skip the scan.
     lease_check_at: Millis,
+    /// Free slots summed over every worker: when none is left, dispatch
+    /// stops without looking at a lane.
+    free_slots: u64,
     events: Vec<Event>,
 }
 
@@ -242,6 +245,7 @@ impl<B> Scheduler<B> {
             by_type: HashMap::new(),
             next_seq: 0,
             lease_check_at: Millis::MAX,
+            free_slots: 0,
             events: Vec::new(),
         }
     }
@@ -436,6 +440,7 @@ impl<B> Scheduler<B> {
                 .push(Candidate::new(id, spec.capacity, spec.weight));
             tw.free += u64::from(spec.capacity);
         }
+        self.free_slots += u64::from(spec.capacity);
         self.workers.insert(
             id,
             Worker {
@@ -795,6 +800,17 @@ impl<B> Scheduler<B> {
                 self.timers.len()
             ));
         }
+        let free: u64 = self
+            .workers
+            .values()
+            .map(|w| u64::from(w.free_slots()))
+            .sum();
+        if free != self.free_slots {
+            return Err(format!(
+                "free slots: counted {} but {free}",
+                self.free_slots
+            ));
+        }
         for (kind, tw) in &self.by_type {
             for (i, c) in tw.workers.iter().enumerate() {
                 let w = self
@@ -914,6 +930,7 @@ impl<B> Scheduler<B> {
                     tw.count(wid, false);
                 }
             }
+            self.free_slots += 1;
         }
         if was_running {
             self.attempt_ended(task);
@@ -1218,6 +1235,7 @@ impl<B> Scheduler<B> {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
+        self.free_slots -= u64::from(w.free_slots());
         for kind in &w.spec.types {
             if let Some(tw) = self.by_type.get_mut(kind) {
                 tw.workers.retain(|c| c.id != id);
@@ -1292,6 +1310,9 @@ impl<B> Scheduler<B> {
     /// which the tests compare it with).
     fn dispatch(&mut self, now: Millis) {
         self.refill_limits(now);
+        if self.free_slots == 0 {
+            return;
+        }
         let mut frontier: BinaryHeap<Reverse<FrontierEntry>> = BinaryHeap::new();
         for (kind, lanes) in &self.ready {
             if !self.type_may_start(kind) {
@@ -1308,7 +1329,9 @@ impl<B> Scheduler<B> {
                 }
             }
         }
-        while let Some(Reverse((pushed_pass, key, depth, lane))) = frontier.pop() {
+        while self.free_slots > 0
+            && let Some(Reverse((pushed_pass, key, depth, lane))) = frontier.pop()
+        {
             let pass = self.queues.get(&lane.1).map_or(0, |q| q.pass);
             if pass != pushed_pass {
                 frontier.push(Reverse((pass, key, depth, lane)));
@@ -1550,6 +1573,7 @@ impl<B> Scheduler<B> {
                 tw.count(worker, true);
             }
         }
+        self.free_slots -= 1;
         self.attempt_started(task);
         let t = self.tasks.get_mut(&task).expect("ready task is live");
         t.state = TaskState::Running;
