@@ -1,11 +1,12 @@
 //! Routing strategies: which of the workers able to take a task gets it.
 //!
-//! Each strategy is a small pure function over [`Candidate`]s (the workers
-//! that registered the task's type and carry its required labels). Most
-//! pick among the candidates with a free slot; `consistent_hash` and
-//! `failover` pick one worker among all candidates and return `None` while
-//! that worker is full, so that the task waits for it rather than going
-//! elsewhere.
+//! Each strategy is a small pure function over the [`Candidate`]s of the
+//! task's type (the workers that registered it, in registration order, with
+//! their load) and a `fits` predicate (the worker carries the task's
+//! required labels); none allocates. Most pick among the fitting candidates
+//! with a free slot; `consistent_hash` and `failover` pick one worker among
+//! all fitting candidates and return `None` while that worker is full, so
+//! that the task waits for it rather than going elsewhere.
 
 use crate::WorkerId;
 
