@@ -26,6 +26,8 @@
 //! ```
 
 mod backoff;
+#[cfg(test)]
+mod dispatch_equivalence;
 mod queues;
 mod rng;
 mod routing;

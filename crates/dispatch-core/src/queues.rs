@@ -12,8 +12,9 @@
 //! tokens at most). Per-key concurrency caps the running tasks of one
 //! `routing_key` within a queue.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::Millis;
 
@@ -159,6 +160,12 @@ impl QueueState {
 
     pub(crate) fn stride(&self) -> u64 {
         STRIDE / u64::from(self.config.weight.max(1))
+    }
+
+    /// True when a task of this queue may start now, as far as pause and
+    /// the queue's limits go.
+    pub(crate) fn may_start(&self) -> bool {
+        !self.paused && self.limiter.allows()
     }
 
     /// True when a task with `key` may start under the per-key cap.

@@ -1,13 +1,12 @@
 //! Routing strategies: which of the workers able to take a task gets it.
 //!
-//! Each strategy is a small pure function over [`Candidate`]s (the workers
-//! that registered the task's type and carry its required labels). Most
-//! pick among the candidates with a free slot; `consistent_hash` and
-//! `failover` pick one worker among all candidates and return `None` while
-//! that worker is full, so that the task waits for it rather than going
-//! elsewhere.
-
-use std::collections::HashMap;
+//! Each strategy is a small pure function over the [`Candidate`]s of the
+//! task's type (the workers that registered it, in registration order, with
+//! their load) and a `fits` predicate (the worker carries the task's
+//! required labels); none allocates. Most pick among the fitting candidates
+//! with a free slot; `consistent_hash` and `failover` pick one worker among
+//! all fitting candidates and return `None` while that worker is full, so
+//! that the task waits for it rather than going elsewhere.
 
 use crate::WorkerId;
 
@@ -82,56 +81,87 @@ impl std::fmt::Display for Strategy {
     }
 }
 
-/// A worker able to take the task, as routing sees it.
+/// A worker of one task type, as routing sees it. The scheduler keeps one
+/// per (type, worker) in registration order and updates it on every
+/// assignment and release, so that a decision reads one contiguous array
+/// instead of looking every worker up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Candidate {
     pub(crate) id: WorkerId,
-    pub(crate) free: u32,
     pub(crate) in_flight: u32,
     pub(crate) capacity: u32,
     pub(crate) weight: u32,
+    /// Current weight of the smooth weighted round robin.
+    pub(crate) current: i64,
 }
 
-/// Smooth weighted round robin over the candidates with a free slot:
-/// every candidate's current weight grows by its weight, the largest wins
-/// and gives back the total. Over any window each worker is chosen in
-/// proportion to its weight, interleaved rather than in bursts.
-pub(crate) fn weighted_round_robin(
-    cands: &[Candidate],
-    current: &mut HashMap<WorkerId, i64>,
-) -> Option<WorkerId> {
-    let free: Vec<&Candidate> = cands.iter().filter(|c| c.free > 0).collect();
-    let total: i64 = free.iter().map(|c| i64::from(c.weight)).sum();
-    let mut best: Option<(i64, WorkerId)> = None;
-    for c in &free {
-        let cw = current.entry(c.id).or_insert(0);
-        *cw += i64::from(c.weight);
-        if best.is_none_or(|(b, _)| *cw > b) {
-            best = Some((*cw, c.id));
+impl Candidate {
+    pub(crate) fn new(id: WorkerId, capacity: u32, weight: u32) -> Self {
+        Candidate {
+            id,
+            in_flight: 0,
+            capacity,
+            weight,
+            current: 0,
         }
     }
-    let (_, id) = best?;
-    *current.get_mut(&id).expect("just set") -= total;
-    Some(id)
+
+    /// Slots it has free for new tasks.
+    pub(crate) fn free(&self) -> u32 {
+        self.capacity.saturating_sub(self.in_flight)
+    }
 }
 
-/// A uniformly chosen candidate with a free slot; `unit` is a sample in
-/// `[0, 1)`.
-pub(crate) fn random(cands: &[Candidate], unit: f64) -> Option<WorkerId> {
-    let free: Vec<&Candidate> = cands.iter().filter(|c| c.free > 0).collect();
-    if free.is_empty() {
+/// Smooth weighted round robin over the candidates that `fit` and have a
+/// free slot: every such candidate's current weight grows by its weight,
+/// the largest wins and gives back the total. Over any window each worker
+/// is chosen in proportion to its weight, interleaved rather than in bursts.
+pub(crate) fn weighted_round_robin(
+    cands: &mut [Candidate],
+    fits: impl Fn(&Candidate) -> bool,
+) -> Option<WorkerId> {
+    let mut total: i64 = 0;
+    let mut best: Option<(i64, usize)> = None;
+    for (i, c) in cands.iter_mut().enumerate() {
+        if c.free() == 0 || !fits(c) {
+            continue;
+        }
+        c.current += i64::from(c.weight);
+        total += i64::from(c.weight);
+        if best.is_none_or(|(b, _)| c.current > b) {
+            best = Some((c.current, i));
+        }
+    }
+    let (_, i) = best?;
+    cands[i].current -= total;
+    Some(cands[i].id)
+}
+
+/// A uniformly chosen candidate that fits and has a free slot; `unit`
+/// draws a sample in `[0, 1)`, only when there is a choice to make.
+pub(crate) fn random(
+    cands: &[Candidate],
+    fits: impl Fn(&Candidate) -> bool,
+    unit: impl FnOnce() -> f64,
+) -> Option<WorkerId> {
+    let eligible = |c: &&Candidate| c.free() > 0 && fits(c);
+    let n = cands.iter().filter(eligible).count();
+    if n == 0 {
         return None;
     }
-    let i = ((unit * free.len() as f64) as usize).min(free.len() - 1);
-    Some(free[i].id)
+    let i = ((unit() * n as f64) as usize).min(n - 1);
+    cands.iter().filter(eligible).nth(i).map(|c| c.id)
 }
 
-/// The candidate with a free slot and the lowest in-flight / capacity
-/// ratio; ties go to the earliest candidate.
-pub(crate) fn least_loaded(cands: &[Candidate]) -> Option<WorkerId> {
+/// The candidate that fits, has a free slot and the lowest in-flight /
+/// capacity ratio; ties go to the earliest candidate.
+pub(crate) fn least_loaded(
+    cands: &[Candidate],
+    fits: impl Fn(&Candidate) -> bool,
+) -> Option<WorkerId> {
     cands
         .iter()
-        .filter(|c| c.free > 0)
+        .filter(|c| c.free() > 0 && fits(c))
         // a/b < c/d  <=>  a*d < c*b, without floating point.
         .min_by(|a, b| {
             (u64::from(a.in_flight) * u64::from(b.capacity))
@@ -140,13 +170,20 @@ pub(crate) fn least_loaded(cands: &[Candidate]) -> Option<WorkerId> {
         .map(|c| c.id)
 }
 
-/// The candidate with the highest rendezvous score for `key`, full or not.
-pub(crate) fn rendezvous(cands: &[Candidate], key: &str) -> Option<Candidate> {
+/// The position of the fitting candidate with the highest rendezvous score
+/// for `key`, full or not.
+pub(crate) fn rendezvous(
+    cands: &[Candidate],
+    fits: impl Fn(&Candidate) -> bool,
+    key: &str,
+) -> Option<usize> {
     let h = fnv1a(key.as_bytes());
     cands
         .iter()
-        .max_by_key(|c| (mix(h ^ c.id.0.rotate_left(17)), c.id))
-        .copied()
+        .enumerate()
+        .filter(|(_, c)| fits(c))
+        .max_by_key(|(_, c)| (mix(h ^ c.id.0.rotate_left(17)), c.id))
+        .map(|(i, _)| i)
 }
 
 /// 64-bit FNV-1a: a stable hash of the routing key (the standard library's
@@ -173,14 +210,12 @@ mod tests {
 
     fn cands(n: u64) -> Vec<Candidate> {
         (1..=n)
-            .map(|i| Candidate {
-                id: WorkerId(i * 7919),
-                free: 1,
-                in_flight: 0,
-                capacity: 1,
-                weight: 1,
-            })
+            .map(|i| Candidate::new(WorkerId(i * 7919), 1, 1))
             .collect()
+    }
+
+    fn any(_: &Candidate) -> bool {
+        true
     }
 
     #[test]
@@ -197,9 +232,8 @@ mod tests {
         c[0].weight = 5;
         c[1].weight = 1;
         c[2].weight = 1;
-        let mut current = HashMap::new();
         let picks: Vec<WorkerId> = (0..7)
-            .map(|_| weighted_round_robin(&c, &mut current).unwrap())
+            .map(|_| weighted_round_robin(&mut c, any).unwrap())
             .collect();
         let heavy = picks.iter().filter(|&&w| w == c[0].id).count();
         assert_eq!(heavy, 5);
@@ -208,21 +242,24 @@ mod tests {
     }
 
     #[test]
+    fn strategies_skip_candidates_that_do_not_fit_or_are_full() {
+        let mut c = cands(4);
+        c[0].in_flight = 1;
+        let not_second = |x: &Candidate| x.id != WorkerId(2 * 7919);
+        assert_eq!(least_loaded(&c, not_second), Some(c[2].id));
+        assert_eq!(weighted_round_robin(&mut c, not_second), Some(c[2].id));
+        assert_eq!(random(&c, not_second, || 0.99), Some(c[3].id));
+        assert_eq!(random(&c, |_| false, || unreachable!("no choice")), None);
+    }
+
+    #[test]
     fn least_loaded_compares_ratios() {
         let mut c = cands(2);
-        c[0] = Candidate {
-            in_flight: 3,
-            capacity: 4,
-            free: 1,
-            ..c[0]
-        };
-        c[1] = Candidate {
-            in_flight: 1,
-            capacity: 2,
-            free: 1,
-            ..c[1]
-        };
-        assert_eq!(least_loaded(&c), Some(c[1].id));
+        c[0].in_flight = 3;
+        c[0].capacity = 4;
+        c[1].in_flight = 1;
+        c[1].capacity = 2;
+        assert_eq!(least_loaded(&c, any), Some(c[1].id));
     }
 
     #[test]
@@ -231,15 +268,20 @@ mod tests {
         let keys: Vec<String> = (0..2_000).map(|i| format!("customer-{i}")).collect();
         let before: Vec<WorkerId> = keys
             .iter()
-            .map(|k| rendezvous(&all, k).unwrap().id)
+            .map(|k| all[rendezvous(&all, any, k).unwrap()].id)
             .collect();
         let removed = all[3].id;
         let rest: Vec<Candidate> = all.iter().copied().filter(|c| c.id != removed).collect();
         for (k, was) in keys.iter().zip(&before) {
-            let now = rendezvous(&rest, k).unwrap().id;
+            let now = rest[rendezvous(&rest, any, k).unwrap()].id;
             if *was != removed {
                 assert_eq!(now, *was, "{k} moved although its worker stayed");
             }
+            // Filtering the worker out is the same as removing it.
+            assert_eq!(
+                all[rendezvous(&all, |c| c.id != removed, k).unwrap()].id,
+                now
+            );
         }
         let share = before.iter().filter(|&&w| w == removed).count() as f64 / keys.len() as f64;
         assert!(

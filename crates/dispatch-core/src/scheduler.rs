@@ -6,9 +6,11 @@
 //! worker leases and assigns ready tasks to workers with free slots.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::ops::Bound;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::queues::{Limiter, QueueConfig, QueueInfo, QueueState, TypeConfig};
 use crate::rng::SplitMix64;
@@ -126,24 +128,57 @@ type ReadyKey = (i64, u64, TaskId);
 /// A ready lane: the queued tasks of one type in one queue.
 type Lane = (Arc<str>, Arc<str>);
 
+/// An entry of the dispatch frontier: a lane's next candidate task, at
+/// `depth` tasks past the lane's head, ordered by the pass its queue had
+/// when the entry was pushed, then by the task's key.
+type FrontierEntry = (u64, ReadyKey, usize, Lane);
+
 /// The workers that run one task type, for routing.
 #[derive(Debug, Default)]
 struct TypeWorkers {
-    /// In registration order; the round-robin ring.
-    workers: Vec<WorkerId>,
+    /// In registration order, with their load: the round-robin ring and
+    /// what every strategy reads.
+    workers: Vec<Candidate>,
+    /// Where each worker sits in `workers`.
+    position: HashMap<WorkerId, usize>,
     /// Where the next round-robin scan starts.
     cursor: usize,
     /// Free slots summed over `workers`, so that a type with nobody free is
     /// skipped without scanning.
     free: u64,
-    /// Current weights of the smooth weighted round robin.
-    current: HashMap<WorkerId, i64>,
+    /// The `consistent_hash` choice (a position in `workers`) of routing
+    /// keys seen lately, for tasks without labels: a hash of the key
+    /// against every worker costs a microsecond with a thousand workers,
+    /// and a task waiting for its worker is looked at on every tick.
+    /// Cleared whenever `workers` changes, and when it grows past
+    /// `HASH_CACHE_LIMIT`.
+    hashed: HashMap<Arc<str>, usize>,
+}
+
+impl TypeWorkers {
+    /// Counts one more (`started`) or one fewer task on a worker.
+    fn count(&mut self, worker: WorkerId, started: bool) {
+        let Some(&i) = self.position.get(&worker) else {
+            return;
+        };
+        let c = &mut self.workers[i];
+        if started {
+            c.in_flight += 1;
+            self.free -= 1;
+        } else {
+            c.in_flight -= 1;
+            self.free += 1;
+        }
+    }
 }
 
 /// How deep into one type's ready queue dispatch looks for a task it can
 /// place when the ones ahead are waiting for a particular worker (by
 /// `consistent_hash`, `failover` or labels). Bounds the work per decision.
 const SCAN_LIMIT: usize = 64;
+
+/// Routing keys whose `consistent_hash` choice a type remembers at most.
+const HASH_CACHE_LIMIT: usize = 1 << 16;
 
 /// Why a running attempt ended without a result.
 enum Interruption {
@@ -159,9 +194,12 @@ enum Interruption {
 pub struct Scheduler<B> {
     config: Config,
     rng: SplitMix64,
-    tasks: HashMap<TaskId, Task<B>>,
-    /// Queued tasks, per lane (type, queue).
-    ready: HashMap<Lane, BTreeSet<ReadyKey>>,
+    /// Boxed: a table of a million entries has two million slots, and a
+    /// slot of a pointer costs far less than a slot of a whole task.
+    tasks: HashMap<TaskId, Box<Task<B>>>,
+    /// Queued tasks, per type then queue (a lane each), so that dispatch
+    /// skips every lane of a type nobody can take at once.
+    ready: HashMap<Arc<str>, HashMap<Arc<str>, BTreeSet<ReadyKey>>>,
     /// Every queue ever named, with its settings and counters.
     queues: HashMap<Arc<str>, QueueState>,
     /// Limits of task types that have any.
@@ -179,10 +217,12 @@ pub struct Scheduler<B> {
     workers: BTreeMap<WorkerId, Worker>,
     by_type: HashMap<Arc<str>, TypeWorkers>,
     next_seq: u64,
-    next_worker_order: u64,
     /// No lease can expire before this time; a lower bound recomputed by
     /// each scan so that most ticks skip the scan.
     lease_check_at: Millis,
+    /// Free slots summed over every worker: when none is left, dispatch
+    /// stops without looking at a lane.
+    free_slots: u64,
     events: Vec<Event>,
 }
 
@@ -204,8 +244,8 @@ impl<B> Scheduler<B> {
             workers: BTreeMap::new(),
             by_type: HashMap::new(),
             next_seq: 0,
-            next_worker_order: 0,
             lease_check_at: Millis::MAX,
+            free_slots: 0,
             events: Vec::new(),
         }
     }
@@ -236,7 +276,7 @@ impl<B> Scheduler<B> {
     pub fn restore(
         &mut self,
         id: TaskId,
-        spec: TaskSpec,
+        mut spec: TaskSpec,
         body: B,
         attempts: u32,
         last_error: Option<String>,
@@ -245,6 +285,7 @@ impl<B> Scheduler<B> {
         if self.tasks.contains_key(&id) {
             return Err(CoreError::DuplicateTask(id));
         }
+        self.intern(&mut spec);
         let seq = self.next_seq;
         self.next_seq += 1;
         let ready_at = spec.run_at.filter(|&t| t > now);
@@ -267,7 +308,7 @@ impl<B> Scheduler<B> {
         if let Some(w) = task.spec.pinned {
             self.pinned.entry(w).or_default().insert(id);
         }
-        self.tasks.insert(id, task);
+        self.tasks.insert(id, Box::new(task));
         self.queue_mut(&queue);
         match ready_at {
             Some(at) => self.make_scheduled(id, at),
@@ -393,9 +434,13 @@ impl<B> Scheduler<B> {
         };
         for kind in &spec.types {
             let tw = self.by_type.entry(kind.clone()).or_default();
-            tw.workers.push(id);
+            tw.position.insert(id, tw.workers.len());
+            tw.hashed.clear();
+            tw.workers
+                .push(Candidate::new(id, spec.capacity, spec.weight));
             tw.free += u64::from(spec.capacity);
         }
+        self.free_slots += u64::from(spec.capacity);
         self.workers.insert(
             id,
             Worker {
@@ -409,10 +454,8 @@ impl<B> Scheduler<B> {
                 cancel_notices: Vec::new(),
                 completed: 0,
                 failed: 0,
-                order: self.next_worker_order,
             },
         );
-        self.next_worker_order += 1;
         self.lease_check_at = self
             .lease_check_at
             .min(now.saturating_add(self.config.lease_ms));
@@ -481,10 +524,18 @@ impl<B> Scheduler<B> {
     /// Sets a task type's limits.
     pub fn configure_type(&mut self, kind: &str, config: TypeConfig) {
         let fresh = Limiter::new(config.max_running, config.rate_per_sec, config.burst);
-        self.type_limits
-            .entry(Arc::from(kind))
-            .or_insert_with(|| fresh.clone())
-            .reconfigure(fresh);
+        if let Some(l) = self.type_limits.get_mut(kind) {
+            l.reconfigure(fresh);
+            return;
+        }
+        // A type's first limits count the attempts already running.
+        let mut l = fresh;
+        l.running = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running && &*t.spec.kind == kind)
+            .count() as u32;
+        self.type_limits.insert(Arc::from(kind), l);
     }
 
     /// Stops dispatching from a queue (creating it if needed); running
@@ -559,12 +610,12 @@ impl<B> Scheduler<B> {
 
     /// A live task.
     pub fn task(&self, id: TaskId) -> Option<&Task<B>> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).map(|t| &**t)
     }
 
     /// Every live task, in no particular order.
     pub fn tasks(&self) -> impl Iterator<Item = &Task<B>> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     /// Number of live tasks.
@@ -601,7 +652,8 @@ impl<B> Scheduler<B> {
         // A rate-limited lane with ready tasks wakes up at its next token.
         let tokens = self
             .ready
-            .keys()
+            .iter()
+            .flat_map(|(kind, lanes)| lanes.keys().map(move |queue| (kind, queue)))
             .filter_map(|(kind, queue)| {
                 let q = self
                     .queues
@@ -662,8 +714,7 @@ impl<B> Scheduler<B> {
                     queued += 1;
                     let key = (t.rank, t.seq, t.id);
                     if !self
-                        .ready
-                        .get(&(t.spec.kind.clone(), t.spec.queue.clone()))
+                        .lane(&t.spec.kind, &t.spec.queue)
                         .is_some_and(|r| r.contains(&key))
                     {
                         return Err(format!("queued task {} not in the ready queue", t.id));
@@ -737,18 +788,56 @@ impl<B> Scheduler<B> {
                 ));
             }
         }
-        let ready_len: usize = self.ready.values().map(BTreeSet::len).sum();
+        let ready_len: usize = self
+            .ready
+            .values()
+            .flat_map(HashMap::values)
+            .map(BTreeSet::len)
+            .sum();
         if ready_len != queued || self.timers.len() != scheduled {
             return Err(format!(
                 "index sizes: ready {ready_len} vs {queued} queued, timers {} vs {scheduled} scheduled",
                 self.timers.len()
             ));
         }
+        let free: u64 = self
+            .workers
+            .values()
+            .map(|w| u64::from(w.free_slots()))
+            .sum();
+        if free != self.free_slots {
+            return Err(format!(
+                "free slots: counted {} but {free}",
+                self.free_slots
+            ));
+        }
         for (kind, tw) in &self.by_type {
+            for (i, c) in tw.workers.iter().enumerate() {
+                let w = self
+                    .workers
+                    .get(&c.id)
+                    .ok_or(format!("type {kind} routes to unknown worker {}", c.id))?;
+                if c.in_flight != w.in_flight() || c.capacity != w.spec.capacity {
+                    return Err(format!(
+                        "routing view of worker {} in {kind} is stale",
+                        c.id
+                    ));
+                }
+                if tw.position.get(&c.id) != Some(&i) || tw.position.len() != tw.workers.len() {
+                    return Err(format!("position of worker {} in {kind} is wrong", c.id));
+                }
+            }
+            for (key, &i) in &tw.hashed {
+                if routing::rendezvous(&tw.workers, |_| true, key) != Some(i) {
+                    return Err(format!(
+                        "stale consistent_hash choice for key {key} in {kind}"
+                    ));
+                }
+            }
             let free: u64 = tw
                 .workers
                 .iter()
-                .map(|w| u64::from(self.workers[w].free_slots()))
+                .map(|c| u64::from(self.workers[&c.id].free_slots()))
                 .sum();
             if free != tw.free {
                 return Err(format!(
@@ -838,9 +927,10 @@ impl<B> Scheduler<B> {
             }
             for kind in &w.spec.types {
                 if let Some(tw) = self.by_type.get_mut(kind) {
-                    tw.free += 1;
+                    tw.count(wid, false);
                 }
             }
+            self.free_slots += 1;
         }
         if was_running {
             self.attempt_ended(task);
@@ -874,15 +964,38 @@ impl<B> Scheduler<B> {
 
     /// Takes a key out of its lane, keeping the queue's count.
     fn remove_ready(&mut self, lane: &Lane, key: ReadyKey) {
-        if let Some(r) = self.ready.get_mut(lane)
+        if let Some(lanes) = self.ready.get_mut(&lane.0)
+            && let Some(r) = lanes.get_mut(&lane.1)
             && r.remove(&key)
         {
             if r.is_empty() {
-                self.ready.remove(lane);
+                lanes.remove(&lane.1);
+                if lanes.is_empty() {
+                    self.ready.remove(&lane.0);
+                }
             }
             if let Some(q) = self.queues.get_mut(&lane.1) {
                 q.ready = q.ready.saturating_sub(1);
             }
+        }
+    }
+
+    /// Makes the spec share the scheduler's copy of its queue name, and of
+    /// its type name when a worker runs the type or tasks of it are queued,
+    /// so that a million queued tasks do not hold a million copies of the
+    /// same few strings.
+    fn intern(&mut self, spec: &mut TaskSpec) {
+        self.queue_mut(&spec.queue);
+        if let Some((k, _)) = self.queues.get_key_value(&*spec.queue) {
+            spec.queue = k.clone();
+        }
+        let kind = self
+            .by_type
+            .get_key_value(&*spec.kind)
+            .map(|(k, _)| k)
+            .or_else(|| self.ready.get_key_value(&*spec.kind).map(|(k, _)| k));
+        if let Some(k) = kind {
+            spec.kind = k.clone();
         }
     }
 
@@ -911,7 +1024,12 @@ impl<B> Scheduler<B> {
             q.pass = q.pass.max(global);
         }
         q.ready += 1;
-        self.ready.entry(lane).or_default().insert(key);
+        self.ready
+            .entry(lane.0)
+            .or_default()
+            .entry(lane.1)
+            .or_default()
+            .insert(key);
     }
 
     fn make_scheduled(&mut self, id: TaskId, at: Millis) {
@@ -1117,10 +1235,17 @@ impl<B> Scheduler<B> {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
+        self.free_slots -= u64::from(w.free_slots());
         for kind in &w.spec.types {
             if let Some(tw) = self.by_type.get_mut(kind) {
-                tw.workers.retain(|&x| x != id);
-                tw.current.remove(&id);
+                tw.workers.retain(|c| c.id != id);
+                tw.hashed.clear();
+                tw.position = tw
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.id, i))
+                    .collect();
                 tw.free -= u64::from(w.free_slots());
                 if tw.workers.is_empty() {
                     self.by_type.remove(kind);
@@ -1165,30 +1290,94 @@ impl<B> Scheduler<B> {
 
     /// Assigns ready tasks to workers with free slots.
     ///
-    /// Each round seeds a frontier with the head of every lane (type, queue)
-    /// that may start a task now: a worker has a free slot for the type, the
-    /// queue is not paused, and neither the queue's nor the type's limits
-    /// are reached. The frontier is ordered by the queue's stride pass, then
-    /// the task's rank, so queues share workers by weight and tasks within a
-    /// queue go by aged priority. The first task its strategy (and per-key
-    /// limit) can place is assigned; a task that must wait for one
-    /// particular worker is passed over, up to `SCAN_LIMIT` deep per lane,
-    /// so it does not hold up the tasks behind it.
+    /// A frontier holds the head of every lane (type, queue) that may start
+    /// a task now: a worker has a free slot for the type, the queue is not
+    /// paused, and neither the queue's nor the type's limits are reached.
+    /// It is ordered by the queue's stride pass, then the task's rank, so
+    /// queues share workers by weight and tasks within a queue go by aged
+    /// priority. The first task its strategy (and per-key limit) can place
+    /// is assigned; a task that must wait for one particular worker is
+    /// passed over, up to `SCAN_LIMIT` deep per lane, so it does not hold up
+    /// the tasks behind it.
+    ///
+    /// The frontier is built once per call, not once per assignment: within
+    /// one call assignments only use up slots, tokens and per-key room, so
+    /// a lane that may not start, or a task that could not be placed, stays
+    /// so until the call ends and need not be looked at again. Passes only
+    /// grow, so an entry whose queue moved on since it was pushed is pushed
+    /// back with the new pass when it comes up. The result is the same as
+    /// rebuilding the frontier before every assignment (`dispatch_rebuilt`,
+    /// which the tests compare it with).
     fn dispatch(&mut self, now: Millis) {
-        for q in self.queues.values_mut() {
-            q.limiter.refill(now);
+        self.refill_limits(now);
+        if self.free_slots == 0 {
+            return;
         }
-        for l in self.type_limits.values_mut() {
-            l.refill(now);
+        let mut frontier: BinaryHeap<Reverse<FrontierEntry>> = BinaryHeap::new();
+        for (kind, lanes) in &self.ready {
+            if !self.type_may_start(kind) {
+                continue;
+            }
+            for (queue, keys) in lanes {
+                let Some(q) = self.queues.get(queue) else {
+                    continue;
+                };
+                if q.may_start()
+                    && let Some(key) = keys.first()
+                {
+                    frontier.push(Reverse((q.pass, *key, 0, (kind.clone(), queue.clone()))));
+                }
+            }
         }
+        while self.free_slots > 0
+            && let Some(Reverse((pushed_pass, key, depth, lane))) = frontier.pop()
+        {
+            let pass = self.queues.get(&lane.1).map_or(0, |q| q.pass);
+            if pass != pushed_pass {
+                frontier.push(Reverse((pass, key, depth, lane)));
+                continue;
+            }
+            if !self.lane_may_start(&lane) {
+                continue;
+            }
+            let next = self.lane(&lane.0, &lane.1).and_then(|r| {
+                r.range((Bound::Excluded(key), Bound::Unbounded))
+                    .next()
+                    .copied()
+            });
+            if self.key_allows(key.2)
+                && let Some(worker) = self.route(key.2, &lane.0)
+            {
+                self.take_ready(&lane, key);
+                self.assign(key.2, worker, now);
+                // The task after it moves up to its place in the lane.
+                if let Some(next) = next {
+                    let pass = self.queues.get(&lane.1).map_or(0, |q| q.pass);
+                    frontier.push(Reverse((pass, next, depth, lane)));
+                }
+            } else if depth + 1 < SCAN_LIMIT
+                && let Some(next) = next
+            {
+                frontier.push(Reverse((pass, next, depth + 1, lane)));
+            }
+        }
+    }
+
+    /// The reference `dispatch`: rebuilds the frontier from every lane
+    /// before each assignment. Slower, and obviously right.
+    #[cfg(test)]
+    pub(crate) fn dispatch_rebuilt(&mut self, now: Millis) {
+        self.refill_limits(now);
         loop {
             let mut frontier: BinaryHeap<Reverse<(u64, ReadyKey, Lane, usize)>> = self
                 .ready
                 .iter()
+                .flat_map(|(kind, lanes)| lanes.iter().map(move |(queue, r)| (kind, queue, r)))
+                .map(|(kind, queue, r)| ((kind.clone(), queue.clone()), r))
                 .filter(|(lane, _)| self.lane_may_start(lane))
                 .filter_map(|(lane, r)| {
                     let pass = self.queues.get(&lane.1).map_or(0, |q| q.pass);
-                    r.first().map(|key| Reverse((pass, *key, lane.clone(), 0)))
+                    r.first().map(|key| Reverse((pass, *key, lane, 0)))
                 })
                 .collect();
             let mut placed = None;
@@ -1200,9 +1389,9 @@ impl<B> Scheduler<B> {
                     break;
                 }
                 if depth + 1 < SCAN_LIMIT
-                    && let Some(next) = self.ready[&lane]
-                        .range((Bound::Excluded(key), Bound::Unbounded))
-                        .next()
+                    && let Some(next) = self
+                        .lane(&lane.0, &lane.1)
+                        .and_then(|r| r.range((Bound::Excluded(key), Bound::Unbounded)).next())
                 {
                     frontier.push(Reverse((pass, *next, lane, depth + 1)));
                 }
@@ -1210,24 +1399,55 @@ impl<B> Scheduler<B> {
             let Some((key, lane, worker)) = placed else {
                 break;
             };
-            self.remove_ready(&lane, key);
-            let q = self.queue_mut(&lane.1);
-            let pass = q.pass;
-            q.pass += q.stride();
-            self.global_pass = self.global_pass.max(pass);
+            self.take_ready(&lane, key);
             self.assign(key.2, worker, now);
         }
+    }
+
+    /// Like `tick`, with the reference dispatch.
+    #[cfg(test)]
+    pub(crate) fn tick_rebuilt(&mut self, now: Millis) {
+        self.fire_timers(now);
+        self.expire_timeouts(now);
+        self.expire_leases(now);
+        self.dispatch_rebuilt(now);
+    }
+
+    fn refill_limits(&mut self, now: Millis) {
+        for q in self.queues.values_mut() {
+            q.limiter.refill(now);
+        }
+        for l in self.type_limits.values_mut() {
+            l.refill(now);
+        }
+    }
+
+    /// Takes the task being assigned out of its lane and advances its
+    /// queue's stride pass.
+    fn take_ready(&mut self, lane: &Lane, key: ReadyKey) {
+        self.remove_ready(lane, key);
+        let q = self.queue_mut(&lane.1);
+        let pass = q.pass;
+        q.pass += q.stride();
+        self.global_pass = self.global_pass.max(pass);
+    }
+
+    /// The queued tasks of one lane.
+    fn lane(&self, kind: &str, queue: &str) -> Option<&BTreeSet<ReadyKey>> {
+        self.ready.get(kind).and_then(|lanes| lanes.get(queue))
+    }
+
+    /// True when a task of this type may start now, as far as free slots
+    /// and the type's limits go.
+    fn type_may_start(&self, kind: &str) -> bool {
+        self.by_type.get(kind).is_some_and(|tw| tw.free > 0)
+            && self.type_limits.get(kind).is_none_or(Limiter::allows)
     }
 
     /// True when a task of this lane may start now, as far as free slots,
     /// pause and limits go.
     fn lane_may_start(&self, (kind, queue): &Lane) -> bool {
-        self.by_type.get(kind).is_some_and(|tw| tw.free > 0)
-            && self
-                .queues
-                .get(queue)
-                .is_none_or(|q| !q.paused && q.limiter.allows())
-            && self.type_limits.get(kind).is_none_or(Limiter::allows)
+        self.type_may_start(kind) && self.queues.get(queue).is_none_or(QueueState::may_start)
     }
 
     /// True when the task's routing key is under its queue's per-key limit.
@@ -1283,55 +1503,61 @@ impl<B> Scheduler<B> {
         let t = &self.tasks[&task];
         let tw = self.by_type.get_mut(kind)?;
         let workers = &self.workers;
-        if t.spec.join {
+        let spec = &t.spec;
+        if spec.join {
             return None;
         }
         let fits =
-            |w: &Worker| w.has_labels(&t.spec.labels) && t.spec.pinned.is_none_or(|p| p == w.id);
-        if t.spec.strategy == Strategy::RoundRobin {
-            // The common case walks the ring without building candidates.
-            let n = tw.workers.len();
-            let i = (0..n).map(|step| (tw.cursor + step) % n).find(|&i| {
-                let w = &workers[&tw.workers[i]];
-                w.free_slots() > 0 && fits(w)
-            })?;
-            tw.cursor = (i + 1) % n;
-            return Some(tw.workers[i]);
+            |c: &Candidate| spec.labels.is_empty() || workers[&c.id].has_labels(&spec.labels);
+        // A pinned task has one candidate, whatever its strategy.
+        if let Some(p) = spec.pinned {
+            let c = &tw.workers[*tw.position.get(&p)?];
+            return (c.free() > 0 && fits(c)).then_some(p);
         }
-        let cands: Vec<Candidate> = tw
-            .workers
-            .iter()
-            .map(|id| &workers[id])
-            .filter(|w| fits(w))
-            .map(|w| Candidate {
-                id: w.id,
-                free: w.free_slots(),
-                in_flight: w.in_flight(),
-                capacity: w.spec.capacity,
-                weight: w.spec.weight,
-            })
-            .collect();
-        let unless_full = |c: Candidate| (c.free > 0).then_some(c.id);
-        match t.spec.strategy {
+        let unless_full = |c: &Candidate| (c.free() > 0).then_some(c.id);
+        match spec.strategy {
+            Strategy::RoundRobin => {
+                let n = tw.workers.len();
+                let i = (0..n)
+                    .map(|step| (tw.cursor + step) % n)
+                    .find(|&i| tw.workers[i].free() > 0 && fits(&tw.workers[i]))?;
+                tw.cursor = (i + 1) % n;
+                Some(tw.workers[i].id)
+            }
             // Only joins carry these, and joins never run on a worker.
-            Strategy::RoundRobin | Strategy::Broadcast | Strategy::Sharding => None,
-            Strategy::WeightedRoundRobin => routing::weighted_round_robin(&cands, &mut tw.current),
-            Strategy::Random => routing::random(&cands, self.rng.next_f64()),
-            Strategy::LeastLoaded => routing::least_loaded(&cands),
+            Strategy::Broadcast | Strategy::Sharding => None,
+            Strategy::WeightedRoundRobin => routing::weighted_round_robin(&mut tw.workers, fits),
+            Strategy::Random => routing::random(&tw.workers, fits, || self.rng.next_f64()),
+            Strategy::LeastLoaded => routing::least_loaded(&tw.workers, fits),
+            Strategy::ConsistentHash if spec.labels.is_empty() && spec.routing_key.is_some() => {
+                let key = spec.routing_key.as_ref()?;
+                let i = match tw.hashed.get(key) {
+                    Some(&i) => i,
+                    None => {
+                        let i = routing::rendezvous(&tw.workers, |_| true, key)?;
+                        if tw.hashed.len() >= HASH_CACHE_LIMIT {
+                            tw.hashed.clear();
+                        }
+                        tw.hashed.insert(key.clone(), i);
+                        i
+                    }
+                };
+                unless_full(&tw.workers[i])
+            }
             Strategy::ConsistentHash => {
-                let key = t
-                    .spec
-                    .routing_key
-                    .clone()
-                    .unwrap_or_else(|| task.to_string().into());
-                routing::rendezvous(&cands, &key).and_then(unless_full)
+                let fallback;
+                let key: &str = match &spec.routing_key {
+                    Some(k) => k,
+                    None => {
+                        fallback = task.to_string();
+                        &fallback
+                    }
+                };
+                routing::rendezvous(&tw.workers, fits, key)
+                    .and_then(|i| unless_full(&tw.workers[i]))
             }
             // Registration order decides who is first.
-            Strategy::Failover => cands
-                .iter()
-                .min_by_key(|c| workers[&c.id].order)
-                .copied()
-                .and_then(unless_full),
+            Strategy::Failover => tw.workers.iter().find(|c| fits(c)).and_then(unless_full),
         }
     }
 
@@ -1344,9 +1570,10 @@ impl<B> Scheduler<B> {
         w.undelivered.push_back(task);
         for kind in &w.spec.types {
             if let Some(tw) = self.by_type.get_mut(kind) {
-                tw.free -= 1;
+                tw.count(worker, true);
             }
         }
+        self.free_slots -= 1;
         self.attempt_started(task);
         let t = self.tasks.get_mut(&task).expect("ready task is live");
         t.state = TaskState::Running;

@@ -74,8 +74,6 @@ pub struct Worker {
     pub completed: u64,
     /// Tasks failed over its lifetime.
     pub failed: u64,
-    /// Registration order, for `failover`.
-    pub(crate) order: u64,
 }
 
 impl Worker {
