@@ -7,6 +7,10 @@
 //! overshoot the bound together; past it they answer 429. The charge then
 //! travels with the task's [`Body`] inside the core and is released when
 //! the core lets the task go, whatever ended it.
+//!
+//! A reservation also counts its tasks as *pending* until they enter the
+//! core, so that `--max-live-tasks` sees submissions still on their way to
+//! the store.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -42,6 +46,7 @@ pub(crate) fn footprint(r: &TaskRecord) -> u64 {
 pub(crate) struct MemoryBudget {
     used: AtomicU64,
     limit: u64,
+    pending: AtomicU64,
 }
 
 /// A submission that does not fit.
@@ -68,6 +73,7 @@ impl MemoryBudget {
         Arc::new(MemoryBudget {
             used: AtomicU64::new(0),
             limit,
+            pending: AtomicU64::new(0),
         })
     }
 
@@ -81,8 +87,13 @@ impl MemoryBudget {
         self.limit
     }
 
-    /// Reserves `bytes` if they fit.
-    pub(crate) fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Charge, OverBudget> {
+    /// Tasks reserved for but not yet in the core.
+    pub(crate) fn pending_tasks(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `bytes` for `tasks` new tasks if the bytes fit.
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: u64, tasks: u64) -> Result<Charge, OverBudget> {
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
             let after = used.saturating_add(bytes);
@@ -97,8 +108,10 @@ impl MemoryBudget {
                 .compare_exchange_weak(used, after, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => {
+                    self.pending.fetch_add(tasks, Ordering::Relaxed);
                     return Ok(Charge {
                         bytes,
+                        tasks,
                         budget: self.clone(),
                     });
                 }
@@ -113,6 +126,7 @@ impl MemoryBudget {
         self.used.fetch_add(bytes, Ordering::Relaxed);
         Charge {
             bytes,
+            tasks: 0,
             budget: self.clone(),
         }
     }
@@ -122,13 +136,20 @@ impl MemoryBudget {
 #[derive(Debug)]
 pub(crate) struct Charge {
     bytes: u64,
+    /// Pending tasks this reservation still counts.
+    tasks: u64,
     budget: Arc<MemoryBudget>,
 }
 
 impl Charge {
-    /// Moves `bytes` of this charge into a new one (charging what this one
-    /// lacks).
+    /// Moves `bytes` of this charge into a new one for a task entering the
+    /// core (charging what this one lacks), and stops counting that task as
+    /// pending.
     pub(crate) fn split_off(&mut self, bytes: u64) -> Charge {
+        if self.tasks > 0 {
+            self.tasks -= 1;
+            self.budget.pending.fetch_sub(1, Ordering::Relaxed);
+        }
         let moved = bytes.min(self.bytes);
         self.bytes -= moved;
         let mut part = self.budget.charge(bytes - moved);
@@ -141,12 +162,14 @@ impl Charge {
     /// Takes over `other`'s bytes.
     pub(crate) fn absorb(&mut self, mut other: Charge) {
         self.bytes += std::mem::take(&mut other.bytes);
+        self.tasks += std::mem::take(&mut other.tasks);
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.budget.pending.fetch_sub(self.tasks, Ordering::Relaxed);
     }
 }
 
@@ -182,26 +205,29 @@ mod tests {
     #[test]
     fn reservations_stop_at_the_limit_and_come_back_when_dropped() {
         let budget = MemoryBudget::new(1_000);
-        let a = budget.reserve(600).expect("fits");
-        let refused = budget.reserve(500).expect_err("over");
+        let a = budget.reserve(600, 2).expect("fits");
+        let refused = budget.reserve(500, 1).expect_err("over");
         assert_eq!((refused.used, refused.limit), (600, 1_000));
-        let b = budget.reserve(400).expect("fits exactly");
+        let b = budget.reserve(400, 1).expect("fits exactly");
         assert_eq!(budget.used(), 1_000);
+        assert_eq!(budget.pending_tasks(), 3);
         drop(a);
-        assert_eq!(budget.used(), 400);
+        assert_eq!((budget.used(), budget.pending_tasks()), (400, 1));
         drop(b);
-        assert_eq!(budget.used(), 0);
+        assert_eq!((budget.used(), budget.pending_tasks()), (0, 0));
     }
 
     #[test]
     fn split_charges_move_bytes_without_counting_them_twice() {
         let budget = MemoryBudget::new(1_000);
-        let mut batch = budget.reserve(300).expect("fits");
+        let mut batch = budget.reserve(300, 2).expect("fits");
         let one = batch.split_off(200);
         assert_eq!(budget.used(), 300);
+        assert_eq!(budget.pending_tasks(), 1, "one task is in the core");
         // Asking for more than is left charges the difference.
         let two = batch.split_off(150);
         assert_eq!(budget.used(), 350);
+        assert_eq!(budget.pending_tasks(), 0);
         drop(batch);
         assert_eq!(budget.used(), 350);
         let body = Body::new(

@@ -60,13 +60,14 @@ async fn check_parents(app: &Arc<App>, task: &ValidTask) -> Result<(), FieldErro
 }
 
 /// Refuses new tasks that would take a queue past its `max_depth` (its
-/// queued and scheduled live tasks) or the server past `max_live_tasks`.
+/// queued and scheduled live tasks), the server past `max_live_tasks`
+/// (live tasks and those reserved for, on their way to the store) or past
+/// its memory budget; otherwise reserves their memory and slots.
 ///
-/// Checked under the scheduler lock just before the insert is sent, but
-/// the tasks reach the core only after the store acknowledged them: two
-/// submissions racing may both pass, so a queue or the server can end
-/// slightly over its limit. Tasks whose idempotency key was seen before
-/// count as new here.
+/// Checked under the scheduler lock just before the insert is sent. A
+/// queue's depth counts only the tasks in the core, so two submissions to
+/// one queue racing may both pass and end slightly over `max_depth`. Tasks
+/// whose idempotency key was seen before count as new here.
 pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<Charge, String> {
     let settings = &app.config.queue_settings.queues;
     let mut adding: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
@@ -79,9 +80,9 @@ pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<Charge
         }
     }
     let shared = app.lock();
-    let live = shared.sched.live_tasks();
-    let max = app.config.max_live_tasks;
-    if live.saturating_add(records.len()) > max {
+    let live = shared.sched.live_tasks() as u64 + app.budget.pending_tasks();
+    let max = app.config.max_live_tasks as u64;
+    if live.saturating_add(records.len() as u64) > max {
         return Err(format!(
             "the server holds {live} live tasks and takes at most {max}; try again later"
         ));
@@ -115,7 +116,9 @@ pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<Charge
 /// Reserves the memory `records` will take once live.
 fn reserve_memory(app: &App, records: &[TaskRecord]) -> Result<Charge, String> {
     let bytes = records.iter().map(footprint).sum();
-    app.budget.reserve(bytes).map_err(|e| e.to_string())
+    app.budget
+        .reserve(bytes, records.len() as u64)
+        .map_err(|e| e.to_string())
 }
 
 /// Stores new tasks durably, then hands the created ones to the core.
