@@ -186,12 +186,15 @@ const MAX_REJECTION_TEXT: usize = 4 * 1024;
 async fn problem_bodies(req: Request, next: axum::middleware::Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
-    let is_problem = resp
+    // Our own JSON answers (problems, and the health report's 503) pass.
+    let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/problem+json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .is_some_and(|ct| {
+            ct.starts_with("application/problem+json") || ct.starts_with("application/json")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
     let (parts, body) = resp.into_parts();
