@@ -2,10 +2,15 @@
 binary built from ``bench/peers/apalis``. SQLite in WAL mode with
 ``synchronous=FULL`` (durable) or ``NORMAL`` (relaxed: commits are not
 fsynced, the WAL is at checkpoints). A worker process polls the table every
-10 ms (apalis' default is 100 ms) and runs up to SLOTS jobs at once. Note
-that apalis-sql 0.7 only selects jobs whose ``run_at`` (whole seconds) is
-before the current second, so a new job waits for the next second boundary:
-that, not the poll interval, dominates its W2 and W4 figures.
+10 ms (apalis' default is 100 ms) and runs up to SLOTS jobs at once; each
+worker process writes its own stats file in the stats folder.
+
+apalis-sql 0.7 stamps a pushed job's ``run_at`` in whole seconds and fetches
+only jobs with ``run_at`` before the current second, so a plain push waits
+for the next second boundary (0.5 s on average) whatever the poll interval.
+The binary therefore pushes every job with ``run_at`` set to the previous
+second (``Storage::schedule``), due at once: W2 and W4 measure the poll
+interval and the database, not that rounding.
 Round trips: push, then poll the job's row every 0.5 ms until done."""
 
 import json
@@ -43,8 +48,9 @@ class ApalisPeer(Peer):
         subprocess.run(self._base() + ["enqueue", "--n", str(n), "--sleep-ms", str(sleep_ms)], check=True)
 
     def worker_command(self, slots, stats_dir):
-        stats = os.path.join(stats_dir, f"apalis-{os.urandom(4).hex()}.log")
-        return self._base() + ["work", "--slots", str(slots), "--stats", stats], {}
+        # The driver starts every worker process with these same arguments:
+        # each process names its own stats file in the folder.
+        return self._base() + ["work", "--slots", str(slots), "--stats-dir", stats_dir], {}
 
     def open_loop(self, rate, seconds, in_flight):
         out = subprocess.run(

@@ -4,12 +4,16 @@
 //! - `enqueue`: pushes N jobs (not timed; synchronous=OFF while loading).
 //! - `work`: one worker process with a concurrency limit; every job records
 //!   `start_us end_us sent_us` (microseconds since the epoch) as a line of
-//!   its stats file, flushed every 50 ms, which is how the driver counts and
-//!   times the jobs of every peer.
+//!   the process's own stats file (`apalis-<pid>.log` in `--stats-dir`),
+//!   flushed every 50 ms, which is how the driver counts and times the jobs
+//!   of every peer.
 //! - `open-loop`: pushes jobs at a fixed rate against a schedule, each
 //!   carrying its intended send time; prints what it sent as JSON.
 //! - `roundtrip`: pushes a job and polls it until done, N times; prints
 //!   each round trip in microseconds as JSON.
+//!
+//! Every push goes through [`push_due`], which works around the
+//! whole-second `run_at` of apalis-sql 0.7's SQLite storage.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,8 +63,10 @@ enum Cmd {
     Work {
         #[arg(long, default_value_t = 16)]
         slots: usize,
+        /// Where to write this process's stats file; several worker
+        /// processes share the folder, each with its own file.
         #[arg(long)]
-        stats: PathBuf,
+        stats_dir: PathBuf,
         /// The storage's poll interval, in ms.
         #[arg(long, default_value_t = 10)]
         poll_ms: u64,
@@ -111,11 +117,32 @@ async fn pool(cli: &Cli, sync: &str) -> Result<SqlitePool> {
         .with_context(|| format!("cannot open {}", cli.db.display()))
 }
 
+/// apalis-sql's storage configuration for low latency: a 10 ms poll
+/// interval in the workers (apalis' default is 100 ms) and up to 16 job ids
+/// fetched per poll, one worker's concurrency.
 fn storage(pool: SqlitePool, poll: Duration) -> SqliteStorage<BenchJob> {
     let config = Config::new(NAMESPACE)
         .set_poll_interval(poll)
         .set_buffer_size(16);
     SqliteStorage::new_with_config(pool, config)
+}
+
+/// Pushes a job that a worker may fetch at its next poll.
+///
+/// apalis-sql 0.7's SQLite storage stamps a plain `push` with
+/// `run_at = strftime('%s','now')`, in whole seconds, and its workers fetch
+/// only jobs with `run_at < now`, also in whole seconds (`stream_jobs` in
+/// its `sqlite.rs`). A job pushed at 12:00:00.100 therefore cannot start
+/// before 12:00:01.000, whatever the poll interval: up to 1 s (0.5 s on
+/// average) of extra latency that comes from the timestamps' resolution,
+/// not from the queue. `Storage::schedule` is the same INSERT with an explicit `run_at`;
+/// giving it the previous second makes the job due at once. The job's row,
+/// and how it is fetched, locked and acknowledged, are otherwise those of
+/// `push`.
+async fn push_due(s: &mut SqliteStorage<BenchJob>, job: BenchJob) -> Result<TaskId> {
+    let due = (epoch_us() / 1_000_000) as i64 - 1;
+    let parts = s.schedule(job, due).await.context("cannot push a job")?;
+    Ok(parts.task_id)
 }
 
 #[tokio::main]
@@ -129,18 +156,21 @@ async fn main() -> Result<()> {
                 .context("cannot create the schema")?;
             let mut s = storage(pool, Duration::from_millis(10));
             for _ in 0..*n {
-                s.push(BenchJob {
-                    sent_us: 0,
-                    sleep_ms: *sleep_ms,
-                })
+                push_due(
+                    &mut s,
+                    BenchJob {
+                        sent_us: 0,
+                        sleep_ms: *sleep_ms,
+                    },
+                )
                 .await?;
             }
         }
         Cmd::Work {
             slots,
-            stats,
+            stats_dir,
             poll_ms,
-        } => work(&cli, *slots, stats, *poll_ms).await?,
+        } => work(&cli, *slots, stats_dir, *poll_ms).await?,
         Cmd::OpenLoop {
             rate,
             secs,
@@ -167,11 +197,18 @@ async fn handle(job: BenchJob, records: Data<Records>) -> Result<(), BoxDynError
     Ok(())
 }
 
-async fn work(cli: &Cli, slots: usize, stats: &PathBuf, poll_ms: u64) -> Result<()> {
+async fn work(cli: &Cli, slots: usize, stats_dir: &std::path::Path, poll_ms: u64) -> Result<()> {
     let pool = pool(cli, &cli.sync).await?;
     let s = storage(pool, Duration::from_millis(poll_ms));
     let records: Records = Arc::default();
-    let mut file = std::fs::File::create(stats)
+    // One file per process: the driver starts every worker process with the
+    // same arguments, and two processes writing one file would overwrite
+    // each other's lines.
+    let stats = stats_dir.join(format!("apalis-{}.log", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stats)
         .with_context(|| format!("cannot create {}", stats.display()))?;
     let flushed = records.clone();
     tokio::spawn(async move {
@@ -191,7 +228,8 @@ async fn work(cli: &Cli, slots: usize, stats: &PathBuf, poll_ms: u64) -> Result<
         .concurrency(slots)
         .data(records)
         .backend(s)
-        .build_fn(handle);
+        .build_fn(handle)
+        .on_event(on_event);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     Monitor::new()
         .register(worker)
@@ -201,6 +239,23 @@ async fn work(cli: &Cli, slots: usize, stats: &PathBuf, poll_ms: u64) -> Result<
         })
         .await?;
     Ok(())
+}
+
+/// Reports the worker's errors on stderr (the driver keeps it), and ends the
+/// process when the storage's job stream fails.
+///
+/// apalis-sql 0.7 fetches jobs in a `try_stream!` that ends at its first
+/// database error; the worker then keeps its heartbeat going but never
+/// fetches another job. Exiting turns that silent stall into a worker that
+/// the driver sees die, with the cause in its log.
+fn on_event(event: Worker<Event>) {
+    if let Event::Error(e) = event.inner() {
+        eprintln!("{event}");
+        if let Some(Error::SourceError(_)) = e.downcast_ref::<Error>() {
+            eprintln!("apalis-peer: the job stream failed; this worker cannot fetch jobs any more");
+            std::process::exit(1);
+        }
+    }
 }
 
 async fn open_loop(cli: &Cli, rate: u64, secs: f64, in_flight: usize) -> Result<()> {
@@ -227,10 +282,13 @@ async fn open_loop(cli: &Cli, rate: u64, secs: f64, in_flight: usize) -> Result<
             if Instant::now().saturating_duration_since(target) > Duration::from_millis(1) {
                 late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            s.push(BenchJob {
-                sent_us: start_us + offset.as_micros() as u64,
-                sleep_ms: 0,
-            })
+            push_due(
+                &mut s,
+                BenchJob {
+                    sent_us: start_us + offset.as_micros() as u64,
+                    sleep_ms: 0,
+                },
+            )
             .await
             .map(|_| ())
         });
@@ -260,14 +318,16 @@ async fn roundtrip(cli: &Cli, n: u64, budget_secs: f64) -> Result<()> {
     let mut samples = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let t0 = Instant::now();
-        let parts = s
-            .push(BenchJob {
+        let task_id = push_due(
+            &mut s,
+            BenchJob {
                 sent_us: 0,
                 sleep_ms: 0,
-            })
-            .await?;
+            },
+        )
+        .await?;
         loop {
-            let job: Option<Request<BenchJob, SqlContext>> = s.fetch_by_id(&parts.task_id).await?;
+            let job: Option<Request<BenchJob, SqlContext>> = s.fetch_by_id(&task_id).await?;
             if let Some(job) = job {
                 if *job.parts.context.status() == State::Done {
                     break;
