@@ -32,6 +32,7 @@ mod queues;
 mod rng;
 mod routing;
 mod scheduler;
+mod table;
 mod task;
 mod worker;
 
@@ -50,8 +51,26 @@ pub type Millis = u64;
 pub struct TaskId(pub u64);
 
 /// A registered worker's identity, assigned by the scheduler at registration.
+///
+/// Never 0, so that an `Option<WorkerId>` takes 8 bytes: a live task holds
+/// two of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkerId(pub u64);
+pub struct WorkerId(std::num::NonZeroU64);
+
+impl WorkerId {
+    /// The worker id with this number, if it is not 0.
+    pub const fn new(n: u64) -> Option<WorkerId> {
+        match std::num::NonZeroU64::new(n) {
+            Some(n) => Some(WorkerId(n)),
+            None => None,
+        }
+    }
+
+    /// Its number.
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+}
 
 impl std::fmt::Display for TaskId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,6 +95,9 @@ impl std::str::FromStr for WorkerId {
     type Err = std::num::ParseIntError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let hex = s.strip_prefix('w').unwrap_or(s);
-        u64::from_str_radix(hex, 16).map(WorkerId)
+        // Parsed as a decimal `NonZeroU64` again so that 0 gets the
+        // standard "number would be zero" error.
+        let n = u64::from_str_radix(hex, 16)?;
+        n.to_string().parse().map(WorkerId)
     }
 }

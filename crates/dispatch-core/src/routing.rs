@@ -182,7 +182,7 @@ pub(crate) fn rendezvous(
         .iter()
         .enumerate()
         .filter(|(_, c)| fits(c))
-        .max_by_key(|(_, c)| (mix(h ^ c.id.0.rotate_left(17)), c.id))
+        .max_by_key(|(_, c)| (mix(h ^ c.id.get().rotate_left(17)), c.id))
         .map(|(i, _)| i)
 }
 
@@ -208,9 +208,13 @@ fn mix(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn wid(n: u64) -> WorkerId {
+        WorkerId::new(n).expect("not 0")
+    }
+
     fn cands(n: u64) -> Vec<Candidate> {
         (1..=n)
-            .map(|i| Candidate::new(WorkerId(i * 7919), 1, 1))
+            .map(|i| Candidate::new(wid(i * 7919), 1, 1))
             .collect()
     }
 
@@ -245,7 +249,7 @@ mod tests {
     fn strategies_skip_candidates_that_do_not_fit_or_are_full() {
         let mut c = cands(4);
         c[0].in_flight = 1;
-        let not_second = |x: &Candidate| x.id != WorkerId(2 * 7919);
+        let not_second = |x: &Candidate| x.id != wid(2 * 7919);
         assert_eq!(least_loaded(&c, not_second), Some(c[2].id));
         assert_eq!(weighted_round_robin(&mut c, not_second), Some(c[2].id));
         assert_eq!(random(&c, not_second, || 0.99), Some(c[3].id));

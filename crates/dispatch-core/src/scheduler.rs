@@ -15,6 +15,7 @@ use foldhash::{HashMap, HashMapExt};
 use crate::queues::{Limiter, QueueConfig, QueueInfo, QueueState, TypeConfig};
 use crate::rng::SplitMix64;
 use crate::routing::{self, Candidate};
+use crate::table::TaskTable;
 use crate::{
     Millis, Strategy, Task, TaskId, TaskSpec, TaskState, Worker, WorkerId, WorkerSpec, WorkerState,
 };
@@ -196,7 +197,7 @@ pub struct Scheduler<B> {
     rng: SplitMix64,
     /// Boxed: a table of a million entries has two million slots, and a
     /// slot of a pointer costs far less than a slot of a whole task.
-    tasks: HashMap<TaskId, Box<Task<B>>>,
+    tasks: TaskTable<B>,
     /// Queued tasks, per type then queue (a lane each), so that dispatch
     /// skips every lane of a type nobody can take at once.
     ready: HashMap<Arc<str>, HashMap<Arc<str>, BTreeSet<ReadyKey>>>,
@@ -232,7 +233,7 @@ impl<B> Scheduler<B> {
         Scheduler {
             config,
             rng: SplitMix64::new(seed),
-            tasks: HashMap::new(),
+            tasks: TaskTable::new(),
             ready: HashMap::new(),
             queues: HashMap::new(),
             type_limits: HashMap::new(),
@@ -298,7 +299,7 @@ impl<B> Scheduler<B> {
             worker: None,
             started_at: None,
             ready_at: None,
-            last_error,
+            last_error: last_error.map(String::into_boxed_str),
             waiting_on: 0,
             deadline: None,
             seq,
@@ -308,7 +309,7 @@ impl<B> Scheduler<B> {
         if let Some(w) = task.spec.pinned {
             self.pinned.entry(w).or_default().insert(id);
         }
-        self.tasks.insert(id, Box::new(task));
+        self.tasks.insert(Box::new(task));
         self.queue_mut(&queue);
         match ready_at {
             Some(at) => self.make_scheduled(id, at),
@@ -427,8 +428,9 @@ impl<B> Scheduler<B> {
         spec.types.sort();
         spec.types.dedup();
         let id = loop {
-            let id = WorkerId(self.rng.next_u64());
-            if !self.workers.contains_key(&id) {
+            if let Some(id) = WorkerId::new(self.rng.next_u64())
+                && !self.workers.contains_key(&id)
+            {
                 break id;
             }
         };
@@ -610,12 +612,12 @@ impl<B> Scheduler<B> {
 
     /// A live task.
     pub fn task(&self, id: TaskId) -> Option<&Task<B>> {
-        self.tasks.get(&id).map(|t| &**t)
+        self.tasks.get(&id)
     }
 
     /// Every live task, in no particular order.
     pub fn tasks(&self) -> impl Iterator<Item = &Task<B>> {
-        self.tasks.values().map(|t| &**t)
+        self.tasks.values()
     }
 
     /// Number of live tasks.
@@ -1043,7 +1045,7 @@ impl<B> Scheduler<B> {
     /// Requeues a task after a failed attempt, at once or after a delay.
     fn retry(&mut self, id: TaskId, error: String, at: Millis, now: Millis) {
         if let Some(t) = self.tasks.get_mut(&id) {
-            t.last_error = Some(error);
+            t.last_error = Some(error.into_boxed_str());
         }
         if at > now {
             self.make_scheduled(id, at);
@@ -1142,8 +1144,8 @@ impl<B> Scheduler<B> {
             }
         }
         t.state = state;
-        if error.is_some() {
-            t.last_error = error;
+        if let Some(e) = error {
+            t.last_error = Some(e.into_boxed_str());
         }
         self.events.push(Event::Transition(Transition {
             task: id,
@@ -1153,7 +1155,7 @@ impl<B> Scheduler<B> {
             started_at: t.started_at,
             finished_at: Some(now),
             ready_at: None,
-            error: t.last_error,
+            error: t.last_error.map(String::from),
         }));
         true
     }
@@ -1169,7 +1171,7 @@ impl<B> Scheduler<B> {
             started_at: t.started_at,
             finished_at,
             ready_at: t.ready_at,
-            error: t.last_error.clone(),
+            error: t.last_error.as_deref().map(String::from),
         }));
     }
 

@@ -141,7 +141,7 @@ pub struct Task<B> {
     /// When a `Scheduled` task becomes ready.
     pub ready_at: Option<Millis>,
     /// The error of the last failed attempt.
-    pub last_error: Option<String>,
+    pub last_error: Option<Box<str>>,
     /// Parents that have not succeeded yet; a task with any is `Scheduled`
     /// and has no timer.
     pub waiting_on: u32,

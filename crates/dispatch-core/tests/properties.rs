@@ -129,7 +129,7 @@ impl Model {
     fn pick_worker(&self, i: usize) -> WorkerId {
         let live: Vec<WorkerId> = self.s.workers().map(|w| w.id).collect();
         if live.is_empty() || i.is_multiple_of(10) {
-            return WorkerId(0);
+            return WorkerId::new(1).expect("not 0");
         }
         live[i / 10 % live.len()]
     }

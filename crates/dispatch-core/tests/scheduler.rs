@@ -246,7 +246,7 @@ fn complete_of_a_task_that_is_not_running_is_not_leased() {
 #[test]
 fn unknown_workers_and_duplicate_tasks_are_refused() {
     let mut s = scheduler();
-    let ghost = WorkerId(7);
+    let ghost = WorkerId::new(7).expect("not 0");
     assert_eq!(s.poll(ghost, 1, 0), Err(CoreError::UnknownWorker(ghost)));
     assert_eq!(s.heartbeat(ghost, 0), Err(CoreError::UnknownWorker(ghost)));
     assert_eq!(s.deregister(ghost, 0), Err(CoreError::UnknownWorker(ghost)));

@@ -75,7 +75,7 @@ pub(crate) fn live_record(t: &Task<Body>) -> TaskRecord {
         started_at: t.started_at,
         finished_at: None,
         result: None,
-        error: t.last_error.clone(),
+        error: t.last_error.as_deref().map(String::from),
     }
 }
 
@@ -150,7 +150,7 @@ impl App {
                     started_at: r.started_at,
                     finished_at: None,
                     ready_at: t.ready_at,
-                    error: t.last_error.clone(),
+                    error: t.last_error.as_deref().map(String::from),
                 });
                 let _ = writer.write_detached(Write::Update(update));
             }

@@ -293,7 +293,7 @@ pub(crate) async fn admit(
                     r.attempts = t.attempts;
                     r.worker = t.worker;
                     r.started_at = t.started_at;
-                    r.error = t.last_error.clone();
+                    r.error = t.last_error.as_deref().map(String::from);
                 }
                 None => ended.push(i),
             }

@@ -141,7 +141,7 @@ impl<'r> InsertRow<'r> {
             run_at: spec.run_at.map(|t| to_sql_int(t, "run_at")).transpose()?,
             labels: serde_json::to_string(&r.spec.labels).map_err(json_error("labels"))?,
             depends_on: serde_json::to_string(&depends_on).map_err(json_error("depends_on"))?,
-            worker_id: r.worker.map(|w| w.0.cast_signed()),
+            worker_id: r.worker.map(|w| w.get().cast_signed()),
             created_at: to_sql_int(r.body.created_at, "created_at")?,
             started_at: r
                 .started_at
@@ -182,7 +182,7 @@ impl<'r> InsertRow<'r> {
             self.created_at,
             self.started_at,
             self.finished_at,
-            r.spec.pinned.map(|w| w.0.cast_signed()),
+            r.spec.pinned.map(|w| w.get().cast_signed()),
             i64::from(r.spec.join),
             r.body.shard.map(|(i, _)| i),
             r.body.shard.map(|(_, n)| n),
@@ -354,7 +354,9 @@ pub(crate) fn decode(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
             },
             routing_key: col.opt_text(14)?.map(Into::into),
             labels,
-            pinned: col.opt_int::<i64>(24)?.map(|w| WorkerId(w.cast_unsigned())),
+            pinned: col
+                .opt_int::<i64>(24)?
+                .and_then(|w| WorkerId::new(w.cast_unsigned())),
             join: match col.int::<i64>(25)? {
                 0 => false,
                 1 => true,
@@ -377,7 +379,9 @@ pub(crate) fn decode(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
             TaskState::parse(s).ok_or_else(|| col.error(5, format!("unknown state {s:?}")))?
         },
         attempts: col.int(6)?,
-        worker: col.opt_int::<i64>(20)?.map(|w| WorkerId(w.cast_unsigned())),
+        worker: col
+            .opt_int::<i64>(20)?
+            .and_then(|w| WorkerId::new(w.cast_unsigned())),
         started_at: col.opt_int(22)?,
         finished_at: col.opt_int(23)?,
         result: col.opt_text(18)?.map(Box::from),

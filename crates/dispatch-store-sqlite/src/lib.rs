@@ -573,7 +573,7 @@ impl BatchStatements<'_> {
                 id,
                 u.state.as_str(),
                 u.attempts,
-                u.worker.map(|w| w.0.cast_signed()),
+                u.worker.map(|w| w.get().cast_signed()),
                 u.started_at
                     .map(|t| to_sql_int(t, "started_at"))
                     .transpose()?,

@@ -94,7 +94,7 @@ fn data_survives_closing_and_reopening() {
                     id: TaskId(2),
                     state: TaskState::Succeeded,
                     attempts: 1,
-                    worker: Some(WorkerId(u64::MAX)),
+                    worker: WorkerId::new(u64::MAX),
                     started_at: Some(10),
                     finished_at: Some(20),
                     run_at: None,
