@@ -102,6 +102,10 @@ struct RunArgs {
     /// Concurrent batch submitters.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     submitters: u64,
+    /// Ask for each submitted task's id and state only (`Prefer:
+    /// return=minimal`) instead of the whole task.
+    #[arg(long)]
+    minimal: bool,
     /// Worker processes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     workers: u64,
@@ -248,7 +252,15 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         kind: Some(NOOP_TYPE.to_owned()),
         ..SubmitTask::default()
     };
-    let submit = submit_batches(&client, &noop, args.tasks, args.batch, args.submitters).await?;
+    let submit = submit_batches(
+        &client,
+        &noop,
+        args.tasks,
+        args.batch,
+        args.submitters,
+        args.minimal,
+    )
+    .await?;
     let live = live_tasks(&client).await?;
     if live != args.tasks {
         bail!(
@@ -313,6 +325,7 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
             args.sleep_tasks,
             args.batch,
             args.submitters,
+            args.minimal,
         )
         .await?;
         let started = Instant::now();
@@ -388,6 +401,7 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         tasks: args.tasks,
         batch: args.batch,
         submitters: args.submitters,
+        minimal: args.minimal,
         submit,
         workers: args.workers,
         capacity: args.capacity,
@@ -437,6 +451,7 @@ async fn submit_batches(
     n: u64,
     batch: u64,
     submitters: u64,
+    minimal: bool,
 ) -> Result<Duration> {
     let mut batches: Vec<Vec<SubmitTask>> = Vec::new();
     let mut left = n;
@@ -456,15 +471,14 @@ async fn submit_batches(
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 let Some(b) = next else { return Ok(()) };
                 let len = b.len();
-                let got = client
-                    .submit_batch(b)
-                    .await
-                    .context("batch submit failed")?;
-                if got.len() != len {
-                    bail!(
-                        "a batch of {len} tasks was answered with {} tasks",
-                        got.len()
-                    );
+                let got = if minimal {
+                    client.submit_batch_minimal(b).await.map(|t| t.len())
+                } else {
+                    client.submit_batch(b).await.map(|t| t.len())
+                }
+                .context("batch submit failed")?;
+                if got != len {
+                    bail!("a batch of {len} tasks was answered with {got} tasks");
                 }
             }
         });

@@ -143,6 +143,8 @@ pub(crate) struct Report {
     pub(crate) tasks: u64,
     pub(crate) batch: u64,
     pub(crate) submitters: u64,
+    /// Whether submissions asked for ids and states only.
+    pub(crate) minimal: bool,
     pub(crate) submit: Duration,
     pub(crate) workers: u64,
     pub(crate) capacity: u64,
@@ -187,7 +189,12 @@ impl Report {
             ("tasks (N)", self.tasks.to_string()),
             (
                 "batch size",
-                format!("{} ({} concurrent submitters)", self.batch, self.submitters),
+                format!(
+                    "{} ({} concurrent submitters, {} answers)",
+                    self.batch,
+                    self.submitters,
+                    if self.minimal { "minimal" } else { "full" }
+                ),
             ),
             (
                 "submit",

@@ -8,8 +8,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Body, Server, assert_rfc3339, id_of, ids_of, unique_type};
-use serde_json::json;
+use common::{Body, Server, assert_rfc3339, id_of, ids_of, install_crypto_provider, unique_type};
+use dispatch_proto::SubmitTask;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn submit_then_get_shows_the_defaults_and_unknown_ids_are_404() {
@@ -233,6 +234,63 @@ async fn a_batch_is_accepted_all_or_nothing() {
         .await;
     r.problem(422, Some("tasks[2].type"));
     assert_eq!(api.list(&format!("type={kind}")).await["tasks"], json!([]));
+}
+
+#[tokio::test]
+async fn prefer_return_minimal_answers_only_ids_and_states() {
+    let server = Server::start().await;
+    let api = server.api();
+    let kind = unique_type("minimal");
+
+    // The SDK's minimal batch: ids and states, in order, all stored whole.
+    let client = dispatch_client::Client::new(&api.base).expect("client");
+    let tasks: Vec<SubmitTask> = (0..3)
+        .map(|i| {
+            let payload = serde_json::value::to_raw_value(&json!({ "i": i })).expect("raw");
+            SubmitTask::new(&kind, payload)
+        })
+        .collect();
+    let refs = client.submit_batch_minimal(tasks).await.expect("batch");
+    assert_eq!(refs.len(), 3);
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(r.state, "queued");
+        let full = api.task(&r.id).await;
+        assert_eq!(full["payload"], json!({ "i": i }), "batch order is kept");
+        assert_eq!(full["type"], json!(kind));
+    }
+
+    // The header as sent by any client, among other preferences; a single
+    // submission, then its idempotent repeat (200 with the original's id).
+    install_crypto_provider();
+    let http = reqwest::Client::new();
+    let body = json!({"type": kind, "idempotency_key": format!("{kind}-key")});
+    let mut ids = Vec::new();
+    for expected in [201, 200] {
+        let resp = http
+            .post(format!("{}/v1/tasks", api.base))
+            .header("Prefer", "respond-async, return=minimal; x=1")
+            .json(&body)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status().as_u16(), expected);
+        assert_eq!(
+            resp.headers()
+                .get("preference-applied")
+                .and_then(|v| v.to_str().ok()),
+            Some("return=minimal")
+        );
+        let v: Value = resp.json().await.expect("JSON");
+        let keys: Vec<&String> = v.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["id", "state"], "{v}");
+        ids.push(id_of(&v));
+    }
+    assert_eq!(ids[0], ids[1], "the repeat names the original");
+
+    // Without the preference, the whole task as before.
+    let full = api.post("/v1/tasks", json!({"type": kind})).await;
+    assert!(full.headers.get("preference-applied").is_none());
+    assert_eq!(full.expect(201)["type"], json!(kind));
 }
 
 #[tokio::test]

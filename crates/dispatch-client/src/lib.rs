@@ -30,7 +30,7 @@ use std::time::Duration;
 use dispatch_proto::{
     CompleteTask, CreateSchedule, FailTask, HeartbeatReply, ListTasks, PollReply, PollRequest,
     Problem, QueueJson, QueueList, RegisterReply, RegisterWorker, ScheduleJson, ScheduleList,
-    SubmitBatch, SubmitTask, TaskJson, TaskList, WorkerList,
+    SubmitBatch, SubmitTask, TaskJson, TaskList, TaskRef, TaskRefBatch, WorkerList,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -151,16 +151,31 @@ impl Client {
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> Result<(StatusCode, R), ClientError> {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(b);
         }
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
+        self.finish(req).await
+    }
+
+    /// A request to `path` on the server, with the token if there is one.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// Sends `req`; a success is decoded as `R`, anything else as a
+    /// problem.
+    async fn finish<R: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, R), ClientError> {
         let resp = req
             .send()
             .await
@@ -218,6 +233,21 @@ impl Client {
                 None,
             )
             .await?;
+        Ok(r.tasks)
+    }
+
+    /// Submits tasks all or nothing, and asks only for their ids and
+    /// states back (`Prefer: return=minimal`): less for the server to write
+    /// and for the client to read when the rest of each task is known.
+    pub async fn submit_batch_minimal(
+        &self,
+        tasks: Vec<SubmitTask>,
+    ) -> Result<Vec<TaskRef>, ClientError> {
+        let req = self
+            .request(Method::POST, "/v1/tasks/batch")
+            .header("prefer", "return=minimal")
+            .json(&SubmitBatch { tasks });
+        let (_, r): (_, TaskRefBatch) = self.finish(req).await?;
         Ok(r.tasks)
     }
 

@@ -32,8 +32,8 @@ pub use schedule::{
     parse_schedule_name, schedule_json,
 };
 pub use task::{
-    BackoffJson, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskJson, TaskList, ValidTask,
-    parse_task_id, task_json, validate_name,
+    BackoffJson, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskJson, TaskList, TaskRef,
+    TaskRefBatch, ValidTask, parse_task_id, task_json, validate_name,
 };
 pub use worker::{
     CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask,

@@ -509,6 +509,32 @@ pub struct TaskBatch {
     pub tasks: Vec<TaskJson>,
 }
 
+/// A task as a submission answers it under `Prefer: return=minimal`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// Server-assigned id.
+    pub id: String,
+    /// Current state.
+    pub state: String,
+}
+
+impl TaskRef {
+    /// The id and state of a record.
+    pub fn of(r: &TaskRecord) -> Self {
+        TaskRef {
+            id: r.id.to_string(),
+            state: r.state.as_str().to_owned(),
+        }
+    }
+}
+
+/// Reply to a batch submission under `Prefer: return=minimal`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskRefBatch {
+    /// The tasks' ids and states, in submission order.
+    pub tasks: Vec<TaskRef>,
+}
+
 /// A page of tasks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskList {

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use dispatch_core::{Strategy, TaskId, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
-    FieldError, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskList, ValidTask, task_json,
+    FieldError, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef, TaskRefBatch,
+    ValidTask, task_json,
 };
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
@@ -318,6 +319,7 @@ pub(crate) async fn admit(
 /// idempotency key was seen before.
 pub(crate) async fn submit(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
@@ -334,12 +336,41 @@ pub(crate) async fn submit(
     } else {
         StatusCode::OK
     };
+    if wants_minimal(&headers) {
+        return Ok(minimal(json(status, &TaskRef::of(&record))));
+    }
     Ok(json(status, &task_json(&record)))
+}
+
+/// Whether the client sent `Prefer: return=minimal` (RFC 7240): it wants
+/// each submitted task's id and state, not the whole task.
+fn wants_minimal(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.split(';').next())
+        .filter_map(|p| p.split_once('='))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("return")
+                && v.trim().trim_matches('"').eq_ignore_ascii_case("minimal")
+        })
+}
+
+/// Says that the answer honours `return=minimal`.
+fn minimal(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        "preference-applied",
+        HeaderValue::from_static("return=minimal"),
+    );
+    resp
 }
 
 /// `POST /v1/tasks/batch`: all valid and stored, or none.
 pub(crate) async fn submit_batch(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitBatch>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
@@ -376,6 +407,10 @@ pub(crate) async fn submit_batch(
             .map_err(|e| e.within(&format!("tasks[{i}]")))?;
     }
     let accepted = accept(&app, valid, now).await?;
+    if wants_minimal(&headers) {
+        let tasks = accepted.iter().map(|(r, _)| TaskRef::of(r)).collect();
+        return Ok(minimal(json(StatusCode::CREATED, &TaskRefBatch { tasks })));
+    }
     let tasks: Vec<_> = accepted.iter().map(|(r, _)| task_json(r)).collect();
     Ok(json(StatusCode::CREATED, &TaskBatch { tasks }))
 }

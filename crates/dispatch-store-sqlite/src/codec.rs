@@ -7,6 +7,7 @@
 //! JSON or an unknown state is an [`ErrorKind::Corrupt`] error naming the
 //! column.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
@@ -117,8 +118,8 @@ pub(crate) struct InsertRow<'r> {
     backoff_initial_ms: i64,
     backoff_max_ms: i64,
     run_at: Option<i64>,
-    labels: String,
-    depends_on: String,
+    labels: Cow<'static, str>,
+    depends_on: Cow<'static, str>,
     worker_id: Option<i64>,
     created_at: i64,
     started_at: Option<i64>,
@@ -128,7 +129,18 @@ pub(crate) struct InsertRow<'r> {
 impl<'r> InsertRow<'r> {
     pub(crate) fn new(r: &'r TaskRecord) -> Result<Self, StoreError> {
         let spec = &r.spec;
-        let depends_on: Vec<u64> = r.body.depends_on.iter().map(|d| d.0).collect();
+        // Most tasks have neither labels nor parents: no JSON to write.
+        let labels = if spec.labels.is_empty() {
+            Cow::Borrowed("{}")
+        } else {
+            Cow::Owned(serde_json::to_string(&spec.labels).map_err(json_error("labels"))?)
+        };
+        let depends_on = if r.body.depends_on.is_empty() {
+            Cow::Borrowed("[]")
+        } else {
+            let ids: Vec<u64> = r.body.depends_on.iter().map(|d| d.0).collect();
+            Cow::Owned(serde_json::to_string(&ids).map_err(json_error("depends_on"))?)
+        };
         Ok(InsertRow {
             r,
             id: to_sql_int(r.id.0, "id")?,
@@ -139,8 +151,8 @@ impl<'r> InsertRow<'r> {
             backoff_initial_ms: to_sql_int(spec.backoff.initial_ms, "backoff.initial_ms")?,
             backoff_max_ms: to_sql_int(spec.backoff.max_ms, "backoff.max_ms")?,
             run_at: spec.run_at.map(|t| to_sql_int(t, "run_at")).transpose()?,
-            labels: serde_json::to_string(&r.spec.labels).map_err(json_error("labels"))?,
-            depends_on: serde_json::to_string(&depends_on).map_err(json_error("depends_on"))?,
+            labels,
+            depends_on,
             worker_id: r.worker.map(|w| w.get().cast_signed()),
             created_at: to_sql_int(r.body.created_at, "created_at")?,
             started_at: r
@@ -174,8 +186,8 @@ impl<'r> InsertRow<'r> {
             r.body.idempotency_key.as_deref(),
             r.spec.routing_key.as_deref(),
             r.spec.strategy.as_str(),
-            self.labels,
-            self.depends_on,
+            &*self.labels,
+            &*self.depends_on,
             r.result.as_deref(),
             r.error.as_deref(),
             self.worker_id,

@@ -542,7 +542,7 @@ impl BatchStatements<'_> {
         let row = codec::InsertRow::new(r)?;
         let stored = row
             .execute(&mut self.insert)
-            .map_err(sql_error(&format!("inserting task {}", r.id)))?;
+            .map_err(|e| sql_error(&format!("inserting task {}", r.id))(e))?;
         if stored == 1 {
             return Ok(InsertOutcome::Created);
         }
@@ -584,7 +584,7 @@ impl BatchStatements<'_> {
                 u.result.as_deref(),
                 u.error.as_deref(),
             ])
-            .map_err(sql_error(&format!("updating task {}", u.id)))?;
+            .map_err(|e| sql_error(&format!("updating task {}", u.id))(e))?;
         Ok(changed > 0)
     }
 }
