@@ -27,6 +27,10 @@
 //!   backup, a second store opened on the directory, the WAL checkpoint) only
 //!   holds locks briefly. A lock still held after that is reported as
 //!   [`ErrorKind::Unavailable`].
+//! - **Checkpoints in the background.** A thread of its own copies the WAL
+//!   back into the database file every 100 ms (`PASSIVE`, never waiting
+//!   for a lock), so that commits do not stall on checkpoints; the writer
+//!   checkpoints by itself only if the WAL passes 64 MiB.
 //! - **Schedules.** `schedules` holds one row per cron schedule and
 //!   `schedule_fires` one per fire, keyed by (schedule, fire time). A
 //!   [`Write::Fire`] looks the fire up, and only when it is new inserts the
@@ -70,6 +74,7 @@
 //! # Ok::<(), dispatch_store::StoreError>(())
 //! ```
 
+mod checkpoint;
 mod codec;
 mod read_pool;
 mod schema;
@@ -86,6 +91,7 @@ use dispatch_store::{
 use rusqlite::types::Value;
 use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::checkpoint::Checkpointer;
 use crate::codec::{sql_error, to_sql_int};
 use crate::read_pool::ReadPool;
 
@@ -123,6 +129,10 @@ impl Durability {
 pub struct SqliteStore {
     path: PathBuf,
     durability: Durability,
+    /// Keeps the WAL short without stalling the writer. First, so that it
+    /// stops (and closes its connection) before the other connections
+    /// close.
+    _checkpointer: Checkpointer,
     /// Used by [`Store::apply`] only.
     writer: Mutex<Connection>,
     readers: ReadPool,
@@ -184,7 +194,22 @@ impl SqliteStore {
         writer
             .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
             .map_err(sql_error("setting journal_size_limit"))?;
+        // Checkpoints run in the background (see `checkpoint.rs`); the
+        // writer only checkpoints when they fall far behind.
+        writer
+            .pragma_update(
+                None,
+                "wal_autocheckpoint",
+                checkpoint::WRITER_CHECKPOINT_PAGES,
+            )
+            .map_err(sql_error("setting wal_autocheckpoint"))?;
         let applied = schema::migrate(&mut writer)?;
+        let checkpointer = Checkpointer::start(&path).map_err(|e| {
+            StoreError::new(
+                ErrorKind::Unavailable,
+                format!("starting the checkpoints: {e}"),
+            )
+        })?;
         tracing::info!(
             path = %path.display(),
             ?durability,
@@ -197,6 +222,7 @@ impl SqliteStore {
             path,
             durability,
             writer: Mutex::new(writer),
+            _checkpointer: checkpointer,
             live_sql: codec::live_query(),
         })
     }

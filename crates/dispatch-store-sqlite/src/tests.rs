@@ -563,3 +563,26 @@ fn damaged_schedule_rows_are_corrupt_not_a_panic() {
         .expect("repair");
     }
 }
+
+#[test]
+fn commits_are_checkpointed_in_the_background() {
+    let store = fresh();
+    let db = store.store.path().to_owned();
+    let size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    let records: Vec<TaskRecord> = (1..=2_000).map(|i| sample(i, "ckpt")).collect();
+    store.apply(&[Write::Insert(records)]).expect("insert");
+    // The writer alone would copy nothing back before the WAL reached
+    // 64 MiB; the checkpoint thread copies these pages within a few of its
+    // 100 ms rounds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() <= before + 100 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {} bytes",
+            size()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(all(&store).len(), 2_000);
+}
