@@ -183,9 +183,10 @@ def render(doc, png_name):
         L.append(doc["note"])
     la0, la1 = doc.get("loadavg_start", [0])[0], doc.get("loadavg_end", [0])[0]
     L.append("")
-    L.append(f"**Load:** the machine was shared with other builds during this run: 1-minute load average "
-             f"{la0:.1f} at the start and {la1:.1f} at the end (each run's own figures are in the result file). "
-             "Treat every figure as noisy; compare peers within this one run, not with other runs.")
+    L.append(f"**Load:** 1-minute load average {la0:.1f} at the start and {la1:.1f} at the end; it counts the "
+             "benchmark's own processes (services, workers, sending threads) as well as anything else the "
+             "machine ran (each run's own figures are in the result file). The machine is a shared VM: treat "
+             "every figure as noisy and compare peers within this one run, not with other runs.")
     L.append("")
     L.append("![peer benchmark](" + png_name + ")")
     L.append("")
