@@ -95,9 +95,29 @@ impl std::str::FromStr for WorkerId {
     type Err = std::num::ParseIntError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let hex = s.strip_prefix('w').unwrap_or(s);
-        // Parsed as a decimal `NonZeroU64` again so that 0 gets the
-        // standard "number would be zero" error.
-        let n = u64::from_str_radix(hex, 16)?;
-        n.to_string().parse().map(WorkerId)
+        match WorkerId::new(u64::from_str_radix(hex, 16)?) {
+            Some(id) => Ok(id),
+            // The standard "number would be zero" error, which only the
+            // standard parser can make.
+            None => "0".parse().map(WorkerId),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::IntErrorKind;
+
+    use super::WorkerId;
+
+    #[test]
+    fn worker_ids_parse_from_their_display_and_never_as_zero() {
+        let id = WorkerId::new(0xdead_beef).expect("not 0");
+        assert_eq!(id.to_string().parse::<WorkerId>(), Ok(id));
+        assert_eq!("deadbeef".parse::<WorkerId>(), Ok(id));
+        let zero = "w0000000000000000".parse::<WorkerId>().expect_err("0");
+        assert_eq!(zero.kind(), &IntErrorKind::Zero);
+        let junk = "wxyz".parse::<WorkerId>().expect_err("not hex");
+        assert_eq!(junk.kind(), &IntErrorKind::InvalidDigit);
     }
 }
