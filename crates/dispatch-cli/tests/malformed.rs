@@ -541,10 +541,10 @@ fn cases() -> Vec<Case> {
         ),
         // ---- the worker protocol
         case(
-            "poll with max 0",
+            "poll with max -1",
             "POST",
             "/v1/workers/{w}/poll",
-            Json(r#"{"max": 0}"#),
+            Json(r#"{"max": -1}"#),
             INVALID,
             &["max"],
         ),

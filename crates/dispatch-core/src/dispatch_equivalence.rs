@@ -155,6 +155,10 @@ fn apply(s: &mut Scheduler<()>, op: &Op, next_id: u64, now: Millis) {
                 .expect("fresh task id");
         }
         Op::Complete { task } => {
+            let ids: Vec<_> = s.workers().map(|w| w.id).collect();
+            for w in ids {
+                s.poll(w, usize::MAX, now).expect("live worker");
+            }
             let running: Vec<_> = s
                 .workers()
                 .flat_map(|w| w.running.iter().map(move |t| (*t, w.id)))

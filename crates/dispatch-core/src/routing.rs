@@ -90,6 +90,8 @@ pub(crate) struct Candidate {
     pub(crate) id: WorkerId,
     pub(crate) in_flight: u32,
     pub(crate) capacity: u32,
+    /// The worker's demand (`u32::MAX` when it takes up to its capacity).
+    pub(crate) demand: u32,
     pub(crate) weight: u32,
     /// Current weight of the smooth weighted round robin.
     pub(crate) current: i64,
@@ -101,6 +103,7 @@ impl Candidate {
             id,
             in_flight: 0,
             capacity,
+            demand: u32::MAX,
             weight,
             current: 0,
         }
@@ -108,7 +111,9 @@ impl Candidate {
 
     /// Slots it has free for new tasks.
     pub(crate) fn free(&self) -> u32 {
-        self.capacity.saturating_sub(self.in_flight)
+        self.capacity
+            .saturating_sub(self.in_flight)
+            .min(self.demand)
     }
 }
 

@@ -32,6 +32,12 @@ pub struct Config {
     /// overtakes one of priority p that became ready 10 × `aging_ms` later,
     /// and no priority starves another.
     pub aging_ms: u64,
+    /// A worker that takes tasks up to its capacity (no credit: the HTTP
+    /// protocol) must collect a task assigned to it within this long. If
+    /// it does not, everything assigned to it and not collected goes back
+    /// to the queue, no attempt spent, and it is given nothing more until
+    /// it polls again: a worker that registered and hung holds no task.
+    pub collect_ms: u64,
 }
 
 impl Default for Config {
@@ -39,6 +45,7 @@ impl Default for Config {
         Config {
             lease_ms: 10_000,
             aging_ms: 1_000,
+            collect_ms: 3_000,
         }
     }
 }
@@ -85,8 +92,9 @@ pub struct Transition {
     pub state: TaskState,
     /// Attempts started so far.
     pub attempts: u32,
-    /// The worker holding it when `Running`; for a terminal state reached
-    /// from `Running` (success, failure, cancel), the worker that ran it.
+    /// The worker that collected it when `Running`; for a terminal state
+    /// reached from `Running` (success, failure, cancel), the worker that
+    /// ran it.
     pub worker: Option<WorkerId>,
     /// When the current or last attempt started.
     pub started_at: Option<Millis>,
@@ -101,16 +109,37 @@ pub struct Transition {
 /// Something the caller must persist or act on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// A task changed state. `Running` transitions are assignments: the
-    /// task waits in the worker's delivery queue.
+    /// A task changed state. `Running` transitions are collections: the
+    /// worker has the task in hand and the attempt is counted.
     Transition(Transition),
+    /// A queued task was assigned to a worker, which has yet to collect it
+    /// ([`Scheduler::poll`]): the caller wakes the worker. Nothing to
+    /// persist: until collected, the task is still `Queued`.
+    Assigned {
+        /// The task.
+        task: TaskId,
+        /// The worker.
+        worker: WorkerId,
+    },
     /// A worker must stop a task it holds (cancelled, or its attempt timed
-    /// out). The notice also waits in [`Scheduler::heartbeat`]'s reply.
+    /// out). The notice is also repeated in [`Scheduler::heartbeat`]'s
+    /// reply until the worker reports the task.
     Stop {
         /// The worker.
         worker: WorkerId,
         /// The task to stop.
         task: TaskId,
+    },
+    /// A worker without credit did not collect what was assigned to it in
+    /// time (`Config::collect_ms`): those tasks went back to the queue with
+    /// no attempt spent, and it is given nothing until it polls again.
+    Uncollected {
+        /// The worker.
+        worker: WorkerId,
+        /// How many tasks went back.
+        tasks: usize,
+        /// When.
+        at: Millis,
     },
     /// A worker missed its lease and was removed; its tasks were requeued
     /// (each requeue is its own `Transition`).
@@ -157,19 +186,16 @@ struct TypeWorkers {
 }
 
 impl TypeWorkers {
-    /// Counts one more (`started`) or one fewer task on a worker.
-    fn count(&mut self, worker: WorkerId, started: bool) {
-        let Some(&i) = self.position.get(&worker) else {
+    /// Brings a worker's routing view up to date after its load or demand
+    /// changed; `before` is what its free slots were.
+    fn sync(&mut self, w: &Worker, before: u32) {
+        let Some(&i) = self.position.get(&w.id) else {
             return;
         };
         let c = &mut self.workers[i];
-        if started {
-            c.in_flight += 1;
-            self.free -= 1;
-        } else {
-            c.in_flight -= 1;
-            self.free += 1;
-        }
+        c.in_flight = w.in_flight();
+        c.demand = w.asks();
+        self.free = self.free + u64::from(w.free_slots()) - u64::from(before);
     }
 }
 
@@ -211,6 +237,10 @@ pub struct Scheduler<B> {
     timers: BTreeSet<(Millis, TaskId)>,
     /// Running tasks by the time their attempt times out.
     deadlines: BTreeSet<(Millis, TaskId)>,
+    /// Workers without credit by the time their oldest uncollected
+    /// assignment must be collected (see `Config::collect_ms`); entries of
+    /// workers gone or caught up are skipped when they come up.
+    collect_checks: BTreeSet<(Millis, WorkerId)>,
     /// Live parents and the tasks waiting for them.
     children: HashMap<TaskId, Vec<TaskId>>,
     /// Live tasks pinned to each worker (broadcast copies).
@@ -240,6 +270,7 @@ impl<B> Scheduler<B> {
             global_pass: 0,
             timers: BTreeSet::new(),
             deadlines: BTreeSet::new(),
+            collect_checks: BTreeSet::new(),
             children: HashMap::new(),
             pinned: HashMap::new(),
             workers: BTreeMap::new(),
@@ -371,7 +402,7 @@ impl<B> Scheduler<B> {
         parents: &[TaskId],
     ) -> Result<Vec<TaskId>, CoreError> {
         let t = self.tasks.get(&task).ok_or(CoreError::UnknownTask(task))?;
-        if t.state == TaskState::Running {
+        if t.worker.is_some() {
             return Err(CoreError::UnknownTask(task));
         }
         let mut parents: Vec<TaskId> = parents.iter().copied().filter(|p| *p != task).collect();
@@ -404,15 +435,17 @@ impl<B> Scheduler<B> {
     }
 
     /// Cancels a live task. A running task's worker is told through
-    /// [`Scheduler::heartbeat`]; its slot is freed at once.
+    /// [`Scheduler::heartbeat`]; its slot is freed at once. A task assigned
+    /// to a worker that has not collected it is simply taken back.
     pub fn cancel(&mut self, task: TaskId, reason: String, now: Millis) -> Result<(), CoreError> {
         let t = self.tasks.get(&task).ok_or(CoreError::UnknownTask(task))?;
-        if t.state == TaskState::Running {
-            let worker = t.worker;
+        if let Some(worker) = t.worker {
             let undelivered = self.release(task);
-            if let (Some(w), false) = (worker.and_then(|w| self.workers.get_mut(&w)), undelivered) {
-                w.cancel_notices.push(task);
-                self.events.push(Event::Stop { worker: w.id, task });
+            if undelivered {
+                self.tasks.get_mut(&task).expect("live").worker = None;
+            } else if let Some(w) = self.workers.get_mut(&worker) {
+                notify_stop(w, task);
+                self.events.push(Event::Stop { worker, task });
             }
         } else {
             self.unindex(task);
@@ -453,6 +486,9 @@ impl<B> Scheduler<B> {
                 last_seen_at: now,
                 running: BTreeSet::new(),
                 undelivered: Default::default(),
+                demand: None,
+                stalled: false,
+                collect_by: None,
                 cancel_notices: Vec::new(),
                 completed: 0,
                 failed: 0,
@@ -464,18 +500,32 @@ impl<B> Scheduler<B> {
         id
     }
 
-    /// Renews a worker's lease and returns the running tasks it must stop.
+    /// Renews a worker's lease and returns the running tasks it must stop:
+    /// every notice is repeated until the worker reports that task (a
+    /// report answered "not leased" counts) or goes, so a lost reply loses
+    /// nothing.
     pub fn heartbeat(&mut self, worker: WorkerId, now: Millis) -> Result<Vec<TaskId>, CoreError> {
         let w = self
             .workers
             .get_mut(&worker)
             .ok_or(CoreError::UnknownWorker(worker))?;
         w.last_seen_at = w.last_seen_at.max(now);
-        Ok(std::mem::take(&mut w.cancel_notices))
+        Ok(w.cancel_notices.clone())
+    }
+
+    /// The worker reported on `task` (even too late, refused as not
+    /// leased): it has heard of any stop notice for it, which is no longer
+    /// repeated.
+    pub fn stop_heard(&mut self, worker: WorkerId, task: TaskId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.cancel_notices.retain(|&t| t != task);
+        }
     }
 
     /// Renews a worker's lease and hands over up to `max` of the tasks
-    /// assigned to it, oldest assignment first.
+    /// assigned to it, oldest assignment first: each becomes `Running`, its
+    /// attempt is counted and its clock starts now (a `Running` transition
+    /// each).
     pub fn poll(
         &mut self,
         worker: WorkerId,
@@ -488,18 +538,59 @@ impl<B> Scheduler<B> {
             .ok_or(CoreError::UnknownWorker(worker))?;
         w.last_seen_at = w.last_seen_at.max(now);
         let n = max.min(w.undelivered.len());
-        let handed: Vec<TaskId> = w.undelivered.drain(..n).collect();
-        // The attempt's clock starts when the worker has the task in hand.
-        for id in &handed {
-            if let Some(t) = self.tasks.get_mut(id)
-                && let Some(timeout) = t.spec.timeout_ms
-            {
-                let at = now.saturating_add(timeout);
-                t.deadline = Some(at);
-                self.deadlines.insert((at, *id));
-            }
+        let handed: Vec<TaskId> = w.undelivered.drain(..n).map(|(t, _)| t).collect();
+        // A stop notice is about an earlier attempt: not this one.
+        if !w.cancel_notices.is_empty() {
+            w.cancel_notices.retain(|t| !handed.contains(t));
         }
+        if w.stalled {
+            // It polls again: it takes tasks again.
+            self.change_worker(worker, |w| w.stalled = false);
+        }
+        for &id in &handed {
+            self.collect(id, now);
+        }
+        self.unwatch_if_caught_up(worker);
         Ok(handed)
+    }
+
+    /// Adds to the credit a worker granted (a stream's), up to its
+    /// capacity. From its first grant on, a worker is given tasks only
+    /// against its credit; `offer(w, 0)` makes it a credit worker with none.
+    pub fn offer(&mut self, worker: WorkerId, slots: u32, now: Millis) -> Result<(), CoreError> {
+        self.change_worker(worker, |w| {
+            w.last_seen_at = w.last_seen_at.max(now);
+            let asked = w.demand.unwrap_or(0).saturating_add(slots);
+            w.demand = Some(asked.min(w.spec.capacity));
+        })
+        .ok_or(CoreError::UnknownWorker(worker))
+    }
+
+    /// The worker asks for nothing more for now: the tasks assigned to it
+    /// that it has not collected go back to their queues, in their old
+    /// places, with no attempt counted, and it is given nothing until it
+    /// polls again (or, a credit worker, grants credit again). Returns how
+    /// many went back.
+    pub fn withdraw(&mut self, worker: WorkerId) -> Result<usize, CoreError> {
+        let returned = self
+            .change_worker(worker, |w| {
+                match &mut w.demand {
+                    Some(d) => *d = 0,
+                    None => w.stalled = true,
+                }
+                let returned: Vec<TaskId> = w.undelivered.drain(..).map(|(t, _)| t).collect();
+                for t in &returned {
+                    w.running.remove(t);
+                }
+                returned
+            })
+            .ok_or(CoreError::UnknownWorker(worker))?;
+        self.unwatch_if_caught_up(worker);
+        for &task in &returned {
+            self.attempt_ended(task);
+            self.put_back(task);
+        }
+        Ok(returned.len())
     }
 
     /// A worker leaves gracefully; its tasks go back to the queue without
@@ -535,7 +626,7 @@ impl<B> Scheduler<B> {
         l.running = self
             .tasks
             .values()
-            .filter(|t| t.state == TaskState::Running && &*t.spec.kind == kind)
+            .filter(|t| t.worker.is_some() && &*t.spec.kind == kind)
             .count() as u32;
         self.type_limits.insert(Arc::from(kind), l);
     }
@@ -600,6 +691,7 @@ impl<B> Scheduler<B> {
         self.fire_timers(now);
         self.expire_timeouts(now);
         self.expire_leases(now);
+        self.expire_uncollected(now);
         self.dispatch(now);
     }
 
@@ -649,6 +741,7 @@ impl<B> Scheduler<B> {
             .into_iter()
             .chain(self.deadlines.first())
             .map(|&(at, _)| at)
+            .chain(self.collect_checks.first().map(|&(at, _)| at))
             .min();
         let lease = (!self.workers.is_empty()).then_some(self.lease_check_at);
         // A rate-limited lane with ready tasks wakes up at its next token.
@@ -680,11 +773,29 @@ impl<B> Scheduler<B> {
                     .tasks
                     .get(t)
                     .ok_or(format!("worker {} holds unknown task {t}", w.id))?;
-                if task.state != TaskState::Running || task.worker != Some(w.id) {
+                let collected = !w.undelivered.iter().any(|(u, _)| u == t);
+                let state = if collected {
+                    TaskState::Running
+                } else {
+                    TaskState::Queued
+                };
+                if task.state != state || task.worker != Some(w.id) {
                     return Err(format!(
                         "task {t} on worker {} is {:?}/{:?}",
                         w.id, task.state, task.worker
                     ));
+                }
+                if collected && (task.attempts == 0 || task.started_at.is_none()) {
+                    return Err(format!("running task {t} has no attempt or start"));
+                }
+                if collected && task.spec.timeout_ms.is_some() != task.deadline.is_some() {
+                    return Err(format!("running task {t} and its deadline disagree"));
+                }
+                if task.spec.pinned.is_some_and(|p| p != w.id) {
+                    return Err(format!("task {t} pinned elsewhere runs on {}", w.id));
+                }
+                if task.spec.join {
+                    return Err(format!("join {t} was given to worker {}", w.id));
                 }
                 if !w.has_labels(&task.spec.labels) {
                     return Err(format!("worker {} lacks the labels of task {t}", w.id));
@@ -699,10 +810,22 @@ impl<B> Scheduler<B> {
                     return Err(format!("task {t} leased twice"));
                 }
             }
-            for t in &w.undelivered {
+            for (t, _) in &w.undelivered {
                 if !w.running.contains(t) {
-                    return Err(format!("undelivered task {t} not running on {}", w.id));
+                    return Err(format!("undelivered task {t} not held by {}", w.id));
                 }
+            }
+            if let (Some((_, at)), None) = (w.undelivered.front(), w.demand) {
+                let watched = w.collect_by.is_some_and(|by| {
+                    by <= at.saturating_add(self.config.collect_ms)
+                        && self.collect_checks.contains(&(by, w.id))
+                });
+                if !watched {
+                    return Err(format!("uncollected tasks of {} are not watched", w.id));
+                }
+            }
+            if w.demand.is_some_and(|d| d > w.spec.capacity) {
+                return Err(format!("worker {} asks for more than its capacity", w.id));
             }
         }
         let mut queued = 0;
@@ -712,6 +835,10 @@ impl<B> Scheduler<B> {
                 TaskState::Running if !leased.contains(&t.id) => {
                     return Err(format!("running task {} held by no worker", t.id));
                 }
+                TaskState::Queued if t.worker.is_some() && !leased.contains(&t.id) => {
+                    return Err(format!("assigned task {} held by no worker", t.id));
+                }
+                TaskState::Queued if t.worker.is_some() => {}
                 TaskState::Queued => {
                     queued += 1;
                     let key = (t.rank, t.seq, t.id);
@@ -745,15 +872,14 @@ impl<B> Scheduler<B> {
         }
         let mut per_queue: HashMap<&str, (usize, u32)> = HashMap::new();
         let mut per_type: HashMap<&str, u32> = HashMap::new();
+        // Limits count the tasks holding a slot, collected or not.
         for t in self.tasks.values() {
             let e = per_queue.entry(&t.spec.queue).or_default();
-            match t.state {
-                TaskState::Queued => e.0 += 1,
-                TaskState::Running => {
-                    e.1 += 1;
-                    *per_type.entry(&t.spec.kind).or_default() += 1;
-                }
-                _ => {}
+            if t.worker.is_some() {
+                e.1 += 1;
+                *per_type.entry(&t.spec.kind).or_default() += 1;
+            } else if t.state == TaskState::Queued {
+                e.0 += 1;
             }
         }
         for (name, q) in &self.queues {
@@ -819,7 +945,10 @@ impl<B> Scheduler<B> {
                     .workers
                     .get(&c.id)
                     .ok_or(format!("type {kind} routes to unknown worker {}", c.id))?;
-                if c.in_flight != w.in_flight() || c.capacity != w.spec.capacity {
+                if c.in_flight != w.in_flight()
+                    || c.capacity != w.spec.capacity
+                    || c.demand != w.asks()
+                {
                     return Err(format!(
                         "routing view of worker {} in {kind} is stale",
                         c.id
@@ -910,34 +1039,74 @@ impl<B> Scheduler<B> {
         }
     }
 
-    /// Takes a running task off its worker, freeing the slot. Returns true
-    /// when the worker had not collected it yet.
+    /// Takes a task off the worker it was assigned to, freeing the slot.
+    /// Returns true when the worker had not collected it yet.
     fn release(&mut self, task: TaskId) -> bool {
         self.clear_deadline(task);
-        let Some(wid) = self.tasks.get_mut(&task).and_then(|t| t.worker) else {
+        let Some(wid) = self.tasks.get(&task).and_then(|t| t.worker) else {
             return false;
         };
-        let Some(w) = self.workers.get_mut(&wid) else {
-            return false;
-        };
-        let mut undelivered = false;
-        let was_running = w.running.remove(&task);
-        if was_running {
-            if let Some(pos) = w.undelivered.iter().position(|&t| t == task) {
-                w.undelivered.remove(pos);
-                undelivered = true;
+        let released = self.change_worker(wid, |w| {
+            if !w.running.remove(&task) {
+                return None;
             }
-            for kind in &w.spec.types {
-                if let Some(tw) = self.by_type.get_mut(kind) {
-                    tw.count(wid, false);
-                }
+            let pos = w.undelivered.iter().position(|&(t, _)| t == task);
+            Some(pos.and_then(|p| w.undelivered.remove(p)).is_some())
+        });
+        match released.flatten() {
+            Some(undelivered) => {
+                self.attempt_ended(task);
+                self.unwatch_if_caught_up(wid);
+                undelivered
             }
-            self.free_slots += 1;
+            None => false,
         }
-        if was_running {
-            self.attempt_ended(task);
+    }
+
+    /// Stops watching a worker's collections once it has none pending.
+    fn unwatch_if_caught_up(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&id)
+            && w.undelivered.is_empty()
+            && let Some(by) = w.collect_by.take()
+        {
+            self.collect_checks.remove(&(by, id));
         }
-        undelivered
+    }
+
+    /// Applies a change to a worker's load or demand, keeping every count
+    /// of free slots true; `None` for an unknown worker.
+    fn change_worker<R>(
+        &mut self,
+        id: WorkerId,
+        change: impl FnOnce(&mut Worker) -> R,
+    ) -> Option<R> {
+        let w = self.workers.get_mut(&id)?;
+        let before = w.free_slots();
+        let r = change(w);
+        let w = &self.workers[&id];
+        self.free_slots = self.free_slots + u64::from(w.free_slots()) - u64::from(before);
+        for kind in &w.spec.types {
+            if let Some(tw) = self.by_type.get_mut(kind) {
+                tw.sync(w, before);
+            }
+        }
+        Some(r)
+    }
+
+    /// A worker collects a task assigned to it: the attempt starts now.
+    fn collect(&mut self, id: TaskId, now: Millis) {
+        let t = self.tasks.get_mut(&id).expect("an assigned task is live");
+        t.state = TaskState::Running;
+        t.attempts += 1;
+        t.started_at = Some(now);
+        t.last_error = None;
+        // The attempt's clock starts when the worker has the task in hand.
+        if let Some(timeout) = t.spec.timeout_ms {
+            let at = now.saturating_add(timeout);
+            t.deadline = Some(at);
+            self.deadlines.insert((at, id));
+        }
+        self.emit(id, None);
     }
 
     fn clear_deadline(&mut self, task: TaskId) {
@@ -1012,10 +1181,18 @@ impl<B> Scheduler<B> {
     fn make_queued(&mut self, id: TaskId, now: Millis) {
         let aging = self.config.aging_ms as i64;
         let t = self.tasks.get_mut(&id).expect("task is live");
+        t.started_at = None;
+        t.rank = (now as i64).saturating_sub(i64::from(t.spec.priority).saturating_mul(aging));
+        self.put_back(id);
+    }
+
+    /// Puts a task into its ready lane at its current rank: a task assigned
+    /// to a worker that never collected it goes back to where it was.
+    fn put_back(&mut self, id: TaskId) {
+        let t = self.tasks.get_mut(&id).expect("task is live");
         t.state = TaskState::Queued;
         t.worker = None;
         t.ready_at = None;
-        t.rank = (now as i64).saturating_sub(i64::from(t.spec.priority).saturating_mul(aging));
         let key = (t.rank, t.seq, id);
         let lane = (t.spec.kind.clone(), t.spec.queue.clone());
         let global = self.global_pass;
@@ -1038,6 +1215,7 @@ impl<B> Scheduler<B> {
         let t = self.tasks.get_mut(&id).expect("task is live");
         t.state = TaskState::Scheduled;
         t.worker = None;
+        t.started_at = None;
         t.ready_at = Some(at);
         self.timers.insert((at, id));
     }
@@ -1193,17 +1371,27 @@ impl<B> Scheduler<B> {
             if at > now {
                 break;
             }
-            let worker = self.tasks.get(&id).and_then(|t| t.worker);
+            let (worker, error) = match self.tasks.get(&id) {
+                Some(t) => (
+                    t.worker,
+                    format!(
+                        "timed out: attempt {} ran past the task's timeout_ms ({} ms)",
+                        t.attempts,
+                        t.spec.timeout_ms.unwrap_or_default()
+                    ),
+                ),
+                None => (None, String::new()),
+            };
             self.release(id);
             if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
-                w.cancel_notices.push(id);
+                notify_stop(w, id);
                 self.events.push(Event::Stop {
                     worker: w.id,
                     task: id,
                 });
                 w.failed += 1;
             }
-            self.attempt_failed(id, "timeout".to_owned(), None, false, now);
+            self.attempt_failed(id, error, None, false, now);
         }
     }
 
@@ -1233,6 +1421,41 @@ impl<B> Scheduler<B> {
             .unwrap_or(Millis::MAX);
     }
 
+    /// Takes back what workers without credit left uncollected past
+    /// `Config::collect_ms` (see there).
+    fn expire_uncollected(&mut self, now: Millis) {
+        let collect_ms = self.config.collect_ms;
+        while let Some(&(at, id)) = self.collect_checks.first() {
+            if at > now {
+                break;
+            }
+            self.collect_checks.remove(&(at, id));
+            let Some(w) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            if w.collect_by != Some(at) {
+                continue;
+            }
+            w.collect_by = None;
+            let Some(&(_, oldest)) = w.undelivered.front() else {
+                continue;
+            };
+            let by = oldest.saturating_add(collect_ms);
+            if by > now {
+                // It collected the older ones: watch the oldest left.
+                w.collect_by = Some(by);
+                self.collect_checks.insert((by, id));
+                continue;
+            }
+            let n = self.withdraw(id).unwrap_or(0);
+            self.events.push(Event::Uncollected {
+                worker: id,
+                tasks: n,
+                at: now,
+            });
+        }
+    }
+
     fn remove_worker(&mut self, id: WorkerId, why: Interruption, now: Millis) {
         let Some(w) = self.workers.remove(&id) else {
             return;
@@ -1258,6 +1481,11 @@ impl<B> Scheduler<B> {
             self.clear_deadline(task);
             self.attempt_ended(task);
             let t = self.tasks.get_mut(&task).expect("running task is live");
+            if t.state != TaskState::Running {
+                // Assigned, never collected: nothing ran, nothing counts.
+                self.put_back(task);
+                continue;
+            }
             match why {
                 Interruption::Returned => {
                     t.attempts = t.attempts.saturating_sub(1);
@@ -1277,7 +1505,7 @@ impl<B> Scheduler<B> {
         // Tasks only this worker could run can never run now.
         for task in self.pinned.remove(&id).unwrap_or_default() {
             if let Some(t) = self.tasks.get(&task)
-                && t.state != TaskState::Running
+                && t.worker.is_none()
             {
                 self.unindex(task);
                 self.finish(
@@ -1412,6 +1640,7 @@ impl<B> Scheduler<B> {
         self.fire_timers(now);
         self.expire_timeouts(now);
         self.expire_leases(now);
+        self.expire_uncollected(now);
         self.dispatch_rebuilt(now);
     }
 
@@ -1563,25 +1792,46 @@ impl<B> Scheduler<B> {
         }
     }
 
+    /// Gives a ready task (just taken out of its lane) to a worker: it
+    /// holds a slot there and stays `Queued` until the worker collects it.
     fn assign(&mut self, task: TaskId, worker: WorkerId, now: Millis) {
-        let w = self
-            .workers
-            .get_mut(&worker)
+        let collect_ms = self.config.collect_ms;
+        let watch = self
+            .change_worker(worker, |w| {
+                w.running.insert(task);
+                w.undelivered.push_back((task, now));
+                match &mut w.demand {
+                    Some(d) => *d = d.saturating_sub(1),
+                    None if w.collect_by.is_none() => {
+                        let by = now.saturating_add(collect_ms);
+                        w.collect_by = Some(by);
+                        return Some(by);
+                    }
+                    None => {}
+                }
+                None
+            })
             .expect("routed to a live worker");
-        w.running.insert(task);
-        w.undelivered.push_back(task);
-        for kind in &w.spec.types {
-            if let Some(tw) = self.by_type.get_mut(kind) {
-                tw.count(worker, true);
-            }
+        if let Some(by) = watch {
+            self.collect_checks.insert((by, worker));
         }
-        self.free_slots -= 1;
         self.attempt_started(task);
         let t = self.tasks.get_mut(&task).expect("ready task is live");
-        t.state = TaskState::Running;
-        t.attempts += 1;
         t.worker = Some(worker);
-        t.started_at = Some(now);
-        self.emit(task, None);
+        self.events.push(Event::Assigned { task, worker });
     }
+}
+
+/// Tells a worker to stop a task it collected, once: notices wait until the
+/// worker reports the task, and a worker holds at most its capacity, so
+/// older notices than twice that are about tasks it stopped long ago.
+fn notify_stop(w: &mut Worker, task: TaskId) {
+    if w.cancel_notices.contains(&task) {
+        return;
+    }
+    let keep = 2 * w.spec.capacity.max(1) as usize;
+    if w.cancel_notices.len() >= keep {
+        w.cancel_notices.remove(0);
+    }
+    w.cancel_notices.push(task);
 }

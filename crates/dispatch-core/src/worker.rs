@@ -62,13 +62,25 @@ pub struct Worker {
     pub registered_at: Millis,
     /// Last time it heartbeated, polled or reported.
     pub last_seen_at: Millis,
-    /// Tasks leased to it (delivered or not).
+    /// Tasks holding one of its slots: assigned to it (still `Queued`
+    /// until it collects them) or collected (`Running`).
     pub running: BTreeSet<TaskId>,
-    /// Tasks assigned to it but not yet handed over (HTTP workers collect
-    /// them with a poll).
-    pub(crate) undelivered: VecDeque<TaskId>,
-    /// Running tasks that were cancelled and that the worker must be told
-    /// to stop.
+    /// Tasks assigned to it but not yet collected (by a poll, or pushed on
+    /// its stream), oldest assignment first, with the time of assignment.
+    pub(crate) undelivered: VecDeque<(TaskId, Millis)>,
+    /// The credit it granted and assignments have not used yet (a stream);
+    /// `None` for a worker that takes up to its capacity whenever it has
+    /// room (HTTP), which must collect what it is given in time.
+    pub(crate) demand: Option<u32>,
+    /// A worker without credit that let an assignment wait too long: it is
+    /// given nothing until it polls again.
+    pub(crate) stalled: bool,
+    /// When its oldest uncollected assignment must be collected by, while
+    /// that is being watched.
+    pub(crate) collect_by: Option<Millis>,
+    /// Collected tasks that were cancelled or timed out and that the worker
+    /// must be told to stop; repeated until the worker reports the task or
+    /// goes.
     pub(crate) cancel_notices: Vec<TaskId>,
     /// Tasks completed over its lifetime.
     pub completed: u64,
@@ -82,9 +94,28 @@ impl Worker {
         self.running.len() as u32
     }
 
-    /// Slots it has free for new tasks.
+    /// Slots it has free for new tasks, and asks to fill now.
     pub fn free_slots(&self) -> u32 {
+        self.room().min(self.asks())
+    }
+
+    /// How many tasks it asks for now, whatever its room.
+    pub(crate) fn asks(&self) -> u32 {
+        if self.stalled {
+            0
+        } else {
+            self.demand.unwrap_or(u32::MAX)
+        }
+    }
+
+    /// Slots it has free, whether or not it asks for tasks now.
+    pub fn room(&self) -> u32 {
         self.spec.capacity.saturating_sub(self.in_flight())
+    }
+
+    /// Tasks it must stop, as last told.
+    pub fn cancel_notices(&self) -> &[TaskId] {
+        &self.cancel_notices
     }
 
     /// True when it carries every label in `required` with the same value.

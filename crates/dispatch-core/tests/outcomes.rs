@@ -74,7 +74,10 @@ fn a_timed_out_attempt_fails_with_timeout_and_the_worker_is_told() {
     s.tick(100);
     let task = s.task(t).unwrap();
     assert_ne!(task.state, TaskState::Running);
-    assert_eq!(task.last_error.as_deref(), Some("timeout"));
+    assert_eq!(
+        task.last_error.as_deref(),
+        Some("timed out: attempt 1 ran past the task's timeout_ms (100 ms)")
+    );
     assert_eq!(s.heartbeat(w, 101).unwrap(), vec![t]);
     assert_eq!(s.worker(w).unwrap().in_flight(), 0);
     assert_eq!(
@@ -96,7 +99,10 @@ fn the_last_attempt_timing_out_makes_the_task_dead() {
     let ended = terminal(&mut s);
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].state, TaskState::Dead);
-    assert_eq!(ended[0].error.as_deref(), Some("timeout"));
+    assert_eq!(
+        ended[0].error.as_deref(),
+        Some("timed out: attempt 1 ran past the task's timeout_ms (50 ms)")
+    );
     assert!(s.task(t).is_none());
     s.check_invariants().unwrap();
 }
@@ -239,6 +245,9 @@ fn a_child_due_later_gets_its_timer_once_its_parents_succeeded() {
     assert_eq!(state(&s, child), Some(TaskState::Scheduled));
     assert_eq!(s.task(child).unwrap().ready_at, Some(500));
     s.tick(500);
+    assert_eq!(state(&s, child), Some(TaskState::Queued));
+    assert_eq!(s.task(child).unwrap().worker, Some(w));
+    assert_eq!(s.poll(w, 10, 500).unwrap(), vec![child]);
     assert_eq!(state(&s, child), Some(TaskState::Running));
     s.check_invariants().unwrap();
 }
@@ -281,6 +290,7 @@ fn a_lost_worker_hands_its_tasks_over_at_once_and_the_attempt_counts() {
     let b = worker(&mut s, 1);
     s.lose_worker(a, 5).unwrap();
     s.tick(5);
+    assert_eq!(s.poll(b, 1, 5).unwrap(), vec![t]);
     let task = s.task(t).unwrap();
     assert_eq!(
         (task.state, task.worker, task.attempts),

@@ -51,6 +51,13 @@ enum Op {
     Heartbeat {
         worker: usize,
     },
+    /// A stream's credit (`offer`), or a worker giving back what it has not
+    /// collected (`withdraw`).
+    Demand {
+        worker: usize,
+        slots: u32,
+        how: u8,
+    },
     Deregister {
         worker: usize,
     },
@@ -77,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), any::<usize>(), any::<bool>(), proptest::option::of(0..2_000u64))
             .prop_map(|(worker, task, abort, retry_after_ms)| Op::Fail { worker, task, abort, retry_after_ms }),
         2 => any::<usize>().prop_map(|worker| Op::Heartbeat { worker }),
+        2 => (any::<usize>(), 0u32..6, 0u8..3).prop_map(|(worker, slots, how)| Op::Demand { worker, slots, how }),
         1 => any::<usize>().prop_map(|worker| Op::Deregister { worker }),
         2 => any::<usize>().prop_map(|task| Op::Cancel { task }),
         // Mostly small steps, sometimes a jump past the lease.
@@ -142,6 +150,12 @@ impl Model {
             .s
             .workers()
             .flat_map(|w| w.running.iter().map(move |&t| (t, w.id)))
+            // Collected tasks only: an assigned one is not the worker's yet.
+            .filter(|(t, _)| {
+                self.s
+                    .task(*t)
+                    .is_some_and(|x| x.state == TaskState::Running)
+            })
             .collect();
         if !leases.is_empty() && !task.is_multiple_of(10) {
             let (t, w) = leases[task / 10 % leases.len()];
@@ -264,6 +278,13 @@ impl Model {
                         None
                     }
                     Err(e) => Some(e),
+                }
+            }
+            Op::Demand { worker, slots, how } => {
+                let w = self.pick_worker(worker);
+                match how {
+                    0 | 1 => self.s.offer(w, slots, now).err(),
+                    _ => self.s.withdraw(w).err(),
                 }
             }
             Op::Deregister { worker } => {

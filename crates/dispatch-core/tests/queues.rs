@@ -16,6 +16,7 @@ fn scheduler(aging_ms: u64) -> Scheduler<()> {
         Config {
             lease_ms: 1_000_000_000,
             aging_ms,
+            ..Config::default()
         },
         5,
     )

@@ -49,7 +49,7 @@ fn route_all(
     s.drain_events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::Transition(t) if t.state == TaskState::Running => Some((t.task, t.worker?)),
+            Event::Assigned { task, worker } => Some((task, worker)),
             _ => None,
         })
         .collect()
@@ -187,7 +187,7 @@ fn failover_sends_everything_to_the_first_live_worker() {
         .drain_events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::Transition(t) if t.state == TaskState::Running => t.worker,
+            Event::Assigned { worker, .. } => Some(worker),
             _ => None,
         })
         .collect();

@@ -57,7 +57,7 @@ fn transitions(s: &mut Scheduler<()>) -> Vec<Transition> {
         .into_iter()
         .filter_map(|e| match e {
             Event::Transition(t) => Some(t),
-            Event::WorkerLost { .. } | Event::Stop { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -228,6 +228,15 @@ fn complete_of_a_task_that_is_not_running_is_not_leased() {
     let queued = submit(&mut s, 1, spec("pdf"), 0);
     let done = submit(&mut s, 2, spec("email"), 0);
     s.tick(0);
+    // Assigned but not collected: not the worker's to report yet.
+    assert_eq!(
+        s.complete(done, w, 1),
+        Err(CoreError::NotLeased {
+            task: done,
+            worker: w
+        })
+    );
+    assert_eq!(s.poll(w, 1, 1).unwrap(), vec![done]);
     s.complete(done, w, 1).unwrap();
     for t in [queued, done, TaskId(404)] {
         assert_eq!(
@@ -304,14 +313,15 @@ fn fail_with_attempts_left_waits_for_the_backoff_then_requeues() {
         assert_eq!(state(&s, t), Some(TaskState::Scheduled));
         assert!(transitions(&mut s).is_empty());
 
-        // At its time it is queued, and the free worker picks it up at once.
+        // At its time it is queued and assigned to the free worker, which
+        // starts the second attempt when it collects it.
         s.tick(ready_at);
+        assert_eq!(states(&transitions(&mut s)), vec![(t, TaskState::Queued)]);
+        assert_eq!(s.task(t).unwrap().worker, Some(w));
+        assert_eq!(s.poll(w, 1, ready_at).unwrap(), vec![t]);
         let ts = transitions(&mut s);
-        assert_eq!(
-            states(&ts),
-            vec![(t, TaskState::Queued), (t, TaskState::Running)]
-        );
-        assert_eq!(ts[1].attempts, 2);
+        assert_eq!(states(&ts), vec![(t, TaskState::Running)]);
+        assert_eq!(ts[0].attempts, 2);
         ok(&s);
     }
 }
@@ -407,15 +417,21 @@ fn silent_worker_is_lost_and_its_tasks_go_to_another_worker_on_the_same_tick() {
         .iter()
         .filter_map(|e| match e {
             Event::Transition(t) => Some(t),
-            Event::WorkerLost { .. } | Event::Stop { .. } => None,
+            _ => None,
         })
         .collect();
-    assert_eq!(ts.len(), 2, "{events:?}");
+    assert_eq!(ts.len(), 1, "{events:?}");
     assert_eq!((ts[0].state, ts[0].attempts), (TaskState::Queued, 1));
     assert!(ts[0].error.as_deref().unwrap().contains("lost"));
-    assert_eq!(ts[1].state, TaskState::Running);
-    assert_eq!(ts[1].worker, Some(heir));
-    assert_eq!(ts[1].attempts, 2, "the lost attempt counts");
+    assert!(events.contains(&Event::Assigned {
+        task: t,
+        worker: heir
+    }));
+    assert_eq!(s.poll(heir, 1, LEASE).unwrap(), vec![t]);
+    let ts = transitions(&mut s);
+    assert_eq!(ts[0].state, TaskState::Running);
+    assert_eq!(ts[0].worker, Some(heir));
+    assert_eq!(ts[0].attempts, 2, "the lost attempt counts");
 
     assert!(s.worker(lost).is_none());
     assert_eq!(s.poll(lost, 1, LEASE), Err(CoreError::UnknownWorker(lost)));
@@ -562,19 +578,148 @@ fn cancel_running_task_notifies_the_worker_and_frees_its_slot() {
     assert_eq!(ts[0].worker, Some(w));
     assert_eq!(s.worker(w).unwrap().in_flight(), 0);
 
-    // The worker learns it from its next heartbeat, once.
+    // The worker learns it from every heartbeat until it reports the task.
     assert_eq!(s.heartbeat(w, 11).unwrap(), vec![t]);
-    assert_eq!(s.heartbeat(w, 12).unwrap(), vec![]);
+    assert_eq!(s.heartbeat(w, 12).unwrap(), vec![t]);
 
     // The freed slot takes the next task.
     s.tick(12);
     assert_eq!(s.poll(w, 1, 12).unwrap(), vec![next]);
 
-    // The worker had not stopped yet: its late report is refused.
+    // The worker had not stopped yet: its late report is refused, and the
+    // report tells the scheduler the worker has heard.
     assert_eq!(
         s.complete(t, w, 13),
         Err(CoreError::NotLeased { task: t, worker: w })
     );
+    assert_eq!(s.heartbeat(w, 13).unwrap(), vec![t]);
+    s.stop_heard(w, t);
+    assert_eq!(s.heartbeat(w, 14).unwrap(), vec![]);
+    ok(&s);
+}
+
+#[test]
+fn a_credit_worker_gets_only_what_its_credit_allows() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 4, 0);
+    let other = worker(&mut s, &["email"], 4, 0);
+    s.offer(w, 0, 0).unwrap();
+    s.offer(other, 0, 0).unwrap();
+    let ts: Vec<TaskId> = (1..=6)
+        .map(|i| submit(&mut s, i, spec("email"), 0))
+        .collect();
+    // No credit: nothing is assigned, every task stays in the queue.
+    s.tick(1);
+    assert!(s.tasks().all(|t| t.worker.is_none()));
+    ok(&s);
+    // Two credits: two tasks, the oldest, and nothing more.
+    s.offer(w, 2, 2).unwrap();
+    s.tick(2);
+    assert_eq!(s.poll(w, 10, 2).unwrap(), ts[..2].to_vec());
+    s.tick(3);
+    assert_eq!(s.undelivered(w), 0);
+    ok(&s);
+    // Credit adds up, to the capacity at most, and never passes the room.
+    s.offer(w, 100, 4).unwrap();
+    s.tick(4);
+    assert_eq!(s.undelivered(w), 2, "4 slots, 2 busy");
+    s.offer(other, 3, 4).unwrap();
+    s.offer(other, 3, 4).unwrap();
+    s.tick(4);
+    assert_eq!(s.undelivered(other), 2, "only 2 tasks were left");
+    // Credit workers are never timed out on collection: the stream pushes.
+    s.tick(4 + Config::default().collect_ms * 2);
+    assert_eq!(s.undelivered(other), 2);
+    ok(&s);
+}
+
+#[test]
+fn a_worker_that_does_not_collect_in_time_gives_everything_back() {
+    let mut s = scheduler();
+    let collect = Config::default().collect_ms;
+    let idle = worker(&mut s, &["email"], 100, 0);
+    let ids: Vec<TaskId> = (1..=10)
+        .map(|i| submit(&mut s, i, spec("email"), 0))
+        .collect();
+    s.tick(0);
+    assert_eq!(s.undelivered(idle), 10);
+    assert_eq!(s.next_deadline(), Some(collect));
+    s.tick(collect - 1);
+    assert_eq!(s.undelivered(idle), 10);
+    // A busy worker registers meanwhile: once the idle one's time is up,
+    // its tasks go back in order, with no attempt spent, and go to the
+    // other at once; the idle one gets nothing more until it polls.
+    let busy = worker(&mut s, &["email"], 100, collect - 1);
+    s.tick(collect);
+    let events = s.drain_events();
+    assert!(events.contains(&Event::Uncollected {
+        worker: idle,
+        tasks: 10,
+        at: collect
+    }));
+    assert_eq!(s.undelivered(idle), 0);
+    assert_eq!(s.poll(busy, 100, collect).unwrap(), ids);
+    assert!(ids.iter().all(|t| s.task(*t).unwrap().attempts == 1));
+    ok(&s);
+    let more = submit(&mut s, 11, spec("email"), collect);
+    s.tick(collect + 1);
+    assert_eq!(s.task(more).unwrap().worker, Some(busy));
+    // It polls again: it is given tasks again.
+    assert_eq!(s.poll(idle, 10, collect + 2).unwrap(), vec![]);
+    let last = submit(&mut s, 12, with_attempts("email", 1), collect + 2);
+    s.tick(collect + 3);
+    assert!(s.task(last).unwrap().worker.is_some());
+    ok(&s);
+}
+
+#[test]
+fn withdrawn_assignments_go_back_in_place_with_no_attempt_spent() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 2, 0);
+    let a = submit(&mut s, 1, spec("email"), 0);
+    let b = submit(&mut s, 2, spec("email"), 0);
+    s.tick(0);
+    assert_eq!(s.undelivered(w), 2);
+    assert_eq!(s.withdraw(w).unwrap(), 2);
+    for t in [a, b] {
+        let task = s.task(t).unwrap();
+        assert_eq!(
+            (task.state, task.worker, task.attempts),
+            (TaskState::Queued, None, 0)
+        );
+    }
+    assert!(transitions(&mut s).is_empty(), "nothing to persist");
+    // It is given nothing until it polls again; another worker gets the
+    // oldest first.
+    s.tick(1);
+    assert_eq!(s.undelivered(w), 0);
+    let other = worker(&mut s, &["email"], 1, 1);
+    s.tick(1);
+    assert_eq!(s.poll(other, 1, 1).unwrap(), vec![a]);
+    ok(&s);
+}
+
+#[test]
+fn a_worker_lost_before_collecting_spends_no_attempt() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 10, 0);
+    let ids: Vec<TaskId> = (1..=10)
+        .map(|i| submit(&mut s, i, with_attempts("email", 1), 0))
+        .collect();
+    s.tick(0);
+    assert_eq!(s.undelivered(w), 10);
+    // It never polls: its lease runs out, and every task is queued again
+    // with its one attempt intact, never having been dead.
+    s.tick(LEASE);
+    let ts = transitions(&mut s);
+    assert!(ts.iter().all(|t| !t.state.is_terminal()), "{ts:?}");
+    for t in &ids {
+        let task = s.task(*t).unwrap();
+        assert_eq!(
+            (task.state, task.attempts, task.started_at),
+            (TaskState::Queued, 0, None)
+        );
+    }
     ok(&s);
 }
 
@@ -612,10 +757,9 @@ fn delayed_task_stays_scheduled_until_run_at() {
     assert_eq!(state(&s, t), Some(TaskState::Scheduled));
     assert_eq!(s.poll(w, 1, 4_999).unwrap(), vec![]);
     s.tick(5_000);
-    assert_eq!(
-        states(&transitions(&mut s)),
-        vec![(t, TaskState::Queued), (t, TaskState::Running)]
-    );
+    assert_eq!(states(&transitions(&mut s)), vec![(t, TaskState::Queued)]);
+    assert_eq!(s.poll(w, 1, 5_000).unwrap(), vec![t]);
+    assert_eq!(states(&transitions(&mut s)), vec![(t, TaskState::Running)]);
     ok(&s);
 }
 
@@ -648,6 +792,12 @@ fn restore_keeps_the_attempts_already_used() {
         (TaskState::Queued, 2, Some("old"))
     );
     s.tick(0);
+    assert_eq!(
+        s.task(t).unwrap().attempts,
+        2,
+        "assigned, not yet collected"
+    );
+    s.poll(w, 1, 0).unwrap();
     assert_eq!(s.task(t).unwrap().attempts, 3);
     // That was the last attempt: one more failure kills it.
     s.fail(t, w, "third".into(), None, false, 1).unwrap();
@@ -676,6 +826,10 @@ fn next_deadline_reports_the_earliest_timer() {
     s.tick(200);
     assert_eq!(s.next_deadline(), Some(500));
     s.tick(500);
+    // The worker has not collected what it was given at 200.
+    let collect = Config::default().collect_ms;
+    assert_eq!(s.next_deadline(), Some(200 + collect));
+    s.poll(w, 5, 600).unwrap();
     assert_eq!(s.next_deadline(), Some(LEASE));
     s.deregister(w, 600).unwrap();
     assert_eq!(s.next_deadline(), None);
@@ -690,7 +844,14 @@ fn assignment_and_completion_events_carry_exact_fields() {
     let w = worker(&mut s, &["email"], 1, 0);
     let t = submit(&mut s, 1, spec("email"), 0);
     assert!(s.drain_events().is_empty(), "submission emits no event");
-    s.tick(100);
+    s.tick(90);
+    assert_eq!(
+        s.drain_events(),
+        vec![Event::Assigned { task: t, worker: w }]
+    );
+    assert_eq!(s.task(t).unwrap().state, TaskState::Queued);
+    assert_eq!(s.task(t).unwrap().attempts, 0);
+    s.poll(w, 1, 100).unwrap();
     assert_eq!(
         s.drain_events(),
         vec![Event::Transition(Transition {
@@ -746,10 +907,12 @@ fn every_transition_of_a_task_life_is_an_event() {
         ok(s);
     };
     s.tick(10);
+    s.poll(w, 1, 10).unwrap();
     step(&mut s, &mut seen);
     s.fail(t, w, "boom".into(), Some(20), false, 30).unwrap();
     step(&mut s, &mut seen);
     s.tick(50);
+    s.poll(w, 1, 50).unwrap();
     step(&mut s, &mut seen);
     s.complete(t, w, 60).unwrap();
     step(&mut s, &mut seen);

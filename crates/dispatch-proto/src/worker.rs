@@ -209,12 +209,13 @@ pub struct PollRequest {
 
 impl PollRequest {
     /// The validated `max` (given the worker's capacity) and `wait_ms`.
+    /// `max: 0` is a report-only poll.
     pub fn limits(&self, capacity: u32) -> Result<(usize, u64), FieldError> {
         let max = self.max.unwrap_or(i64::from(capacity));
-        if !(1..=MAX_CAPACITY).contains(&max) {
+        if !(0..=MAX_CAPACITY).contains(&max) {
             return Err(FieldError::new(
                 "max",
-                format!("must be between 1 and {MAX_CAPACITY}"),
+                format!("must be between 0 and {MAX_CAPACITY}"),
             ));
         }
         let wait = self.wait_ms.unwrap_or(0);
@@ -293,9 +294,13 @@ pub struct ResultStatus {
 pub struct PollReply {
     /// Tasks to run.
     pub tasks: Vec<PolledTask>,
-    /// One status per reported result, when results were sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub results: Option<Vec<ResultStatus>>,
+    /// One status per reported result, in order (empty when none were sent).
+    #[serde(default)]
+    pub results: Vec<ResultStatus>,
+    /// Running tasks to stop (cancelled, or past their timeout), repeated in
+    /// every reply until the worker reports them.
+    #[serde(default)]
+    pub cancel: Vec<String>,
 }
 
 /// `POST /v1/tasks/{id}/complete`.

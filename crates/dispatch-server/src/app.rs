@@ -147,7 +147,7 @@ impl App {
                     state: t.state,
                     attempts: t.attempts,
                     worker: None,
-                    started_at: r.started_at,
+                    started_at: None,
                     finished_at: None,
                     ready_at: t.ready_at,
                     error: t.last_error.as_deref().map(String::from),
@@ -240,9 +240,20 @@ impl App {
         &self,
         shared: &mut Shared,
         now: Millis,
-        mut result: Option<(TaskId, Box<str>)>,
+        result: Option<(TaskId, Box<str>)>,
     ) -> Option<Ack> {
         shared.sched.tick(now);
+        self.flush(shared, result)
+    }
+
+    /// Persists every event produced since the last call, in order, and
+    /// wakes workers that got tasks, without advancing the core (after a
+    /// poll has collected tasks, say).
+    pub(crate) fn flush(
+        &self,
+        shared: &mut Shared,
+        mut result: Option<(TaskId, Box<str>)>,
+    ) -> Option<Ack> {
         let mut last = None;
         let mut new_timer = false;
         for event in shared.sched.drain_events() {
@@ -254,11 +265,6 @@ impl App {
                         for waiter in shared.task_waiters.remove(&t.task).unwrap_or_default() {
                             let _ = waiter.send(());
                         }
-                    }
-                    if t.state == TaskState::Running
-                        && let Some(w) = t.worker.and_then(|w| shared.wakers.get(&w))
-                    {
-                        w.notify_one();
                     }
                     let mut update = TaskUpdate::from(t);
                     if update.state == TaskState::Succeeded
@@ -272,6 +278,15 @@ impl App {
                         Ok(ack) => last = Some(ack),
                         Err(e) => tracing::error!(error = %e, "cannot persist a transition"),
                     }
+                }
+                Event::Assigned { worker, .. } => {
+                    // The worker collects it: its open poll, or its stream.
+                    if let Some(w) = shared.wakers.get(&worker) {
+                        w.notify_one();
+                    }
+                }
+                Event::Uncollected { worker, tasks, .. } => {
+                    tracing::warn!(%worker, tasks, "worker did not collect its tasks in time; they went back to the queue, and it gets no more until it polls");
                 }
                 Event::Stop { worker, .. } => {
                     // A streaming worker is told at once; an HTTP worker

@@ -6,10 +6,13 @@
 //! it, and its reports go through the same `workers::report` as the HTTP
 //! protocol's. What the stream changes is delivery:
 //!
-//! - **Push with credits.** The session keeps the credit the worker granted.
-//!   Whenever the worker's waker fires (tasks were assigned to it, or it must
-//!   stop one), the session hands over up to `credit` assigned tasks in one
-//!   `Tasks` message and any stop notices in one `Stop` message. A tick every
+//! - **Push with credits.** Each `Credit` the worker grants is handed to the
+//!   core (`Scheduler::offer`), which assigns tasks to the worker only
+//!   against it, so a stream that grants nothing is given nothing. Whenever
+//!   the worker's waker fires (tasks were assigned to it, or it must stop
+//!   one), the session sends the assigned tasks in one `Tasks` message
+//!   (sending collects them: they become `running` and the attempt counts)
+//!   and any new stop notices in one `Stop` message. A tick every
 //!   `heartbeat_ms` does the same, as a safety net.
 //! - **Durable acks.** A `Reports` message is applied at once; its
 //!   `ReportAcks` are sent once the store committed the results, by a
@@ -40,7 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dispatch_core::WorkerId;
+use dispatch_core::{TaskId, WorkerId};
 use dispatch_grpc::pb::{self, worker_message::Kind};
 use dispatch_grpc::{SERVICE_NAME, WorkerService, WorkerServiceServer};
 use dispatch_proto::RegisterWorker;
@@ -132,6 +135,8 @@ impl WorkerService for GrpcWorkers {
         let (worker, waker) = {
             let mut shared = app.lock();
             let id = shared.sched.register_worker(spec, now);
+            // It gets tasks as it grants credit, not before.
+            let _ = shared.sched.offer(id, 0, now);
             let waker = app.waker(&mut shared, id);
             let _ = app.settle(&mut shared, now, None);
             (id, waker)
@@ -150,7 +155,7 @@ impl WorkerService for GrpcWorkers {
             worker,
             waker,
             out,
-            credit: 0,
+            told: Vec::new(),
             last_heard: Instant::now(),
             unacked: Arc::default(),
             acked: Arc::default(),
@@ -185,8 +190,9 @@ struct Session {
     worker: WorkerId,
     waker: Arc<Notify>,
     out: Outbound,
-    /// Tasks the worker is ready to take.
-    credit: usize,
+    /// The stop notices already sent: the stream is reliable, so each is
+    /// sent once, though the core keeps it until the worker reports.
+    told: Vec<TaskId>,
     last_heard: Instant,
     /// Report batches waiting for the store.
     unacked: Arc<AtomicUsize>,
@@ -250,8 +256,14 @@ impl Session {
     ) -> Result<(), End> {
         match message.kind {
             Some(Kind::Credit(c)) => {
-                let slots = usize::try_from(c.slots).unwrap_or(usize::MAX);
-                self.credit = self.credit.saturating_add(slots);
+                // The core assigns against the credit; `deliver` pushes.
+                let now = now_ms();
+                let mut shared = self.app.lock();
+                shared
+                    .sched
+                    .offer(self.worker, c.slots, now)
+                    .map_err(|_| End::Unknown)?;
+                let _ = self.app.settle(&mut shared, now, None);
             }
             Some(Kind::Reports(r)) => {
                 self.unacked.fetch_add(1, Ordering::SeqCst);
@@ -299,30 +311,39 @@ impl Session {
         (ack, statuses)
     }
 
-    /// Renews the lease, then pushes any stop notices and up to `credit`
-    /// assigned tasks.
+    /// Renews the lease, then pushes any new stop notices and the tasks
+    /// assigned against the worker's credit (sending one collects it).
     async fn deliver(&mut self) -> Result<(), End> {
         let (tasks, stops) = {
             let mut shared = self.app.lock();
             let now = now_ms();
-            let stops = shared
+            let notices = shared
                 .sched
                 .heartbeat(self.worker, now)
                 .map_err(|_| End::Unknown)?;
+            let stops: Vec<TaskId> = notices
+                .iter()
+                .filter(|t| !self.told.contains(t))
+                .copied()
+                .collect();
+            self.told = notices;
             let held_back = self.unacked.load(Ordering::SeqCst) >= MAX_UNACKED;
-            let handed = if self.credit > 0 && !held_back {
+            let handed = if held_back {
+                Vec::new()
+            } else {
                 shared
                     .sched
-                    .poll(self.worker, self.credit, now)
+                    .poll(self.worker, usize::MAX, now)
                     .map_err(|_| End::Unknown)?
-            } else {
-                Vec::new()
             };
             let tasks: Vec<pb::Task> = handed
                 .iter()
                 .filter_map(|id| shared.sched.task(*id))
                 .map(dispatch_grpc::task_message)
                 .collect();
+            if !handed.is_empty() {
+                let _ = self.app.flush(&mut shared, None);
+            }
             (tasks, stops)
         };
         // Stops first: they are about attempts handed over before, and a
@@ -332,7 +353,6 @@ impl Session {
             self.send(pb::SchedulerMessage::stop(ids)).await?;
         }
         if !tasks.is_empty() {
-            self.credit -= tasks.len().min(self.credit);
             // Handing over a task with a timeout started its clock: the
             // timer loop must wake for that deadline.
             if tasks.iter().any(|t| t.timeout_ms.is_some()) {

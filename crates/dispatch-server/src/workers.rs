@@ -106,6 +106,7 @@ pub(crate) fn report(
     outcome: Outcome,
 ) -> Result<Option<Ack>, CoreError> {
     let now = now_ms();
+    shared.sched.stop_heard(worker, task);
     match outcome {
         Outcome::Succeeded(result) => {
             shared.sched.complete(task, worker, now)?;
@@ -170,19 +171,30 @@ pub(crate) async fn fail(
     report_one(app, id, worker, outcome).await
 }
 
-/// Hands over assigned tasks; `None` when the worker is unknown.
-fn take_tasks(shared: &mut Shared, w: WorkerId, max: usize) -> Option<Vec<PolledTask>> {
+/// Collects the tasks assigned to a worker (at most `max`), persists
+/// their start, and reads the notices of tasks it must stop; `None` when
+/// the worker is unknown.
+fn collect(
+    app: &App,
+    shared: &mut Shared,
+    w: WorkerId,
+    max: usize,
+) -> Option<(Vec<PolledTask>, Vec<TaskId>)> {
     let ids = shared.sched.poll(w, max, now_ms()).ok()?;
-    Some(
-        ids.iter()
-            .filter_map(|id| shared.sched.task(*id))
-            .map(PolledTask::new)
-            .collect(),
-    )
+    let tasks = ids
+        .iter()
+        .filter_map(|id| shared.sched.task(*id))
+        .map(PolledTask::new)
+        .collect();
+    let _ = app.flush(shared, None);
+    let cancel = shared.sched.worker(w)?.cancel_notices().to_vec();
+    Some((tasks, cancel))
 }
 
-/// `POST /v1/workers/{id}/poll`: reports finished tasks (optional) and
-/// takes assigned ones, holding up to `wait_ms` when none are assigned.
+/// `POST /v1/workers/{id}/poll`: reports finished tasks (optional), then
+/// collects up to `max` of the tasks assigned to the worker, holding up to
+/// `wait_ms` when none is (never when the worker has no free slot, or asks
+/// for none: `max: 0` is a report-only poll).
 pub(crate) async fn poll(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -203,7 +215,7 @@ pub(crate) async fn poll(
                 .map_err(|e| e.within(&format!("results[{i}]")))?,
         );
     }
-    let (mut tasks, statuses, ack, waker, wait_ms, max) = {
+    let (statuses, ack, max, wait_ms) = {
         let mut shared = app.lock();
         let capacity = shared
             .sched
@@ -231,34 +243,47 @@ pub(crate) async fn poll(
             };
             statuses.push(status);
         }
-        let tasks = take_tasks(&mut shared, w, max).ok_or_else(|| lease_lost(w))?;
-        let waker = app.waker(&mut shared, w);
-        (tasks, statuses, ack, waker, wait_ms, max)
+        (statuses, ack, max, wait_ms)
     };
-    // Reports are acknowledged only once durable.
+    // Reports are acknowledged only once durable, and nothing is handed
+    // over before: a poll answered with an error has taken no task.
     acked(ack).await?;
-    if tasks.is_empty() && wait_ms > 0 {
-        // Never hold past half the lease: the poll is what keeps it alive.
-        let wait = wait_ms.min(app.config.lease_ms / 2);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
-        let mut stopping = app.stopping.clone();
-        loop {
-            tokio::select! {
-                _ = waker.notified() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = stopping.wait_for(|s| *s) => {}
-            }
+
+    let (waker, heard, room) = {
+        let mut shared = app.lock();
+        let _ = app.settle(&mut shared, now_ms(), None);
+        let worker = shared.sched.worker(w).ok_or_else(|| lease_lost(w))?;
+        let (heard, room) = (worker.cancel_notices().len(), worker.room());
+        (app.waker(&mut shared, w), heard, room)
+    };
+    // Never hold past half the lease (the poll is what keeps it alive), nor
+    // at all when the worker has no free slot or asks for nothing.
+    let wait = if max == 0 || room == 0 {
+        0
+    } else {
+        wait_ms.min(app.config.lease_ms / 2)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+    let mut stopping = app.stopping.clone();
+    let (tasks, cancel) = loop {
+        {
             let mut shared = app.lock();
-            tasks = take_tasks(&mut shared, w, max).unwrap_or_default();
+            let (tasks, cancel) =
+                collect(&app, &mut shared, w, max).ok_or_else(|| lease_lost(w))?;
             let done = !tasks.is_empty()
+                || cancel.len() != heard
                 || tokio::time::Instant::now() >= deadline
-                || *app.stopping.borrow()
-                || shared.sched.worker(w).is_none();
+                || *app.stopping.borrow();
             if done {
-                break;
+                break (tasks, cancel);
             }
         }
-    }
+        tokio::select! {
+            _ = waker.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    };
     // Handing over a task with a timeout started its clock: the timer loop
     // must wake for that deadline, not at its next planned tick.
     if tasks.iter().any(|t| t.timeout_ms.is_some()) {
@@ -266,7 +291,8 @@ pub(crate) async fn poll(
     }
     let reply = PollReply {
         tasks,
-        results: req.results.is_some().then_some(statuses),
+        results: statuses,
+        cancel: cancel.iter().map(ToString::to_string).collect(),
     };
     Ok(json(StatusCode::OK, &reply))
 }

@@ -58,7 +58,10 @@ pub(crate) fn check_safety<B>(s: &Scheduler<B>, registered: &Registered) -> Resu
                     w.id, task.spec.kind
                 ));
             }
-            if task.state != TaskState::Running || task.worker != Some(w.id) {
+            // Held: collected (`Running`) or assigned and not collected yet
+            // (still `Queued`).
+            let held = matches!(task.state, TaskState::Running | TaskState::Queued);
+            if !held || task.worker != Some(w.id) {
                 return Err(format!(
                     "task {t} on worker {} is {:?} held by {:?}",
                     w.id, task.state, task.worker

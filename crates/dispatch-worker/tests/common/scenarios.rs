@@ -123,7 +123,13 @@ pub(crate) async fn a_task_past_its_timeout_is_stopped_and_fails_with_timeout(
         .await;
     let t = s.ended(&id).await;
     assert_eq!(t.state, "dead");
-    assert_eq!(t.error.as_deref(), Some("timeout"));
+    // The SDK's report and the scheduler's own deadline race: either says
+    // the attempt timed out.
+    let error = t.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("timeout") || error.contains("timed out"),
+        "{error}"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         !finished.load(Ordering::SeqCst),
