@@ -256,3 +256,70 @@ async fn a_cancel_reaches_a_worker_that_only_polls_until_it_reports() {
     assert_eq!(h["cancel"], json!([]), "{h}");
     assert_eq!(api.task(&id).await["state"], "cancelled");
 }
+
+#[tokio::test]
+async fn a_grpc_worker_that_grants_no_credit_is_given_nothing() {
+    use dispatch_grpc::{WorkerServiceClient, pb};
+    let server = Server::start().await;
+    let api = server.api();
+    let kind = unique_type("no-credit");
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = WorkerServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WorkerMessage::register(pb::Register {
+        name: Some("silent".into()),
+        types: vec![kind.clone()],
+        labels: Default::default(),
+        capacity: 100,
+        weight: None,
+    }))
+    .await
+    .expect("send");
+    let mut inbound = grpc
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("connect")
+        .into_inner();
+    let registered = inbound.message().await.expect("read").expect("a message");
+    assert!(
+        matches!(
+            registered.kind,
+            Some(pb::scheduler_message::Kind::Registered(_))
+        ),
+        "{registered:?}"
+    );
+
+    // The stream is open and registered, but grants no credit: the tasks
+    // wait in the queue for a worker that takes them.
+    let tasks: Vec<Value> = (0..10)
+        .map(|_| json!({"type": kind, "max_attempts": 1}))
+        .collect();
+    let r = api
+        .post("/v1/tasks/batch", json!({"tasks": tasks}))
+        .await
+        .expect(201);
+    let ids: Vec<String> = r["tasks"].as_array().unwrap().iter().map(id_of).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in &ids {
+        let t = api.task(id).await;
+        assert!(
+            t["worker_id"].is_null(),
+            "assigned to a worker without credit: {t}"
+        );
+    }
+    let http = api.register(&[&kind], 10).await;
+    let got = api.poll_n(&http, 10, WITHIN).await;
+    assert_eq!(got.len(), 10);
+    assert!(got.iter().all(|t| t["attempt"] == 1));
+    // A half-close is a graceful leave.
+    drop(tx);
+    let deadline = Instant::now() + WITHIN;
+    while api.workers().await.len() > 1 {
+        assert!(Instant::now() < deadline, "the gRPC worker did not leave");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -190,3 +190,67 @@ async fn a_failing_store_answers_503_and_the_server_recovers_by_itself() {
     }
     assert!(reopened.load_live().expect("live").is_empty());
 }
+
+/// A poll whose reports cannot be stored answers 503 and hands over
+/// nothing: the tasks waiting for the worker stay queued with no attempt
+/// spent, and the next poll, once the store works, collects them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_answered_503_takes_no_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+    let (faulty, faults) = FaultyStore::new(sqlite);
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server =
+        dispatch_server::start_with_store(ServerConfig::new(listen, dir.path()), Arc::new(faulty))
+            .await
+            .expect("start");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::new(&format!("http://{}", server.local_addr())).expect("client");
+
+    let w = client.register(&worker()).await.expect("register").id;
+    let (a, _) = client.submit(&task("job")).await.expect("submit");
+    assert_eq!(poll_one(&client, &w).await, a.id);
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(client.submit(&task("job")).await.expect("submit").0.id);
+    }
+
+    faults.fail_writes(true);
+    let req = PollRequest {
+        max: Some(4),
+        wait_ms: Some(0),
+        results: Some(vec![dispatch_proto::ReportResult {
+            task_id: a.id.clone(),
+            result: Some(to_raw_value(&1).expect("json")),
+            ..Default::default()
+        }]),
+    };
+    assert_unavailable(&client.poll(&w, &req).await.expect_err("no store"));
+    for id in &waiting {
+        let t = client.task(id).await.expect("task");
+        assert_eq!((t.state.as_str(), t.attempts), ("queued", 0), "{t:?}");
+    }
+
+    faults.fail_writes(false);
+    eventually("healthz back to 200", || async {
+        client.health().await.is_ok()
+    })
+    .await;
+    let reply = client
+        .poll(
+            &w,
+            &PollRequest {
+                max: Some(4),
+                wait_ms: Some(5_000),
+                results: None,
+            },
+        )
+        .await
+        .expect("poll");
+    let mut got: Vec<_> = reply.tasks.iter().map(|t| t.id.clone()).collect();
+    got.sort();
+    waiting.sort();
+    assert_eq!(got, waiting);
+    assert!(reply.tasks.iter().all(|t| t.attempt == 1));
+    server.shutdown().await;
+}
