@@ -125,6 +125,8 @@ const TABLE: &[(&str, &str, Need)] = {
         ("POST", "/dispatch.v1.WorkerService/{*method}", S(Work)),
         // Administration.
         ("POST", "/v1/tasks/{id}/retry", S(Admin)),
+        ("POST", "/v1/tasks/retry", S(Admin)),
+        ("POST", "/v1/tasks/cancel", S(Admin)),
         ("POST", "/v1/queues/{name}/pause", S(Admin)),
         ("POST", "/v1/queues/{name}/resume", S(Admin)),
         ("POST", "/v1/schedules", S(Admin)),
@@ -145,6 +147,8 @@ const TABLE: &[(&str, &str, Need)] = {
 const AUDITED: &[(&str, &str, &str)] = &[
     ("POST", "/v1/tasks/{id}/cancel", "task.cancel"),
     ("POST", "/v1/tasks/{id}/retry", "task.retry"),
+    ("POST", "/v1/tasks/retry", "tasks.retry"),
+    ("POST", "/v1/tasks/cancel", "tasks.cancel"),
     ("POST", "/v1/queues/{name}/pause", "queue.pause"),
     ("POST", "/v1/queues/{name}/resume", "queue.resume"),
     ("POST", "/v1/schedules", "schedule.create"),
