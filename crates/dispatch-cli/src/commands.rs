@@ -53,9 +53,14 @@ pub(crate) fn about(what: impl Into<String>) -> impl FnOnce(ClientError) -> anyh
 /// certificate.
 fn explain(e: anyhow::Error, ca_given: bool) -> anyhow::Error {
     let about = e.downcast_ref::<About>().map(|a| a.0.clone());
+    // Only a bare failed call (or one about something) is reworded: an
+    // error with context of its own (a refused --batch chunk) says more.
     let Some(client_error) = e.chain().find_map(|c| c.downcast_ref::<ClientError>()) else {
         return e;
     };
+    if about.is_none() && e.to_string() != client_error.to_string() {
+        return e;
+    }
     let message = match client_error {
         ClientError::Api(p) => {
             let detail = &p.detail;
