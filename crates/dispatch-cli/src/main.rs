@@ -95,16 +95,15 @@ fn usage_error(e: clap::Error) -> ! {
     if !wants_json || help {
         e.exit();
     }
-    let text = e.kind().as_str().map_or_else(
-        || e.to_string().lines().next().unwrap_or("").to_owned(),
-        str::to_owned,
-    );
+    // clap's first line is the error itself ("error: unexpected argument
+    // '--bogus' found"); the rest is usage for people.
     let full = e.to_string();
     let message = full
         .lines()
         .next()
-        .map(|l| l.trim_start_matches("error: ").to_owned())
-        .unwrap_or(text);
+        .unwrap_or("invalid command line")
+        .trim_start_matches("error: ")
+        .to_owned();
     eprintln!("{}", serde_json::json!({"error": message, "exit_code": 2}));
     std::process::exit(2);
 }
