@@ -273,6 +273,9 @@ async fn bulk_operations_need_admin_and_are_audited() {
         .find(|l| l["action"] == "tasks.cancel" && l["outcome"] == 200)
         .unwrap();
     assert_eq!(ok_line["token"], "ops");
+    let target: Value =
+        serde_json::from_str(ok_line["target"].as_str().expect("a target")).expect("JSON");
+    assert_eq!(target, json!({"type": "ba.job"}));
     assert!(
         lines
             .iter()

@@ -485,16 +485,27 @@ pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Nex
     resp
 }
 
-/// Reads the body of a request with a JSON `name` (schedule creation) for
-/// the audit log, and gives the request back with the same body.
+/// Reads the audit target from a request's JSON body: its `name` (schedule
+/// creation), else a bulk operation's filters as compact JSON; gives the
+/// request back with the same body.
 async fn name_in_body(req: Request, limit: usize) -> Result<(Request, Option<String>), Response> {
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(413, "the request body is larger than the server accepts").into_response()
     })?;
-    let name = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("name")?.as_str().map(str::to_owned));
+    let body = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+    let name = body.as_ref().and_then(|v| match v.get("name") {
+        Some(n) => n.as_str().map(str::to_owned),
+        // A bulk retry or cancel names its tasks by its filters.
+        None => v
+            .as_object()
+            .filter(|o| {
+                ["state", "type", "queue"]
+                    .iter()
+                    .any(|k| o.contains_key(*k))
+            })
+            .map(|o| serde_json::Value::Object(o.clone()).to_string()),
+    });
     Ok((
         Request::from_parts(parts, axum::body::Body::from(bytes)),
         name,
