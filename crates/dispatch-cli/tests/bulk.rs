@@ -283,3 +283,64 @@ async fn bulk_operations_need_admin_and_are_audited() {
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn bulk_operations_go_past_one_page() {
+    // More than one page of 1,000 on each side.
+    const N: usize = 1_200;
+    let server = Server::start().await;
+    let api = server.api();
+    let tasks: Vec<Value> = (0..N)
+        .map(|i| json!({"type": "page.job", "queue": "pages", "payload": i, "max_attempts": 1}))
+        .collect();
+    let r = api
+        .post("/v1/tasks/batch", json!({"tasks": tasks}))
+        .await
+        .expect(201);
+    assert_eq!(r["tasks"].as_array().map(Vec::len), Some(N));
+    // One worker takes them all and fails them all in one report.
+    let w = api.register(&["page.job"], N as u32).await;
+    let got = api.poll_n(&w, N, WITHIN).await;
+    assert_eq!(got.len(), N);
+    let results: Vec<Value> = got
+        .iter()
+        .map(|t| json!({"task_id": id_of(t), "error": "boom"}))
+        .collect();
+    api.post(
+        &format!("/v1/workers/{w}/poll"),
+        json!({"max": 1, "wait_ms": 0, "results": results}),
+    )
+    .await
+    .expect(200);
+    api.delete(&format!("/v1/workers/{w}")).await;
+    api.wait_list("state=dead&queue=pages&limit=1000", WITHIN, |p| {
+        p["tasks"].as_array().map(Vec::len) == Some(1000)
+    })
+    .await;
+
+    let r = api
+        .post("/v1/tasks/retry", json!({"queue": "pages"}))
+        .await
+        .expect(200);
+    assert_eq!(r, json!({"count": N}));
+    assert_eq!(api.list_ids("state=dead&queue=pages").await.len(), 0);
+
+    let r = api
+        .post("/v1/tasks/cancel", json!({"queue": "pages"}))
+        .await
+        .expect(200);
+    assert_eq!(r, json!({"count": N}));
+    let mut cancelled = 0;
+    let mut cursor = String::new();
+    loop {
+        let page = api
+            .list(&format!("state=cancelled&queue=pages&limit=1000{cursor}"))
+            .await;
+        cancelled += page["tasks"].as_array().map_or(0, Vec::len);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(cancelled, N);
+}
