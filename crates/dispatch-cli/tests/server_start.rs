@@ -156,3 +156,80 @@ async fn logs_carry_no_colours_when_stderr_is_not_a_terminal() {
         "ANSI escapes in piped logs: {logs:?}"
     );
 }
+
+/// The output of `dispatch worker` run on a pseudo-terminal (through
+/// util-linux `script`), with `NO_COLOR` set or not, against `server`
+/// (which refuses it for want of a token, so it logs and exits at once);
+/// `None` when `script` is not installed.
+fn worker_output_on_a_terminal(server: &str, no_color: bool) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("w.toml");
+    std::fs::write(
+        &config,
+        format!("server = \"{server}\"\n[types.\"x\"]\ncommand = [\"true\"]\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("tty.out");
+    let mut cmd = Command::new("script");
+    cmd.arg("-qec")
+        .arg(format!("{BIN} worker --config {}", config.display()))
+        .arg(&out)
+        .env_remove("DISPATCH_SERVER")
+        .env_remove("DISPATCH_TOKEN")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    } else {
+        cmd.env_remove("NO_COLOR");
+    }
+    let Ok(child) = cmd.spawn() else {
+        eprintln!("util-linux script is not installed: skipped");
+        return None;
+    };
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        panic!("the worker refused by the server did not exit");
+    }
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        text.contains("generic worker starting"),
+        "no log line: {text:?}"
+    );
+    Some(text)
+}
+
+#[tokio::test]
+async fn logs_are_coloured_on_a_terminal_unless_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    common::create_token(&tokens, "admin", "ops");
+    let server = Server::with_args(&["--tokens", tokens.to_str().unwrap()]).await;
+    let url = server.url.clone();
+    let (coloured, plain) = tokio::task::spawn_blocking(move || {
+        (
+            worker_output_on_a_terminal(&url, false),
+            worker_output_on_a_terminal(&url, true),
+        )
+    })
+    .await
+    .unwrap();
+    let (Some(coloured), Some(plain)) = (coloured, plain) else {
+        return;
+    };
+    assert!(
+        coloured.contains('\u{1b}'),
+        "no colours on a terminal: {coloured:?}"
+    );
+    assert!(
+        !plain.contains('\u{1b}'),
+        "colours despite NO_COLOR: {plain:?}"
+    );
+}
