@@ -214,21 +214,17 @@ fn client_options(
         }
         false
     };
-    let pick = |id: &str, sub: &Option<String>, root: &Option<String>| {
-        if from_sub_line(id) || root.is_none() {
+    fn pick<T: Clone>(from_sub_line: bool, sub: &Option<T>, root: &Option<T>) -> Option<T> {
+        if from_sub_line || root.is_none() {
             sub.clone()
         } else {
             root.clone()
         }
-    };
+    }
     ClientOpts {
-        server: pick("server", &sub.server, &root.server),
-        token: pick("token", &sub.token, &root.token),
-        ca: if from_sub_line("ca") || root.ca.is_none() {
-            sub.ca.clone()
-        } else {
-            root.ca.clone()
-        },
+        server: pick(from_sub_line("server"), &sub.server, &root.server),
+        token: pick(from_sub_line("token"), &sub.token, &root.token),
+        ca: pick(from_sub_line("ca"), &sub.ca, &root.ca),
         json: sub.json || root.json,
     }
 }
