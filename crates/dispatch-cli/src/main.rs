@@ -2,303 +2,69 @@
 //!
 //! `dispatch server` runs the scheduler (`--config dispatch.toml` for queue
 //! and type settings, see `server_config`); `dispatch submit`, `task`,
-//! `tasks`, `cancel`, `workers`, `queues`, `queue`, `schedules` and
-//! `schedule` talk to a running one over its REST API;
-//! `dispatch demo` starts a server on a throw-away store with a few workers
-//! and shows tasks flowing; `dispatch worker --config worker.toml` runs
-//! tasks with shell commands or HTTP calls, as the file says;
-//! `dispatch token create` makes a bearer token for `dispatch server
+//! `tasks`, `cancel`, `retry`, `workers`, `queues`, `queue`, `schedules`
+//! and `schedule` talk to a running one over its REST API (`commands`,
+//! `submit`); `dispatch demo` starts a server on a throw-away store with a
+//! few workers and shows tasks flowing; `dispatch worker --config
+//! worker.toml` runs tasks with shell commands or HTTP calls, as the file
+//! says; `dispatch token create` makes a bearer token for `dispatch server
 //! --tokens`, and `--token` / `DISPATCH_TOKEN` sends one. `dispatch server
 //! --tls-cert --tls-key` serves HTTPS; `--ca` / `DISPATCH_CA` makes client
-//! commands and `dispatch worker` trust a private CA. Errors are `anyhow`
-//! with context, printed on one line.
+//! commands and `dispatch worker` trust a private CA.
+//!
+//! The flags live in `cli`. Errors are `anyhow` with context, printed on
+//! one line (one JSON object with `--json`); the exit code says what kind
+//! of failure it was (see [`cli`]'s `EXIT_CODES`).
 
+mod cli;
+mod commands;
 mod demo;
 mod output;
 mod server_config;
+mod submit;
 mod worker;
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use dispatch_client::{Client, ClientError};
-use dispatch_proto::{CreateSchedule, ListTasks, SubmitTask};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _};
+use dispatch_client::ClientError;
 
-#[derive(Parser)]
-#[command(
-    name = "dispatch",
-    version,
-    about = "A distributed task scheduler and dispatcher"
-)]
-struct Cli {
-    /// Server URL for client commands.
-    #[arg(
-        long,
-        global = true,
-        env = "DISPATCH_SERVER",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    server: String,
-    /// Bearer token for a server started with `--tokens`.
-    #[arg(long, global = true, env = "DISPATCH_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// PEM file of a CA certificate to trust, besides the system's, for an
-    /// https:// server (e.g. the private CA that signed its certificate).
-    #[arg(long, global = true, env = "DISPATCH_CA", value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
+use cli::{Cli, ClientOpts, Command, DurabilityArg, ServerArgs, TokenAction};
+
+/// Exit code of an error: bad input, a refusal, an unreachable server.
+pub(crate) const EXIT_ERROR: u8 = 1;
+
+/// An error that ends the command with a given exit code (`submit
+/// --wait`'s outcomes) rather than [`EXIT_ERROR`].
+#[derive(Debug)]
+pub(crate) struct Exit {
+    /// The process's exit code.
+    pub(crate) code: u8,
+    /// What to say on stderr, if anything.
+    pub(crate) message: Option<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum DurabilityArg {
-    /// Acknowledge a write after it is fsynced (group commit).
-    Durable,
-    /// Acknowledge after the commit, without waiting for fsync.
-    Relaxed,
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message.as_deref().unwrap_or(""))
+    }
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run the scheduler on the embedded store.
-    Server {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: SocketAddr,
-        /// Folder of the embedded store.
-        #[arg(long, default_value = "./dispatch-data")]
-        data: PathBuf,
-        /// A worker silent for this long is declared dead.
-        #[arg(long, default_value_t = 10_000)]
-        lease_ms: u64,
-        /// Largest request body, in bytes.
-        #[arg(long, default_value_t = 10 * 1024 * 1024)]
-        max_body_bytes: usize,
-        /// When writes are acknowledged.
-        #[arg(long, value_enum, default_value = "durable")]
-        durability: DurabilityArg,
-        /// How long finished tasks and their results are kept (default 7
-        /// days).
-        #[arg(long, default_value_t = 7 * 24 * 3_600_000)]
-        retention_ms: u64,
-        /// Queue and task type settings (TOML): weights, concurrency and
-        /// rate limits, default strategies.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Token file (SHA-256 digests, see `dispatch token create`): every
-        /// endpoint but /healthz then needs a bearer token.
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-        /// Allow listening beyond loopback without --tokens.
-        #[arg(long)]
-        insecure: bool,
-        /// Most live tasks the server holds; submissions beyond answer 429.
-        #[arg(long, default_value_t = 1_000_000)]
-        max_live_tasks: usize,
-        /// Most memory live tasks may take, in MiB (each is charged its
-        /// payload and strings plus a fixed overhead); submissions beyond
-        /// answer 429.
-        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
-        max_memory_mb: u64,
-        /// Append admin actions and refused requests to FILE, one JSON
-        /// line each.
-        #[arg(long, value_name = "FILE")]
-        audit_log: Option<PathBuf>,
-        /// Serve HTTPS (REST and gRPC) with this PEM certificate chain, the
-        /// server's certificate first; needs --tls-key.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The PEM private key of --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-    },
-    /// Manage bearer tokens.
-    Token {
-        #[command(subcommand)]
-        action: TokenAction,
-    },
-    /// Submit a task.
-    Submit {
-        /// Task type.
-        #[arg(value_name = "TYPE")]
-        kind: String,
-        /// Payload, as JSON.
-        #[arg(long, default_value = "null")]
-        payload: String,
-        /// Priority, -100..=100 (higher runs first).
-        #[arg(long, allow_hyphen_values = true)]
-        priority: Option<i64>,
-        /// Queue.
-        #[arg(long)]
-        queue: Option<String>,
-        /// Run no earlier than this many milliseconds from now.
-        #[arg(long)]
-        delay_ms: Option<i64>,
-        /// Attempts before the task is dead.
-        #[arg(long)]
-        max_attempts: Option<i64>,
-        /// Per-attempt time limit.
-        #[arg(long)]
-        timeout_ms: Option<i64>,
-        /// Deduplication key.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// Wait until the task ends and print it.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this many seconds.
-        #[arg(long, default_value_t = 60)]
-        wait_timeout: u64,
-    },
-    /// Show one task.
-    Task {
-        /// Task id.
-        id: String,
-    },
-    /// List tasks, newest first.
-    Tasks {
-        /// Only this state (scheduled, queued, running, succeeded, dead, cancelled).
-        #[arg(long)]
-        state: Option<String>,
-        /// Only this type.
-        #[arg(long = "type")]
-        kind: Option<String>,
-        /// Only this queue.
-        #[arg(long)]
-        queue: Option<String>,
-        /// Page size (1..=1000).
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Continue after this cursor.
-        #[arg(long)]
-        cursor: Option<String>,
-    },
-    /// Cancel a task.
-    Cancel {
-        /// Task id.
-        id: String,
-    },
-    /// Requeue a dead task with a fresh set of attempts.
-    Retry {
-        /// Task id.
-        id: String,
-    },
-    /// List registered workers.
-    Workers,
-    /// List queues with their settings and tasks by state.
-    Queues,
-    /// Pause or resume a queue.
-    Queue {
-        #[command(subcommand)]
-        action: QueueAction,
-    },
-    /// List cron schedules.
-    Schedules,
-    /// Create or delete a cron schedule.
-    Schedule {
-        #[command(subcommand)]
-        action: ScheduleAction,
-    },
-    /// Run tasks with shell commands or HTTP calls, as a config file says.
-    Worker {
-        /// The worker config (TOML): one command or URL per task type.
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Start a server on a temporary store with a few workers, submit a few
-    /// hundred tasks and show them flow.
-    Demo {
-        /// Tasks to submit.
-        #[arg(long, default_value_t = 400)]
-        tasks: usize,
-        /// Workers to start.
-        #[arg(long, default_value_t = 4)]
-        workers: usize,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenAction {
-    /// Create a token: print it once, append its SHA-256 digest to the
-    /// token file (created with mode 0600).
-    Create {
-        /// Scopes, comma-separated: submit, work, admin.
-        #[arg(long)]
-        scope: String,
-        /// A name for the token, kept in the file.
-        #[arg(long)]
-        name: Option<String>,
-        /// The token file the server reads (`dispatch server --tokens`).
-        #[arg(long)]
-        tokens: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum QueueAction {
-    /// Stop dispatching the queue's tasks (running ones go on); survives
-    /// restarts.
-    Pause {
-        /// The queue (any name: a queue exists once named).
-        name: String,
-    },
-    /// Dispatch the queue's tasks again.
-    Resume {
-        /// The queue.
-        name: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum ScheduleAction {
-    /// Create a schedule that submits a task at every fire.
-    Create {
-        /// Unique name (letters, digits and . _ : -).
-        name: String,
-        /// Cron expression: 5 fields, or 6 with seconds first.
-        #[arg(long)]
-        cron: String,
-        /// IANA time zone of the expression.
-        #[arg(long, default_value = "UTC")]
-        timezone: String,
-        /// Type of the task each fire submits.
-        #[arg(long = "type", value_name = "TYPE")]
-        kind: String,
-        /// Payload of each task, as JSON.
-        #[arg(long, default_value = "null")]
-        payload: String,
-        /// Queue of each task.
-        #[arg(long)]
-        queue: Option<String>,
-        /// Priority of each task, -100..=100.
-        #[arg(long, allow_hyphen_values = true)]
-        priority: Option<i64>,
-        /// What to do with fires missed while the server was down: skip,
-        /// fire_once or catch_up.
-        #[arg(long)]
-        misfire: Option<String>,
-        /// Most missed fires one catch-up runs.
-        #[arg(long)]
-        catch_up_limit: Option<i64>,
-        /// Create it paused: it does not fire.
-        #[arg(long)]
-        paused: bool,
-    },
-    /// Delete a schedule; the tasks of its past fires stay.
-    Delete {
-        /// Its name.
-        name: String,
-    },
-}
+impl std::error::Error for Exit {}
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => usage_error(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
+    let json = cli.command.client_opts().is_some_and(|c| c.json) || cli.client.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -306,13 +72,72 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
+            std::process::exit(EXIT_ERROR.into());
         }
     };
-    if let Err(e) = runtime.block_on(run(cli)) {
-        eprintln!("error: {}", one_line(&e));
-        std::process::exit(1);
+    if let Err(e) = runtime.block_on(run(cli, &matches)) {
+        std::process::exit(report(&e, json).into());
     }
+}
+
+/// Ends the process on a command line that does not parse: clap's own
+/// report (exit code 2), or with `--json` among the arguments, one JSON
+/// object on stderr. Help and version requests print as usual.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args_os().skip(1).any(|a| a == "--json");
+    let help = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !wants_json || help {
+        e.exit();
+    }
+    // clap's first line is the error itself ("error: unexpected argument
+    // '--bogus' found"); the rest is usage for people.
+    let full = e.to_string();
+    let message = full
+        .lines()
+        .next()
+        .unwrap_or("invalid command line")
+        .trim_start_matches("error: ")
+        .to_owned();
+    eprintln!("{}", serde_json::json!({"error": message, "exit_code": 2}));
+    std::process::exit(2);
+}
+
+/// Prints an error on stderr (one line, or one JSON object with `--json`)
+/// and returns the exit code.
+fn report(e: &anyhow::Error, json: bool) -> u8 {
+    let (code, message) = match e.downcast_ref::<Exit>() {
+        Some(exit) => (exit.code, exit.message.clone()),
+        None => (EXIT_ERROR, Some(one_line(e))),
+    };
+    let Some(message) = message else {
+        return code;
+    };
+    if json {
+        let mut doc = serde_json::json!({"error": message, "exit_code": code});
+        let problem = e
+            .downcast_ref::<commands::Refused>()
+            .map(|r| &r.problem)
+            .or_else(
+                || match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
+                    Some(ClientError::Api(p)) => Some(p),
+                    _ => None,
+                },
+            );
+        if let Some(p) = problem {
+            doc["status"] = p.status.into();
+            doc["problem"] = serde_json::to_value(p).unwrap_or_default();
+        }
+        eprintln!("{doc}");
+    } else {
+        eprintln!("error: {message}");
+    }
+    code
 }
 
 /// An error and its causes on one line, without repeating a cause that the
@@ -329,83 +154,85 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
-/// Prints `v` as JSON or, for people, with `human`.
-fn show<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<()> {
-    if json {
-        output::print_json(v)
-    } else {
-        human(v);
-        Ok(())
-    }
-}
-
-fn init_logs(default: &str) {
+/// Logs to stderr at `default` level (`RUST_LOG` changes it), coloured
+/// only when stderr is a terminal and `NO_COLOR` is unset or empty.
+pub(crate) fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour_allowed(std::io::stderr().is_terminal()))
         .with_env_filter(filter)
         .with_target(false)
         .try_init();
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let json = cli.json;
-    match cli.command {
-        Command::Server {
-            listen,
-            data,
-            lease_ms,
-            max_body_bytes,
-            durability,
-            retention_ms,
-            config: config_file,
-            tokens,
-            insecure,
-            max_live_tasks,
-            max_memory_mb,
-            audit_log,
-            tls_cert,
-            tls_key,
-        } => {
-            init_logs("info");
-            if lease_ms == 0 {
-                bail!("--lease-ms must be at least 1");
-            }
-            let mut config = dispatch_server::ServerConfig::new(listen, data);
-            if let Some(path) = config_file {
-                config.queue_settings = server_config::load(&path)?;
-            }
-            if let Some(path) = tokens {
-                config.tokens = Some(dispatch_server::Tokens::load(&path)?);
-            }
-            config.insecure = insecure;
-            config.max_live_tasks = max_live_tasks;
-            config.max_memory_bytes = max_memory_mb.saturating_mul(1 << 20);
-            config.audit_log = audit_log;
-            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-                config.tls = Some(dispatch_server::TlsFiles { cert, key });
-            }
-            let scheme = if config.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            config.lease_ms = lease_ms;
-            config.retention_ms = retention_ms;
-            config.max_body_bytes = max_body_bytes;
-            config.durability = match durability {
-                DurabilityArg::Durable => dispatch_server::Durability::Durable,
-                DurabilityArg::Relaxed => dispatch_server::Durability::Relaxed,
-            };
-            let server = dispatch_server::start(config).await?;
-            println!(
-                "dispatch server listening on {scheme}://{}",
-                server.local_addr()
+/// Whether output to a stream may carry ANSI colours: only to a terminal,
+/// and not when `NO_COLOR` is set to anything but "" (no-color.org).
+pub(crate) fn colour_allowed(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// The client options given on the command line before the command, which
+/// only client commands (and `worker`, but for `--json`) use.
+fn refuse_root_client_options(matches: &clap::ArgMatches, command: &Command) -> Result<()> {
+    let allowed: &[&str] = match command {
+        c if c.client_opts().is_some() => return Ok(()),
+        Command::Worker { .. } => &["server", "token", "ca"],
+        _ => &[],
+    };
+    for flag in ["server", "token", "ca", "json"] {
+        if !allowed.contains(&flag) && matches.value_source(flag) == Some(ValueSource::CommandLine)
+        {
+            bail!(
+                "--{flag} is a client option; `dispatch {}` does not use it",
+                command.name()
             );
-            server.run_until_signal().await;
-            Ok(())
         }
+    }
+    Ok(())
+}
+
+/// The client options in force: those after the command, else those
+/// before it; a flag on the command line wins over the environment.
+fn client_options(
+    root: &cli::RootClientOpts,
+    sub: &ClientOpts,
+    matches: &clap::ArgMatches,
+) -> ClientOpts {
+    let sub_matches = matches.subcommand().map(|(_, m)| m);
+    let from_sub_line = |id: &str| {
+        // The value may sit one level further down (`queue pause`).
+        let mut m = sub_matches;
+        while let Some(x) = m {
+            if x.try_get_raw(id).ok().flatten().is_some()
+                && x.value_source(id) == Some(ValueSource::CommandLine)
+            {
+                return true;
+            }
+            m = x.subcommand().map(|(_, m)| m);
+        }
+        false
+    };
+    fn pick<T: Clone>(from_sub_line: bool, sub: &Option<T>, root: &Option<T>) -> Option<T> {
+        if from_sub_line || root.is_none() {
+            sub.clone()
+        } else {
+            root.clone()
+        }
+    }
+    ClientOpts {
+        server: pick(from_sub_line("server"), &sub.server, &root.server),
+        token: pick(from_sub_line("token"), &sub.token, &root.token),
+        ca: pick(from_sub_line("ca"), &sub.ca, &root.ca),
+        json: sub.json || root.json,
+    }
+}
+
+async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
+    refuse_root_client_options(matches, &cli.command)?;
+    match cli.command {
+        Command::Server(args) => run_server(*args).await,
         Command::Demo { tasks, workers } => demo::run(tasks, workers).await,
         Command::Token {
             action:
@@ -415,35 +242,110 @@ async fn run(cli: Cli) -> Result<()> {
                     tokens,
                 },
         } => create_token(&scope, name.as_deref(), &tokens),
-        Command::Worker { config } => {
-            let server = worker::server_given().then_some(cli.server);
-            worker::run(&config, server, cli.token, cli.ca.as_deref()).await
+        Command::Worker { config, client } => {
+            let root = &cli.client;
+            let sub_given = |id: &str| {
+                matches
+                    .subcommand()
+                    .is_some_and(|(_, m)| m.value_source(id) == Some(ValueSource::CommandLine))
+            };
+            let server = if sub_given("server") {
+                client.server
+            } else {
+                root.server.clone().or(client.server)
+            };
+            let token = if sub_given("token") {
+                client.token
+            } else {
+                root.token.clone().or(client.token)
+            };
+            let ca = if sub_given("ca") {
+                client.ca
+            } else {
+                root.ca.clone().or(client.ca)
+            };
+            let server = server.filter(|s| !s.is_empty());
+            worker::run(&config, server, token, ca.as_deref()).await
         }
         command => {
-            let trust = trust_store(cli.ca.as_deref(), cli.server.starts_with("https://"))?;
-            let mut client = Client::with_trust(&cli.server, &trust)?;
-            if let Some(t) = cli.token {
-                client = client.with_token(t);
-            }
-            client_command(&client, command, json).await.map_err(|e| {
-                match e.downcast::<ClientError>() {
-                    Ok(ClientError::Api(p)) if p.status == 401 => anyhow::anyhow!(
-                        "the server refused: {} (pass --token or set DISPATCH_TOKEN)",
-                        p.detail
-                    ),
-                    Ok(ClientError::Api(p)) => anyhow::anyhow!("the server refused: {}", p.detail),
-                    Ok(other) if cli.ca.is_none() && is_certificate_error(&other) => {
-                        anyhow::Error::new(other).context(
-                            "the server's certificate is not trusted: if a private CA signed it, \
-                             pass --ca FILE or set DISPATCH_CA",
-                        )
-                    }
-                    Ok(other) => anyhow::Error::new(other),
-                    Err(e) => e,
-                }
-            })
+            let sub = command.client_opts().cloned().unwrap_or_default();
+            let opts = client_options(&cli.client, &sub, matches);
+            commands::run(command, &opts).await
         }
     }
+}
+
+/// `dispatch server`.
+async fn run_server(args: ServerArgs) -> Result<()> {
+    init_logs("info");
+    if args.lease_ms == 0 {
+        bail!("--lease-ms must be at least 1");
+    }
+    let listen = resolve_listen(&args.listen, args.tokens.is_some(), args.insecure)?;
+    let mut config = dispatch_server::ServerConfig::new(listen, args.data);
+    if let Some(path) = args.config {
+        config.queue_settings = server_config::load(&path)?;
+    }
+    if let Some(path) = args.tokens {
+        config.tokens = Some(dispatch_server::Tokens::load(&path)?);
+    }
+    config.insecure = args.insecure;
+    config.max_live_tasks = args.max_live_tasks;
+    config.max_memory_bytes = args.max_memory_mb.saturating_mul(1 << 20);
+    config.audit_log = args.audit_log;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(dispatch_server::TlsFiles { cert, key });
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    config.lease_ms = args.lease_ms;
+    config.retention_ms = args.retention_ms;
+    config.max_body_bytes = args.max_body_bytes;
+    config.durability = match args.durability {
+        DurabilityArg::Durable => dispatch_server::Durability::Durable,
+        DurabilityArg::Relaxed => dispatch_server::Durability::Relaxed,
+    };
+    let server = dispatch_server::start(config).await?;
+    println!(
+        "dispatch server listening on {scheme}://{}",
+        server.local_addr()
+    );
+    server.run_until_signal().await;
+    Ok(())
+}
+
+/// The address to bind for `--listen`: an IP:PORT, or a HOST:PORT whose
+/// name is resolved. Without tokens (and without `--insecure`) every
+/// address the name resolves to must be loopback, so that a name that also
+/// points beyond the machine is refused like a public address.
+fn resolve_listen(listen: &str, tokens: bool, insecure: bool) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let addrs: Vec<SocketAddr> = listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {listen}: expected IP:PORT or HOST:PORT"))?
+        .collect();
+    choose_listen(listen, &addrs, tokens || insecure)
+}
+
+/// The address to bind among those `listen` resolved to: the first IPv4
+/// one (clients default to 127.0.0.1), else the first. `exposed_ok`: a
+/// non-loopback address is allowed (tokens or `--insecure`).
+fn choose_listen(listen: &str, addrs: &[SocketAddr], exposed_ok: bool) -> Result<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        bail!("--listen {listen}: the name resolves to no address");
+    };
+    if !exposed_ok && let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!(
+            "refusing to listen on {listen} ({}, not loopback) without tokens: anyone who can \
+             reach it could submit and run tasks; pass --tokens FILE (see `dispatch token \
+             create`) or --insecure",
+            open.ip()
+        );
+    }
+    Ok(*addrs.iter().find(|a| a.is_ipv4()).unwrap_or(first))
 }
 
 /// The certificate authorities to trust: the system's when `needed` (an
@@ -463,19 +365,6 @@ pub(crate) fn trust_store(
         None if needed => TrustStore::system().context("cannot verify an https:// server"),
         None => Ok(TrustStore::empty()),
     }
-}
-
-/// True when `e` failed on the server's certificate (unknown issuer, wrong
-/// name, expired), as rustls words it somewhere in the error's causes.
-fn is_certificate_error(e: &ClientError) -> bool {
-    let mut cause: Option<&dyn std::error::Error> = Some(e);
-    while let Some(c) = cause {
-        if c.to_string().contains("invalid peer certificate") {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
 }
 
 /// `dispatch token create`: a new token on stdout, its digest in the file.
@@ -520,159 +409,56 @@ fn create_token(scope: &str, name: Option<&str>, file: &std::path::Path) -> Resu
     Ok(())
 }
 
-async fn client_command(client: &Client, command: Command, json: bool) -> Result<()> {
-    match command {
-        Command::Submit {
-            kind,
-            payload,
-            priority,
-            queue,
-            delay_ms,
-            max_attempts,
-            timeout_ms,
-            idempotency_key,
-            wait,
-            wait_timeout,
-        } => {
-            let payload = serde_json::value::RawValue::from_string(payload)
-                .context("--payload is not valid JSON")?;
-            let req = SubmitTask {
-                priority,
-                queue,
-                delay_ms,
-                max_attempts,
-                timeout_ms,
-                idempotency_key,
-                ..SubmitTask::new(&kind, payload)
-            };
-            let (mut task, created) = client.submit(&req).await?;
-            if wait {
-                task = client
-                    .wait(&task.id, Duration::from_secs(wait_timeout))
-                    .await?;
-            }
-            if json {
-                output::print_json(&task)?;
-            } else if wait {
-                output::print_task(&task);
-            } else {
-                let verb = if created {
-                    "submitted"
-                } else {
-                    "already submitted (idempotency key) as"
-                };
-                println!("{verb} task {} ({})", task.id, task.state);
-            }
-            Ok(())
-        }
-        Command::Task { id } => {
-            let task = client.task(&id).await?;
-            show(json, &task, output::print_task)
-        }
-        Command::Tasks {
-            state,
-            kind,
-            queue,
-            limit,
-            cursor,
-        } => {
-            let q = ListTasks {
-                state,
-                kind,
-                queue,
-                limit: limit.map(|l| l.to_string()),
-                cursor,
-            };
-            let page = client.tasks(&q).await?;
-            show(json, &page, output::print_tasks)
-        }
-        Command::Cancel { id } => {
-            let task = client.cancel(&id).await?;
-            show(json, &task, |t| println!("cancelled task {}", t.id))
-        }
-        Command::Retry { id } => {
-            let task = client.retry(&id).await?;
-            show(json, &task, |t| {
-                println!("requeued task {} ({})", t.id, t.state)
-            })
-        }
-        Command::Workers => {
-            let list = client.workers().await?;
-            show(json, &list, output::print_workers)
-        }
-        Command::Queues => {
-            let list = client.queues().await?;
-            show(json, &list, output::print_queues)
-        }
-        Command::Queue { action } => {
-            let (q, verb) = match action {
-                QueueAction::Pause { name } => (client.pause_queue(&name).await?, "paused"),
-                QueueAction::Resume { name } => (client.resume_queue(&name).await?, "resumed"),
-            };
-            show(json, &q, |q| {
-                let c = &q.counts;
-                println!(
-                    "{verb} queue {} ({} queued, {} running)",
-                    q.name, c.queued, c.running
-                );
-            })
-        }
-        Command::Schedules => {
-            let list = client.schedules().await?;
-            show(json, &list, output::print_schedules)
-        }
-        Command::Schedule {
-            action:
-                ScheduleAction::Create {
-                    name,
-                    cron,
-                    timezone,
-                    kind,
-                    payload,
-                    queue,
-                    priority,
-                    misfire,
-                    catch_up_limit,
-                    paused,
-                },
-        } => {
-            let payload = serde_json::value::RawValue::from_string(payload)
-                .context("--payload is not valid JSON")?;
-            let req = CreateSchedule {
-                name: Some(name),
-                cron: Some(cron),
-                timezone: Some(timezone),
-                task: Some(SubmitTask {
-                    queue,
-                    priority,
-                    ..SubmitTask::new(&kind, payload)
-                }),
-                misfire,
-                catch_up_limit,
-                paused: Some(paused),
-            };
-            let s = client.create_schedule(&req).await?;
-            show(json, &s, |s| {
-                let next = s.next_fire_at.as_deref().unwrap_or("- (paused)");
-                println!("created schedule {}; next fire {next}", s.name);
-            })
-        }
-        Command::Schedule {
-            action: ScheduleAction::Delete { name },
-        } => {
-            client.delete_schedule(&name).await?;
-            if json {
-                output::print_json(&serde_json::json!({"deleted": name}))
-            } else {
-                println!("deleted schedule {name}");
-                Ok(())
-            }
-        }
-        Command::Server { .. }
-        | Command::Demo { .. }
-        | Command::Worker { .. }
-        | Command::Token { .. } => {
-            unreachable!("handled by run")
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_host_name_binds_its_first_ipv4_address() {
+        let both = [addr("[::1]:7070"), addr("127.0.0.1:7070")];
+        assert_eq!(
+            choose_listen("localhost:7070", &both, false).unwrap(),
+            addr("127.0.0.1:7070")
+        );
+        let v6 = [addr("[::1]:7070")];
+        assert_eq!(
+            choose_listen("ip6-localhost:7070", &v6, false).unwrap(),
+            addr("[::1]:7070")
+        );
+        assert!(choose_listen("nothing:7070", &[], true).is_err());
+    }
+
+    #[test]
+    fn a_name_that_resolves_beyond_loopback_needs_tokens_or_insecure() {
+        let mixed = [addr("127.0.0.1:7070"), addr("10.0.0.7:7070")];
+        let err = choose_listen("box.lan:7070", &mixed, false).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("box.lan:7070") && err.contains("10.0.0.7"),
+            "{err}"
+        );
+        assert!(
+            err.contains("--tokens") && err.contains("--insecure"),
+            "{err}"
+        );
+        assert_eq!(
+            choose_listen("box.lan:7070", &mixed, true).unwrap(),
+            addr("127.0.0.1:7070")
+        );
+        assert!(choose_listen("0.0.0.0:0", &[addr("0.0.0.0:0")], false).is_err());
+    }
+
+    #[test]
+    fn colours_need_a_terminal() {
+        assert!(!colour_allowed(false));
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        Cli::command().debug_assert();
     }
 }

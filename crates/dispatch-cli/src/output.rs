@@ -39,25 +39,102 @@ fn short(s: &str, n: usize) -> String {
     }
 }
 
-/// One task as `key: value` lines.
+/// One task as `key: value` lines: every field of the API's task.
 pub(crate) fn print_task(t: &TaskJson) {
     let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".to_owned());
-    println!("id:          {}", t.id);
-    println!("type:        {}", t.kind);
-    println!("queue:       {}", t.queue);
-    println!("state:       {}", t.state);
-    println!("priority:    {}", t.priority);
-    println!("attempts:    {}/{}", t.attempts, t.max_attempts);
-    println!("worker:      {}", opt(&t.worker_id));
-    println!("created_at:  {}", t.created_at);
-    println!("started_at:  {}", opt(&t.started_at));
-    println!("finished_at: {}", opt(&t.finished_at));
-    println!("payload:     {}", t.payload.get());
-    if let Some(r) = &t.result {
-        println!("result:      {}", r.get());
+    let b = &t.backoff;
+    let ms = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v} ms"));
+    let mut lines: Vec<(&str, String)> = vec![
+        ("id", t.id.clone()),
+        ("type", t.kind.clone()),
+        ("queue", t.queue.clone()),
+        ("state", t.state.clone()),
+        ("priority", t.priority.to_string()),
+        ("attempts", format!("{}/{}", t.attempts, t.max_attempts)),
+        ("worker", opt(&t.worker_id)),
+        ("strategy", opt(&t.strategy)),
+        ("routing_key", opt(&t.routing_key)),
+        ("labels", labels_full(&t.labels)),
+        (
+            "depends_on",
+            if t.depends_on.is_empty() {
+                "-".to_owned()
+            } else {
+                t.depends_on.join(", ")
+            },
+        ),
+        ("run_at", opt(&t.run_at)),
+        (
+            "timeout",
+            t.timeout_ms
+                .map_or_else(|| "-".to_owned(), |v| format!("{v} ms")),
+        ),
+        (
+            "backoff",
+            format!(
+                "initial {}, max {}, multiplier {}",
+                ms(b.initial_ms),
+                ms(b.max_ms),
+                b.multiplier
+                    .map_or_else(|| "-".to_owned(), |m| m.to_string())
+            ),
+        ),
+        ("idempotency_key", opt(&t.idempotency_key)),
+    ];
+    if let (Some(i), Some(n)) = (t.shard_index, t.shard_total) {
+        lines.push(("shard", format!("{i} of {n} (index from 0)")));
     }
-    if let Some(e) = &t.error {
-        println!("error:       {e}");
+    if let Some(w) = &t.pinned_worker_id {
+        lines.push(("pinned_worker", w.clone()));
+    }
+    lines.extend([
+        ("created_at", t.created_at.clone()),
+        ("started_at", opt(&t.started_at)),
+        ("finished_at", opt(&t.finished_at)),
+        ("payload", t.payload.get().to_owned()),
+        (
+            "result",
+            t.result
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |r| r.get().to_owned()),
+        ),
+        ("error", opt(&t.error)),
+    ]);
+    for (k, v) in lines {
+        println!("{:<16} {v}", format!("{k}:"));
+    }
+}
+
+/// Labels as `k=v, k=v`, or `-`, in full.
+fn labels_full(l: &std::collections::BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "-".to_owned();
+    }
+    let pairs: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(", ")
+}
+
+/// A fire time (RFC 3339, UTC) in the IANA zone `tz`, with its offset
+/// (`2026-03-09T02:30:00-04:00`); the UTC text when either does not parse.
+pub(crate) fn local_time(utc: &str, tz: &str) -> String {
+    let Ok(at) = chrono::DateTime::parse_from_rfc3339(utc) else {
+        return utc.to_owned();
+    };
+    let Ok(zone) = tz.parse::<chrono_tz::Tz>() else {
+        return utc.to_owned();
+    };
+    at.with_timezone(&zone)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+/// A fire time for people: UTC, and the schedule's own zone beside it
+/// unless that is UTC.
+pub(crate) fn fire_time(utc: &str, tz: &str) -> String {
+    if tz == "UTC" {
+        utc.to_owned()
+    } else {
+        format!("{utc} ({} {tz})", local_time(utc, tz))
     }
 }
 
@@ -207,6 +284,9 @@ pub(crate) fn print_schedules(list: &ScheduleList) {
                 s.misfire.clone(),
                 if s.paused { "yes" } else { "no" }.to_owned(),
                 s.next_fire_at.clone().unwrap_or_else(|| "-".to_owned()),
+                s.next_fire_at
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |at| local_time(at, &s.timezone)),
                 s.last_fire_at.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
@@ -220,6 +300,7 @@ pub(crate) fn print_schedules(list: &ScheduleList) {
             "misfire",
             "paused",
             "next_fire",
+            "next_fire_local",
             "last_fire",
         ],
         &rows,

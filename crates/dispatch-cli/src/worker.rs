@@ -469,7 +469,7 @@ pub(crate) async fn run(
     token: Option<String>,
     ca: Option<&Path>,
 ) -> Result<()> {
-    init_logs();
+    crate::init_logs("info");
     let config = load(path)?;
     let server = cli_server
         .or(config.server.clone())
@@ -517,35 +517,6 @@ pub(crate) async fn run(
     );
     worker.run(shutdown_signal()).await?;
     Ok(())
-}
-
-/// True when the user named the server with `--server` or
-/// `DISPATCH_SERVER` rather than leaving the default.
-pub(crate) fn server_given() -> bool {
-    use clap::CommandFactory;
-    use clap::parser::ValueSource;
-    let Ok(m) = crate::Cli::command().try_get_matches() else {
-        return false;
-    };
-    let explicit = |m: &clap::ArgMatches| {
-        matches!(
-            m.value_source("server"),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
-    };
-    explicit(&m) || m.subcommand().is_some_and(|(_, sub)| explicit(sub))
-}
-
-/// Logs to stderr (`RUST_LOG` to change the level), so that stdout stays
-/// free.
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -28,9 +28,10 @@ mod tls;
 use std::time::Duration;
 
 use dispatch_proto::{
-    CompleteTask, CreateSchedule, FailTask, HeartbeatReply, ListTasks, PollReply, PollRequest,
-    Problem, QueueJson, QueueList, RegisterReply, RegisterWorker, ScheduleJson, ScheduleList,
-    SubmitBatch, SubmitTask, TaskJson, TaskList, TaskRef, TaskRefBatch, WorkerList,
+    BulkCount, BulkFilter, CompleteTask, CreateSchedule, FailTask, HeartbeatReply, ListTasks,
+    PollReply, PollRequest, Problem, QueueJson, QueueList, RegisterReply, RegisterWorker,
+    ScheduleJson, ScheduleList, SubmitBatch, SubmitTask, TaskJson, TaskList, TaskRef, TaskRefBatch,
+    WorkerList,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -302,6 +303,24 @@ impl Client {
     pub async fn retry(&self, id: &str) -> Result<TaskJson, ClientError> {
         let path = format!("/v1/tasks/{}/retry", encode(id));
         Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Requeues every dead task matching `filter` (at least one filter)
+    /// with a fresh set of attempts; returns how many.
+    pub async fn retry_matching(&self, filter: &BulkFilter) -> Result<BulkCount, ClientError> {
+        Ok(self
+            .call(Method::POST, "/v1/tasks/retry", Some(filter), None)
+            .await?
+            .1)
+    }
+
+    /// Cancels every live task matching `filter` (at least one filter);
+    /// returns how many.
+    pub async fn cancel_matching(&self, filter: &BulkFilter) -> Result<BulkCount, ClientError> {
+        Ok(self
+            .call(Method::POST, "/v1/tasks/cancel", Some(filter), None)
+            .await?
+            .1)
     }
 
     /// Creates a cron schedule.

@@ -32,8 +32,9 @@ pub use schedule::{
     parse_schedule_name, schedule_json,
 };
 pub use task::{
-    BackoffJson, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskJson, TaskList, TaskRef,
-    TaskRefBatch, ValidTask, parse_task_id, task_json, validate_name,
+    BackoffJson, BulkCount, BulkFilter, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskJson,
+    TaskList, TaskRef, TaskRefBatch, ValidBulkFilter, ValidTask, parse_task_id, task_json,
+    validate_name,
 };
 pub use worker::{
     CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask,

@@ -596,3 +596,83 @@ mod tests {
         }
     }
 }
+
+/// The filters of a bulk operation (`POST /v1/tasks/retry`,
+/// `POST /v1/tasks/cancel`): the tasks matching all of those given.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkFilter {
+    /// Only tasks in this state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only tasks of this type.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only tasks in this queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+}
+
+/// A [`BulkFilter`] that passed validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidBulkFilter {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Only tasks of this type.
+    pub kind: Option<String>,
+    /// Only tasks in this queue.
+    pub queue: Option<String>,
+}
+
+impl BulkFilter {
+    /// Whether no filter is given (the operation would reach every task).
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none() && self.kind.is_none() && self.queue.is_none()
+    }
+
+    /// Validates the filters; a `state` must be one of `allowed`.
+    pub fn validate(self, allowed: &[TaskState]) -> Result<ValidBulkFilter, FieldError> {
+        let state = match self.state {
+            None => None,
+            Some(s) => {
+                let names: Vec<_> = allowed.iter().map(|s| s.as_str()).collect();
+                match TaskState::parse(&s) {
+                    Some(st) if allowed.contains(&st) => Some(st),
+                    _ => {
+                        return Err(FieldError::new(
+                            "state",
+                            format!("must be {}, got {s:?}", names.join(" or ")),
+                        ));
+                    }
+                }
+            }
+        };
+        if let Some(k) = &self.kind {
+            validate_name("type", k)?;
+        }
+        if let Some(q) = &self.queue {
+            validate_name("queue", q)?;
+        }
+        Ok(ValidBulkFilter {
+            state,
+            kind: self.kind,
+            queue: self.queue,
+        })
+    }
+}
+
+impl ValidBulkFilter {
+    /// Whether a task of `state`, `kind` and `queue` matches.
+    pub fn matches(&self, state: TaskState, kind: &str, queue: &str) -> bool {
+        self.state.is_none_or(|s| s == state)
+            && self.kind.as_deref().is_none_or(|k| k == kind)
+            && self.queue.as_deref().is_none_or(|q| q == queue)
+    }
+}
+
+/// The answer of a bulk operation: how many tasks it changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkCount {
+    /// Tasks retried or cancelled.
+    pub count: u64,
+}

@@ -125,6 +125,8 @@ const TABLE: &[(&str, &str, Need)] = {
         ("POST", "/dispatch.v1.WorkerService/{*method}", S(Work)),
         // Administration.
         ("POST", "/v1/tasks/{id}/retry", S(Admin)),
+        ("POST", "/v1/tasks/retry", S(Admin)),
+        ("POST", "/v1/tasks/cancel", S(Admin)),
         ("POST", "/v1/queues/{name}/pause", S(Admin)),
         ("POST", "/v1/queues/{name}/resume", S(Admin)),
         ("POST", "/v1/schedules", S(Admin)),
@@ -145,6 +147,8 @@ const TABLE: &[(&str, &str, Need)] = {
 const AUDITED: &[(&str, &str, &str)] = &[
     ("POST", "/v1/tasks/{id}/cancel", "task.cancel"),
     ("POST", "/v1/tasks/{id}/retry", "task.retry"),
+    ("POST", "/v1/tasks/retry", "tasks.retry"),
+    ("POST", "/v1/tasks/cancel", "tasks.cancel"),
     ("POST", "/v1/queues/{name}/pause", "queue.pause"),
     ("POST", "/v1/queues/{name}/resume", "queue.resume"),
     ("POST", "/v1/schedules", "schedule.create"),
@@ -481,16 +485,27 @@ pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Nex
     resp
 }
 
-/// Reads the body of a request with a JSON `name` (schedule creation) for
-/// the audit log, and gives the request back with the same body.
+/// Reads the audit target from a request's JSON body: its `name` (schedule
+/// creation), else a bulk operation's filters as compact JSON; gives the
+/// request back with the same body.
 async fn name_in_body(req: Request, limit: usize) -> Result<(Request, Option<String>), Response> {
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(413, "the request body is larger than the server accepts").into_response()
     })?;
-    let name = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("name")?.as_str().map(str::to_owned));
+    let body = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+    let name = body.as_ref().and_then(|v| match v.get("name") {
+        Some(n) => n.as_str().map(str::to_owned),
+        // A bulk retry or cancel names its tasks by its filters.
+        None => v
+            .as_object()
+            .filter(|o| {
+                ["state", "type", "queue"]
+                    .iter()
+                    .any(|k| o.contains_key(*k))
+            })
+            .map(|o| serde_json::Value::Object(o.clone()).to_string()),
+    });
     Ok((
         Request::from_parts(parts, axum::body::Body::from(bytes)),
         name,

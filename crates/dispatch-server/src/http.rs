@@ -46,6 +46,11 @@ impl ApiError {
     pub(crate) fn conflict(detail: impl Into<String>) -> Self {
         ApiError::new(409, detail)
     }
+
+    /// Whether this is a 409.
+    pub(crate) fn is_conflict(&self) -> bool {
+        self.problem.status == 409
+    }
 }
 
 impl From<Problem> for ApiError {
@@ -229,6 +234,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/tasks", post(tasks::submit).get(tasks::list))
         .route("/v1/tasks/batch", post(tasks::submit_batch))
+        .route("/v1/tasks/retry", post(tasks::retry_matching))
+        .route("/v1/tasks/cancel", post(tasks::cancel_matching))
         .route("/v1/tasks/{id}", get(tasks::get_one))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/retry", post(tasks::retry))

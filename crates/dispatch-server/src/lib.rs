@@ -1,6 +1,8 @@
 //! The Dispatch scheduler service: the shell around the pure core.
 //!
-//! [`start`] opens the store, rebuilds the scheduler's state from it
+//! [`start`] locks the data folder (an OS file lock on its `lock` file,
+//! held for the server's life: a second server on the folder is refused),
+//! opens the store, rebuilds the scheduler's state from it
 //! (requeueing tasks that were running), starts the group-commit writer and
 //! the timer loop, and serves HTTP until [`RunningServer::shutdown`].
 //!
@@ -137,6 +139,26 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// Another live process holds the data folder's lock.
+    #[error(
+        "the data folder {} is in use by another dispatch server (pid {pid}); stop it or choose another --data",
+        dir.display()
+    )]
+    Locked {
+        /// The data folder.
+        dir: PathBuf,
+        /// The holder's process id as it wrote it in the lock file, or
+        /// "unknown".
+        pid: String,
+    },
+    /// The data folder's lock file could not be created or locked.
+    #[error("cannot lock the data folder {}: {source}", dir.display())]
+    Lock {
+        /// The data folder.
+        dir: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -153,6 +175,9 @@ pub struct RunningServer {
     app: Arc<app::App>,
     serve: tokio::task::JoinHandle<()>,
     writer: std::thread::JoinHandle<()>,
+    /// The data folder's lock, held until the server is shut down or
+    /// dropped (and by the kernel until the process ends).
+    data_lock: Option<std::fs::File>,
 }
 
 impl RunningServer {
@@ -169,6 +194,8 @@ impl RunningServer {
         drop(self.app);
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // Released only once the writer has committed its last write.
+        drop(self.data_lock);
     }
 
     /// Serves until the process gets Ctrl-C or SIGTERM, then shuts down.
@@ -209,6 +236,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     // Checked before the store is opened: a wrong file is the likelier
     // mistake, and it should not wait for recovery to be reported.
     config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let data_lock = lock_data_dir(&config.data_dir)?;
     let dir = config.data_dir.clone();
     let durability = config.durability;
     let store = tokio::task::spawn_blocking(move || {
@@ -221,7 +249,58 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         dir: config.data_dir.clone(),
         source,
     })?;
-    start_with_store(config, Arc::new(store)).await
+    let mut server = start_with_store(config, Arc::new(store)).await?;
+    server.data_lock = Some(data_lock);
+    Ok(server)
+}
+
+/// Name of the lock file in the data folder.
+const LOCK_FILE: &str = "lock";
+
+/// Takes the exclusive lock on the data folder (creating the folder and
+/// its `lock` file when needed) and writes this process's id into the
+/// file. The lock is an OS file lock (`flock` on Unix): the kernel drops it
+/// when the process ends, however it ends, so a `kill -9` never blocks the
+/// next start. Two servers on one folder would hand out the same tasks
+/// twice and collide on inserts; the second one is refused here, before it
+/// opens the store.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let lock_err = |source| StartError::Lock {
+        dir: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(lock_err)?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let pid = match text.trim() {
+                "" => "unknown".to_owned(),
+                p => p.to_owned(),
+            };
+            return Err(StartError::Locked {
+                dir: dir.to_owned(),
+                pid,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .and_then(|()| file.flush())
+        .map_err(lock_err)?;
+    Ok(file)
 }
 
 fn check_exposure(config: &ServerConfig) -> Result<(), StartError> {
@@ -321,6 +400,7 @@ pub async fn start_with_store(
         app,
         serve,
         writer,
+        data_lock: None,
     })
 }
 

@@ -603,3 +603,136 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
         }
     }
 }
+
+/// Tasks a bulk operation handles per step: one page read, one batch of
+/// writes committed together, before the next page.
+const BULK_PAGE: usize = 1_000;
+
+/// Refuses a bulk operation without any filter: one that reaches every
+/// task must say so (`{"state": "dead"}` replays every dead task).
+fn require_filter(filter: &dispatch_proto::BulkFilter) -> Result<(), ApiError> {
+    if filter.is_empty() {
+        return Err(ApiError::new(
+            422,
+            "give at least one filter: state, type or queue",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /v1/tasks/retry` with `{"state", "type", "queue"}`: requeues
+/// every dead task matching the filters with a fresh set of attempts, as
+/// `POST /v1/tasks/{id}/retry` does one. Answers `{"count"}`.
+///
+/// Dead tasks live in the store only: they are read a page at a time,
+/// newest first, and each page is requeued before the next is read (its
+/// updates committed together by the writer's group commit). A task being
+/// retried by another request meanwhile is left to that request.
+pub(crate) async fn retry_matching(
+    State(app): State<Arc<App>>,
+    JsonBody(filter): JsonBody<dispatch_proto::BulkFilter>,
+) -> Result<Response, ApiError> {
+    require_filter(&filter)?;
+    let filter = filter.validate(&[TaskState::Dead])?;
+    let mut count = 0u64;
+    let mut before = None;
+    loop {
+        let q = dispatch_store::TaskQuery {
+            state: Some(TaskState::Dead),
+            kind: filter.kind.clone(),
+            queue: filter.queue.clone(),
+            before,
+            limit: BULK_PAGE,
+        };
+        let store = app.store.clone();
+        let page = tokio::task::spawn_blocking(move || store.list_tasks(&q))
+            .await
+            .map_err(|e| ApiError::new(500, e.to_string()))??;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        let full = page.len() == BULK_PAGE;
+        let mut requeues = tokio::task::JoinSet::new();
+        for record in page {
+            let app = app.clone();
+            requeues.spawn(async move {
+                let id = record.id;
+                if !app.begin_retry(id) {
+                    return Ok(false);
+                }
+                // As for one task: another retry may have finished between
+                // the page read and the claim.
+                let result = match app.find_task(id).await {
+                    Ok(Some(r)) if r.state == TaskState::Dead => {
+                        requeue_dead(&app, r).await.map(|_| true)
+                    }
+                    Ok(_) => Ok(false),
+                    Err(e) => Err(e.into()),
+                };
+                app.end_retry(id);
+                result
+            });
+        }
+        let mut failure = None;
+        while let Some(done) = requeues.join_next().await {
+            match done {
+                Ok(Ok(true)) => count += 1,
+                Ok(Ok(false)) => {}
+                // A task that came alive again meanwhile is not counted.
+                Ok(Err(e)) if e.is_conflict() => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(ApiError::new(500, e.to_string())),
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(json(StatusCode::OK, &dispatch_proto::BulkCount { count }))
+}
+
+/// `POST /v1/tasks/cancel` with `{"state", "type", "queue"}`: cancels
+/// every live (scheduled, queued or running) task matching the filters, as
+/// `POST /v1/tasks/{id}/cancel` does one. Answers `{"count"}`.
+///
+/// The matching ids are taken at once; they are then cancelled a page at a
+/// time, each page under one lock and committed as one write batch before
+/// the next. Tasks submitted after the request arrived are not touched; a
+/// task that ended in between is not counted.
+pub(crate) async fn cancel_matching(
+    State(app): State<Arc<App>>,
+    JsonBody(filter): JsonBody<dispatch_proto::BulkFilter>,
+) -> Result<Response, ApiError> {
+    require_filter(&filter)?;
+    let filter = filter.validate(&[TaskState::Scheduled, TaskState::Queued, TaskState::Running])?;
+    let mut ids: Vec<TaskId> = app
+        .lock()
+        .sched
+        .tasks()
+        .filter(|t| !t.state.is_terminal())
+        .filter(|t| filter.matches(t.state, &t.spec.kind, &t.spec.queue))
+        .map(|t| t.id)
+        .collect();
+    ids.sort_unstable();
+    let mut count = 0u64;
+    for page in ids.chunks(BULK_PAGE) {
+        let now = now_ms();
+        let ack = {
+            let mut shared = app.lock();
+            for id in page {
+                if shared
+                    .sched
+                    .cancel(*id, "cancelled by request".to_owned(), now)
+                    .is_ok()
+                {
+                    count += 1;
+                }
+            }
+            app.settle(&mut shared, now, None)
+        };
+        acked(ack).await?;
+    }
+    Ok(json(StatusCode::OK, &dispatch_proto::BulkCount { count }))
+}

@@ -232,6 +232,11 @@ impl Server {
         &self.data
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The tail of the server's output.
     pub(crate) fn logs(&self) -> String {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
