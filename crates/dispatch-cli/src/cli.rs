@@ -146,6 +146,11 @@ pub(crate) struct ServerArgs {
     /// Most live tasks the server holds; submissions beyond answer 429.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) max_live_tasks: usize,
+    /// Most tasks one request may create, the copies of a broadcast and
+    /// the shards of a sharding task included; requests beyond answer 413
+    /// before any is built.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_tasks_per_request: u64,
     /// Most memory live tasks may take, in MiB (each is charged its
     /// payload and strings plus a fixed overhead); submissions beyond
     /// answer 429.

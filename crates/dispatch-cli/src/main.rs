@@ -291,6 +291,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     }
     config.insecure = args.insecure;
     config.max_live_tasks = args.max_live_tasks;
+    config.max_tasks_per_request = args.max_tasks_per_request;
     config.max_memory_bytes = args.max_memory_mb.saturating_mul(1 << 20);
     config.audit_log = args.audit_log;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {

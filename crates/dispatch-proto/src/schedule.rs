@@ -210,9 +210,13 @@ pub fn fire_task(
     fire_at: Millis,
     now: Millis,
 ) -> Result<ValidTask, FieldError> {
-    let mut task = template.clone();
-    task.idempotency_key = Some(fire_key(schedule, fire_at));
-    task.validate(now).map_err(|e| e.within("task"))
+    // The key is set after validation: it is in the reserved namespace.
+    let mut task = template
+        .clone()
+        .validate(now)
+        .map_err(|e| e.within("task"))?;
+    task.body.idempotency_key = Some(fire_key(schedule, fire_at));
+    Ok(task)
 }
 
 /// Checks a schedule name given in a path.

@@ -143,6 +143,17 @@ pub fn validate_name(field: &str, s: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Prefixes of the idempotency keys the server derives itself: a cron
+/// fire's (`schedule:NAME:MS`) and a broadcast copy's or shard's
+/// (`dispatch:copy:I:KEY`). Clients may not use them, so that no client
+/// key can take the place of a derived one.
+pub const RESERVED_KEY_PREFIXES: [&str; 2] = ["schedule:", "dispatch:"];
+
+/// The idempotency key of copy or shard `i` of a task submitted with `key`.
+pub fn copy_key(key: &str, i: u32) -> String {
+    format!("dispatch:copy:{i}:{key}")
+}
+
 fn check_key(field: &str, s: &str) -> Result<(), FieldError> {
     if s.is_empty() || s.len() > MAX_KEY_LEN {
         return Err(FieldError::new(
@@ -215,6 +226,14 @@ impl SubmitTask {
         let backoff = validate_backoff(self.backoff.unwrap_or_default())?;
         if let Some(k) = &self.idempotency_key {
             check_key("idempotency_key", k)?;
+            if let Some(p) = RESERVED_KEY_PREFIXES.iter().find(|p| k.starts_with(*p)) {
+                return Err(FieldError::new(
+                    "idempotency_key",
+                    format!(
+                        "keys starting with {p:?} are reserved for the keys Dispatch derives (cron fires, broadcast copies, shards)"
+                    ),
+                ));
+            }
         }
         if let Some(k) = &self.routing_key {
             check_key("routing_key", k)?;

@@ -129,6 +129,7 @@ impl App {
                                 Some(st) if st.is_terminal() => {
                                     sched.parent_ended(r.id, p, st, now)
                                 }
+                                None => sched.parent_ended(r.id, p, TaskState::Cancelled, now),
                                 other => {
                                     tracing::error!(task = %r.id, parent = %p, ?other, "a parent is neither live nor ended")
                                 }
@@ -343,6 +344,14 @@ impl App {
         for (child, parent, state) in outcomes {
             match state {
                 Some(s) if s.is_terminal() => shared.sched.parent_ended(child, parent, s, now),
+                // A parent that does not exist can never succeed: the task
+                // waiting for it ends rather than wait forever.
+                None => {
+                    tracing::warn!(%child, %parent, "a parent does not exist; its dependents end");
+                    shared
+                        .sched
+                        .parent_ended(child, parent, TaskState::Cancelled, now)
+                }
                 other => {
                     tracing::error!(%child, %parent, ?other, "a parent is neither live nor ended")
                 }

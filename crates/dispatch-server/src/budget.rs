@@ -27,15 +27,19 @@ pub(crate) const TASK_OVERHEAD: u64 = 512;
 
 /// What a task is charged.
 pub(crate) fn footprint(r: &TaskRecord) -> u64 {
-    let spec = &r.spec;
+    footprint_of(&r.spec, &r.body)
+}
+
+/// What a task of this spec and body is charged.
+pub(crate) fn footprint_of(spec: &dispatch_core::TaskSpec, body: &dispatch_store::TaskBody) -> u64 {
     let labels: usize = spec
         .labels
         .iter()
         .map(|(k, v)| k.len() + v.len() + 48)
         .sum();
-    let strings = r.body.payload.len()
-        + r.body.idempotency_key.as_ref().map_or(0, String::len)
-        + r.body.depends_on.len() * 8
+    let strings = body.payload.len()
+        + body.idempotency_key.as_ref().map_or(0, String::len)
+        + body.depends_on.len() * 8
         + spec.kind.len()
         + spec.queue.len()
         + spec.routing_key.as_ref().map_or(0, |k| k.len())

@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// Most live tasks the server holds; submissions beyond answer 429.
     pub max_live_tasks: usize,
+    /// Most tasks one request may create, copies of a `broadcast` and
+    /// shards included; requests beyond answer 413.
+    pub max_tasks_per_request: u64,
     /// Most memory live tasks may take, in bytes (estimated per task from
     /// its payload and strings plus a fixed overhead); submissions beyond
     /// answer 429.
@@ -105,6 +108,7 @@ impl ServerConfig {
             tokens: None,
             insecure: false,
             max_live_tasks: 1_000_000,
+            max_tasks_per_request: 100_000,
             max_memory_bytes: 1 << 30,
             audit_log: None,
             tls: None,

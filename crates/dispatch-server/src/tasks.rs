@@ -15,7 +15,7 @@ use dispatch_proto::{
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
 use crate::app::{App, acked, live_record, now_ms};
-use crate::budget::{Body, Charge, footprint};
+use crate::budget::{Body, Charge, footprint, footprint_of};
 use crate::http::{ApiError, JsonBody, json};
 use crate::queues::apply_default_strategy;
 
@@ -130,6 +130,7 @@ async fn accept(
     tasks: Vec<ValidTask>,
     now: u64,
 ) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
+    check_request_size(app, &tasks)?;
     // Broadcast and sharding tasks expand into their copies or shards,
     // stored (with lower ids, in the same all-or-nothing insert) before the
     // submitted task, which becomes the join that waits for them.
@@ -193,6 +194,79 @@ async fn accept(
     Ok(roots.into_iter().filter_map(|i| out[i].take()).collect())
 }
 
+/// Counts what a request would create, copies and shards included, and
+/// checks it against every bound before any record is built, so that a
+/// request refused for its size costs nothing in proportion to it: at most
+/// `--max-tasks-per-request` tasks (413), and room for them under
+/// `--max-live-tasks` and `--max-memory-mb` (429). `check_capacity` checks
+/// again, exactly, once the records exist.
+fn check_request_size(app: &App, tasks: &[ValidTask]) -> Result<(), ApiError> {
+    let mut creates: u64 = 0;
+    let mut bytes: u64 = 0;
+    for v in tasks {
+        let n = 1 + fan_out_count(app, v)?;
+        creates = creates.saturating_add(n);
+        bytes = bytes.saturating_add(n.saturating_mul(footprint_of(&v.spec, &v.body)));
+    }
+    let cap = app.config.max_tasks_per_request;
+    if creates > cap {
+        return Err(ApiError::new(
+            413,
+            format!(
+                "this request would create {creates} tasks (copies and shards included); at most {cap} per request (--max-tasks-per-request)"
+            ),
+        ));
+    }
+    let live = app.lock().sched.live_tasks() as u64 + app.budget.pending_tasks();
+    let max = app.config.max_live_tasks as u64;
+    if live.saturating_add(creates) > max {
+        return Err(ApiError::overloaded(format!(
+            "this request would create {creates} tasks; the server holds {live} live tasks and takes at most {max}; try again later"
+        )));
+    }
+    let (used, limit) = (app.budget.used(), app.budget.limit());
+    if used.saturating_add(bytes) > limit {
+        return Err(ApiError::overloaded(format!(
+            "this request would create {creates} tasks of about {} MiB; live tasks take about {} MiB of the server's {} MiB (--max-memory-mb); try again later",
+            bytes >> 20,
+            used >> 20,
+            limit >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// How many copies or shards `v` expands into, counted without making
+/// them (see [`fan_out`]).
+fn fan_out_count(app: &App, v: &ValidTask) -> Result<u64, ApiError> {
+    match v.spec.strategy {
+        Strategy::Sharding => Ok(u64::from(v.shards.unwrap_or(1))),
+        Strategy::Broadcast => {
+            let n = app
+                .lock()
+                .sched
+                .workers()
+                .filter(|w| w.handles(&v.spec.kind) && w.has_labels(&v.spec.labels))
+                .count();
+            if n == 0 {
+                return Err(no_broadcast_worker(v).into());
+            }
+            Ok(n as u64)
+        }
+        _ => Ok(0),
+    }
+}
+
+fn no_broadcast_worker(v: &ValidTask) -> FieldError {
+    FieldError::new(
+        "strategy",
+        format!(
+            "no registered worker runs type {} with these labels; a broadcast needs one",
+            v.spec.kind
+        ),
+    )
+}
+
 /// The copies of a `broadcast` task (one pinned to each registered worker
 /// that runs its type and carries its labels) or the shards of a
 /// `sharding` one; nothing for other strategies. Copies and shards are
@@ -202,7 +276,11 @@ fn fan_out(app: &App, v: &ValidTask) -> Result<Vec<ValidTask>, ApiError> {
         let mut c = v.clone();
         c.spec.strategy = Strategy::RoundRobin;
         c.shards = None;
-        c.body.idempotency_key = v.body.idempotency_key.as_ref().map(|k| format!("{k}#{i}"));
+        c.body.idempotency_key = v
+            .body
+            .idempotency_key
+            .as_ref()
+            .map(|k| dispatch_proto::task::copy_key(k, i));
         c
     };
     match v.spec.strategy {
@@ -225,14 +303,7 @@ fn fan_out(app: &App, v: &ValidTask) -> Result<Vec<ValidTask>, ApiError> {
                 .map(|w| w.id)
                 .collect();
             if workers.is_empty() {
-                return Err(FieldError::new(
-                    "strategy",
-                    format!(
-                        "no registered worker runs type {} with these labels; a broadcast needs one",
-                        v.spec.kind
-                    ),
-                )
-                .into());
+                return Err(no_broadcast_worker(v).into());
             }
             Ok(workers
                 .into_iter()

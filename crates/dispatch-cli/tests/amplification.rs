@@ -1,0 +1,170 @@
+//! Requests that would make the server build far more than they carry:
+//! shards and broadcast copies are counted, and charged against every
+//! bound, before any record is built, so a refused request costs nothing in
+//! proportion to what it asked for. And the idempotency keys the server
+//! derives (copies, shards, cron fires) live in a namespace no client key
+//! can enter.
+//!
+//! Each test starts its own `dispatch server` child process and reads its
+//! peak resident memory from `/proc`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, id_of, unique_type};
+use serde_json::{Value, json};
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// The server's peak resident set so far, in MiB (`VmHWM`).
+fn peak_rss_mib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("the server's /proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib / 1024
+}
+
+/// Peak memory allowed for a server whose budget is `budget_mib`: the
+/// budget, the request bodies in flight and the runtime.
+fn assert_peak_within(server: &Server, budget_mib: u64) {
+    let peak = peak_rss_mib(server);
+    assert!(
+        peak <= budget_mib + 256,
+        "peak RSS {peak} MiB for a budget of {budget_mib} MiB"
+    );
+}
+
+#[tokio::test]
+async fn a_sharded_task_with_a_large_payload_is_refused_before_its_shards_exist() {
+    let server = Server::with_args(&["--max-memory-mb", "256"]).await;
+    let api = server.api();
+    let big = "x".repeat(4 << 20);
+    let r = api
+        .post(
+            "/v1/tasks",
+            json!({"type": "fan", "strategy": "sharding", "shards": 1000, "payload": big}),
+        )
+        .await;
+    let p = r.problem(429, None);
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("1001 tasks"), "{p}");
+    assert_peak_within(&server, 256);
+    // Nothing was stored or admitted; the server goes on.
+    assert_eq!(api.list("limit=10").await["tasks"], json!([]));
+    let id = api.submit_id("fan", json!({"n": 1})).await;
+    assert_eq!(api.task(&id).await["state"], "queued");
+}
+
+#[tokio::test]
+async fn a_batch_that_would_create_too_many_tasks_is_refused_with_the_count() {
+    let server = Server::start().await;
+    let api = server.api();
+    let tasks: Vec<Value> = (0..10_000)
+        .map(|_| json!({"type": "fan", "strategy": "sharding", "shards": 1000}))
+        .collect();
+    let r = api.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
+    let p = r.problem(413, None);
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("10010000 tasks"), "{p}");
+    assert!(detail.contains("--max-tasks-per-request"), "{p}");
+    assert_peak_within(&server, 1024);
+    assert_eq!(api.list("limit=10").await["tasks"], json!([]));
+}
+
+#[tokio::test]
+async fn the_per_request_cap_counts_broadcast_copies_and_is_configurable() {
+    let server = Server::with_args(&["--max-tasks-per-request", "50"]).await;
+    let api = server.api();
+    let kind = unique_type("bcast");
+    for _ in 0..10 {
+        api.register(&[&kind], 1).await;
+    }
+    // 5 tasks x (10 copies + the join) = 55 > 50.
+    let tasks: Vec<Value> = (0..5)
+        .map(|_| json!({"type": kind, "strategy": "broadcast"}))
+        .collect();
+    let p = api
+        .post("/v1/tasks/batch", json!({"tasks": tasks}))
+        .await
+        .problem(413, None);
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("55 tasks"),
+        "{p}"
+    );
+    // 4 x 11 = 44 fit.
+    let tasks: Vec<Value> = (0..4)
+        .map(|_| json!({"type": kind, "strategy": "broadcast"}))
+        .collect();
+    api.post("/v1/tasks/batch", json!({"tasks": tasks}))
+        .await
+        .expect(201);
+    let p = api
+        .post(
+            "/v1/tasks",
+            json!({"type": kind, "strategy": "sharding", "shards": 50}),
+        )
+        .await
+        .problem(413, None);
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("51 tasks"),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn derived_idempotency_keys_cannot_be_taken_by_clients() {
+    let server = Server::start().await;
+    let api = server.api();
+    for key in ["dispatch:copy:0:K", "schedule:nightly:1767225600000"] {
+        api.post("/v1/tasks", json!({"type": "x", "idempotency_key": key}))
+            .await
+            .problem(422, Some("idempotency_key"));
+    }
+    // A client key that looks like an old derived one blocks nothing.
+    let kind = unique_type("shard");
+    let lookalike = api
+        .submit(json!({"type": kind, "idempotency_key": "K#0"}))
+        .await;
+    let join = api
+        .submit(json!({"type": kind, "strategy": "sharding", "shards": 2, "idempotency_key": "K"}))
+        .await;
+    let parents: Vec<String> = join["depends_on"]
+        .as_array()
+        .expect("a join lists its shards")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(parents.len(), 2);
+    assert!(!parents.contains(&id_of(&lookalike)), "{join}");
+    // The same sharded submission again is the same task.
+    let again = api
+        .post(
+            "/v1/tasks",
+            json!({"type": kind, "strategy": "sharding", "shards": 2, "idempotency_key": "K"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(id_of(&again), id_of(&join));
+    // The shards run and the join ends with them.
+    let w = api.register(&[&kind], 10).await;
+    let got = api.poll_n(&w, 3, WITHIN).await;
+    assert_eq!(got.len(), 3, "the look-alike and the two shards");
+    for t in &got {
+        api.complete(&id_of(t), &w, json!(null)).await.expect(200);
+    }
+    let t = api
+        .wait_task(&id_of(&join), WITHIN, |t| t["state"] == "succeeded")
+        .await;
+    assert_eq!(t["state"], "succeeded");
+}
