@@ -168,3 +168,54 @@ async fn derived_idempotency_keys_cannot_be_taken_by_clients() {
         .await;
     assert_eq!(t["state"], "succeeded");
 }
+
+/// The `dispatch_queue_tasks` series of a `/metrics` text.
+fn queue_series(metrics: &str) -> Vec<&str> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("dispatch_queue_tasks{"))
+        .collect()
+}
+
+#[tokio::test]
+async fn queue_names_used_once_are_forgotten_and_metrics_stay_bounded() {
+    let server = Server::start().await;
+    let api = server.api();
+    let kind = unique_type("many-queues");
+    let tasks: Vec<Value> = (0..1_200)
+        .map(|i| json!({"type": kind, "queue": format!("q-{i}")}))
+        .collect();
+    api.post("/v1/tasks/batch", json!({"tasks": tasks}))
+        .await
+        .expect(201);
+    // 1,200 live queues: 500 series per state, and one that sums the rest.
+    let metrics = api.get("/metrics").await.text;
+    let series = queue_series(&metrics);
+    assert_eq!(series.len(), 501 * 3, "{}", series.len());
+    let other: u64 = series
+        .iter()
+        .filter(|l| l.contains("queue=\"_other\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(other, 700, "the 700 queues past the limit are summed");
+    // Every task runs and ends: nothing is left of the queues.
+    let w = api.register(&[&kind], 1_000).await;
+    let mut done = 0;
+    while done < 1_200 {
+        let got = api.poll(&w, 1_000, 1_000).await;
+        assert!(!got.is_empty(), "tasks left: {}", 1_200 - done);
+        let results: Vec<Value> = got
+            .iter()
+            .map(|t| json!({"task_id": id_of(t), "result": null}))
+            .collect();
+        done += got.len();
+        api.poll_raw(&w, json!({"max": 0, "results": results}))
+            .await;
+    }
+    let metrics = api.get("/metrics").await.text;
+    assert_eq!(queue_series(&metrics), Vec::<&str>::new());
+    assert!(
+        metrics.contains("dispatch_tasks{state=\"queued\"} 0"),
+        "{metrics}"
+    );
+}

@@ -141,6 +141,10 @@ pub(crate) struct QueueState {
     pub(crate) pass: u64,
     /// Queued tasks in this queue.
     pub(crate) ready: usize,
+    /// Live tasks of this queue, whatever their state.
+    pub(crate) live: usize,
+    /// Tasks of this queue that a worker collected (`Running`).
+    pub(crate) collected: usize,
     /// Running attempts per routing key (only with `max_per_key`).
     pub(crate) by_key: HashMap<Arc<str>, u32>,
 }
@@ -154,8 +158,31 @@ impl QueueState {
             limiter,
             pass: 0,
             ready: 0,
+            live: 0,
+            collected: 0,
             by_key: HashMap::new(),
         }
+    }
+
+    /// Live tasks by state: (scheduled, queued, running). A task assigned
+    /// to a worker and not collected is queued.
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
+        let assigned = (self.limiter.running as usize).saturating_sub(self.collected);
+        let queued = self.ready + assigned;
+        let scheduled = self.live.saturating_sub(queued + self.collected);
+        (scheduled, queued, self.collected)
+    }
+
+    /// True when nothing distinguishes the queue from one never named: no
+    /// live task, default settings, not paused. Such a queue is forgotten,
+    /// so that names used once do not accumulate.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.live == 0
+            && self.ready == 0
+            && self.limiter.running == 0
+            && !self.paused
+            && self.by_key.is_empty()
+            && self.config == QueueConfig::default()
     }
 
     pub(crate) fn stride(&self) -> u64 {

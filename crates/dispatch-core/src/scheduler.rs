@@ -341,7 +341,7 @@ impl<B> Scheduler<B> {
             self.pinned.entry(w).or_default().insert(id);
         }
         self.tasks.insert(Box::new(task));
-        self.queue_mut(&queue);
+        self.queue_mut(&queue).live += 1;
         match ready_at {
             Some(at) => self.make_scheduled(id, at),
             None => self.make_queued(id, now),
@@ -644,28 +644,18 @@ impl<B> Scheduler<B> {
 
     /// Every queue ever named, by name, with its live counts.
     pub fn queues(&self) -> Vec<QueueInfo> {
-        let mut counts: HashMap<&str, [usize; 3]> = HashMap::new();
-        for t in self.tasks.values() {
-            let c = counts.entry(&t.spec.queue).or_default();
-            match t.state {
-                TaskState::Scheduled => c[0] += 1,
-                TaskState::Queued => c[1] += 1,
-                TaskState::Running => c[2] += 1,
-                _ => {}
-            }
-        }
         let mut out: Vec<QueueInfo> = self
             .queues
             .iter()
             .map(|(name, q)| {
-                let c = counts.get(&**name).copied().unwrap_or_default();
+                let (scheduled, queued, running) = q.counts();
                 QueueInfo {
                     name: name.clone(),
                     paused: q.paused,
                     config: q.config.clone(),
-                    scheduled: c[0],
-                    queued: c[1],
-                    running: c[2],
+                    scheduled,
+                    queued,
+                    running,
                 }
             })
             .collect();
@@ -872,8 +862,12 @@ impl<B> Scheduler<B> {
         }
         let mut per_queue: HashMap<&str, (usize, u32)> = HashMap::new();
         let mut per_type: HashMap<&str, u32> = HashMap::new();
+        let mut live: HashMap<&str, (usize, usize)> = HashMap::new();
         // Limits count the tasks holding a slot, collected or not.
         for t in self.tasks.values() {
+            let l = live.entry(&t.spec.queue).or_default();
+            l.0 += 1;
+            l.1 += usize::from(t.state == TaskState::Running);
             let e = per_queue.entry(&t.spec.queue).or_default();
             if t.worker.is_some() {
                 e.1 += 1;
@@ -882,7 +876,19 @@ impl<B> Scheduler<B> {
                 e.0 += 1;
             }
         }
+        for name in live.keys() {
+            if !self.queues.contains_key(*name) {
+                return Err(format!("queue {name} of live tasks was forgotten"));
+            }
+        }
         for (name, q) in &self.queues {
+            let (n, collected) = live.get(&**name).copied().unwrap_or_default();
+            if q.live != n || q.collected != collected {
+                return Err(format!(
+                    "queue {name}: counted {} live / {} running, but {n} / {collected}",
+                    q.live, q.collected
+                ));
+            }
             let (ready, running) = per_queue.get(&**name).copied().unwrap_or_default();
             if q.ready != ready || q.limiter.running != running {
                 return Err(format!(
@@ -1055,12 +1061,35 @@ impl<B> Scheduler<B> {
         });
         match released.flatten() {
             Some(undelivered) => {
+                if !undelivered {
+                    self.uncollect(task);
+                }
                 self.attempt_ended(task);
                 self.unwatch_if_caught_up(wid);
                 undelivered
             }
             None => false,
         }
+    }
+
+    /// A collected task leaves its worker: one fewer running in its queue.
+    fn uncollect(&mut self, task: TaskId) {
+        if let Some(q) = self
+            .tasks
+            .get(&task)
+            .and_then(|t| self.queues.get_mut(&t.spec.queue))
+        {
+            q.collected -= 1;
+        }
+    }
+
+    /// The waiting (scheduled and queued) live tasks of a queue, in
+    /// constant time: what a queue's `max_depth` bounds.
+    pub fn queue_depth(&self, name: &str) -> usize {
+        self.queues.get(name).map_or(0, |q| {
+            let (scheduled, queued, _) = q.counts();
+            scheduled + queued
+        })
     }
 
     /// Stops watching a worker's collections once it has none pending.
@@ -1096,6 +1125,9 @@ impl<B> Scheduler<B> {
     /// A worker collects a task assigned to it: the attempt starts now.
     fn collect(&mut self, id: TaskId, now: Millis) {
         let t = self.tasks.get_mut(&id).expect("an assigned task is live");
+        if let Some(q) = self.queues.get_mut(&t.spec.queue) {
+            q.collected += 1;
+        }
         t.state = TaskState::Running;
         t.attempts += 1;
         t.started_at = Some(now);
@@ -1313,6 +1345,12 @@ impl<B> Scheduler<B> {
         let Some(mut t) = self.tasks.remove(&id) else {
             return false;
         };
+        if let Some(q) = self.queues.get_mut(&t.spec.queue) {
+            q.live -= 1;
+            if q.is_idle() {
+                self.queues.remove(&t.spec.queue);
+            }
+        }
         if let Some(w) = t.spec.pinned
             && let Some(set) = self.pinned.get_mut(&w)
         {
@@ -1406,8 +1444,11 @@ impl<B> Scheduler<B> {
             .filter(|w| w.last_seen_at.saturating_add(lease) <= now)
             .map(|w| w.id)
             .collect();
+        // Out of routing all at once: a fleet expiring together costs one
+        // pass over each type, not one per worker.
+        self.detach(&lapsed);
         for id in lapsed {
-            self.remove_worker(id, Interruption::WorkerLost, now);
+            self.drop_worker(id, Interruption::WorkerLost, now);
             self.events.push(Event::WorkerLost {
                 worker: id,
                 at: now,
@@ -1457,26 +1498,54 @@ impl<B> Scheduler<B> {
     }
 
     fn remove_worker(&mut self, id: WorkerId, why: Interruption, now: Millis) {
+        self.detach(&[id]);
+        self.drop_worker(id, why, now);
+    }
+
+    /// Takes workers out of routing (and their free slots out of the
+    /// counts), in one pass over each type they run however many go.
+    fn detach(&mut self, ids: &[WorkerId]) {
+        let mut kinds: Vec<Arc<str>> = Vec::new();
+        for id in ids {
+            let Some(w) = self.workers.get(id) else {
+                continue;
+            };
+            let free = u64::from(w.free_slots());
+            self.free_slots -= free;
+            for kind in &w.spec.types {
+                if let Some(tw) = self.by_type.get_mut(kind) {
+                    tw.free -= free;
+                }
+                kinds.push(kind.clone());
+            }
+        }
+        kinds.sort();
+        kinds.dedup();
+        let gone: std::collections::HashSet<WorkerId> = ids.iter().copied().collect();
+        for kind in kinds {
+            let Some(tw) = self.by_type.get_mut(&kind) else {
+                continue;
+            };
+            tw.workers.retain(|c| !gone.contains(&c.id));
+            tw.hashed.clear();
+            tw.position = tw
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.id, i))
+                .collect();
+            if tw.workers.is_empty() {
+                self.by_type.remove(&kind);
+            }
+        }
+    }
+
+    /// Forgets a worker already detached from routing, and requeues what it
+    /// held.
+    fn drop_worker(&mut self, id: WorkerId, why: Interruption, now: Millis) {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
-        self.free_slots -= u64::from(w.free_slots());
-        for kind in &w.spec.types {
-            if let Some(tw) = self.by_type.get_mut(kind) {
-                tw.workers.retain(|c| c.id != id);
-                tw.hashed.clear();
-                tw.position = tw
-                    .workers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.id, i))
-                    .collect();
-                tw.free -= u64::from(w.free_slots());
-                if tw.workers.is_empty() {
-                    self.by_type.remove(kind);
-                }
-            }
-        }
         for task in w.running {
             self.clear_deadline(task);
             self.attempt_ended(task);
@@ -1486,6 +1555,8 @@ impl<B> Scheduler<B> {
                 self.put_back(task);
                 continue;
             }
+            self.uncollect(task);
+            let t = self.tasks.get_mut(&task).expect("running task is live");
             match why {
                 Interruption::Returned => {
                     t.attempts = t.attempts.saturating_sub(1);

@@ -922,3 +922,79 @@ fn every_transition_of_a_task_life_is_an_event() {
         vec![Queued, Running, Scheduled, Queued, Running, Succeeded]
     );
 }
+
+#[test]
+fn queues_count_in_constant_time_and_are_forgotten_when_idle() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 2, 0);
+    for i in 1..=3 {
+        submit(
+            &mut s,
+            i,
+            TaskSpec {
+                queue: format!("q{i}").into(),
+                ..spec("email")
+            },
+            0,
+        );
+    }
+    let delayed = submit(
+        &mut s,
+        4,
+        TaskSpec {
+            queue: "q1".into(),
+            run_at: Some(1_000),
+            ..spec("email")
+        },
+        0,
+    );
+    s.tick(0);
+    // Two assigned (still queued), one waiting for a slot, one delayed.
+    assert_eq!(
+        s.queue_depth("q1") + s.queue_depth("q2") + s.queue_depth("q3"),
+        4
+    );
+    let got = s.poll(w, 2, 1).unwrap();
+    assert_eq!(got.len(), 2);
+    let running: usize = s.queues().iter().map(|q| q.running).sum();
+    assert_eq!(running, 2);
+    ok(&s);
+    for t in got {
+        s.complete(t, w, 2).unwrap();
+    }
+    s.tick(2);
+    for t in s.poll(w, 2, 3).unwrap() {
+        s.complete(t, w, 3).unwrap();
+    }
+    s.cancel(delayed, "no".into(), 4).unwrap();
+    // Every task ended: the queues named once are forgotten.
+    assert!(s.queues().is_empty(), "{:?}", s.queues());
+    assert_eq!(s.queue_depth("q1"), 0);
+    ok(&s);
+}
+
+#[test]
+fn a_fleet_expiring_together_is_removed_and_its_tasks_requeued() {
+    let mut s = scheduler();
+    let fleet: Vec<WorkerId> = (0..5_000)
+        .map(|_| worker(&mut s, &["email"], 1, 0))
+        .collect();
+    for i in 1..=100 {
+        submit(&mut s, i, spec("email"), 0);
+    }
+    s.tick(0);
+    for &w in &fleet {
+        s.poll(w, 1, 0).unwrap();
+    }
+    let heir = worker(&mut s, &["email"], 100, LEASE - 1);
+    s.tick(LEASE);
+    let lost = s
+        .drain_events()
+        .iter()
+        .filter(|e| matches!(e, Event::WorkerLost { .. }))
+        .count();
+    assert_eq!(lost, fleet.len());
+    assert_eq!(s.workers().count(), 1);
+    assert_eq!(s.poll(heir, 100, LEASE).unwrap().len(), 100);
+    ok(&s);
+}

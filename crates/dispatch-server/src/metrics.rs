@@ -88,6 +88,14 @@ pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
     )
 }
 
+/// Most series one labelled metric has per queue or per worker; beyond,
+/// the rest are summed into one series labelled [`OTHER`].
+const SERIES_LIMIT: usize = 500;
+
+/// The label value of the series that sums the queues or workers past
+/// [`SERIES_LIMIT`].
+const OTHER: &str = "_other";
+
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
 pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
     let mut by_state: BTreeMap<&str, u64> = TaskState::ALL
@@ -95,19 +103,18 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
         .filter(|s| !s.is_terminal())
         .map(|s| (s.as_str(), 0))
         .collect();
-    let (workers, capacity, in_flight, queues, per_worker) = {
+    let (workers, capacity, in_flight, mut queues, per_worker) = {
         let shared = app.lock();
-        for t in shared.sched.tasks() {
-            *by_state.entry(t.state.as_str()).or_default() += 1;
-        }
         let ws: Vec<_> = shared
             .sched
             .workers()
             .map(|w| (w.spec.capacity, w.in_flight()))
             .collect();
-        let per_worker: Vec<_> = shared
+        // One series per worker up to the limit; the rest are summed up.
+        let mut per_worker: Vec<_> = shared
             .sched
             .workers()
+            .take(SERIES_LIMIT)
             .map(|w| {
                 let labels = format!(
                     "{{worker=\"{}\",name=\"{}\"}}",
@@ -117,6 +124,14 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
                 (labels, u64::from(w.in_flight()), u64::from(w.spec.capacity))
             })
             .collect();
+        if ws.len() > SERIES_LIMIT {
+            let rest = &ws[SERIES_LIMIT..];
+            per_worker.push((
+                format!("{{worker=\"{OTHER}\",name=\"{OTHER}\"}}"),
+                rest.iter().map(|w| u64::from(w.1)).sum(),
+                rest.iter().map(|w| u64::from(w.0)).sum(),
+            ));
+        }
         (
             ws.len(),
             ws.iter().map(|w| u64::from(w.0)).sum::<u64>(),
@@ -125,6 +140,37 @@ pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
             per_worker,
         )
     };
+    // Live tasks by state, from the queues' counters: no scan of the tasks.
+    for q in &queues {
+        for (state, n) in [
+            (TaskState::Scheduled, q.scheduled),
+            (TaskState::Queued, q.queued),
+            (TaskState::Running, q.running),
+        ] {
+            *by_state.entry(state.as_str()).or_default() += n as u64;
+        }
+    }
+    // One series per queue up to the limit, the busiest first; the rest
+    // are summed up, so that a client naming many queues cannot grow the
+    // exposition without bound.
+    if queues.len() > SERIES_LIMIT {
+        queues.sort_by_key(|q| std::cmp::Reverse(q.scheduled + q.queued + q.running));
+        let rest = queues.split_off(SERIES_LIMIT);
+        let mut other = dispatch_core::QueueInfo {
+            name: OTHER.into(),
+            paused: false,
+            config: Default::default(),
+            scheduled: 0,
+            queued: 0,
+            running: 0,
+        };
+        for q in rest {
+            other.scheduled += q.scheduled;
+            other.queued += q.queued;
+            other.running += q.running;
+        }
+        queues.push(other);
+    }
     let m = &app.metrics;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {

@@ -91,20 +91,12 @@ pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<Charge
     if adding.is_empty() {
         return reserve_memory(app, records);
     }
-    let mut depth: std::collections::BTreeMap<&str, u64> = adding.keys().map(|q| (*q, 0)).collect();
-    for t in shared.sched.tasks() {
-        if matches!(t.state, TaskState::Queued | TaskState::Scheduled)
-            && let Some(d) = depth.get_mut(&*t.spec.queue)
-        {
-            *d += 1;
-        }
-    }
     for (queue, n) in adding {
         let max = settings
             .get(queue)
             .and_then(|q| q.max_depth)
             .unwrap_or(u64::MAX);
-        let now = depth.get(queue).copied().unwrap_or(0);
+        let now = shared.sched.queue_depth(queue) as u64;
         if now.saturating_add(n) > max {
             return Err(format!(
                 "queue {queue:?} holds {now} waiting tasks and takes at most {max}; try again later"
