@@ -54,11 +54,25 @@ pub(crate) struct App {
     pub(crate) audit: Option<crate::audit::AuditLog>,
 }
 
-/// Wall-clock milliseconds since the Unix epoch: the shell's only clock.
-pub(crate) fn now_ms() -> Millis {
+/// Wall-clock milliseconds since the Unix epoch, as the operating system
+/// says now: for what follows the calendar (cron fires).
+pub(crate) fn wall_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// The server's clock, fed to the core and stamped on tasks: the wall
+/// clock read once at start, advanced by the monotonic clock. It never goes
+/// back and ages at the rate of real time, so a wall clock stepped by the
+/// operating system neither stalls leases nor fires a timer twice (leases,
+/// timeouts, collection holds, rate limits and retry backoffs are all
+/// durations). Delayed tasks (`run_at`) follow it too; cron fires follow
+/// the wall clock itself.
+pub(crate) fn now_ms() -> Millis {
+    static START: std::sync::OnceLock<(Millis, std::time::Instant)> = std::sync::OnceLock::new();
+    let (wall, at) = START.get_or_init(|| (wall_ms(), std::time::Instant::now()));
+    wall.saturating_add(at.elapsed().as_millis() as Millis)
 }
 
 /// The full record of a live task, as the API shows it.

@@ -38,7 +38,7 @@ use dispatch_proto::{
 use dispatch_store::{FireOutcome, ScheduleRecord, TaskRecord, Write, WriteOutcome};
 use tokio::sync::Notify;
 
-use crate::app::{Ack, App, acked, now_ms};
+use crate::app::{Ack, App, acked, now_ms, wall_ms};
 use crate::http::{ApiError, JsonBody, json};
 
 /// How late the latest due fire may run and still count as on time.
@@ -246,7 +246,7 @@ fn new_fire_task(
 
 /// Waits for the fires' commits, then hands the created tasks to the core.
 /// Returns false when the store refused some; they are due again.
-async fn settle_fires(app: &Arc<App>, sent: Vec<SentFire>, now: Millis) -> bool {
+async fn settle_fires(app: &Arc<App>, sent: Vec<SentFire>) -> bool {
     let mut healthy = true;
     let mut created = Vec::new();
     let mut reserved = app.budget.charge(0);
@@ -275,7 +275,7 @@ async fn settle_fires(app: &Arc<App>, sent: Vec<SentFire>, now: Millis) -> bool 
         }
     }
     if !created.is_empty()
-        && let Err(e) = crate::tasks::admit(app, &mut created, &mut reserved, now).await
+        && let Err(e) = crate::tasks::admit(app, &mut created, &mut reserved, now_ms()).await
     {
         tracing::error!(error = ?e, "stored fire tasks were not admitted; they run after a restart");
     }
@@ -286,13 +286,16 @@ async fn settle_fires(app: &Arc<App>, sent: Vec<SentFire>, now: Millis) -> bool 
 pub(crate) async fn schedule_loop(app: Arc<App>) {
     let mut stop = app.stopping.clone();
     loop {
-        let now = now_ms();
+        // Fires follow the calendar: the wall clock, whatever it did. A fire
+        // is stored once (unique on schedule and time), so a clock stepped
+        // back cannot fire it twice.
+        let now = wall_ms();
         let (sent, sent_all) = app.schedules.send_due(&app, now);
-        let stored_all = settle_fires(&app, sent, now).await;
+        let stored_all = settle_fires(&app, sent).await;
         let wait = app
             .schedules
             .earliest()
-            .map_or(MAX_SLEEP_MS, |at| at.saturating_sub(now_ms()))
+            .map_or(MAX_SLEEP_MS, |at| at.saturating_sub(wall_ms()))
             .clamp(1, MAX_SLEEP_MS);
         let wait = if sent_all && stored_all {
             wait
