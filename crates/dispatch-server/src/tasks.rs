@@ -9,7 +9,7 @@ use axum::response::Response;
 use dispatch_core::{Strategy, TaskId, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
-    FieldError, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef, TaskRefBatch,
+    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef, TaskRefBatch,
     ValidTask, task_json,
 };
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
@@ -37,6 +37,7 @@ pub(crate) fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
         finished_at: None,
         result: None,
         error: None,
+        request_digest: v.digest,
     }
 }
 
@@ -124,11 +125,14 @@ fn reserve_memory(app: &App, records: &[TaskRecord]) -> Result<Charge, String> {
 
 /// Stores new tasks durably, then hands the created ones to the core.
 /// Returns, per task, its record and whether it was created (false: its
-/// idempotency key named an earlier task, whose record is returned).
+/// idempotency key named an earlier task, whose record is returned). A key
+/// that an earlier task holds for a different request refuses them all with
+/// 409 naming it (`tasks[i].idempotency_key` in a `batch`).
 async fn accept(
     app: &Arc<App>,
     tasks: Vec<ValidTask>,
     now: u64,
+    batch: bool,
 ) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
     // Broadcast and sharding tasks expand into their copies or shards,
     // stored (with lower ids, in the same all-or-nothing insert) before the
@@ -162,6 +166,28 @@ async fn accept(
     let ack = app.write(Write::Insert(records.clone()))?;
     let outcomes = match acked(Some(ack)).await? {
         Some(WriteOutcome::Inserted(o)) if o.len() == records.len() => o,
+        Some(WriteOutcome::KeyConflict { index, holder }) => {
+            // A copy or shard stands for the task it was made from.
+            let submitted = roots.iter().position(|&r| r >= index).unwrap_or(0);
+            let key = roots
+                .get(submitted)
+                .and_then(|&root| records.get(root))
+                .and_then(|r| r.body.idempotency_key.as_deref())
+                .unwrap_or_default();
+            let e = FieldError::new(
+                "idempotency_key",
+                format!(
+                    "key {key:?} was used for task {holder} with a different request; \
+                     send the same request to get task {holder}, or use a new key"
+                ),
+            );
+            let e = if batch {
+                e.within(&format!("tasks[{submitted}]"))
+            } else {
+                e
+            };
+            return Err(Problem::field(409, e).into());
+        }
         other => {
             tracing::error!(
                 ?other,
@@ -327,7 +353,7 @@ pub(crate) async fn submit(
     let mut valid = req.validate(now)?;
     apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
     check_parents(&app, &valid).await?;
-    let (record, created) = accept(&app, vec![valid], now)
+    let (record, created) = accept(&app, vec![valid], now, false)
         .await?
         .pop()
         .ok_or_else(|| ApiError::new(500, "no outcome for the submitted task"))?;
@@ -406,7 +432,7 @@ pub(crate) async fn submit_batch(
             .await
             .map_err(|e| e.within(&format!("tasks[{i}]")))?;
     }
-    let accepted = accept(&app, valid, now).await?;
+    let accepted = accept(&app, valid, now, true).await?;
     if wants_minimal(&headers) {
         let tasks = accepted.iter().map(|(r, _)| TaskRef::of(r)).collect();
         return Ok(minimal(json(StatusCode::CREATED, &TaskRefBatch { tasks })));
