@@ -22,7 +22,8 @@ async fn a_key_reused_with_another_request_is_refused_also_after_a_restart() {
     let server = Server::start().await;
     let api = server.api();
     let kind = unique_type("idem");
-    let request = json!({"type": kind, "payload": {"to": "ada", "n": [1, 2]}, "idempotency_key": "order-1"});
+    let request =
+        json!({"type": kind, "payload": {"to": "ada", "n": [1, 2]}, "idempotency_key": "order-1"});
     let first = api.post("/v1/tasks", request.clone()).await.expect(201);
     let id = id_of(&first);
 
@@ -48,7 +49,10 @@ async fn a_key_reused_with_another_request_is_refused_also_after_a_restart() {
         let detail = p["detail"].as_str().expect("detail");
         assert!(detail.contains(&id) && detail.contains("order-1"), "{p}");
     }
-    assert_eq!(api.list_ids(&format!("type={kind}")).await, vec![id.clone()]);
+    assert_eq!(
+        api.list_ids(&format!("type={kind}")).await,
+        vec![id.clone()]
+    );
     assert_eq!(api.list_ids("type=other.kind").await, Vec::<String>::new());
 
     // A batch holding one conflicting task is refused whole.
@@ -61,13 +65,19 @@ async fn a_key_reused_with_another_request_is_refused_also_after_a_restart() {
         .await
         .problem(409, Some("tasks[1].idempotency_key"));
     assert!(p["detail"].as_str().expect("detail").contains(&id), "{p}");
-    assert_eq!(api.list_ids(&format!("type={kind}")).await, vec![id.clone()]);
+    assert_eq!(
+        api.list_ids(&format!("type={kind}")).await,
+        vec![id.clone()]
+    );
     // Two tasks of one batch under one key asking for different things.
     let twin = json!({"type": kind, "payload": 8, "idempotency_key": "order-2"});
     api.post("/v1/tasks/batch", json!({"tasks": [fresh.clone(), twin]}))
         .await
         .problem(409, Some("tasks[1].idempotency_key"));
-    assert_eq!(api.list_ids(&format!("type={kind}")).await, vec![id.clone()]);
+    assert_eq!(
+        api.list_ids(&format!("type={kind}")).await,
+        vec![id.clone()]
+    );
 
     // The digest is stored with the key: both answers survive a crash.
     let server = server.crash_and_restart().await;

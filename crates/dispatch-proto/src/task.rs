@@ -665,11 +665,15 @@ mod tests {
     #[test]
     fn the_digest_ignores_spacing_order_and_spelt_out_defaults() {
         let d = |json: &str| submit(json).unwrap().digest;
-        let a = d(r#"{"type": "x", "idempotency_key": "k", "payload": {"a": 1, "b": [1, {"d": 2, "c": 3}]}}"#);
+        let a = d(
+            r#"{"type": "x", "idempotency_key": "k", "payload": {"a": 1, "b": [1, {"d": 2, "c": 3}]}}"#,
+        );
         assert!(a.is_some());
         assert_eq!(
             a,
-            d(r#"{"payload":{"b":[1,{"c":3,"d":2}],"a":1},"idempotency_key":"other","type":"x","queue":"default","priority":0,"max_attempts":3}"#)
+            d(
+                r#"{"payload":{"b":[1,{"c":3,"d":2}],"a":1},"idempotency_key":"other","type":"x","queue":"default","priority":0,"max_attempts":3}"#
+            )
         );
         for other in [
             r#"{"type": "x", "idempotency_key": "k", "payload": {"a": 2, "b": [1, {"d": 2, "c": 3}]}}"#,
@@ -680,11 +684,15 @@ mod tests {
             assert_ne!(a, d(other), "{other}");
         }
         // A delay digests as given, not as the instant it became.
-        let later = crate::decode::<SubmitTask>(br#"{"type": "x", "idempotency_key": "k", "delay_ms": 5}"#)
-            .unwrap()
-            .validate(9_000)
-            .unwrap();
-        assert_eq!(later.digest, d(r#"{"type": "x", "idempotency_key": "k", "delay_ms": 5}"#));
+        let later =
+            crate::decode::<SubmitTask>(br#"{"type": "x", "idempotency_key": "k", "delay_ms": 5}"#)
+                .unwrap()
+                .validate(9_000)
+                .unwrap();
+        assert_eq!(
+            later.digest,
+            d(r#"{"type": "x", "idempotency_key": "k", "delay_ms": 5}"#)
+        );
         // Without a key there is nothing to compare: no digest.
         assert_eq!(d(r#"{"type": "x"}"#), None);
     }

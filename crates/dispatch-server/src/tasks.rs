@@ -9,8 +9,8 @@ use axum::response::Response;
 use dispatch_core::{Strategy, TaskId, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
-    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef, TaskRefBatch,
-    ValidTask, task_json,
+    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef,
+    TaskRefBatch, ValidTask, task_json,
 };
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
