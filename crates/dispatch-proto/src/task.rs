@@ -538,6 +538,7 @@ pub fn task_json(r: &TaskRecord) -> TaskJson {
 
 /// `GET /v1/tasks` query parameters, as given.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListTasks {
     /// Only this state.
     #[serde(skip_serializing_if = "Option::is_none")]

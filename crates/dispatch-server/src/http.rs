@@ -218,6 +218,62 @@ async fn problem_bodies(req: Request, next: axum::middleware::Next) -> Response 
     out
 }
 
+/// THE query table: (method, route pattern) -> the query parameters the
+/// route takes. A parameter not listed here, on any route (those that take
+/// none included: `/healthz`, `/metrics`, every `POST`), is refused by
+/// [`refuse_unknown_query`] with 400 naming it, before the handler runs. The
+/// handlers decode the listed ones with their own types.
+const QUERY_PARAMS: &[(&str, &str, &[&str])] = &[
+    (
+        "GET",
+        "/v1/tasks",
+        &["state", "type", "queue", "limit", "cursor"],
+    ),
+    ("GET", "/v1/tasks/{id}", &["wait_ms"]),
+];
+
+/// The query parameters a route takes, from [`QUERY_PARAMS`].
+fn query_params(method: &axum::http::Method, route: &str) -> &'static [&'static str] {
+    QUERY_PARAMS
+        .iter()
+        .find(|(m, r, _)| *m == method.as_str() && *r == route)
+        .map_or(&[], |(_, _, params)| params)
+}
+
+/// Middleware: refuses a request to a known route whose query string names
+/// a parameter the route does not take (a misspelt `stat=dead` would
+/// otherwise be ignored and list every task). Unknown paths are left to
+/// their 404; the gRPC service is routed apart and never sees this.
+async fn refuse_unknown_query(req: Request, next: axum::middleware::Next) -> Response {
+    if let (Some(query), Some(route)) = (
+        req.uri().query(),
+        req.extensions().get::<axum::extract::MatchedPath>(),
+    ) {
+        // HEAD is served by the GET handler, with its parameters.
+        let method = if req.method() == axum::http::Method::HEAD {
+            &axum::http::Method::GET
+        } else {
+            req.method()
+        };
+        let known = query_params(method, route.as_str());
+        for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+            if !known.contains(&&*name) {
+                let takes = if known.is_empty() {
+                    "this endpoint takes no query parameters".to_owned()
+                } else {
+                    format!("this endpoint takes only {}", known.join(", "))
+                };
+                let e = FieldError::new(
+                    name.into_owned(),
+                    format!("unknown query parameter; {takes}"),
+                );
+                return ApiError::from(Problem::field(400, e)).into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
     ApiError::new(500, "internal error").into_response()
@@ -253,6 +309,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_unknown_query))
         .layer(axum::middleware::from_fn(problem_bodies))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -445,8 +445,10 @@ fn path_task_id(s: &str) -> Result<TaskId, ApiError> {
     parse_task_id("id", s).map_err(|_| ApiError::not_found(format_args!("task {s:?}")))
 }
 
-/// Query of `GET /v1/tasks/{id}`.
+/// Query of `GET /v1/tasks/{id}`; its parameters are listed in the query
+/// table of `http.rs`.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct GetQuery {
     wait_ms: Option<String>,
 }
