@@ -314,7 +314,10 @@ timeout_ms = 300
     let capped = submit(&api, "job.capped", json!({}), fast_retries(1)).await;
 
     let started = Instant::now();
-    for (id, error) in [(&slow, "timeout"), (&capped, "timeout after 300 ms")] {
+    for (id, error) in [
+        (&slow, "timeout after 300 ms (the task's timeout_ms)"),
+        (&capped, "timeout after 300 ms (timeout_ms of this type"),
+    ] {
         let leader = read_pid(&worker.path(&format!("{id}.leader"))).await;
         let child = read_pid(&worker.path(&format!("{id}.child"))).await;
         let t = terminal(&api, id).await;

@@ -434,7 +434,10 @@ async fn an_attempt_past_its_timeout_is_stopped_retried_then_dead() {
         );
         stopped_after.push(after);
         let t = api.task(&id).await;
-        assert_eq!(t["error"], "timeout", "{t}");
+        assert_eq!(
+            t["error"], "timeout after 300 ms (the task's timeout_ms)",
+            "{t}"
+        );
         assert_eq!(t["attempts"], attempt, "{t}");
         if attempt == 1 {
             assert_eq!(t["state"], "scheduled", "{t}");
@@ -451,7 +454,10 @@ async fn an_attempt_past_its_timeout_is_stopped_retried_then_dead() {
         .problem(409, None);
     let t = api.task(&id).await;
     assert_eq!(t["state"], "dead", "{t}");
-    assert_eq!(t["error"], "timeout", "{t}");
+    assert_eq!(
+        t["error"], "timeout after 300 ms (the task's timeout_ms)",
+        "{t}"
+    );
 
     // Enforced on time, not at the next periodic tick of the scheduler.
     assert!(

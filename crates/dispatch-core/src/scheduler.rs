@@ -1194,6 +1194,7 @@ impl<B> Scheduler<B> {
                 break;
             }
             let worker = self.tasks.get(&id).and_then(|t| t.worker);
+            let limit = self.tasks.get(&id).and_then(|t| t.spec.timeout_ms);
             self.release(id);
             if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
                 w.cancel_notices.push(id);
@@ -1203,7 +1204,11 @@ impl<B> Scheduler<B> {
                 });
                 w.failed += 1;
             }
-            self.attempt_failed(id, "timeout".to_owned(), None, false, now);
+            let error = format!(
+                "timeout after {} ms (the task's timeout_ms)",
+                limit.unwrap_or_default()
+            );
+            self.attempt_failed(id, error, None, false, now);
         }
     }
 

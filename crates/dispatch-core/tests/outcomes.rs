@@ -74,7 +74,10 @@ fn a_timed_out_attempt_fails_with_timeout_and_the_worker_is_told() {
     s.tick(100);
     let task = s.task(t).unwrap();
     assert_ne!(task.state, TaskState::Running);
-    assert_eq!(task.last_error.as_deref(), Some("timeout"));
+    assert_eq!(
+        task.last_error.as_deref(),
+        Some("timeout after 100 ms (the task's timeout_ms)")
+    );
     assert_eq!(s.heartbeat(w, 101).unwrap(), vec![t]);
     assert_eq!(s.worker(w).unwrap().in_flight(), 0);
     assert_eq!(
@@ -96,7 +99,10 @@ fn the_last_attempt_timing_out_makes_the_task_dead() {
     let ended = terminal(&mut s);
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].state, TaskState::Dead);
-    assert_eq!(ended[0].error.as_deref(), Some("timeout"));
+    assert_eq!(
+        ended[0].error.as_deref(),
+        Some("timeout after 50 ms (the task's timeout_ms)")
+    );
     assert!(s.task(t).is_none());
     s.check_invariants().unwrap();
 }

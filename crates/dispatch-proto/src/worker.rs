@@ -276,13 +276,18 @@ impl PolledTask {
     }
 }
 
-/// What happened to one reported result.
+/// What happened to one report: the answer of `POST /v1/tasks/{id}/complete`
+/// and `.../fail`, and each item of a poll reply's `results`, in one shape.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResultStatus {
-    /// The task.
+    /// The task, as the worker named it.
     pub task_id: String,
     /// 200 accepted, 409 not leased to this worker any more, 4xx invalid.
     pub status: u16,
+    /// The task's state once the report was applied (`succeeded`, `dead`,
+    /// or `scheduled` for a retry); null when the report was refused.
+    #[serde(default)]
+    pub state: Option<String>,
     /// Why it was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -293,9 +298,9 @@ pub struct ResultStatus {
 pub struct PollReply {
     /// Tasks to run.
     pub tasks: Vec<PolledTask>,
-    /// One status per reported result, when results were sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub results: Option<Vec<ResultStatus>>,
+    /// One status per reported result, in order; empty when none was sent.
+    #[serde(default)]
+    pub results: Vec<ResultStatus>,
 }
 
 /// `POST /v1/tasks/{id}/complete`.

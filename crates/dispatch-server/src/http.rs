@@ -96,28 +96,39 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Refuses a body declared as anything but JSON with 415. A body is read
+/// as JSON when its Content-Type is `application/json` or `*/*+json`, when
+/// it has none, and when it is `application/x-www-form-urlencoded`: that is
+/// what `curl -d '{...}'` declares unless told otherwise, and a form body
+/// is never JSON, so reading it as JSON misreads nothing (a real form is a
+/// 400: not JSON).
+fn check_content_type(req: &Request) -> Result<(), ApiError> {
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let json = essence == "application/json" || essence.ends_with("+json");
+    let curl_default = essence.is_empty() || essence == "application/x-www-form-urlencoded";
+    if json || curl_default {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        415,
+        format!("content type {essence:?} is not JSON; send application/json"),
+    ))
+}
+
 /// A JSON request body: limited in size (413), refused when it names
-/// another media type (415), bounded in depth and decoded with errors that
-/// name the field (400).
+/// another media type (415, see [`check_content_type`]), bounded in depth
+/// and decoded with errors that name the field (400).
 pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            let json = essence == "application/json" || essence.ends_with("+json");
-            // curl -d sends a form type by default; accept it as JSON text.
-            let lenient = essence.is_empty() || essence == "application/x-www-form-urlencoded";
-            if !json && !lenient {
-                return Err(ApiError::new(
-                    415,
-                    format!("content type {essence:?} is not JSON; send application/json"),
-                ));
-            }
-        }
+        check_content_type(&req)?;
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;
@@ -125,13 +136,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A JSON body that may be absent (heartbeat, poll with defaults).
+/// A JSON body that may be absent (heartbeat, poll with defaults); its
+/// Content-Type is checked like [`JsonBody`]'s.
 pub(crate) struct OptionalJsonBody<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_content_type(&req)?;
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;

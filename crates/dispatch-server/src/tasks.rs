@@ -593,7 +593,9 @@ pub(crate) async fn retry(
     Ok(json(StatusCode::OK, &task_json(&record)))
 }
 
-/// Stores a dead task as queued again, then hands it to the core.
+/// Stores a dead task as queued again, then hands it to the core. The
+/// retry starts afresh: no attempts, and nothing of the last run (error,
+/// worker, start and end times) is kept.
 async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskRecord, ApiError> {
     let update = TaskUpdate {
         id: record.id,
@@ -604,7 +606,7 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
         finished_at: None,
         run_at: None,
         result: None,
-        error: record.error.clone(),
+        error: None,
     };
     acked(Some(app.write(Write::Update(update))?)).await?;
     let now = now_ms();
@@ -613,20 +615,18 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
     let body = Body::new(record.body.clone(), app.budget.charge(footprint(&record)));
     shared
         .sched
-        .restore(
-            record.id,
-            record.spec.clone(),
-            body,
-            0,
-            record.error.clone(),
-            now,
-        )
+        .restore(record.id, record.spec.clone(), body, 0, None, now)
         .map_err(|_| ApiError::conflict(format!("task {} is live again", record.id)))?;
     let _ = app.settle(&mut shared, now, None);
     match shared.sched.task(record.id) {
         Some(t) => Ok(live_record(t)),
         None => {
             record.state = TaskState::Queued;
+            record.attempts = 0;
+            record.worker = None;
+            record.started_at = None;
+            record.finished_at = None;
+            record.error = None;
             Ok(record)
         }
     }

@@ -123,7 +123,10 @@ pub(crate) async fn a_task_past_its_timeout_is_stopped_and_fails_with_timeout(
         .await;
     let t = s.ended(&id).await;
     assert_eq!(t.state, "dead");
-    assert_eq!(t.error.as_deref(), Some("timeout"));
+    assert_eq!(
+        t.error.as_deref(),
+        Some("timeout after 200 ms (the task's timeout_ms)")
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         !finished.load(Ordering::SeqCst),
