@@ -330,7 +330,7 @@ enum When {
 /// SHA-256 of a submission in canonical form: every field after the
 /// contract's defaults are applied (queue `default`, priority 0, three
 /// attempts, the default backoff), the payload with its object keys sorted,
-/// `run_at` as milliseconds or `delay_ms` as given, and the strategy as
+/// parents sorted, `run_at` as milliseconds or `delay_ms` as given, and the strategy as
 /// named (null when none was). Two submissions digest the same when they
 /// ask for the same work, however their JSON is spaced or ordered. The
 /// idempotency key itself is not part of it.
@@ -344,6 +344,9 @@ fn request_digest(v: &ValidTask, when: When, strategy: Option<&str>) -> RequestD
         When::Delay(d) => (None, Some(d)),
     };
     let s = &v.spec;
+    // Parents are a set: their order asks for nothing.
+    let mut parents: Vec<u64> = v.body.depends_on.iter().map(|d| d.0).collect();
+    parents.sort_unstable();
     let normalised = json!({
         "type": &*s.kind,
         "queue": &*s.queue,
@@ -361,7 +364,7 @@ fn request_digest(v: &ValidTask, when: When, strategy: Option<&str>) -> RequestD
         "routing_key": s.routing_key.as_deref(),
         "strategy": strategy,
         "labels": &s.labels,
-        "depends_on": v.body.depends_on.iter().map(|d| d.0).collect::<Vec<_>>(),
+        "depends_on": parents,
         "shards": v.shards,
     });
     let mut text = String::new();
@@ -693,6 +696,11 @@ mod tests {
         assert_eq!(
             later.digest,
             d(r#"{"type": "x", "idempotency_key": "k", "delay_ms": 5}"#)
+        );
+        // Parents are a set.
+        assert_eq!(
+            d(r#"{"type": "x", "idempotency_key": "k", "depends_on": ["2", "1"]}"#),
+            d(r#"{"type": "x", "idempotency_key": "k", "depends_on": ["1", "2", "1"]}"#)
         );
         // Without a key there is nothing to compare: no digest.
         assert_eq!(d(r#"{"type": "x"}"#), None);
