@@ -930,6 +930,14 @@ fn cases() -> Vec<Case> {
             &["Limit"],
         ),
         case(
+            "query: list, a parameter twice",
+            "GET",
+            "/v1/tasks?state=dead&limit=5&state=queued",
+            Nothing,
+            BAD,
+            &["state"],
+        ),
+        case(
             "query: batch",
             "POST",
             "/v1/tasks/batch?dry_run=true",

@@ -255,7 +255,7 @@ fn query_params(method: &axum::http::Method, route: &str) -> &'static [&'static 
 
 /// Middleware: refuses a request to a known route whose query string names
 /// a parameter the route does not take (a misspelt `stat=dead` would
-/// otherwise be ignored and list every task). Unknown paths are left to
+/// otherwise be ignored and list every task), or one it takes twice. Unknown paths are left to
 /// their 404; the gRPC service is routed apart and never sees this.
 async fn refuse_unknown_query(req: Request, next: axum::middleware::Next) -> Response {
     if let (Some(query), Some(route)) = (
@@ -269,19 +269,25 @@ async fn refuse_unknown_query(req: Request, next: axum::middleware::Next) -> Res
             req.method()
         };
         let known = query_params(method, route.as_str());
+        let mut seen: Vec<std::borrow::Cow<'_, str>> = Vec::new();
         for (name, _) in form_urlencoded::parse(query.as_bytes()) {
-            if !known.contains(&&*name) {
-                let takes = if known.is_empty() {
-                    "this endpoint takes no query parameters".to_owned()
+            let refusal = if !known.contains(&&*name) {
+                if known.is_empty() {
+                    "unknown query parameter; this endpoint takes none".to_owned()
                 } else {
-                    format!("this endpoint takes only {}", known.join(", "))
-                };
-                let e = FieldError::new(
-                    name.into_owned(),
-                    format!("unknown query parameter; {takes}"),
-                );
-                return ApiError::from(Problem::field(400, e)).into_response();
-            }
+                    format!(
+                        "unknown query parameter; this endpoint takes only {}",
+                        known.join(", ")
+                    )
+                }
+            } else if seen.contains(&name) {
+                "is given more than once".to_owned()
+            } else {
+                seen.push(name);
+                continue;
+            };
+            let e = FieldError::new(name.into_owned(), refusal);
+            return ApiError::from(Problem::field(400, e)).into_response();
         }
     }
     next.run(req).await
