@@ -119,12 +119,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         polls += 1;
         busy_polls += u64::from(!reply.tasks.is_empty());
         noop_polls += u64::from(reply.tasks.iter().any(|t| t.kind == NOOP_TYPE));
-        conflicts += reply
-            .results
-            .iter()
-            .flatten()
-            .filter(|s| s.status != 200)
-            .count() as u64;
+        conflicts += reply.results.iter().filter(|s| s.status != 200).count() as u64;
         for t in reply.tasks {
             if t.kind == LATENCY_TYPE {
                 if let Some(sent) = sent_us(t.payload.get()) {

@@ -221,6 +221,13 @@ async fn every_endpoint_checks_its_scope() {
                         "{}: the 403 names the scope {scope}: {p}",
                         r.what
                     );
+                    // Once: never "scope admin (or admin)".
+                    assert_eq!(
+                        p["detail"].as_str().unwrap().matches("admin").count(),
+                        1,
+                        "{}: the 403 names admin once: {p}",
+                        r.what
+                    );
                 }
                 _ => {
                     assert!(

@@ -503,7 +503,7 @@ async fn batched_poll_reports_results_and_takes_new_tasks() {
     assert_eq!(t["error"], "nope");
     assert_eq!(api.task(&other).await["state"], "queued");
 
-    // A poll without results has an empty "results" member.
+    // A poll without results answers an empty list.
     let r = api.poll_raw(&w, json!({"max": 1})).await;
     assert_eq!(r["results"], json!([]), "{r}");
 }

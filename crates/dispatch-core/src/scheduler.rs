@@ -1409,17 +1409,8 @@ impl<B> Scheduler<B> {
             if at > now {
                 break;
             }
-            let (worker, error) = match self.tasks.get(&id) {
-                Some(t) => (
-                    t.worker,
-                    format!(
-                        "timed out: attempt {} ran past the task's timeout_ms ({} ms)",
-                        t.attempts,
-                        t.spec.timeout_ms.unwrap_or_default()
-                    ),
-                ),
-                None => (None, String::new()),
-            };
+            let worker = self.tasks.get(&id).and_then(|t| t.worker);
+            let limit = self.tasks.get(&id).and_then(|t| t.spec.timeout_ms);
             self.release(id);
             if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
                 notify_stop(w, id);
@@ -1429,6 +1420,10 @@ impl<B> Scheduler<B> {
                 });
                 w.failed += 1;
             }
+            let error = format!(
+                "timeout after {} ms (the task's timeout_ms)",
+                limit.unwrap_or_default()
+            );
             self.attempt_failed(id, error, None, false, now);
         }
     }

@@ -76,7 +76,7 @@ fn a_timed_out_attempt_fails_with_timeout_and_the_worker_is_told() {
     assert_ne!(task.state, TaskState::Running);
     assert_eq!(
         task.last_error.as_deref(),
-        Some("timed out: attempt 1 ran past the task's timeout_ms (100 ms)")
+        Some("timeout after 100 ms (the task's timeout_ms)")
     );
     assert_eq!(s.heartbeat(w, 101).unwrap(), vec![t]);
     assert_eq!(s.worker(w).unwrap().in_flight(), 0);
@@ -101,7 +101,7 @@ fn the_last_attempt_timing_out_makes_the_task_dead() {
     assert_eq!(ended[0].state, TaskState::Dead);
     assert_eq!(
         ended[0].error.as_deref(),
-        Some("timed out: attempt 1 ran past the task's timeout_ms (50 ms)")
+        Some("timeout after 50 ms (the task's timeout_ms)")
     );
     assert!(s.task(t).is_none());
     s.check_invariants().unwrap();

@@ -186,6 +186,7 @@ impl From<pb::ReportAck> for ResultStatus {
         ResultStatus {
             task_id: a.task_id,
             status: u16::try_from(a.status).unwrap_or(u16::MAX),
+            state: None,
             detail: (!a.detail.is_empty()).then_some(a.detail),
         }
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dispatch_core::{Backoff, Millis, Strategy, TaskId, TaskSpec, TaskState};
-use dispatch_store::{TaskBody, TaskQuery, TaskRecord};
+use dispatch_store::{RequestDigest, TaskBody, TaskQuery, TaskRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -121,6 +121,9 @@ pub struct ValidTask {
     pub body: TaskBody,
     /// The shard count of a `sharding` task.
     pub shards: Option<u32>,
+    /// The digest of the normalised submission ([`request_digest`]), for a
+    /// task with an idempotency key; stored with the key.
+    pub digest: Option<RequestDigest>,
 }
 
 /// Checks a type, queue or schedule name: 1 to 128 of `[A-Za-z0-9._:-]`.
@@ -199,6 +202,7 @@ impl SubmitTask {
         let queue = self.queue.unwrap_or_else(|| "default".to_owned());
         validate_name("queue", &queue)?;
         let priority = in_range("priority", self.priority.unwrap_or(0), -100, 100)? as i8;
+        let (given_run_at, given_delay) = (self.run_at.clone(), self.delay_ms);
         let run_at = match (self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => {
                 return Err(FieldError::new(
@@ -296,7 +300,7 @@ impl SubmitTask {
             Some(p) => Box::<str>::from(p),
             None => "null".into(),
         };
-        Ok(ValidTask {
+        let mut valid = ValidTask {
             spec: TaskSpec {
                 kind: Arc::from(kind),
                 queue: Arc::from(queue),
@@ -319,7 +323,104 @@ impl SubmitTask {
                 shard: None,
             },
             shards,
-        })
+            digest: None,
+        };
+        if valid.body.idempotency_key.is_some() {
+            // `run_at` was parsed above, so it is valid here.
+            let when = match (given_run_at, given_delay) {
+                (Some(at), _) => When::At(parse_rfc3339(&at).unwrap_or_default()),
+                (None, Some(d)) => When::Delay(d),
+                (None, None) => When::Now,
+            };
+            valid.digest = Some(request_digest(&valid, when, self.strategy.as_deref()));
+        }
+        Ok(valid)
+    }
+}
+
+/// When a submission asked to start, as it asked: a `delay_ms` stays
+/// relative, so that the same request sent again digests the same.
+enum When {
+    Now,
+    At(Millis),
+    Delay(i64),
+}
+
+/// SHA-256 of a submission in canonical form: every field after the
+/// contract's defaults are applied (queue `default`, priority 0, three
+/// attempts, the default backoff), the payload with its object keys sorted,
+/// parents sorted, `run_at` as milliseconds or `delay_ms` as given, and the strategy as
+/// named (null when none was). Two submissions digest the same when they
+/// ask for the same work, however their JSON is spaced or ordered. The
+/// idempotency key itself is not part of it.
+fn request_digest(v: &ValidTask, when: When, strategy: Option<&str>) -> RequestDigest {
+    use serde_json::{Value, json};
+    use sha2::{Digest, Sha256};
+    let payload: Value = serde_json::from_str(&v.body.payload).unwrap_or(Value::Null);
+    let (run_at, delay_ms) = match when {
+        When::Now => (None, None),
+        When::At(at) => (Some(at), None),
+        When::Delay(d) => (None, Some(d)),
+    };
+    let s = &v.spec;
+    // Parents are a set: their order asks for nothing.
+    let mut parents: Vec<u64> = v.body.depends_on.iter().map(|d| d.0).collect();
+    parents.sort_unstable();
+    let normalised = json!({
+        "type": &*s.kind,
+        "queue": &*s.queue,
+        "payload": payload,
+        "priority": s.priority,
+        "run_at": run_at,
+        "delay_ms": delay_ms,
+        "timeout_ms": s.timeout_ms,
+        "max_attempts": s.max_attempts,
+        "backoff": {
+            "initial_ms": s.backoff.initial_ms,
+            "max_ms": s.backoff.max_ms,
+            "multiplier": s.backoff.multiplier,
+        },
+        "routing_key": s.routing_key.as_deref(),
+        "strategy": strategy,
+        "labels": &s.labels,
+        "depends_on": parents,
+        "shards": v.shards,
+    });
+    let mut text = String::new();
+    canonical_json(&normalised, &mut text);
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// Writes `v` as JSON with every object's keys in sorted order and no
+/// spaces, whatever order the map type keeps.
+fn canonical_json(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
     }
 }
 
@@ -459,6 +560,7 @@ pub fn task_json(r: &TaskRecord) -> TaskJson {
 
 /// `GET /v1/tasks` query parameters, as given.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListTasks {
     /// Only this state.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -581,6 +683,46 @@ mod tests {
         assert_eq!(t.spec.max_attempts, 3);
         assert_eq!(&*t.body.payload, r#"{"to": "a@b"}"#);
         assert_eq!(t.spec.run_at, None);
+    }
+
+    #[test]
+    fn the_digest_ignores_spacing_order_and_spelt_out_defaults() {
+        let d = |json: &str| submit(json).unwrap().digest;
+        let a = d(
+            r#"{"type": "x", "idempotency_key": "k", "payload": {"a": 1, "b": [1, {"d": 2, "c": 3}]}}"#,
+        );
+        assert!(a.is_some());
+        assert_eq!(
+            a,
+            d(
+                r#"{"payload":{"b":[1,{"c":3,"d":2}],"a":1},"idempotency_key":"other","type":"x","queue":"default","priority":0,"max_attempts":3}"#
+            )
+        );
+        for other in [
+            r#"{"type": "x", "idempotency_key": "k", "payload": {"a": 2, "b": [1, {"d": 2, "c": 3}]}}"#,
+            r#"{"type": "y", "idempotency_key": "k", "payload": {"a": 1, "b": [1, {"d": 2, "c": 3}]}}"#,
+            r#"{"type": "x", "idempotency_key": "k", "priority": 1, "payload": {"a": 1, "b": [1, {"d": 2, "c": 3}]}}"#,
+            r#"{"type": "x", "idempotency_key": "k", "delay_ms": 5, "payload": {"a": 1, "b": [1, {"d": 2, "c": 3}]}}"#,
+        ] {
+            assert_ne!(a, d(other), "{other}");
+        }
+        // A delay digests as given, not as the instant it became.
+        let later =
+            crate::decode::<SubmitTask>(br#"{"type": "x", "idempotency_key": "k", "delay_ms": 5}"#)
+                .unwrap()
+                .validate(9_000)
+                .unwrap();
+        assert_eq!(
+            later.digest,
+            d(r#"{"type": "x", "idempotency_key": "k", "delay_ms": 5}"#)
+        );
+        // Parents are a set.
+        assert_eq!(
+            d(r#"{"type": "x", "idempotency_key": "k", "depends_on": ["2", "1"]}"#),
+            d(r#"{"type": "x", "idempotency_key": "k", "depends_on": ["1", "2", "1"]}"#)
+        );
+        // Without a key there is nothing to compare: no digest.
+        assert_eq!(d(r#"{"type": "x"}"#), None);
     }
 
     #[test]

@@ -277,13 +277,18 @@ impl PolledTask {
     }
 }
 
-/// What happened to one reported result.
+/// What happened to one report: the answer of `POST /v1/tasks/{id}/complete`
+/// and `.../fail`, and each item of a poll reply's `results`, in one shape.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResultStatus {
-    /// The task.
+    /// The task, as the worker named it.
     pub task_id: String,
     /// 200 accepted, 409 not leased to this worker any more, 4xx invalid.
     pub status: u16,
+    /// The task's state once the report was applied (`succeeded`, `dead`,
+    /// or `scheduled` for a retry); null when the report was refused.
+    #[serde(default)]
+    pub state: Option<String>,
     /// Why it was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

@@ -90,6 +90,8 @@ pub(crate) fn live_record(t: &Task<Body>) -> TaskRecord {
         finished_at: None,
         result: None,
         error: t.last_error.as_deref().map(String::from),
+        // The core does not keep it; the store has it.
+        request_digest: None,
     }
 }
 

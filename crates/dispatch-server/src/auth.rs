@@ -455,11 +455,7 @@ pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Nex
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 resp
             }
-            Denied::Forbidden(s) => ApiError::new(
-                403,
-                format!("this endpoint needs a token with scope {s} (or admin)"),
-            )
-            .into_response(),
+            Denied::Forbidden(s) => ApiError::new(403, forbidden_detail(s)).into_response(),
         }
     };
     if let Some(log) = &app.audit {
@@ -483,6 +479,15 @@ pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Nex
         });
     }
     resp
+}
+
+/// The detail of a 403: the scope needed, and that `admin` also does,
+/// unless `admin` is the one needed.
+fn forbidden_detail(needed: Scope) -> String {
+    match needed {
+        Scope::Admin => "this endpoint needs a token with scope admin".to_owned(),
+        s => format!("this endpoint needs a token with scope {s} or admin"),
+    }
 }
 
 /// Reads the audit target from a request's JSON body: its `name` (schedule
@@ -549,6 +554,18 @@ mod tests {
             Some("task.cancel")
         );
         assert_eq!(audited(&Method::POST, Some("/v1/tasks")), None);
+    }
+
+    #[test]
+    fn a_403_names_the_scope_once() {
+        assert_eq!(
+            forbidden_detail(Scope::Admin),
+            "this endpoint needs a token with scope admin"
+        );
+        assert_eq!(
+            forbidden_detail(Scope::Work),
+            "this endpoint needs a token with scope work or admin"
+        );
     }
 
     #[test]

@@ -101,28 +101,39 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Refuses a body declared as anything but JSON with 415. A body is read
+/// as JSON when its Content-Type is `application/json` or `*/*+json`, when
+/// it has none, and when it is `application/x-www-form-urlencoded`: that is
+/// what `curl -d '{...}'` declares unless told otherwise, and a form body
+/// is never JSON, so reading it as JSON misreads nothing (a real form is a
+/// 400: not JSON).
+fn check_content_type(req: &Request) -> Result<(), ApiError> {
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let json = essence == "application/json" || essence.ends_with("+json");
+    let curl_default = essence.is_empty() || essence == "application/x-www-form-urlencoded";
+    if json || curl_default {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        415,
+        format!("content type {essence:?} is not JSON; send application/json"),
+    ))
+}
+
 /// A JSON request body: limited in size (413), refused when it names
-/// another media type (415), bounded in depth and decoded with errors that
-/// name the field (400).
+/// another media type (415, see [`check_content_type`]), bounded in depth
+/// and decoded with errors that name the field (400).
 pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            let json = essence == "application/json" || essence.ends_with("+json");
-            // curl -d sends a form type by default; accept it as JSON text.
-            let lenient = essence.is_empty() || essence == "application/x-www-form-urlencoded";
-            if !json && !lenient {
-                return Err(ApiError::new(
-                    415,
-                    format!("content type {essence:?} is not JSON; send application/json"),
-                ));
-            }
-        }
+        check_content_type(&req)?;
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;
@@ -130,13 +141,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A JSON body that may be absent (heartbeat, poll with defaults).
+/// A JSON body that may be absent (heartbeat, poll with defaults); its
+/// Content-Type is checked like [`JsonBody`]'s.
 pub(crate) struct OptionalJsonBody<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_content_type(&req)?;
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;
@@ -223,6 +236,68 @@ async fn problem_bodies(req: Request, next: axum::middleware::Next) -> Response 
     out
 }
 
+/// THE query table: (method, route pattern) -> the query parameters the
+/// route takes. A parameter not listed here, on any route (those that take
+/// none included: `/healthz`, `/metrics`, every `POST`), is refused by
+/// [`refuse_unknown_query`] with 400 naming it, before the handler runs. The
+/// handlers decode the listed ones with their own types.
+const QUERY_PARAMS: &[(&str, &str, &[&str])] = &[
+    (
+        "GET",
+        "/v1/tasks",
+        &["state", "type", "queue", "limit", "cursor"],
+    ),
+    ("GET", "/v1/tasks/{id}", &["wait_ms"]),
+];
+
+/// The query parameters a route takes, from [`QUERY_PARAMS`].
+fn query_params(method: &axum::http::Method, route: &str) -> &'static [&'static str] {
+    QUERY_PARAMS
+        .iter()
+        .find(|(m, r, _)| *m == method.as_str() && *r == route)
+        .map_or(&[], |(_, _, params)| params)
+}
+
+/// Middleware: refuses a request to a known route whose query string names
+/// a parameter the route does not take (a misspelt `stat=dead` would
+/// otherwise be ignored and list every task), or one it takes twice. Unknown paths are left to
+/// their 404; the gRPC service is routed apart and never sees this.
+async fn refuse_unknown_query(req: Request, next: axum::middleware::Next) -> Response {
+    if let (Some(query), Some(route)) = (
+        req.uri().query(),
+        req.extensions().get::<axum::extract::MatchedPath>(),
+    ) {
+        // HEAD is served by the GET handler, with its parameters.
+        let method = if req.method() == axum::http::Method::HEAD {
+            &axum::http::Method::GET
+        } else {
+            req.method()
+        };
+        let known = query_params(method, route.as_str());
+        let mut seen: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+        for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+            let refusal = if !known.contains(&&*name) {
+                if known.is_empty() {
+                    "unknown query parameter; this endpoint takes none".to_owned()
+                } else {
+                    format!(
+                        "unknown query parameter; this endpoint takes only {}",
+                        known.join(", ")
+                    )
+                }
+            } else if seen.contains(&name) {
+                "is given more than once".to_owned()
+            } else {
+                seen.push(name);
+                continue;
+            };
+            let e = FieldError::new(name.into_owned(), refusal);
+            return ApiError::from(Problem::field(400, e)).into_response();
+        }
+    }
+    next.run(req).await
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
     ApiError::new(500, "internal error").into_response()
@@ -260,6 +335,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_unknown_query))
         .layer(axum::middleware::from_fn(problem_bodies))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

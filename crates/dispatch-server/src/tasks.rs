@@ -9,8 +9,8 @@ use axum::response::Response;
 use dispatch_core::{Strategy, TaskId, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
-    FieldError, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef, TaskRefBatch,
-    ValidTask, task_json,
+    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef,
+    TaskRefBatch, ValidTask, task_json,
 };
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
@@ -37,6 +37,7 @@ pub(crate) fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
         finished_at: None,
         result: None,
         error: None,
+        request_digest: v.digest,
     }
 }
 
@@ -116,11 +117,14 @@ fn reserve_memory(app: &App, records: &[TaskRecord]) -> Result<Charge, String> {
 
 /// Stores new tasks durably, then hands the created ones to the core.
 /// Returns, per task, its record and whether it was created (false: its
-/// idempotency key named an earlier task, whose record is returned).
+/// idempotency key named an earlier task, whose record is returned). A key
+/// that an earlier task holds for a different request refuses them all with
+/// 409 naming it (`tasks[i].idempotency_key` in a `batch`).
 async fn accept(
     app: &Arc<App>,
     tasks: Vec<ValidTask>,
     now: u64,
+    batch: bool,
 ) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
     check_request_size(app, &tasks)?;
     // Broadcast and sharding tasks expand into their copies or shards,
@@ -155,6 +159,28 @@ async fn accept(
     let ack = app.write(Write::Insert(records.clone()))?;
     let outcomes = match acked(Some(ack)).await? {
         Some(WriteOutcome::Inserted(o)) if o.len() == records.len() => o,
+        Some(WriteOutcome::KeyConflict { index, holder }) => {
+            // A copy or shard stands for the task it was made from.
+            let submitted = roots.iter().position(|&r| r >= index).unwrap_or(0);
+            let key = roots
+                .get(submitted)
+                .and_then(|&root| records.get(root))
+                .and_then(|r| r.body.idempotency_key.as_deref())
+                .unwrap_or_default();
+            let e = FieldError::new(
+                "idempotency_key",
+                format!(
+                    "key {key:?} was used for task {holder} with a different request; \
+                     send the same request to get task {holder}, or use a new key"
+                ),
+            );
+            let e = if batch {
+                e.within(&format!("tasks[{submitted}]"))
+            } else {
+                e
+            };
+            return Err(Problem::field(409, e).into());
+        }
         other => {
             tracing::error!(
                 ?other,
@@ -390,7 +416,7 @@ pub(crate) async fn submit(
     let mut valid = req.validate(now)?;
     apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
     check_parents(&app, &valid).await?;
-    let (record, created) = accept(&app, vec![valid], now)
+    let (record, created) = accept(&app, vec![valid], now, false)
         .await?
         .pop()
         .ok_or_else(|| ApiError::new(500, "no outcome for the submitted task"))?;
@@ -469,7 +495,7 @@ pub(crate) async fn submit_batch(
             .await
             .map_err(|e| e.within(&format!("tasks[{i}]")))?;
     }
-    let accepted = accept(&app, valid, now).await?;
+    let accepted = accept(&app, valid, now, true).await?;
     if wants_minimal(&headers) {
         let tasks = accepted.iter().map(|(r, _)| TaskRef::of(r)).collect();
         return Ok(minimal(json(StatusCode::CREATED, &TaskRefBatch { tasks })));
@@ -482,8 +508,10 @@ fn path_task_id(s: &str) -> Result<TaskId, ApiError> {
     parse_task_id("id", s).map_err(|_| ApiError::not_found(format_args!("task {s:?}")))
 }
 
-/// Query of `GET /v1/tasks/{id}`.
+/// Query of `GET /v1/tasks/{id}`; its parameters are listed in the query
+/// table of `http.rs`.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct GetQuery {
     wait_ms: Option<String>,
 }
@@ -628,7 +656,9 @@ pub(crate) async fn retry(
     Ok(json(StatusCode::OK, &task_json(&record)))
 }
 
-/// Stores a dead task as queued again, then hands it to the core.
+/// Stores a dead task as queued again, then hands it to the core. The
+/// retry starts afresh: no attempts, and nothing of the last run (error,
+/// worker, start and end times) is kept.
 async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskRecord, ApiError> {
     let update = TaskUpdate {
         id: record.id,
@@ -639,7 +669,7 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
         finished_at: None,
         run_at: None,
         result: None,
-        error: record.error.clone(),
+        error: None,
     };
     acked(Some(app.write(Write::Update(update))?)).await?;
     let now = now_ms();
@@ -648,20 +678,18 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
     let body = Body::new(record.body.clone(), app.budget.charge(footprint(&record)));
     shared
         .sched
-        .restore(
-            record.id,
-            record.spec.clone(),
-            body,
-            0,
-            record.error.clone(),
-            now,
-        )
+        .restore(record.id, record.spec.clone(), body, 0, None, now)
         .map_err(|_| ApiError::conflict(format!("task {} is live again", record.id)))?;
     let _ = app.settle(&mut shared, now, None);
     match shared.sched.task(record.id) {
         Some(t) => Ok(live_record(t)),
         None => {
             record.state = TaskState::Queued;
+            record.attempts = 0;
+            record.worker = None;
+            record.started_at = None;
+            record.finished_at = None;
+            record.error = None;
             Ok(record)
         }
     }

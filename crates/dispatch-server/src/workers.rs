@@ -14,7 +14,6 @@ use dispatch_proto::{
     CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask,
     RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
 };
-use serde_json::json;
 
 use crate::app::{Ack, App, Shared, acked, now_ms};
 use crate::http::{ApiError, JsonBody, OptionalJsonBody, json};
@@ -23,9 +22,10 @@ fn path_worker_id(s: &str) -> Result<WorkerId, ApiError> {
     parse_worker_id("id", Some(s)).map_err(|_| ApiError::not_found(format_args!("worker {s:?}")))
 }
 
-fn lease_lost(w: WorkerId) -> ApiError {
+/// `id` as the client sent it, so that the error names what it knows.
+fn lease_lost(id: &str) -> ApiError {
     ApiError::not_found(format_args!(
-        "worker {w}: its lease was lost or it never registered; register again"
+        "worker {id}: its lease was lost or it never registered; register again"
     ))
 }
 
@@ -71,7 +71,7 @@ pub(crate) async fn heartbeat(
         .lock()
         .sched
         .heartbeat(w, now_ms())
-        .map_err(|_| lease_lost(w))?;
+        .map_err(|_| lease_lost(&id))?;
     let reply = HeartbeatReply {
         cancel: cancel.iter().map(ToString::to_string).collect(),
     };
@@ -87,7 +87,10 @@ pub(crate) async fn leave(
     let now = now_ms();
     let ack = {
         let mut shared = app.lock();
-        shared.sched.deregister(w, now).map_err(|_| lease_lost(w))?;
+        shared
+            .sched
+            .deregister(w, now)
+            .map_err(|_| lease_lost(&id))?;
         app.forget_worker(&mut shared, w);
         app.settle(&mut shared, now, None)
     };
@@ -125,30 +128,46 @@ pub(crate) fn report(
     }
 }
 
-fn not_leased(task: TaskId, worker: WorkerId) -> ApiError {
+/// The task and worker as the client named them.
+fn not_leased(task: &str, worker: &str) -> ApiError {
     ApiError::conflict(format!(
         "task {task} is not leased to worker {worker} (it finished, was cancelled, or the lease was lost)"
     ))
 }
 
+/// The state a task is in once a report was applied: as the core holds it
+/// (a retry waits `scheduled`), else the end the report gave it.
+fn state_after(shared: &Shared, task: TaskId, succeeded: bool) -> String {
+    match shared.sched.task(task) {
+        Some(t) => t.state.as_str().to_owned(),
+        None if succeeded => "succeeded".to_owned(),
+        None => "dead".to_owned(),
+    }
+}
+
 async fn report_one(
     app: Arc<App>,
     id: String,
-    worker: WorkerId,
+    worker: (WorkerId, String),
     outcome: Outcome,
 ) -> Result<Response, ApiError> {
     let task =
         parse_task_id("id", &id).map_err(|_| ApiError::not_found(format_args!("task {id:?}")))?;
-    let ack = {
+    let succeeded = matches!(outcome, Outcome::Succeeded(_));
+    let (ack, state) = {
         let mut shared = app.lock();
-        report(&app, &mut shared, task, worker, outcome).map_err(|_| not_leased(task, worker))?
+        let ack = report(&app, &mut shared, task, worker.0, outcome)
+            .map_err(|_| not_leased(&id, &worker.1))?;
+        (ack, state_after(&shared, task, succeeded))
     };
     acked(ack).await?;
-    let state = app.find_task(task).await?.map(|r| r.state.as_str());
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "task_id": id, "state": state }),
-    ))
+    let answer = ResultStatus {
+        task_id: id,
+        status: 200,
+        state: Some(state),
+        detail: None,
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 /// `POST /v1/tasks/{id}/complete`: 200; 409 when no longer leased to it.
@@ -157,8 +176,9 @@ pub(crate) async fn complete(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<CompleteTask>,
 ) -> Result<Response, ApiError> {
+    let sent = req.worker_id.clone().unwrap_or_default();
     let (worker, outcome) = req.validate()?;
-    report_one(app, id, worker, outcome).await
+    report_one(app, id, (worker, sent), outcome).await
 }
 
 /// `POST /v1/tasks/{id}/fail`: 200; 409 when no longer leased to it.
@@ -167,8 +187,9 @@ pub(crate) async fn fail(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<FailTask>,
 ) -> Result<Response, ApiError> {
+    let sent = req.worker_id.clone().unwrap_or_default();
     let (worker, outcome) = req.validate()?;
-    report_one(app, id, worker, outcome).await
+    report_one(app, id, (worker, sent), outcome).await
 }
 
 /// Collects the tasks assigned to a worker (at most `max`), persists
@@ -201,7 +222,8 @@ pub(crate) async fn poll(
     OptionalJsonBody(req): OptionalJsonBody<PollRequest>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
-    // Validate every report before applying any.
+    // Validate every report before applying any; answer each under the
+    // task id as the worker wrote it.
     let mut reports = Vec::new();
     for (i, r) in req
         .results
@@ -210,10 +232,11 @@ pub(crate) async fn poll(
         .into_iter()
         .enumerate()
     {
-        reports.push(
-            r.validate()
-                .map_err(|e| e.within(&format!("results[{i}]")))?,
-        );
+        let sent = r.task_id.clone();
+        let (task, outcome) = r
+            .validate()
+            .map_err(|e| e.within(&format!("results[{i}]")))?;
+        reports.push((task, sent, outcome));
     }
     let (statuses, ack, max, wait_ms) = {
         let mut shared = app.lock();
@@ -221,24 +244,27 @@ pub(crate) async fn poll(
             .sched
             .worker(w)
             .map(|x| x.spec.capacity)
-            .ok_or_else(|| lease_lost(w))?;
+            .ok_or_else(|| lease_lost(&id))?;
         let (max, wait_ms) = req.limits(capacity)?;
         let mut statuses = Vec::with_capacity(reports.len());
         let mut ack = None;
-        for (task, outcome) in reports {
+        for (task, sent, outcome) in reports {
+            let succeeded = matches!(outcome, Outcome::Succeeded(_));
             let status = match report(&app, &mut shared, task, w, outcome) {
                 Ok(a) => {
                     ack = a.or(ack);
                     ResultStatus {
-                        task_id: task.to_string(),
+                        state: Some(state_after(&shared, task, succeeded)),
+                        task_id: sent,
                         status: 200,
                         detail: None,
                     }
                 }
                 Err(_) => ResultStatus {
-                    task_id: task.to_string(),
+                    detail: Some(format!("task {sent} is not leased to worker {id}")),
+                    task_id: sent,
                     status: 409,
-                    detail: Some(format!("task {task} is not leased to worker {w}")),
+                    state: None,
                 },
             };
             statuses.push(status);
@@ -252,7 +278,7 @@ pub(crate) async fn poll(
     let (waker, heard, room) = {
         let mut shared = app.lock();
         let _ = app.settle(&mut shared, now_ms(), None);
-        let worker = shared.sched.worker(w).ok_or_else(|| lease_lost(w))?;
+        let worker = shared.sched.worker(w).ok_or_else(|| lease_lost(&id))?;
         let (heard, room) = (worker.cancel_notices().len(), worker.room());
         (app.waker(&mut shared, w), heard, room)
     };
@@ -269,7 +295,7 @@ pub(crate) async fn poll(
         {
             let mut shared = app.lock();
             let (tasks, cancel) =
-                collect(&app, &mut shared, w, max).ok_or_else(|| lease_lost(w))?;
+                collect(&app, &mut shared, w, max).ok_or_else(|| lease_lost(&id))?;
             let done = !tasks.is_empty()
                 || cancel.len() != heard
                 || tokio::time::Instant::now() >= deadline

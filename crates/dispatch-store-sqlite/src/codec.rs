@@ -28,12 +28,13 @@ macro_rules! columns {
         "id, type, queue, payload, priority, state, attempts, max_attempts, timeout_ms, \
          backoff_initial_ms, backoff_max_ms, backoff_multiplier, run_at, idempotency_key, \
          routing_key, strategy, labels, depends_on, result, error, worker_id, created_at, \
-         started_at, finished_at, pinned_worker, is_join, shard_index, shard_total"
+         started_at, finished_at, pinned_worker, is_join, shard_index, shard_total, \
+         request_digest"
     };
 }
 
 /// Column names by index, for error messages.
-const NAMES: [&str; 28] = [
+const NAMES: [&str; 29] = [
     "id",
     "type",
     "queue",
@@ -62,6 +63,7 @@ const NAMES: [&str; 28] = [
     "is_join",
     "shard_index",
     "shard_total",
+    "request_digest",
 ];
 
 pub(crate) const GET_SQL: &str = concat!("SELECT ", columns!(), " FROM tasks WHERE id = ?1");
@@ -70,7 +72,7 @@ pub(crate) const INSERT_SQL: &str = concat!(
     "INSERT INTO tasks (",
     columns!(),
     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28) \
+     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29) \
      ON CONFLICT (idempotency_key) DO NOTHING"
 );
 
@@ -198,6 +200,7 @@ impl<'r> InsertRow<'r> {
             i64::from(r.spec.join),
             r.body.shard.map(|(i, _)| i),
             r.body.shard.map(|(_, n)| n),
+            r.request_digest.as_ref().map(<[u8; 32]>::as_slice),
         ])
     }
 }
@@ -398,6 +401,7 @@ pub(crate) fn decode(row: &Row<'_>) -> Result<TaskRecord, StoreError> {
         finished_at: col.opt_int(23)?,
         result: col.opt_text(18)?.map(Box::from),
         error: col.opt_text(19)?.map(str::to_string),
+        request_digest: col.opt_digest(28)?,
     })
 }
 
@@ -448,6 +452,16 @@ impl<'a> Columns<'a, '_> {
                 idx,
                 format!("expected an integer, found {}", other.data_type()),
             )),
+        }
+    }
+
+    fn opt_digest(&self, idx: usize) -> Result<Option<[u8; 32]>, StoreError> {
+        match self.value(idx)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Blob(bytes) => <[u8; 32]>::try_from(bytes)
+                .map(Some)
+                .map_err(|_| self.error(idx, format!("{} bytes, expected 32", bytes.len()))),
+            other => Err(self.error(idx, format!("expected a blob, found {}", other.data_type()))),
         }
     }
 

@@ -52,6 +52,11 @@
 //!   stored nothing the task holding the key is looked up and answered as
 //!   [`InsertOutcome::Existing`]. The key is checked before the id, so that
 //!   replaying an insert that was already committed answers the original.
+//!   Before any record of a [`Write::Insert`] is stored, each keyed record's
+//!   `request_digest` is compared with the key holder's (stored, or earlier
+//!   in the same insert): two different digests refuse the whole insert as
+//!   [`WriteOutcome::KeyConflict`], with nothing stored; a missing digest
+//!   (a task stored before version 5) matches any.
 //! - **Durability.** [`Durability::Durable`] is `synchronous=FULL`: the WAL
 //!   is fsynced at every commit, so a batch acknowledged by `apply` survives a
 //!   power cut. [`Durability::Relaxed`] is `synchronous=NORMAL`: commits are
@@ -410,6 +415,9 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
         find_key: conn
             .prepare_cached("SELECT id FROM tasks WHERE idempotency_key = ?1")
             .map_err(sql_error("preparing the key lookup"))?,
+        key_digest: conn
+            .prepare_cached("SELECT id, request_digest FROM tasks WHERE idempotency_key = ?1")
+            .map_err(sql_error("preparing the key digest lookup"))?,
         update: conn
             .prepare_cached(codec::UPDATE_SQL)
             .map_err(sql_error("preparing the update"))?,
@@ -417,11 +425,14 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
     writes
         .iter()
         .map(|write| match write {
-            Write::Insert(records) => records
-                .iter()
-                .map(|r| stmts.insert(r))
-                .collect::<Result<_, _>>()
-                .map(WriteOutcome::Inserted),
+            Write::Insert(records) => match stmts.key_conflict(records)? {
+                Some((index, holder)) => Ok(WriteOutcome::KeyConflict { index, holder }),
+                None => records
+                    .iter()
+                    .map(|r| stmts.insert(r))
+                    .collect::<Result<_, _>>()
+                    .map(WriteOutcome::Inserted),
+            },
             Write::Update(u) => stmts.update(u).map(WriteOutcome::Updated),
             Write::UpsertSchedule(r) => {
                 let existed = schedule_exists(conn, &r.name)?;
@@ -560,10 +571,50 @@ fn fire(
 struct BatchStatements<'c> {
     insert: CachedStatement<'c>,
     find_key: CachedStatement<'c>,
+    key_digest: CachedStatement<'c>,
     update: CachedStatement<'c>,
 }
 
 impl BatchStatements<'_> {
+    /// The first record whose idempotency key is held, by a stored task or
+    /// an earlier record of `records`, for a different request (both
+    /// digests known and different), with the holder's id.
+    fn key_conflict(
+        &mut self,
+        records: &[TaskRecord],
+    ) -> Result<Option<(usize, TaskId)>, StoreError> {
+        let mut own: std::collections::HashMap<&str, (TaskId, Option<&[u8; 32]>)> =
+            std::collections::HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            let (Some(k), Some(mine)) = (r.body.idempotency_key.as_deref(), &r.request_digest)
+            else {
+                continue;
+            };
+            if let Some((holder, theirs)) = own.get(k) {
+                if theirs.is_some_and(|d| d != mine) {
+                    return Ok(Some((i, *holder)));
+                }
+                continue;
+            }
+            let stored: Option<(i64, Option<Vec<u8>>)> = self
+                .key_digest
+                .query_row([k], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+                .map_err(sql_error("looking up an idempotency key"))?;
+            match stored {
+                Some((id, theirs)) => {
+                    if theirs.is_some_and(|d| d.as_slice() != mine.as_slice()) {
+                        return Ok(Some((i, codec::task_id(id, "tasks.id")?)));
+                    }
+                }
+                None => {
+                    own.insert(k, (r.id, Some(mine)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn insert(&mut self, r: &TaskRecord) -> Result<InsertOutcome, StoreError> {
         let row = codec::InsertRow::new(r)?;
         let stored = row

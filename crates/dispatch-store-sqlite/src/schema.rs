@@ -98,7 +98,15 @@ ALTER TABLE tasks ADD COLUMN shard_index INTEGER;
 ALTER TABLE tasks ADD COLUMN shard_total INTEGER;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+/// Version 5: `request_digest`, the SHA-256 (32 bytes) of the normalised
+/// submission, kept with its idempotency key so that the key reused with a
+/// different request is refused. Tasks stored before have none, which
+/// matches any request.
+const V5: &str = "
+ALTER TABLE tasks ADD COLUMN request_digest BLOB;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

@@ -383,6 +383,7 @@ fn a_version_1_file_migrates_and_keeps_its_tasks() {
         "DROP TABLE schedules; DROP TABLE schedule_fires; DROP TABLE queue_settings; \
          ALTER TABLE tasks DROP COLUMN pinned_worker; ALTER TABLE tasks DROP COLUMN is_join; \
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
+         ALTER TABLE tasks DROP COLUMN request_digest; \
          PRAGMA user_version = 1;",
     )
     .expect("downgrade");
@@ -424,6 +425,7 @@ fn a_version_2_file_migrates_and_keeps_its_tasks_and_schedules() {
         "DROP TABLE queue_settings; \
          ALTER TABLE tasks DROP COLUMN pinned_worker; ALTER TABLE tasks DROP COLUMN is_join; \
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
+         ALTER TABLE tasks DROP COLUMN request_digest; \
          PRAGMA user_version = 2;",
     )
     .expect("downgrade");
@@ -444,6 +446,36 @@ fn a_version_2_file_migrates_and_keeps_its_tasks_and_schedules() {
     assert_eq!(
         store.list_queue_settings().expect("list"),
         vec![("bulk".to_owned(), true)]
+    );
+}
+
+#[test]
+fn a_version_4_file_migrates_and_its_keys_match_any_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut keyed = sample(1, "email");
+    keyed.body.idempotency_key = Some("order-1".into());
+    {
+        let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+        store
+            .apply(&[Write::Insert(vec![keyed.clone()])])
+            .expect("insert");
+    }
+    // Turn the file back into what version 4 wrote: no digests.
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    raw.execute_batch("ALTER TABLE tasks DROP COLUMN request_digest; PRAGMA user_version = 4;")
+        .expect("downgrade");
+    drop(raw);
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("migrate");
+    assert_eq!(store.get_task(TaskId(1)).expect("get"), Some(keyed));
+    // A key stored without a digest matches whatever request reuses it.
+    let mut again = sample(2, "sms");
+    again.body.idempotency_key = Some("order-1".into());
+    again.request_digest = Some([7; 32]);
+    assert_eq!(
+        store.apply(&[Write::Insert(vec![again])]).expect("insert"),
+        vec![WriteOutcome::Inserted(vec![InsertOutcome::Existing(
+            TaskId(1)
+        )])]
     );
 }
 

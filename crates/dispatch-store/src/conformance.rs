@@ -43,6 +43,7 @@ pub fn sample(id: u64, kind: &str) -> TaskRecord {
         finished_at: None,
         result: None,
         error: None,
+        request_digest: None,
     }
 }
 
@@ -65,6 +66,7 @@ macro_rules! store_conformance_tests {
             idempotency_key_returns_the_original,
             idempotency_key_repeated_in_one_batch,
             idempotency_key_wins_over_a_repeated_id,
+            idempotency_key_with_another_request_refuses_the_insert,
             list_tasks_newest_first_with_limit,
             list_tasks_filters_by_state_kind_and_queue,
             list_tasks_pages_with_the_before_cursor,
@@ -139,6 +141,7 @@ fn full(id: u64) -> TaskRecord {
         finished_at: Some(1_800_000_002_000),
         result: Some(r#"{"ok":true}"#.into()),
         error: Some("previous attempt: timed out".into()),
+        request_digest: Some([0xa5; 32]),
     }
 }
 
@@ -496,6 +499,83 @@ pub fn idempotency_key_repeated_in_one_batch(store: impl Store) {
     assert_eq!(get(&store, 3), None);
     assert_eq!(get(&store, 4), None);
     assert_eq!(get(&store, 5), Some(keyed(5, "c")));
+}
+
+/// A key reused with a different request digest refuses the whole insert
+/// and stores nothing of it; the same digest, or a missing digest on either
+/// side (a task stored before digests were kept), answers the original. A
+/// refused insert leaves the other writes of the call alone.
+pub fn idempotency_key_with_another_request_refuses_the_insert(store: impl Store) {
+    let keyed = |id: u64, key: &str, digest: Option<u8>| {
+        let mut r = sample(id, "email");
+        r.body.idempotency_key = Some(key.into());
+        r.request_digest = digest.map(|d| [d; 32]);
+        r
+    };
+    let first = keyed(1, "order-1", Some(1));
+    assert_eq!(
+        insert(&store, vec![first.clone()]),
+        vec![InsertOutcome::Created]
+    );
+    assert_eq!(get(&store, 1), Some(first.clone()));
+    // The same request again, and a request without a digest.
+    assert_eq!(
+        insert(
+            &store,
+            vec![keyed(2, "order-1", Some(1)), keyed(3, "order-1", None)]
+        ),
+        vec![
+            InsertOutcome::Existing(TaskId(1)),
+            InsertOutcome::Existing(TaskId(1))
+        ]
+    );
+    // Another request under the key: nothing of the insert is stored, and
+    // the write beside it in the same call is.
+    let out = store
+        .apply(&[
+            Write::Insert(vec![
+                keyed(4, "fresh", Some(4)),
+                keyed(5, "order-1", Some(2)),
+            ]),
+            Write::Insert(vec![keyed(6, "other", Some(6))]),
+        ])
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![
+            WriteOutcome::KeyConflict {
+                index: 1,
+                holder: TaskId(1)
+            },
+            WriteOutcome::Inserted(vec![InsertOutcome::Created]),
+        ]
+    );
+    assert_eq!(get(&store, 4), None);
+    assert_eq!(get(&store, 5), None);
+    assert_eq!(get(&store, 6), Some(keyed(6, "other", Some(6))));
+    // Within one insert: the second record's request differs from the first's.
+    let out = store
+        .apply(&[Write::Insert(vec![
+            keyed(7, "twin", Some(7)),
+            keyed(8, "twin", Some(8)),
+        ])])
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![WriteOutcome::KeyConflict {
+            index: 1,
+            holder: TaskId(7)
+        }]
+    );
+    assert_eq!(get(&store, 7), None);
+    // A holder without a digest matches any request.
+    let legacy = keyed(9, "legacy", None);
+    assert_eq!(insert(&store, vec![legacy]), vec![InsertOutcome::Created]);
+    assert_eq!(
+        insert(&store, vec![keyed(10, "legacy", Some(3))]),
+        vec![InsertOutcome::Existing(TaskId(9))]
+    );
+    assert_eq!(get(&store, 1), Some(first));
 }
 
 /// A record whose key is taken answers the original even when its id is

@@ -39,8 +39,8 @@ pub mod conformance;
 pub use faulty::{Faults, FaultyStore};
 pub use memory::MemoryStore;
 pub use record::{
-    FireOutcome, InsertOutcome, ScheduleRecord, TaskBody, TaskQuery, TaskRecord, TaskUpdate, Write,
-    WriteOutcome,
+    FireOutcome, InsertOutcome, RequestDigest, ScheduleRecord, TaskBody, TaskQuery, TaskRecord,
+    TaskUpdate, Write, WriteOutcome,
 };
 pub use writer::{GroupCommitWriter, StoreHealth, WriterClosed};
 

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use dispatch_core::{Millis, TaskId, TaskState};
 
 use crate::{
-    FireOutcome, InsertOutcome, ScheduleRecord, Store, StoreError, TaskQuery, TaskRecord, Write,
-    WriteOutcome,
+    FireOutcome, InsertOutcome, RequestDigest, ScheduleRecord, Store, StoreError, TaskQuery,
+    TaskRecord, Write, WriteOutcome,
 };
 
 /// A [`Store`] in a `BTreeMap`. Loses everything when dropped: only for tests.
@@ -38,7 +38,39 @@ impl MemoryStore {
     }
 }
 
+/// The first record of `records` whose idempotency key is held for a
+/// different request, with the holder: by a task `held` knows of, or by an
+/// earlier record of the same insert.
+fn key_conflict(
+    records: &[TaskRecord],
+    held: impl Fn(&str) -> Option<(TaskId, Option<RequestDigest>)>,
+) -> Option<(usize, TaskId)> {
+    let mut own: HashMap<&str, (TaskId, Option<RequestDigest>)> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let Some(k) = r.body.idempotency_key.as_deref() else {
+            continue;
+        };
+        let holder = held(k).or_else(|| own.get(k).copied());
+        match holder {
+            Some((id, Some(d))) if r.request_digest.is_some_and(|mine| mine != d) => {
+                return Some((i, id));
+            }
+            Some(_) => {}
+            None => {
+                own.insert(k, (r.id, r.request_digest));
+            }
+        }
+    }
+    None
+}
+
 impl Inner {
+    /// The task holding idempotency key `k`, with its request digest.
+    fn key_holder(&self, k: &str) -> Option<(TaskId, Option<RequestDigest>)> {
+        let id = *self.keys.get(k)?;
+        Some((id, self.tasks.get(&id).and_then(|r| r.request_digest)))
+    }
+
     fn fire(&mut self, schedule: &str, fire_at: Millis, task: &TaskRecord) -> FireOutcome {
         let fire = (schedule.to_owned(), fire_at);
         if let Some(id) = self.fires.get(&fire) {
@@ -80,7 +112,7 @@ impl Store for MemoryStore {
         // batch) will not be inserted, so its id cannot conflict: replaying a
         // committed insert answers the original instead of failing.
         let mut new_ids = std::collections::HashSet::new();
-        let mut new_keys = std::collections::HashSet::new();
+        let mut new_keys: HashMap<&str, (TaskId, Option<RequestDigest>)> = HashMap::new();
         let mut new_fires = std::collections::HashSet::new();
         for w in writes {
             // A fire recorded before (or earlier in this batch) inserts
@@ -95,10 +127,11 @@ impl Store for MemoryStore {
                 if next.fires.contains_key(&fire) || !new_fires.insert(fire) {
                     continue;
                 }
-                if let Some(k) = &task.body.idempotency_key
-                    && (next.keys.contains_key(k) || !new_keys.insert(k.as_str()))
-                {
-                    continue;
+                if let Some(k) = &task.body.idempotency_key {
+                    if next.keys.contains_key(k) || new_keys.contains_key(k.as_str()) {
+                        continue;
+                    }
+                    new_keys.insert(k, (task.id, task.request_digest));
                 }
                 if next.tasks.contains_key(&task.id) || !new_ids.insert(task.id) {
                     return Err(StoreError::new(
@@ -108,11 +141,18 @@ impl Store for MemoryStore {
                 }
             }
             if let Write::Insert(records) = w {
+                // An insert refused for a key held by another request
+                // stores nothing, so its ids cannot conflict.
+                let held = |k: &str| next.key_holder(k).or_else(|| new_keys.get(k).copied());
+                if key_conflict(records, held).is_some() {
+                    continue;
+                }
                 for r in records {
-                    if let Some(k) = &r.body.idempotency_key
-                        && (next.keys.contains_key(k) || !new_keys.insert(k.as_str()))
-                    {
-                        continue;
+                    if let Some(k) = &r.body.idempotency_key {
+                        if next.keys.contains_key(k) || new_keys.contains_key(k.as_str()) {
+                            continue;
+                        }
+                        new_keys.insert(k, (r.id, r.request_digest));
                     }
                     if next.tasks.contains_key(&r.id) || !new_ids.insert(r.id) {
                         return Err(StoreError::new(
@@ -127,6 +167,10 @@ impl Store for MemoryStore {
         for w in writes {
             outcomes.push(match w {
                 Write::Insert(records) => {
+                    if let Some((index, holder)) = key_conflict(records, |k| next.key_holder(k)) {
+                        outcomes.push(WriteOutcome::KeyConflict { index, holder });
+                        continue;
+                    }
                     let mut out = Vec::with_capacity(records.len());
                     for r in records {
                         if let Some(existing) = r

@@ -41,6 +41,24 @@ pub struct TaskRecord {
     pub result: Option<Box<str>>,
     /// The last error, or the reason for a cancellation.
     pub error: Option<String>,
+    /// SHA-256 of the normalised submission, kept with an idempotency key:
+    /// a later insert with the same key must carry the same digest. `None`
+    /// (a task stored before digests were kept, a fire's task) matches any.
+    pub request_digest: Option<RequestDigest>,
+}
+
+/// The SHA-256 digest of a normalised task submission.
+pub type RequestDigest = [u8; 32];
+
+impl TaskRecord {
+    /// Whether an insert carrying `digest` is the same request as this
+    /// stored task: a missing digest on either side matches.
+    pub fn same_request(&self, digest: Option<&RequestDigest>) -> bool {
+        match (&self.request_digest, digest) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
 }
 
 /// A change of a stored task's state.
@@ -89,7 +107,11 @@ impl From<dispatch_core::Transition> for TaskUpdate {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
     /// New tasks, all or nothing. A task whose idempotency key is already
-    /// stored is not inserted; its outcome names the original instead.
+    /// stored (or taken earlier in the same insert) by the same request is
+    /// not inserted; its outcome names the original instead. When a key is
+    /// held for a different request (both digests known and different),
+    /// nothing of the insert is stored and the outcome is
+    /// [`WriteOutcome::KeyConflict`].
     Insert(Vec<TaskRecord>),
     /// A state change of an existing task.
     Update(TaskUpdate),
@@ -133,6 +155,14 @@ pub enum Write {
 pub enum WriteOutcome {
     /// One outcome per inserted record, in order.
     Inserted(Vec<InsertOutcome>),
+    /// A [`Write::Insert`] stored nothing: its record at `index` reuses an
+    /// idempotency key that `holder` holds for a different request.
+    KeyConflict {
+        /// The record at fault, in the insert's order.
+        index: usize,
+        /// The task holding the key.
+        holder: TaskId,
+    },
     /// The update was applied (`false`: no such task).
     Updated(bool),
     /// The schedule was stored (`true`: it replaced one of that name).

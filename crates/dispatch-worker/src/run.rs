@@ -249,7 +249,10 @@ pub(crate) async fn attempt(
         // the same signal and gets to finish its clean-up.
         biased;
         r = work => Some(r),
-        _ = sleep_or_forever(timeout) => Some(Err(TaskError::retry("timeout"))),
+        _ = sleep_or_forever(timeout) => Some(Err(TaskError::retry(format_args!(
+            "timeout after {} ms (the task's timeout_ms)",
+            timeout.unwrap_or_default().as_millis()
+        )))),
         // The scheduler already ended this attempt: nothing to report.
         _ = cancelled.wait_for(|c| *c) => None,
     };
