@@ -118,6 +118,10 @@ impl App {
             .queue_settings
             .apply(&mut sched, &store.list_queue_settings()?);
         let mut requeued = 0usize;
+        // Tasks that end as they are restored (a copy pinned to a worker
+        // that is gone, as every worker is after a restart): their children
+        // must know how, before the store does.
+        let mut ended_here: HashMap<TaskId, TaskState> = HashMap::new();
         for r in &live {
             // An attempt cut short by a scheduler stop is not the task's
             // fault: it does not count.
@@ -141,7 +145,11 @@ impl App {
                 match sched.hold_for_parents(r.id, &r.body.depends_on) {
                     Ok(ended) => {
                         for p in ended {
-                            match store.get_task(p)?.map(|x| x.state) {
+                            let state = match ended_here.get(&p) {
+                                Some(&st) => Some(st),
+                                None => store.get_task(p)?.map(|x| x.state),
+                            };
+                            match state {
                                 Some(st) if st.is_terminal() => {
                                     sched.parent_ended(r.id, p, st, now)
                                 }
@@ -153,6 +161,14 @@ impl App {
                         }
                     }
                     Err(e) => tracing::error!(task = %r.id, error = %e, "cannot hold for parents"),
+                }
+            }
+            for event in sched.drain_events() {
+                if let Event::Transition(t) = event {
+                    if t.state.is_terminal() {
+                        ended_here.insert(t.task, t.state);
+                    }
+                    let _ = writer.write_detached(Write::Update(TaskUpdate::from(t)));
                 }
             }
             let Some(t) = sched.task(r.id) else {
