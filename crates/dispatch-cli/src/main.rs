@@ -16,6 +16,7 @@
 mod demo;
 mod output;
 mod server_config;
+mod server_limits;
 mod worker;
 
 use std::net::SocketAddr;
@@ -117,6 +118,8 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        limits: server_limits::ServerLimits,
     },
     /// Manage bearer tokens.
     Token {
@@ -367,6 +370,7 @@ async fn run(cli: Cli) -> Result<()> {
             audit_log,
             tls_cert,
             tls_key,
+            limits,
         } => {
             init_logs("info");
             if lease_ms == 0 {
@@ -383,6 +387,7 @@ async fn run(cli: Cli) -> Result<()> {
             config.max_live_tasks = max_live_tasks;
             config.max_memory_bytes = max_memory_mb.saturating_mul(1 << 20);
             config.audit_log = audit_log;
+            limits.apply(&mut config);
             if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
                 config.tls = Some(dispatch_server::TlsFiles { cert, key });
             }
