@@ -578,7 +578,7 @@ pub(crate) async fn require(State(app): State<Arc<App>>, mut req: Request, next:
             },
             s => s,
         };
-        log.record(&crate::audit::Entry {
+        log.record_denied(&crate::audit::Entry {
             at: dispatch_proto::time::format_rfc3339(crate::app::now_ms()),
             action: "auth.denied",
             target: Some(path.clone()),

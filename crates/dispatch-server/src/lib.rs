@@ -276,9 +276,11 @@ pub async fn start_with_store(
     };
     let audit = match &config.audit_log {
         Some(path) => Some(
-            audit::AuditLog::open(path).map_err(|source| StartError::AuditLog {
-                path: path.clone(),
-                source,
+            audit::AuditLog::open(path, config.audit_log_max_bytes).map_err(|source| {
+                StartError::AuditLog {
+                    path: path.clone(),
+                    source,
+                }
             })?,
         ),
         None => None,
