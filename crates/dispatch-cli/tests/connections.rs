@@ -272,3 +272,54 @@ async fn a_heartbeat_with_a_body_keeps_its_connection() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 }
+
+/// The pid of the `dispatch server` whose data folder is `data`.
+fn server_pid(data: &std::path::Path) -> u32 {
+    let data = data.to_str().unwrap();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.contains(&&b"server"[..]) && args.contains(&data.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no server process for {data}");
+}
+
+/// The soft and hard limits of open files of a process.
+fn open_files(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
+}
+
+#[tokio::test]
+async fn the_server_raises_its_open_files_limit_to_the_hard_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // The server inherits a low soft limit from this process (the other
+    // tests here need far fewer files).
+    let mine = getrlimit(Resource::Nofile);
+    if mine.maximum.is_some_and(|hard| hard <= 512) {
+        return; // nothing to raise on this machine
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(512),
+            maximum: mine.maximum,
+        },
+    )
+    .expect("lower the soft limit");
+    let server = Server::start().await;
+    let pid = server_pid(server.data_dir());
+    let (soft, hard) = open_files(pid);
+    assert_eq!(soft, hard, "soft {soft}, hard {hard}");
+    assert_ne!(soft, "512");
+}
