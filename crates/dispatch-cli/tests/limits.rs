@@ -171,3 +171,66 @@ async fn small_tasks_fill_a_page_to_its_limit() {
     assert_eq!(rest["tasks"].as_array().unwrap().len(), 5);
     assert!(rest["next_cursor"].is_null(), "{rest}");
 }
+
+/// Opens a gRPC session that registers with `types` and stays open; the
+/// first answer, or the status refusing it.
+async fn grpc_register(
+    url: &str,
+    types: Vec<String>,
+) -> (
+    Result<dispatch_grpc::pb::SchedulerMessage, tonic::Status>,
+    tokio::sync::mpsc::Sender<dispatch_grpc::pb::WorkerMessage>,
+) {
+    use dispatch_grpc::WorkerServiceClient;
+    use dispatch_grpc::pb;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = WorkerServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WorkerMessage::register(pb::Register {
+        name: Some("g".into()),
+        types,
+        labels: Default::default(),
+        capacity: 1,
+        weight: None,
+    }))
+    .await
+    .unwrap();
+    let answer = match client
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(resp) => resp
+            .into_inner()
+            .message()
+            .await
+            .map(|m| m.expect("a first message")),
+        Err(status) => Err(status),
+    };
+    (answer, tx)
+}
+
+#[tokio::test]
+async fn grpc_registrations_have_the_same_bounds() {
+    let server = Server::with_args(&["--max-worker-types", "2", "--max-workers", "1"]).await;
+    let three = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+    let (answer, _) = grpc_register(&server.url, three).await;
+    let status = answer.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("types"), "{status:?}");
+    let (answer, _open) = grpc_register(&server.url, vec!["a".to_owned()]).await;
+    answer.expect("the first registers");
+    let (answer, _) = grpc_register(&server.url, vec!["a".to_owned()]).await;
+    let status = answer.expect_err("one too many");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("--max-workers"), "{status:?}");
+    // HTTP counts the same workers.
+    server
+        .api()
+        .post("/v1/workers", json!({"types": ["a"]}))
+        .await
+        .problem(429, None);
+}
