@@ -279,6 +279,9 @@ async fn connection<I: Accepted>(
         body_timeout: limits.header_timeout,
     };
     let mut builder = Builder::new(TokioExecutor::new());
+    // hyper's own header timer would also close an idle connection at the
+    // header timeout; the watchdog below keeps the two apart.
+    builder.http1().header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
