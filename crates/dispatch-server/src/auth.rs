@@ -648,6 +648,46 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_answers_to_the_token_that_registered_it() {
+        let (a, b, ops) = (
+            generate_token().unwrap(),
+            generate_token().unwrap(),
+            generate_token().unwrap(),
+        );
+        let text = [
+            token_line(&a, &[Scope::Work], Some("a")),
+            token_line(&b, &[Scope::Work], Some("b")),
+            token_line(&ops, &[Scope::Admin], Some("ops")),
+        ]
+        .join("\n");
+        let tokens = Tokens::parse(&text).unwrap();
+        let (a, b, ops) = (
+            tokens.caller(&a).unwrap(),
+            tokens.caller(&b).unwrap(),
+            tokens.caller(&ops).unwrap(),
+        );
+        let owners = WorkerOwners::default();
+        let id = |n: u64| WorkerId::new(n).unwrap();
+        let w = id(7);
+        owners.record(Some(&a), w, |_| true);
+        assert!(owners.check(Some(&a), w, Act::AsWorker).is_ok());
+        assert!(owners.check(Some(&b), w, Act::AsWorker).is_err());
+        assert!(owners.check(Some(&b), w, Act::Remove).is_err());
+        assert!(owners.check(Some(&ops), w, Act::AsWorker).is_err());
+        assert!(owners.check(Some(&ops), w, Act::Remove).is_ok());
+        // Without tokens there is no caller and nothing to bind.
+        assert!(owners.check(None, w, Act::AsWorker).is_ok());
+        // Entries of gone workers do not pile up.
+        let recent: Vec<WorkerId> = (9_990..10_000).map(id).collect();
+        for i in 100..10_000 {
+            owners.record(Some(&b), id(i), |x| x == w || recent.contains(&x));
+        }
+        let kept = owners.owners.lock().unwrap().by_worker.len();
+        assert!(kept < 200, "{kept} entries kept");
+        assert!(owners.check(Some(&b), w, Act::AsWorker).is_err());
+    }
+
+    #[test]
     fn a_bad_line_is_named() {
         let e = Tokens::parse("# c\nsha256:zz submit\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
