@@ -167,6 +167,8 @@ pub(crate) struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) limits: crate::server_limits::ServerLimits,
 }
 
 /// `dispatch submit`'s flags.

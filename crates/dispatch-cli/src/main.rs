@@ -21,6 +21,7 @@ mod commands;
 mod demo;
 mod output;
 mod server_config;
+mod server_limits;
 mod submit;
 mod worker;
 
@@ -294,6 +295,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     config.max_tasks_per_request = args.max_tasks_per_request;
     config.max_memory_bytes = args.max_memory_mb.saturating_mul(1 << 20);
     config.audit_log = args.audit_log;
+    args.limits.apply(&mut config);
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(dispatch_server::TlsFiles { cert, key });
     }

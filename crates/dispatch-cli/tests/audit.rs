@@ -189,3 +189,102 @@ async fn admin_actions_and_refusals_are_logged_without_the_token() {
     assert!(!text.contains(&admin), "the token never reaches the log");
     assert!(!text.contains(&admin["dsp_".len()..]));
 }
+
+/// The JSON lines of an audit file as they are now.
+fn read_lines(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn refusals_cannot_fill_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let log = dir.path().join("audit.jsonl");
+    create_token(&tokens, "admin", "ops");
+    let server = Server::with_args(&[
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+    ])
+    .await;
+    // 400 refused requests, each with a 30 KB path, sent as fast as the
+    // server answers them.
+    let long = format!("/v1/{}", "a".repeat(30_000));
+    let http = reqwest::Client::new();
+    let sent = 400;
+    let started = Instant::now();
+    for _ in 0..sent {
+        let r = http
+            .get(format!("{}{long}", server.url))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // Every refusal is either written or counted in a summary line, once
+    // its second is over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (written, suppressed, got) = loop {
+        let got = read_lines(&log);
+        let written = got.iter().filter(|l| l["action"] == "auth.denied").count();
+        let suppressed: u64 = got
+            .iter()
+            .filter(|l| l["action"] == "auth.denied.suppressed")
+            .map(|l| l["count"].as_u64().expect("a count"))
+            .sum();
+        if written as u64 + suppressed >= sent || Instant::now() > deadline {
+            break (written, suppressed, got);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        written as u64 + suppressed,
+        sent,
+        "{written} + {suppressed}"
+    );
+    assert!(
+        written as u64 <= 100 * (seconds + 1),
+        "{written} lines in {seconds} s"
+    );
+    for line in &got {
+        let text = line.to_string();
+        assert!(text.len() < 1_000, "a line of {} bytes", text.len());
+        if line["action"] == "auth.denied" {
+            let path = line["path"].as_str().unwrap();
+            assert!(path.ends_with("...(30004 bytes)"), "{path}");
+            assert!(path.starts_with("/v1/aaaa"), "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_rotates_at_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let log = dir.path().join("audit.jsonl");
+    create_token(&tokens, "admin", "ops");
+    // A log already at its size: the next line starts a new file.
+    let old = "{\"old\":true}\n".repeat((1 << 20) / 13 + 1);
+    std::fs::write(&log, &old).unwrap();
+    let server = Server::with_args(&[
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--audit-log-max-mb",
+        "1",
+    ])
+    .await;
+    let (s, _) = call(&server.url, "GET", "/v1/tasks", None, None).await;
+    assert_eq!(s, 401);
+    let got = lines(&log, 1);
+    assert_eq!(got[0]["action"], "auth.denied");
+    let rotated = dir.path().join("audit.jsonl.1");
+    assert_eq!(std::fs::read_to_string(rotated).unwrap(), old);
+}

@@ -108,7 +108,7 @@ fn expected(need: Need, who: Who) -> Option<u16> {
 async fn every_endpoint_checks_its_scope() {
     let s = secured().await;
     let base = s.server.url.clone();
-    // Something to point at: a task, a worker, a schedule.
+    // Something to point at: a task, a schedule.
     let task = call(
         &base,
         "POST",
@@ -119,16 +119,9 @@ async fn every_endpoint_checks_its_scope() {
     .await
     .expect(201);
     let id = task["id"].as_str().unwrap().to_owned();
-    let worker = call(
-        &base,
-        "POST",
-        "/v1/workers",
-        Some(json!({"name": "w", "types": ["other"], "capacity": 1})),
-        Some(&s.work),
-    )
-    .await
-    .expect(201);
-    let wid = worker["id"].as_str().unwrap().to_owned();
+    // A worker no token owns: which token may act for a registered worker
+    // is `a_worker_belongs_to_the_token_that_registered_it`.
+    let wid = "999999";
     let schedule = json!({"name": "nightly", "cron": "0 3 * * *", "task": {"type": "t"}});
     let rows: Vec<(&str, String, Option<Value>, Need)> = vec![
         ("GET", "/healthz".into(), None, Need::Open),
@@ -476,4 +469,129 @@ async fn the_generic_worker_uses_its_token() {
     let _ = child.wait();
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"], json!({"ok": true}), "{done}");
+}
+
+#[tokio::test]
+async fn a_worker_belongs_to_the_token_that_registered_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let mine = create_token(&file, "work", "fleet-a");
+    let other = create_token(&file, "work", "fleet-b");
+    let admin = create_token(&file, "admin", "ops");
+    let submit = create_token(&file, "submit", "client");
+    let server = Server::with_args(&["--tokens", file.to_str().unwrap()]).await;
+    let base = server.url.clone();
+    let register = json!({"name": "w", "types": ["t"], "capacity": 2});
+    let w = call(&base, "POST", "/v1/workers", Some(register), Some(&mine))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let task = call(
+        &base,
+        "POST",
+        "/v1/tasks",
+        Some(json!({"type": "t", "payload": {"secret": 1}})),
+        Some(&submit),
+    )
+    .await
+    .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another worker token may not speak for it, nor may an admin token,
+    // except to remove it: 403, and nothing happens.
+    let poll = json!({"max": 2, "wait_ms": 0});
+    let acts: Vec<(&str, String, Option<Value>)> = vec![
+        ("POST", format!("/v1/workers/{w}/poll"), Some(poll.clone())),
+        ("POST", format!("/v1/workers/{w}/heartbeat"), None),
+        (
+            "POST",
+            format!("/v1/tasks/{task}/complete"),
+            Some(json!({"worker_id": w, "result": "forged"})),
+        ),
+        (
+            "POST",
+            format!("/v1/tasks/{task}/fail"),
+            Some(json!({"worker_id": w, "error": "forged"})),
+        ),
+        ("DELETE", format!("/v1/workers/{w}"), None),
+    ];
+    for token in [&other, &admin] {
+        for (method, path, body) in &acts {
+            if *method == "DELETE" && token == &admin {
+                continue;
+            }
+            let r = call(&base, method, path, body.clone(), Some(token)).await;
+            let p = r.problem(403, None);
+            assert!(
+                p["detail"].as_str().unwrap().contains("another token"),
+                "{}: {p}",
+                r.what
+            );
+        }
+    }
+    let t = call(
+        &base,
+        "GET",
+        &format!("/v1/tasks/{task}"),
+        None,
+        Some(&submit),
+    )
+    .await
+    .expect(200);
+    // Neither forged report reached it (assigned to the worker it may be,
+    // `running` or `queued`, but not finished and without an error).
+    assert!(t["state"] == "queued" || t["state"] == "running", "{t}");
+    assert!(t["result"].is_null() && t["error"].is_null(), "{t}");
+    // Its own token polls, gets the task and completes it.
+    let got = call(
+        &base,
+        "POST",
+        &format!("/v1/workers/{w}/poll"),
+        Some(json!({"max": 2, "wait_ms": 5000})),
+        Some(&mine),
+    )
+    .await
+    .expect(200);
+    assert_eq!(got["tasks"][0]["id"], json!(task), "{got}");
+    call(
+        &base,
+        "POST",
+        &format!("/v1/tasks/{task}/complete"),
+        Some(json!({"worker_id": w, "result": "real"})),
+        Some(&mine),
+    )
+    .await
+    .expect(200);
+    call(
+        &base,
+        "POST",
+        &format!("/v1/workers/{w}/heartbeat"),
+        None,
+        Some(&mine),
+    )
+    .await
+    .expect(200);
+    // An admin token may remove any worker.
+    let r = call(
+        &base,
+        "DELETE",
+        &format!("/v1/workers/{w}"),
+        None,
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let t = call(
+        &base,
+        "GET",
+        &format!("/v1/tasks/{task}"),
+        None,
+        Some(&submit),
+    )
+    .await
+    .expect(200);
+    assert_eq!(t["result"], json!("real"), "{t}");
 }

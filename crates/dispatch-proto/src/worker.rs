@@ -19,6 +19,28 @@ pub const MAX_WAIT_MS: i64 = 60_000;
 /// Longest error text kept; longer errors are truncated.
 pub const MAX_ERROR_LEN: usize = 16 * 1024;
 
+/// Bounds on one worker's registration, set by the server
+/// (`--max-worker-types`, `--max-worker-labels`, `--max-label-bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistrationLimits {
+    /// Most task types one worker may name.
+    pub max_types: usize,
+    /// Most labels one worker may carry.
+    pub max_labels: usize,
+    /// Longest label name or value, in bytes.
+    pub max_label_bytes: usize,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        RegistrationLimits {
+            max_types: 64,
+            max_labels: 64,
+            max_label_bytes: 256,
+        }
+    }
+}
+
 /// `POST /v1/workers`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,8 +63,13 @@ pub struct RegisterWorker {
 }
 
 impl RegisterWorker {
-    /// Validates a registration.
+    /// Validates a registration within the default [`RegistrationLimits`].
     pub fn validate(self) -> Result<WorkerSpec, FieldError> {
+        self.validate_within(&RegistrationLimits::default())
+    }
+
+    /// Validates a registration within `limits`.
+    pub fn validate_within(self, limits: &RegistrationLimits) -> Result<WorkerSpec, FieldError> {
         let name = self.name.unwrap_or_else(|| "worker".to_owned());
         if name.is_empty() || name.len() > 256 {
             return Err(FieldError::new("name", "must be 1 to 256 bytes"));
@@ -53,18 +80,49 @@ impl RegisterWorker {
         if types.is_empty() {
             return Err(FieldError::new("types", "must name at least one task type"));
         }
-        if types.len() > 1_000 {
-            return Err(FieldError::new("types", "at most 1000 types"));
+        if types.len() > limits.max_types {
+            return Err(FieldError::new(
+                "types",
+                format!(
+                    "at most {} task types per worker (--max-worker-types), got {}",
+                    limits.max_types,
+                    types.len()
+                ),
+            ));
         }
         for (i, t) in types.iter().enumerate() {
             validate_name(&format!("types[{i}]"), t)?;
         }
         let labels = self.labels.unwrap_or_default();
+        if labels.len() > limits.max_labels {
+            return Err(FieldError::new(
+                "labels",
+                format!(
+                    "at most {} labels per worker (--max-worker-labels), got {}",
+                    limits.max_labels,
+                    labels.len()
+                ),
+            ));
+        }
         for (k, v) in &labels {
-            if k.is_empty() || k.len() > 128 || v.len() > 256 {
+            if k.is_empty() || k.len() > limits.max_label_bytes || v.len() > limits.max_label_bytes
+            {
+                // The field names the label, shortened: the name itself
+                // may be what is too long.
+                let mut shown = k.as_str();
+                if shown.len() > 64 {
+                    let mut cut = 64;
+                    while !shown.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    shown = &shown[..cut];
+                }
                 return Err(FieldError::new(
-                    format!("labels.{k}"),
-                    "label names are 1 to 128 bytes, values up to 256",
+                    format!("labels.{shown}"),
+                    format!(
+                        "label names are 1 to {0} bytes, values up to {0} (--max-label-bytes)",
+                        limits.max_label_bytes
+                    ),
                 ));
             }
         }

@@ -52,6 +52,8 @@ pub(crate) struct App {
     pub(crate) schedules: crate::schedules::Schedules,
     /// The audit log, when `--audit-log` names one.
     pub(crate) audit: Option<crate::audit::AuditLog>,
+    /// Which token registered each worker (with `--tokens`).
+    pub(crate) owners: crate::auth::WorkerOwners,
 }
 
 /// Wall-clock milliseconds since the Unix epoch, as the operating system
@@ -218,6 +220,7 @@ impl App {
             retrying: Mutex::default(),
             schedules: crate::schedules::Schedules::default(),
             audit,
+            owners: Default::default(),
         };
         Ok((Arc::new(app), writer_thread))
     }

@@ -14,15 +14,25 @@
 //! one in constant time ([`subtle::ConstantTimeEq`]), without stopping at
 //! the first match.
 //!
+//! A worker belongs to the token that registered it: the middleware hands
+//! the request's [`Caller`] to the handlers, registration records it in
+//! [`WorkerOwners`], and every later call naming the worker (poll,
+//! heartbeat, complete, fail, leave) must come with the same token, else
+//! 403; an admin token may still remove any worker. Without tokens there is
+//! no one to bind.
+//!
 //! **Invariant:** [`required`] is the only place that maps a route and a
 //! method to what it needs. Handlers never check scopes themselves; the
 //! middleware [`require`] wraps the whole router (REST and gRPC), so a new
 //! route without a row in the table needs at least a valid token.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use dispatch_core::WorkerId;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
@@ -289,6 +299,21 @@ impl Tokens {
         found
     }
 
+    /// The caller `token` makes, when it is a known token.
+    fn caller(&self, token: &str) -> Option<Caller> {
+        let digest = sha256(token);
+        let mut found = None;
+        for e in self.entries.iter() {
+            if bool::from(e.digest.ct_eq(&digest)) && found.is_none() {
+                found = Some(Caller {
+                    digest,
+                    admin: e.scopes.contains(&Scope::Admin),
+                });
+            }
+        }
+        found
+    }
+
     /// Who `token` is, for the audit log: its name in the token file, else
     /// `sha256:` and the start of its digest (also for unknown tokens).
     /// Never the token itself.
@@ -360,6 +385,83 @@ fn bearer(req: &Request) -> Option<&str> {
     kind.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Who made a request: set by [`require`] on every request let through
+/// with a token; absent on a server without tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The digest of its token: the identity, never shown.
+    digest: [u8; 32],
+    /// Whether the token has the admin scope.
+    admin: bool,
+}
+
+/// Which token registered each live worker, keyed by worker id. Kept here,
+/// not in the core: it is a matter of who may speak for a worker.
+#[derive(Default)]
+pub(crate) struct WorkerOwners {
+    owners: Mutex<Owners>,
+}
+
+#[derive(Default)]
+struct Owners {
+    by_worker: HashMap<WorkerId, [u8; 32]>,
+    /// Size at which entries of gone workers are next dropped.
+    sweep_at: usize,
+}
+
+/// May the caller act for the worker? What each call allows an admin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    /// Poll, heartbeat, report: only the worker's own token.
+    AsWorker,
+    /// Remove the worker: its own token or an admin one.
+    Remove,
+}
+
+impl WorkerOwners {
+    /// Records that `caller` registered `worker`. Entries of workers gone
+    /// since (`is_live` false) are dropped once they outnumber the live
+    /// ones, so the map stays proportional to the live workers.
+    pub(crate) fn record(
+        &self,
+        caller: Option<&Caller>,
+        worker: WorkerId,
+        is_live: impl Fn(WorkerId) -> bool,
+    ) {
+        let Some(caller) = caller else { return };
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        owners.by_worker.insert(worker, caller.digest);
+        if owners.by_worker.len() >= owners.sweep_at {
+            owners.by_worker.retain(|w, _| is_live(*w));
+            owners.sweep_at = (2 * owners.by_worker.len()).max(64);
+        }
+    }
+
+    /// 403 when `worker` was registered with another token than the
+    /// caller's (an admin token may remove any worker).
+    pub(crate) fn check(
+        &self,
+        caller: Option<&Caller>,
+        worker: WorkerId,
+        act: Act,
+    ) -> Result<(), ApiError> {
+        let Some(caller) = caller else { return Ok(()) };
+        if act == Act::Remove && caller.admin {
+            return Ok(());
+        }
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        match owners.by_worker.get(&worker) {
+            Some(owner) if !bool::from(owner.ct_eq(&caller.digest)) => Err(ApiError::new(
+                403,
+                format!(
+                    "worker {worker} was registered with another token: only that token may act for it"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Why a request is refused.
 enum Denied {
     Unauthenticated(&'static str),
@@ -388,7 +490,7 @@ fn check(tokens: &Tokens, need: Need, token: Option<&str>) -> Result<(), Denied>
 /// when its token has what [`required`] says; else 401 or 403 (as gRPC
 /// statuses on the gRPC service). With an audit log, records refusals and
 /// the actions of [`audited`] with their outcome.
-pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -413,6 +515,15 @@ pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Nex
     };
     let denied = match verdict {
         Ok(()) => {
+            if let Some(caller) = app
+                .config
+                .tokens
+                .as_ref()
+                .zip(bearer(&req))
+                .and_then(|(tokens, token)| tokens.caller(token))
+            {
+                req.extensions_mut().insert(caller);
+            }
             let Some((log, action)) = app.audit.as_ref().zip(audited(&method, route.as_deref()))
             else {
                 return next.run(req).await;
@@ -467,7 +578,7 @@ pub(crate) async fn require(State(app): State<Arc<App>>, req: Request, next: Nex
             },
             s => s,
         };
-        log.record(&crate::audit::Entry {
+        log.record_denied(&crate::audit::Entry {
             at: dispatch_proto::time::format_rfc3339(crate::app::now_ms()),
             action: "auth.denied",
             target: Some(path.clone()),
@@ -566,6 +677,46 @@ mod tests {
             forbidden_detail(Scope::Work),
             "this endpoint needs a token with scope work or admin"
         );
+    }
+
+    #[test]
+    fn a_worker_answers_to_the_token_that_registered_it() {
+        let (a, b, ops) = (
+            generate_token().unwrap(),
+            generate_token().unwrap(),
+            generate_token().unwrap(),
+        );
+        let text = [
+            token_line(&a, &[Scope::Work], Some("a")),
+            token_line(&b, &[Scope::Work], Some("b")),
+            token_line(&ops, &[Scope::Admin], Some("ops")),
+        ]
+        .join("\n");
+        let tokens = Tokens::parse(&text).unwrap();
+        let (a, b, ops) = (
+            tokens.caller(&a).unwrap(),
+            tokens.caller(&b).unwrap(),
+            tokens.caller(&ops).unwrap(),
+        );
+        let owners = WorkerOwners::default();
+        let id = |n: u64| WorkerId::new(n).unwrap();
+        let w = id(7);
+        owners.record(Some(&a), w, |_| true);
+        assert!(owners.check(Some(&a), w, Act::AsWorker).is_ok());
+        assert!(owners.check(Some(&b), w, Act::AsWorker).is_err());
+        assert!(owners.check(Some(&b), w, Act::Remove).is_err());
+        assert!(owners.check(Some(&ops), w, Act::AsWorker).is_err());
+        assert!(owners.check(Some(&ops), w, Act::Remove).is_ok());
+        // Without tokens there is no caller and nothing to bind.
+        assert!(owners.check(None, w, Act::AsWorker).is_ok());
+        // Entries of gone workers do not pile up.
+        let recent: Vec<WorkerId> = (9_990..10_000).map(id).collect();
+        for i in 100..10_000 {
+            owners.record(Some(&b), id(i), |x| x == w || recent.contains(&x));
+        }
+        let kept = owners.owners.lock().unwrap().by_worker.len();
+        assert!(kept < 200, "{kept} entries kept");
+        assert!(owners.check(Some(&b), w, Act::AsWorker).is_err());
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl WorkerService for GrpcWorkers {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let app = self.app.clone();
+        let caller = request.extensions().get::<crate::auth::Caller>().copied();
         let mut inbound = request.into_inner();
         let lease = Duration::from_millis(app.config.lease_ms);
         let first = tokio::time::timeout(lease, inbound.message())
@@ -129,14 +130,17 @@ impl WorkerService for GrpcWorkers {
             ));
         };
         let spec = RegisterWorker::from(register)
-            .validate()
+            .validate_within(&app.config.worker_limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let now = now_ms();
         let (worker, waker) = {
             let mut shared = app.lock();
+            crate::workers::room_for_a_worker(&app, &shared).map_err(Status::resource_exhausted)?;
             let id = shared.sched.register_worker(spec, now);
             // It gets tasks as it grants credit, not before.
             let _ = shared.sched.offer(id, 0, now);
+            app.owners
+                .record(caller.as_ref(), id, |w| shared.sched.worker(w).is_some());
             let waker = app.waker(&mut shared, id);
             let _ = app.settle(&mut shared, now, None);
             (id, waker)

@@ -24,6 +24,8 @@
 //! - `auth`: bearer tokens with scopes ([`Tokens`], read from a token file
 //!   of SHA-256 digests) and the one table of what each route needs,
 //!   enforced by one middleware around REST and gRPC alike.
+//! - `serve`: the connection loop — a cap on open connections, header and
+//!   idle timeouts for HTTP/1.1, keep-alive pings for HTTP/2.
 //! - `tls`: HTTPS on the same listener ([`TlsFiles`], `--tls-cert` and
 //!   `--tls-key`): rustls with the `ring` provider, ALPN `h2` and
 //!   `http/1.1`, handshakes off the accept loop.
@@ -40,6 +42,7 @@ mod http;
 mod metrics;
 mod queues;
 mod schedules;
+mod serve;
 mod tasks;
 mod tls;
 mod workers;
@@ -92,6 +95,25 @@ pub struct ServerConfig {
     /// Certificate and key to serve HTTPS (REST and gRPC on the same
     /// port); `None` serves cleartext HTTP.
     pub tls: Option<TlsFiles>,
+    /// Most connections open at once; past it a new connection is answered
+    /// 503 and closed. Lowered at start when the open-files limit (raised
+    /// to its hard limit) could not hold them.
+    pub max_connections: usize,
+    /// Time an HTTP/1.1 client has to send a whole request head, counted
+    /// from its first byte (or from the connection's opening).
+    pub header_timeout: std::time::Duration,
+    /// Time an HTTP/1.1 keep-alive connection may sit without a request
+    /// before it is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Bounds on one worker's registration (types, labels, label size).
+    pub worker_limits: dispatch_proto::worker::RegistrationLimits,
+    /// Most workers registered at once; registrations beyond answer 429.
+    pub max_workers: usize,
+    /// Payload and result bytes one page of `GET /v1/tasks` may carry; a
+    /// page stops early at it and gives a `next_cursor`.
+    pub max_list_bytes: usize,
+    /// Size at which the audit log is rotated (`FILE.1`, `FILE.2`, ...).
+    pub audit_log_max_bytes: u64,
 }
 
 impl ServerConfig {
@@ -112,6 +134,13 @@ impl ServerConfig {
             max_memory_bytes: 1 << 30,
             audit_log: None,
             tls: None,
+            max_connections: 10_000,
+            header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            worker_limits: dispatch_proto::worker::RegistrationLimits::default(),
+            max_workers: 10_000,
+            max_list_bytes: 4 << 20,
+            audit_log_max_bytes: 100 << 20,
         }
     }
 }
@@ -330,9 +359,11 @@ pub async fn start_with_store(
     };
     let audit = match &config.audit_log {
         Some(path) => Some(
-            audit::AuditLog::open(path).map_err(|source| StartError::AuditLog {
-                path: path.clone(),
-                source,
+            audit::AuditLog::open(path, config.audit_log_max_bytes).map_err(|source| {
+                StartError::AuditLog {
+                    path: path.clone(),
+                    source,
+                }
             })?,
         ),
         None => None,
@@ -367,26 +398,19 @@ pub async fn start_with_store(
     tokio::spawn(app::purge_loop(app.clone()));
     tokio::spawn(schedules::schedule_loop(app.clone()));
     let router = http::router(app.clone()).merge(grpc::router(app.clone()));
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    // Small writes (a pushed task, a stop notice) must not wait for the
-    // peer's delayed ACK: Nagle's algorithm off. `tap_io` also gives both
-    // listeners the `ConnectInfo<SocketAddr>` that auth and audit read.
+    let limits = serve::ConnLimits {
+        max_connections: serve::fit_open_files(config.max_connections),
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+    };
     let serve = match tls {
-        None => {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(serve(listener, service, shutdown))
-        }
+        None => tokio::spawn(serve::serve(listener, router, limits, shutdown)),
         Some(acceptor) => {
             let listener = tls::TlsListener::new(listener, acceptor);
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tls| {
-                let _ = tls.get_ref().0.set_nodelay(true);
-            });
-            tokio::spawn(serve(listener, service, shutdown))
+            tokio::spawn(serve::serve(listener, router, limits, shutdown))
         }
     };
     match &config.tokens {
@@ -406,22 +430,4 @@ pub async fn start_with_store(
         writer,
         data_lock: None,
     })
-}
-
-/// Serves `service` on `listener` until `shutdown` resolves, then lets the
-/// requests in progress finish.
-async fn serve<L>(
-    listener: L,
-    service: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "server stopped");
-    }
 }

@@ -563,21 +563,54 @@ pub(crate) async fn list(
     query: Result<Query<ListTasks>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(400, format!("bad query string: {e}")))?;
-    let mut q = q.validate()?;
-    let limit = q.limit;
-    // One more than asked tells whether another page follows.
-    q.limit += 1;
-    let store = app.store.clone();
-    let mut records = tokio::task::spawn_blocking(move || store.list_tasks(&q))
+    let q = q.validate()?;
+    let (app2, budget) = (app.clone(), app.config.max_list_bytes);
+    let (records, more) = tokio::task::spawn_blocking(move || list_within(&app2, q, budget))
         .await
         .map_err(|e| ApiError::new(500, e.to_string()))??;
-    let next_cursor = (records.len() > limit).then(|| {
-        records.truncate(limit);
-        records.last().map(|r| r.id.to_string())
-    });
-    let next_cursor = next_cursor.flatten();
+    let next_cursor = more
+        .then(|| records.last().map(|r| r.id.to_string()))
+        .flatten();
     let tasks = records.iter().map(task_json).collect();
     Ok(json(StatusCode::OK, &TaskList { tasks, next_cursor }))
+}
+
+/// A page of `q.limit` tasks at most, and at most `budget` bytes of
+/// payloads and results (always at least one task); true when more follow.
+///
+/// The store is read a few records at a time, so what is held beyond the
+/// budget is one read's worth: at most `budget / largest record` records
+/// (at least 4), a record being at most a payload and a result of
+/// `--max-body-bytes` each.
+fn list_within(
+    app: &App,
+    mut q: dispatch_store::TaskQuery,
+    budget: usize,
+) -> Result<(Vec<dispatch_store::TaskRecord>, bool), ApiError> {
+    let limit = q.limit;
+    let largest = app.config.max_body_bytes.saturating_mul(2).max(1);
+    let step = (budget / largest).max(4).min(limit + 1);
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        // One more than asked tells whether another page follows.
+        let want = (limit + 1 - page.len()).min(step);
+        q.limit = want;
+        let read = app.store.list_tasks(&q)?;
+        let got = read.len();
+        for r in read {
+            let size = r.body.payload.len() + r.result.as_deref().map_or(0, str::len);
+            if page.len() == limit || (!page.is_empty() && bytes + size > budget) {
+                return Ok((page, true));
+            }
+            bytes += size;
+            q.before = Some(r.id);
+            page.push(r);
+        }
+        if got < want {
+            return Ok((page, false));
+        }
+    }
 }
 
 /// `POST /v1/tasks/{id}/cancel`: 200 with the cancelled task; 409 when it

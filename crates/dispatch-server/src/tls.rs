@@ -4,10 +4,10 @@
 //! [`TlsFiles`] names a PEM certificate chain and a PEM private key;
 //! [`acceptor`] loads and checks them at start-up, so a wrong file stops the
 //! server with an error naming it rather than failing every handshake.
-//! The server offers `h2` and `http/1.1` by ALPN; the connection builder
-//! behind `axum::serve` then reads which one the client speaks.
+//! The server offers `h2` and `http/1.1` by ALPN; the connection loop
+//! (`crate::serve`) serves the one negotiated.
 //!
-//! [`TlsListener`] is the `axum::serve` listener: it accepts TCP
+//! [`TlsListener`] is the listener of that loop: it accepts TCP
 //! connections and runs their handshakes concurrently (each in its own
 //! task, bounded in number and in time), handing over only the streams
 //! whose handshake succeeded. A client that fails its handshake, or sends

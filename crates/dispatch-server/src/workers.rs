@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,7 @@ use dispatch_proto::{
 };
 
 use crate::app::{Ack, App, Shared, acked, now_ms};
+use crate::auth::{Act, Caller};
 use crate::http::{ApiError, JsonBody, OptionalJsonBody, json};
 
 fn path_worker_id(s: &str) -> Result<WorkerId, ApiError> {
@@ -29,16 +31,32 @@ fn lease_lost(id: &str) -> ApiError {
     ))
 }
 
+/// Why there is no room for one more worker: `--max-workers` are
+/// registered (HTTP answers 429, gRPC `RESOURCE_EXHAUSTED`).
+pub(crate) fn room_for_a_worker(app: &App, shared: &Shared) -> Result<(), String> {
+    let max = app.config.max_workers;
+    if shared.sched.workers().count() >= max {
+        return Err(format!(
+            "the server has {max} workers registered, as many as --max-workers allows"
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/workers`: 201 with the id and lease settings.
 pub(crate) async fn register(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
     JsonBody(req): JsonBody<RegisterWorker>,
 ) -> Result<Response, ApiError> {
-    let spec = req.validate()?;
+    let spec = req.validate_within(&app.config.worker_limits)?;
     let now = now_ms();
     let id = {
         let mut shared = app.lock();
+        room_for_a_worker(&app, &shared).map_err(ApiError::overloaded)?;
         let id = shared.sched.register_worker(spec, now);
+        app.owners
+            .record(caller.as_deref(), id, |w| shared.sched.worker(w).is_some());
         app.waker(&mut shared, id);
         let _ = app.settle(&mut shared, now, None);
         id
@@ -64,9 +82,11 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
 /// the lease was lost.
 pub(crate) async fn heartbeat(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
+    app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
     let cancel = app
         .lock()
         .sched
@@ -81,9 +101,11 @@ pub(crate) async fn heartbeat(
 /// `DELETE /v1/workers/{id}`: graceful leave; its tasks are requeued.
 pub(crate) async fn leave(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
+    app.owners.check(caller.as_deref(), w, Act::Remove)?;
     let now = now_ms();
     let ack = {
         let mut shared = app.lock();
@@ -173,22 +195,26 @@ async fn report_one(
 /// `POST /v1/tasks/{id}/complete`: 200; 409 when no longer leased to it.
 pub(crate) async fn complete(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<CompleteTask>,
 ) -> Result<Response, ApiError> {
     let sent = req.worker_id.clone().unwrap_or_default();
     let (worker, outcome) = req.validate()?;
+    app.owners.check(caller.as_deref(), worker, Act::AsWorker)?;
     report_one(app, id, (worker, sent), outcome).await
 }
 
 /// `POST /v1/tasks/{id}/fail`: 200; 409 when no longer leased to it.
 pub(crate) async fn fail(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<FailTask>,
 ) -> Result<Response, ApiError> {
     let sent = req.worker_id.clone().unwrap_or_default();
     let (worker, outcome) = req.validate()?;
+    app.owners.check(caller.as_deref(), worker, Act::AsWorker)?;
     report_one(app, id, (worker, sent), outcome).await
 }
 
@@ -218,10 +244,12 @@ fn collect(
 /// for none: `max: 0` is a report-only poll).
 pub(crate) async fn poll(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     OptionalJsonBody(req): OptionalJsonBody<PollRequest>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
+    app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
     // Validate every report before applying any; answer each under the
     // task id as the worker wrote it.
     let mut reports = Vec::new();

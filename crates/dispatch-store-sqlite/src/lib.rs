@@ -27,6 +27,11 @@
 //!   backup, a second store opened on the directory, the WAL checkpoint) only
 //!   holds locks briefly. A lock still held after that is reported as
 //!   [`ErrorKind::Unavailable`].
+//! - **A read-only file heals.** SQLite opens a file it may not write
+//!   read-only, silently, and that connection never writes again. Each
+//!   write checks its connection and, when it is read-only, opens a fresh
+//!   one: once the file and its folder are writable again, writes succeed
+//!   without a restart (until then they fail as `Unavailable`).
 //! - **Checkpoints in the background.** A thread of its own copies the WAL
 //!   back into the database file every 100 ms (`PASSIVE`, never waiting
 //!   for a lock), so that commits do not stall on checkpoints; the writer
@@ -169,45 +174,7 @@ impl SqliteStore {
             )
         })?;
         let path = dir.join(FILE_NAME);
-        let mut writer = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql_error(&format!("opening {}", path.display())))?;
-        writer
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(sql_error("setting busy_timeout"))?;
-        let mode: String = writer
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(sql_error("setting journal_mode=WAL"))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "{} refused WAL mode (journal_mode is {mode})",
-                    path.display()
-                ),
-            ));
-        }
-        writer
-            .pragma_update(None, "synchronous", durability.synchronous())
-            .map_err(sql_error("setting synchronous"))?;
-        // A burst of writes can grow the WAL far beyond its usual size; give
-        // the space back after the next checkpoint.
-        writer
-            .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
-            .map_err(sql_error("setting journal_size_limit"))?;
-        // Checkpoints run in the background (see `checkpoint.rs`); the
-        // writer only checkpoints when they fall far behind.
-        writer
-            .pragma_update(
-                None,
-                "wal_autocheckpoint",
-                checkpoint::WRITER_CHECKPOINT_PAGES,
-            )
-            .map_err(sql_error("setting wal_autocheckpoint"))?;
+        let mut writer = open_writer(&path, durability)?;
         let applied = schema::migrate(&mut writer)?;
         let checkpointer = Checkpointer::start(&path).map_err(|e| {
             StoreError::new(
@@ -242,6 +209,30 @@ impl SqliteStore {
         self.durability
     }
 
+    /// SQLite opens a file it may not write read-only, silently, and the
+    /// connection stays so: every write then fails, even once the file or
+    /// its folder is writable again. Like a full disk, this heals without
+    /// a restart: a read-only writer connection is replaced by a fresh one
+    /// as soon as that one can write.
+    fn heal_read_only(&self, conn: &mut Connection) -> Result<(), StoreError> {
+        if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Ok(());
+        }
+        let fresh = open_writer(&self.path, self.durability)?;
+        if fresh.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            return Err(StoreError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{} is read-only: make it and its folder writable",
+                    self.path.display()
+                ),
+            ));
+        }
+        *conn = fresh;
+        tracing::info!(path = %self.path.display(), "the database file is writable again");
+        Ok(())
+    }
+
     fn lock_writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         // A panic while the lock was held unwound through the transaction's
         // drop, which rolls back; the connection itself is still sound.
@@ -254,12 +245,58 @@ impl SqliteStore {
     }
 }
 
+/// Opens the writer's connection to `path` and sets it up (WAL mode,
+/// synchronous level, checkpoints).
+fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let writer = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_error(&format!("opening {}", path.display())))?;
+    writer
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(sql_error("setting busy_timeout"))?;
+    let mode: String = writer
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(sql_error("setting journal_mode=WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "{} refused WAL mode (journal_mode is {mode})",
+                path.display()
+            ),
+        ));
+    }
+    writer
+        .pragma_update(None, "synchronous", durability.synchronous())
+        .map_err(sql_error("setting synchronous"))?;
+    // A burst of writes can grow the WAL far beyond its usual size; give
+    // the space back after the next checkpoint.
+    writer
+        .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(sql_error("setting journal_size_limit"))?;
+    // Checkpoints run in the background (see `checkpoint.rs`); the
+    // writer only checkpoints when they fall far behind.
+    writer
+        .pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_CHECKPOINT_PAGES,
+        )
+        .map_err(sql_error("setting wal_autocheckpoint"))?;
+    Ok(writer)
+}
+
 impl Store for SqliteStore {
     fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.lock_writer()?;
+        self.heal_read_only(&mut conn)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_error("beginning a transaction"))?;

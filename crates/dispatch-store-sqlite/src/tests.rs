@@ -618,3 +618,41 @@ fn commits_are_checkpointed_in_the_background() {
     }
     assert_eq!(all(&store).len(), 2_000);
 }
+
+/// SQLite opens a file it may not write read-only, and the connection
+/// stays so. Root ignores file modes, so the test hands the store such a
+/// connection directly: once the file is writable, the next write heals.
+#[test]
+fn a_writer_opened_read_only_is_reopened_once_the_file_is_writable() {
+    let t = fresh();
+    let path = t.store.path().to_owned();
+    t.store
+        .apply(&[Write::Insert(vec![sample(1, "email")])])
+        .expect("first write");
+    let read_only = Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .expect("read-only connection");
+    assert!(read_only.is_readonly(rusqlite::MAIN_DB).unwrap());
+    // What a write on it alone would give: SQLITE_READONLY, classified as
+    // the environment's failure.
+    let e = read_only
+        .execute("DELETE FROM tasks", [])
+        .map_err(crate::codec::sql_error("deleting"))
+        .unwrap_err();
+    assert_eq!(e.kind, dispatch_store::ErrorKind::Unavailable, "{e}");
+    *t.store.writer.lock().unwrap() = read_only;
+    t.store
+        .apply(&[Write::Insert(vec![sample(2, "sms")])])
+        .expect("the write heals");
+    assert_eq!(all(&t.store).len(), 2);
+    assert!(
+        !t.store
+            .writer
+            .lock()
+            .unwrap()
+            .is_readonly(rusqlite::MAIN_DB)
+            .unwrap()
+    );
+}
