@@ -1,9 +1,15 @@
 //! A seeded simulation of a busy cluster: over a hundred workers with random
-//! types and capacities, thousands of tasks, crashes, graceful leaves, new
-//! workers, cancellations and failures, all on simulated time.
+//! types, capacities and labels, thousands of tasks in weighted queues with
+//! limits, crashes, graceful leaves, new workers, cancellations, failures,
+//! pauses, pinned tasks and dependency chains, all on simulated time. And
+//! the faults of the scheduler itself: restarts (the core is dropped and
+//! restored from what the events persisted so far, as the server does at
+//! start), a clock stepped back, and long pauses (time jumping forward past
+//! every lease).
 //!
 //! Everything random comes from one seeded generator and the simulation only
-//! iterates ordered maps, so a seed replays exactly. A failure prints its
+//! iterates ordered maps, so a seed replays exactly. The suite runs a fixed
+//! set of seeds and one that changes with every run; a failure prints its
 //! seed and step; replay it with
 //! `DISPATCH_SIM_SEED=<seed> cargo test -p dispatch-core --test simulation`.
 
@@ -14,8 +20,8 @@ use std::panic::{self, AssertUnwindSafe};
 
 use common::{Ledger, Registered, check_safety};
 use dispatch_core::{
-    Backoff, Config, CoreError, Event, Millis, Scheduler, Strategy, TaskId, TaskSpec, TaskState,
-    WorkerId, WorkerSpec,
+    Backoff, Config, CoreError, Event, Millis, QueueConfig, Scheduler, Strategy, TaskId, TaskSpec,
+    TaskState, TypeConfig, WorkerId, WorkerSpec,
 };
 
 const TYPES: [&str; 5] = ["email", "resize", "pdf", "report", "webhook"];
@@ -32,6 +38,14 @@ const MAX_STEPS: usize = 20_000;
 const MAX_DRAIN_STEPS: usize = 5_000;
 const DRAIN_STEP_MS: u64 = 100;
 const DEFAULT_SEEDS: [u64; 3] = [1, 42, 0x5EED_CAFE];
+/// Queues, with weights and limits set in `configure`.
+const QUEUES: [&str; 3] = ["default", "bulk", "urgent"];
+/// `bulk`'s per-key cap.
+const BULK_PER_KEY: u32 = 2;
+/// `bulk`'s cap on running attempts.
+const BULK_MAX_RUNNING: u32 = 30;
+/// Labels some workers carry and some tasks require.
+const ZONES: [&str; 2] = ["a", "b"];
 
 /// SplitMix64: tiny, good enough for a simulation, and fully ours so the
 /// sequence never changes under us.
@@ -70,6 +84,9 @@ impl Rng {
 struct SimWorker {
     /// Crashed workers do nothing more: they wait for their lease to expire.
     crashed: bool,
+    /// What it registered with, to register again after a restart.
+    types: Vec<&'static str>,
+    zone: Option<&'static str>,
     next_heartbeat: Millis,
     capacity: u32,
     /// Tasks it polled and is running: when each will finish, and its
@@ -88,13 +105,37 @@ struct Stats {
     late_reports: usize,
     timeouts: usize,
     children: usize,
+    restarts: usize,
+    steps_back: usize,
+    pauses: usize,
+    pinned: usize,
     main_steps: usize,
     drain_steps: usize,
     max_queued: usize,
 }
 
+/// A task as the store holds it: what it was submitted with, updated by
+/// every transition the core emitted (what the server persists).
+#[derive(Clone, Debug)]
+struct Stored {
+    spec: TaskSpec,
+    body: u64,
+    parents: Vec<TaskId>,
+    state: TaskState,
+    attempts: u32,
+    error: Option<String>,
+}
+
 struct Sim {
     step: usize,
+    /// The store, as the events left it.
+    stored: BTreeMap<TaskId, Stored>,
+    /// Queues paused now.
+    paused: BTreeSet<&'static str>,
+    /// Set while time jumps past every lease: healthy workers may be lost.
+    jumping: bool,
+    /// The latest time the core was given (the clock may step back).
+    latest: Millis,
     rng: Rng,
     /// The body is the task's failure rate in percent, read by the worker.
     s: Scheduler<u64>,
@@ -117,6 +158,10 @@ impl Sim {
         let core_seed = rng.next_u64();
         let mut sim = Sim {
             step: 0,
+            stored: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            jumping: false,
+            latest: 0,
             rng,
             s: Scheduler::new(
                 Config {
@@ -134,6 +179,7 @@ impl Sim {
             log: Vec::new(),
             stats: Stats::default(),
         };
+        configure(&mut sim.s);
         for _ in 0..INITIAL_WORKERS {
             sim.join();
         }
@@ -171,6 +217,13 @@ impl Sim {
             64..=65 => self.leave(),
             66..=70 => self.join(),
             71..=75 => self.cancel(),
+            76..=79 => match self.rng.below(10) {
+                0 => self.restart(),
+                1 => self.step_back(),
+                2 => self.pause_the_scheduler(),
+                3..=5 => self.toggle_pause(),
+                _ => self.submit_pinned(),
+            },
             _ => {
                 // One worker acts between two ticks, without time passing.
                 let healthy = self.healthy();
@@ -185,8 +238,13 @@ impl Sim {
     /// No more submissions or trouble: one extra worker per type joins and
     /// time moves until every task is terminal.
     fn drain(&mut self) {
+        for q in std::mem::take(&mut self.paused) {
+            self.s.resume_queue(q);
+        }
         for kind in TYPES {
-            self.register(vec![kind], 8);
+            for zone in [None, Some(ZONES[0]), Some(ZONES[1])] {
+                self.register(vec![kind], 8, zone);
+            }
         }
         for _ in 0..MAX_DRAIN_STEPS {
             if self.ledger.live.is_empty() {
@@ -231,8 +289,14 @@ impl Sim {
                 .filter(|s| !s.fans_out())
                 .collect();
             let strategy = self.rng.pick(&routed);
-            let routing_key = (strategy == Strategy::ConsistentHash)
+            let queue = self.rng.pick(&QUEUES);
+            let routing_key = (strategy == Strategy::ConsistentHash || queue == "bulk")
                 .then(|| format!("key-{}", self.rng.below(20)).into());
+            let labels = if self.rng.chance(10) {
+                BTreeMap::from([("zone".to_owned(), self.rng.pick(&ZONES).to_owned())])
+            } else {
+                BTreeMap::new()
+            };
             let spec = TaskSpec {
                 strategy,
                 routing_key,
@@ -245,6 +309,8 @@ impl Sim {
                     max_ms: 5_000,
                     multiplier: 2.0,
                 },
+                queue: queue.into(),
+                labels,
                 ..TaskSpec::new(self.rng.pick(&TYPES))
             };
             let fail_percent = if self.rng.chance(70) {
@@ -252,12 +318,39 @@ impl Sim {
             } else {
                 self.rng.between(30, 70)
             };
-            self.s.submit(id, spec, fail_percent, self.now).unwrap();
-            // Some tasks wait for one or two earlier ones, live or ended.
+            self.s
+                .submit(id, spec.clone(), fail_percent, self.now)
+                .unwrap();
+            let delayed = spec.run_at.is_some();
+            self.stored.insert(
+                id,
+                Stored {
+                    spec,
+                    body: fail_percent,
+                    parents: Vec::new(),
+                    state: if delayed {
+                        TaskState::Scheduled
+                    } else {
+                        TaskState::Queued
+                    },
+                    attempts: 0,
+                    error: None,
+                },
+            );
+            // Some tasks wait for one or two earlier ones, live or ended;
+            // some for the task just before them (chains).
             if id.0 > 10 && self.rng.chance(10) {
-                let parents: Vec<TaskId> = (0..self.rng.between(1, 2))
-                    .map(|_| TaskId(self.rng.between(id.0.saturating_sub(50).max(1), id.0 - 1)))
-                    .collect();
+                let parents: Vec<TaskId> = if self.rng.chance(30) {
+                    vec![TaskId(id.0 - 1)]
+                } else {
+                    (0..self.rng.between(1, 2))
+                        .map(|_| TaskId(self.rng.between(id.0.saturating_sub(50).max(1), id.0 - 1)))
+                        .collect()
+                };
+                if let Some(r) = self.stored.get_mut(&id) {
+                    r.parents = parents.clone();
+                    r.state = TaskState::Scheduled;
+                }
                 let ended = self.s.hold_for_parents(id, &parents).unwrap();
                 for p in ended {
                     let st = self
@@ -282,15 +375,18 @@ impl Sim {
         }
     }
 
-    fn register(&mut self, types: Vec<&str>, capacity: u32) {
-        let id = self.s.register_worker(
-            WorkerSpec::new("sim", types.iter().copied(), capacity),
-            self.now,
-        );
+    fn register(&mut self, types: Vec<&'static str>, capacity: u32, zone: Option<&'static str>) {
+        let mut spec = WorkerSpec::new("sim", types.iter().copied(), capacity);
+        if let Some(z) = zone {
+            spec.labels.insert("zone".into(), z.into());
+        }
+        let id = self.s.register_worker(spec, self.now);
         self.registered
             .insert(id, types.iter().map(|t| t.to_string()).collect());
         let worker = SimWorker {
             crashed: false,
+            types,
+            zone,
             next_heartbeat: self.now + HEARTBEAT_EVERY,
             capacity,
             in_hand: BTreeMap::new(),
@@ -302,13 +398,14 @@ impl Sim {
     }
 
     fn join(&mut self) {
-        let mut types: Vec<&str> = (0..self.rng.between(1, 3))
+        let mut types: Vec<&'static str> = (0..self.rng.between(1, 3))
             .map(|_| self.rng.pick(&TYPES))
             .collect();
         types.sort();
         types.dedup();
         let capacity = self.rng.between(1, 8) as u32;
-        self.register(types, capacity);
+        let zone = self.rng.chance(50).then(|| self.rng.pick(&ZONES));
+        self.register(types, capacity, zone);
         self.stats.joins += 1;
     }
 
@@ -359,6 +456,157 @@ impl Sim {
         self.s.tick(self.now);
         for w in self.healthy() {
             self.act(w);
+        }
+    }
+
+    /// The scheduler restarts: the core is dropped and a new one restored
+    /// from the store, as the server does at start (an attempt that was
+    /// running does not count; a task waiting for parents waits again, told
+    /// how those that ended did). Every worker's registration is gone with
+    /// it: live workers register again and abandon what they held.
+    fn restart(&mut self) {
+        self.after_step();
+        self.stats.restarts += 1;
+        let mut s = Scheduler::new(
+            Config {
+                lease_ms: LEASE,
+                ..Config::default()
+            },
+            self.rng.next_u64(),
+        );
+        configure(&mut s);
+        for q in &self.paused {
+            s.pause_queue(q);
+        }
+        let live: Vec<TaskId> = self
+            .stored
+            .iter()
+            .filter(|(_, r)| !r.state.is_terminal())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in live {
+            let r = self.stored[&id].clone();
+            let attempts = if r.state == TaskState::Running {
+                r.attempts - 1
+            } else {
+                r.attempts
+            };
+            s.restore(
+                id,
+                r.spec.clone(),
+                r.body,
+                attempts,
+                r.error.clone(),
+                self.now,
+            )
+            .unwrap();
+            if r.state == TaskState::Scheduled && !r.parents.is_empty() {
+                for p in s.hold_for_parents(id, &r.parents).unwrap() {
+                    let st = self.stored[&p].state;
+                    assert!(
+                        st.is_terminal(),
+                        "parent {p} of {id} is {st:?} but not live"
+                    );
+                    s.parent_ended(id, p, st, self.now);
+                }
+            }
+            // A task may end as it is restored (a copy pinned to a worker
+            // that is gone): its end is written before the next is read.
+            let events = s.drain_events();
+            self.ledger.apply(&events).unwrap_or_else(|e| panic!("{e}"));
+            self.persist(&events);
+            self.log.extend(events);
+        }
+        self.s = s;
+        let old = std::mem::take(&mut self.workers);
+        self.registered.clear();
+        for w in old.into_values().filter(|w| !w.crashed) {
+            self.register(w.types, w.capacity, w.zone);
+        }
+        // What the restore changed is what the server writes back at start.
+        let events = self.s.drain_events();
+        self.ledger.apply(&events).unwrap_or_else(|e| panic!("{e}"));
+        self.persist(&events);
+        self.log.extend(events);
+        for (id, state) in self.ledger.live.iter_mut() {
+            let t = self.s.task(*id).expect("a live task was restored");
+            *state = t.state;
+            let r = self.stored.get_mut(id).expect("stored");
+            r.state = t.state;
+            r.attempts = t.attempts;
+        }
+    }
+
+    /// The wall clock is stepped back: the core must neither stall nor
+    /// fire a timer twice.
+    fn step_back(&mut self) {
+        self.stats.steps_back += 1;
+        self.latest = self.latest.max(self.now);
+        self.now -= self.rng.between(1, 2_000);
+        self.s.tick(self.now);
+    }
+
+    /// The scheduler is paused (stopped, or its machine was) for longer
+    /// than a lease: when it runs again, the leases that ran out while it
+    /// was away expire, healthy workers' too, and they register again.
+    fn pause_the_scheduler(&mut self) {
+        self.stats.pauses += 1;
+        self.now += self.rng.between(LEASE, 3 * LEASE);
+        self.jumping = true;
+        self.s.tick(self.now);
+        self.after_step();
+        self.jumping = false;
+    }
+
+    fn toggle_pause(&mut self) {
+        let q = self.rng.pick(&QUEUES);
+        if self.paused.remove(q) {
+            self.s.resume_queue(q);
+        } else {
+            self.paused.insert(q);
+            self.s.pause_queue(q);
+        }
+    }
+
+    /// A task pinned to one live worker, as a broadcast copy is.
+    fn submit_pinned(&mut self) {
+        let healthy = self.healthy();
+        if healthy.is_empty() || self.next_task > TASKS {
+            return;
+        }
+        let w = self.rng.pick(&healthy);
+        let id = TaskId(self.next_task);
+        self.next_task += 1;
+        let spec = TaskSpec {
+            pinned: Some(w),
+            ..TaskSpec::new(self.workers[&w].types[0])
+        };
+        self.s.submit(id, spec.clone(), 0, self.now).unwrap();
+        self.stored.insert(
+            id,
+            Stored {
+                spec,
+                body: 0,
+                parents: Vec::new(),
+                state: TaskState::Queued,
+                attempts: 0,
+                error: None,
+            },
+        );
+        self.ledger.submitted(id, TaskState::Queued);
+        self.stats.pinned += 1;
+    }
+
+    /// Writes what the events say to the store model.
+    fn persist(&mut self, events: &[Event]) {
+        for e in events {
+            if let Event::Transition(t) = e {
+                let r = self.stored.get_mut(&t.task).expect("a stored task");
+                r.state = t.state;
+                r.attempts = t.attempts;
+                r.error = t.error.clone();
+                r.spec.run_at = t.ready_at;
+            }
         }
     }
 
@@ -469,14 +717,41 @@ impl Sim {
         if let Err(e) = self.ledger.apply(&events) {
             panic!("{e}");
         }
+        self.persist(&events);
         for e in &events {
+            if let Event::Assigned { task, worker } = *e {
+                let t = self.s.task(task).expect("an assigned task is live");
+                assert!(
+                    !self.paused.contains(&*t.spec.queue),
+                    "{task} assigned from paused queue {}",
+                    t.spec.queue
+                );
+                assert!(
+                    t.spec.pinned.is_none_or(|p| p == worker),
+                    "{task} pinned elsewhere went to {worker}"
+                );
+                assert!(
+                    t.spec
+                        .run_at
+                        .is_none_or(|at| at <= self.now.max(self.latest)),
+                    "{task} assigned before its time"
+                );
+            }
             if let Event::WorkerLost { worker, at } = *e {
                 assert_eq!(at, self.now);
                 let w = self
                     .workers
                     .remove(&worker)
                     .unwrap_or_else(|| panic!("lost unknown worker {worker}"));
-                assert!(w.crashed, "healthy worker {worker} lost its lease");
+                assert!(
+                    w.crashed || self.jumping,
+                    "healthy worker {worker} lost its lease"
+                );
+                if !w.crashed {
+                    // Paused past its lease, the scheduler lost it: it
+                    // registers again.
+                    self.register(w.types.clone(), w.capacity, w.zone);
+                }
                 self.stats.lost += 1;
                 // A zombie's report on a task it held is refused, unchanged.
                 if let Some(&t) = w.in_hand.keys().next() {
@@ -493,6 +768,33 @@ impl Sim {
             .filter(|&&st| st == TaskState::Queued)
             .count();
         self.stats.max_queued = self.stats.max_queued.max(queued);
+        let bulk_running: usize = self
+            .s
+            .queues()
+            .iter()
+            .filter(|q| &*q.name == "bulk")
+            .map(|q| q.running)
+            .sum();
+        assert!(
+            bulk_running <= BULK_MAX_RUNNING as usize,
+            "bulk runs {bulk_running}"
+        );
+        let mut per_key: BTreeMap<&str, u32> = BTreeMap::new();
+        for t in self
+            .s
+            .tasks()
+            .filter(|t| t.worker.is_some() && &*t.spec.queue == "bulk")
+        {
+            let n = per_key
+                .entry(t.spec.routing_key.as_deref().unwrap_or(""))
+                .or_default();
+            *n += 1;
+            assert!(
+                *n <= BULK_PER_KEY,
+                "bulk key {:?} over its cap",
+                t.spec.routing_key
+            );
+        }
         let checks = [
             self.s.check_invariants(),
             check_safety(&self.s, &self.registered),
@@ -504,6 +806,35 @@ impl Sim {
             }
         }
     }
+}
+
+/// The queues' weights and limits, and a type with a rate limit, as the
+/// server's config file sets them.
+fn configure(s: &mut Scheduler<u64>) {
+    s.configure_queue(
+        "bulk",
+        QueueConfig {
+            weight: 1,
+            max_running: Some(BULK_MAX_RUNNING),
+            max_per_key: Some(BULK_PER_KEY),
+            ..QueueConfig::default()
+        },
+    );
+    s.configure_queue(
+        "urgent",
+        QueueConfig {
+            weight: 4,
+            ..QueueConfig::default()
+        },
+    );
+    s.configure_type(
+        "webhook",
+        TypeConfig {
+            rate_per_sec: Some(200.0),
+            burst: Some(20),
+            ..TypeConfig::default()
+        },
+    );
 }
 
 /// Runs one seed; any panic is reported with the seed and step to replay.
@@ -526,10 +857,16 @@ fn run_seed(seed: u64) -> (Vec<Event>, Ledger, Stats) {
     }
 }
 
-/// `DISPATCH_SIM_SEED` (decimal or 0x-hex) if set, else the default seeds.
+/// `DISPATCH_SIM_SEED` (decimal or 0x-hex) if set, else the default seeds
+/// and one that changes with every run (printed with any failure).
 fn seeds() -> Vec<u64> {
     let Ok(v) = std::env::var("DISPATCH_SIM_SEED") else {
-        return DEFAULT_SEEDS.to_vec();
+        let rotating = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(7, |d| d.as_nanos() as u64);
+        let mut seeds = DEFAULT_SEEDS.to_vec();
+        seeds.push(rotating);
+        return seeds;
     };
     let v = v.trim();
     let parsed = match v.strip_prefix("0x") {
@@ -566,7 +903,11 @@ fn every_task_reaches_exactly_one_terminal_state() {
                 && stats.leaves > 0
                 && stats.joins > 0
                 && stats.timeouts > 0
-                && stats.children > 0,
+                && stats.children > 0
+                && stats.restarts > 0
+                && stats.steps_back > 0
+                && stats.pauses > 0
+                && stats.pinned > 0,
             "seed {seed}: {stats:?}"
         );
     }
