@@ -283,8 +283,14 @@ async fn the_audit_log_rotates_at_its_size() {
     .await;
     let (s, _) = call(&server.url, "GET", "/v1/tasks", None, None).await;
     assert_eq!(s, 401);
+    // The writer is asynchronous: the old file moves aside first.
+    let rotated = dir.path().join("audit.jsonl.1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rotated.exists() {
+        assert!(Instant::now() < deadline, "the audit log was not rotated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let got = lines(&log, 1);
     assert_eq!(got[0]["action"], "auth.denied");
-    let rotated = dir.path().join("audit.jsonl.1");
     assert_eq!(std::fs::read_to_string(rotated).unwrap(), old);
 }
