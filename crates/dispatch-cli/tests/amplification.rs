@@ -219,3 +219,44 @@ async fn queue_names_used_once_are_forgotten_and_metrics_stay_bounded() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn worker_registrations_are_charged_against_the_memory_budget() {
+    let server = Server::with_args(&["--max-memory-mb", "1"]).await;
+    let api = server.api();
+    let labels: serde_json::Map<String, Value> = (0..50)
+        .map(|i| (format!("label-{i}"), json!("v".repeat(200))))
+        .collect();
+    let register = || {
+        api.post(
+            "/v1/workers",
+            json!({"name": "big", "types": ["t"], "labels": labels, "capacity": 1}),
+        )
+    };
+    let mut ids = Vec::new();
+    let refused = loop {
+        let r = register().await;
+        if r.status != 201 {
+            break r;
+        }
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+        assert!(
+            ids.len() < 1_000,
+            "a 1 MiB budget held 1,000 workers of 12 KB"
+        );
+    };
+    let p = refused.problem(429, None);
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--max-memory-mb"),
+        "{p}"
+    );
+    assert!(ids.len() >= 10, "only {} workers fit", ids.len());
+    // One leaves: its share comes back, and another fits.
+    api.delete(&format!("/v1/workers/{}", ids[0]))
+        .await
+        .expect(204);
+    register().await.expect(201);
+}

@@ -23,6 +23,9 @@ pub(crate) struct Shared {
     pub(crate) sched: Scheduler<Body>,
     /// One per registered worker; notified when tasks are assigned to it.
     wakers: HashMap<WorkerId, Arc<Notify>>,
+    /// What each registered worker takes of `--max-memory-mb`, given back
+    /// when it goes.
+    worker_charges: HashMap<WorkerId, crate::budget::Charge>,
     /// Requests waiting for a task to end (`GET /v1/tasks/{id}?wait_ms`).
     task_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
 }
@@ -207,6 +210,7 @@ impl App {
             shared: Mutex::new(Shared {
                 sched,
                 wakers: HashMap::new(),
+                worker_charges: HashMap::new(),
                 task_waiters: HashMap::new(),
             }),
             store,
@@ -335,6 +339,7 @@ impl App {
                     tracing::warn!(%worker, "worker declared dead (lease expired or stream broken); its tasks were requeued");
                     self.metrics.workers_lost.fetch_add(1, Ordering::Relaxed);
                     shared.wakers.remove(&worker);
+                    shared.worker_charges.remove(&worker);
                 }
             }
         }
@@ -410,11 +415,23 @@ impl App {
         shared.wakers.entry(worker).or_default().clone()
     }
 
-    /// Forgets a worker's wake-up handle.
+    /// Forgets a worker's wake-up handle and gives back its memory.
     pub(crate) fn forget_worker(&self, shared: &mut Shared, worker: WorkerId) {
         if let Some(w) = shared.wakers.remove(&worker) {
             w.notify_waiters();
         }
+        shared.worker_charges.remove(&worker);
+    }
+
+    /// Keeps what a newly registered worker takes of the memory budget
+    /// until it goes (leaves, or is lost).
+    pub(crate) fn hold_worker_charge(
+        &self,
+        shared: &mut Shared,
+        worker: WorkerId,
+        charge: crate::budget::Charge,
+    ) {
+        shared.worker_charges.insert(worker, charge);
     }
 
     /// One task, live or stored.

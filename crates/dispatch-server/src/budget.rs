@@ -25,6 +25,22 @@ use dispatch_store::{TaskBody, TaskRecord};
 /// of them before the first task: 515 bytes a task.
 pub(crate) const TASK_OVERHEAD: u64 = 512;
 
+/// What a registered worker is charged: its registration's strings and
+/// a fixed share for the scheduler's and the server's structures (its
+/// routing entry per type, its wake-up handle, its owner).
+pub(crate) fn worker_footprint(spec: &dispatch_core::WorkerSpec) -> u64 {
+    let types: usize = spec.types.iter().map(|t| t.len() + 64).sum();
+    let labels: usize = spec
+        .labels
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 48)
+        .sum();
+    WORKER_OVERHEAD + (spec.name.len() + types + labels) as u64
+}
+
+/// The fixed part of a worker's charge, in bytes.
+const WORKER_OVERHEAD: u64 = 2_048;
+
 /// What a task is charged.
 pub(crate) fn footprint(r: &TaskRecord) -> u64 {
     footprint_of(&r.spec, &r.body)

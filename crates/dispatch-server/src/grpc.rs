@@ -135,8 +135,10 @@ impl WorkerService for GrpcWorkers {
         let now = now_ms();
         let (worker, waker) = {
             let mut shared = app.lock();
-            crate::workers::room_for_a_worker(&app, &shared).map_err(Status::resource_exhausted)?;
+            let charge = crate::workers::room_for_a_worker(&app, &shared, &spec)
+                .map_err(Status::resource_exhausted)?;
             let id = shared.sched.register_worker(spec, now);
+            app.hold_worker_charge(&mut shared, id, charge);
             // It gets tasks as it grants credit, not before.
             let _ = shared.sched.offer(id, 0, now);
             app.owners

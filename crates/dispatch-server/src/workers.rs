@@ -33,14 +33,22 @@ fn lease_lost(id: &str) -> ApiError {
 
 /// Why there is no room for one more worker: `--max-workers` are
 /// registered (HTTP answers 429, gRPC `RESOURCE_EXHAUSTED`).
-pub(crate) fn room_for_a_worker(app: &App, shared: &Shared) -> Result<(), String> {
+pub(crate) fn room_for_a_worker(
+    app: &App,
+    shared: &Shared,
+    spec: &dispatch_core::WorkerSpec,
+) -> Result<crate::budget::Charge, String> {
     let max = app.config.max_workers;
     if shared.sched.workers().count() >= max {
         return Err(format!(
             "the server has {max} workers registered, as many as --max-workers allows"
         ));
     }
-    Ok(())
+    // A worker's registration is held in memory like a task: it is charged
+    // against `--max-memory-mb` too.
+    app.budget
+        .reserve(crate::budget::worker_footprint(spec), 0)
+        .map_err(|e| e.to_string())
 }
 
 /// `POST /v1/workers`: 201 with the id and lease settings.
@@ -53,8 +61,9 @@ pub(crate) async fn register(
     let now = now_ms();
     let id = {
         let mut shared = app.lock();
-        room_for_a_worker(&app, &shared).map_err(ApiError::overloaded)?;
+        let charge = room_for_a_worker(&app, &shared, &spec).map_err(ApiError::overloaded)?;
         let id = shared.sched.register_worker(spec, now);
+        app.hold_worker_charge(&mut shared, id, charge);
         app.owners
             .record(caller.as_deref(), id, |w| shared.sched.worker(w).is_some());
         app.waker(&mut shared, id);
