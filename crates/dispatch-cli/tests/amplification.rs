@@ -41,7 +41,9 @@ fn assert_peak_within(server: &Server, budget_mib: u64) {
 
 #[tokio::test]
 async fn a_sharded_task_with_a_large_payload_is_refused_before_its_shards_exist() {
-    let server = Server::with_args(&["--max-memory-mb", "256"]).await;
+    // Under an address-space limit of the budget plus 512 MiB: an
+    // overshoot would abort the server, not pass quietly.
+    let server = Server::with_address_space(&["--max-memory-mb", "256"], 256 + 512).await;
     let api = server.api();
     let big = "x".repeat(4 << 20);
     let r = api
@@ -62,7 +64,7 @@ async fn a_sharded_task_with_a_large_payload_is_refused_before_its_shards_exist(
 
 #[tokio::test]
 async fn a_batch_that_would_create_too_many_tasks_is_refused_with_the_count() {
-    let server = Server::start().await;
+    let server = Server::with_address_space(&["--max-memory-mb", "256"], 256 + 512).await;
     let api = server.api();
     let tasks: Vec<Value> = (0..10_000)
         .map(|_| json!({"type": "fan", "strategy": "sharding", "shards": 1000}))
@@ -72,7 +74,7 @@ async fn a_batch_that_would_create_too_many_tasks_is_refused_with_the_count() {
     let detail = p["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("10010000 tasks"), "{p}");
     assert!(detail.contains("--max-tasks-per-request"), "{p}");
-    assert_peak_within(&server, 1024);
+    assert_peak_within(&server, 256);
     assert_eq!(api.list("limit=10").await["tasks"], json!([]));
 }
 
@@ -259,4 +261,33 @@ async fn worker_registrations_are_charged_against_the_memory_budget() {
         .await
         .expect(204);
     register().await.expect(201);
+}
+
+#[tokio::test]
+async fn filling_the_memory_budget_stays_within_it_under_an_address_space_limit() {
+    let server = Server::with_address_space(&["--max-memory-mb", "256"], 256 + 512).await;
+    let api = server.api();
+    let payload = "y".repeat(200_000);
+    let mut accepted = 0;
+    let refusal = loop {
+        let r = api
+            .post(
+                "/v1/tasks",
+                json!({"type": "fill", "strategy": "sharding", "shards": 200, "payload": payload}),
+            )
+            .await;
+        if r.status != 201 {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted < 100, "a 256 MiB budget took 100 x 40 MB");
+    };
+    refusal.problem(429, None);
+    assert!(
+        accepted >= 3,
+        "only {accepted} requests of 40 MB fit in 256 MiB"
+    );
+    // Alive and answering, its peak within the budget and the runtime.
+    assert_eq!(api.get("/healthz").await.json()["status"], "ok");
+    assert_peak_within(&server, 256);
 }

@@ -102,7 +102,16 @@ impl Server {
     pub(crate) async fn with_args(args: &[&str]) -> Server {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let args = args.iter().map(|a| a.to_string()).collect();
-        Server::start_in(dir, args, None).await
+        Server::start_in(dir, args, None, None).await
+    }
+
+    /// A server with extra arguments whose address space is limited to
+    /// `mib` MiB (`ulimit -v`), so that a memory overshoot fails as a crash
+    /// instead of passing quietly.
+    pub(crate) async fn with_address_space(args: &[&str], mib: u64) -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Server::start_in(dir, args, None, Some(mib)).await
     }
 
     /// A TLS server: `args` give `--tls-cert` and `--tls-key`, whose
@@ -110,7 +119,7 @@ impl Server {
     pub(crate) async fn with_tls(ca: &Path, args: &[&str]) -> Server {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let args = args.iter().map(|a| a.to_string()).collect();
-        Server::start_in(dir, args, Some(ca.to_owned())).await
+        Server::start_in(dir, args, Some(ca.to_owned()), None).await
     }
 
     /// A server on the data folder `dir`; retries on another port when the
@@ -119,9 +128,11 @@ impl Server {
         dir: Arc<tempfile::TempDir>,
         args: Vec<String>,
         ca: Option<PathBuf>,
+        address_space_mib: Option<u64>,
     ) -> Server {
         for _ in 0..5 {
-            match Server::try_start(dir.clone(), args.clone(), ca.clone()).await {
+            match Server::try_start(dir.clone(), args.clone(), ca.clone(), address_space_mib).await
+            {
                 Attempt::Up(s) => return s,
                 Attempt::PortTaken => continue,
             }
@@ -133,12 +144,23 @@ impl Server {
         dir: Arc<tempfile::TempDir>,
         args: Vec<String>,
         ca: Option<PathBuf>,
+        address_space_mib: Option<u64>,
     ) -> Attempt {
         install_crypto_provider();
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let data = dir.path().join("data");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match address_space_mib {
+            // The shell sets the limit, then becomes the server (same pid).
+            Some(mib) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", mib * 1024))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("server")
             .arg("--listen")
             .arg(&listen)
@@ -255,7 +277,7 @@ impl Server {
     /// (on a new port).
     pub(crate) async fn crash_and_restart(mut self) -> Server {
         self.kill();
-        Server::start_in(self.dir.clone(), self.args.clone(), self.ca.clone()).await
+        Server::start_in(self.dir.clone(), self.args.clone(), self.ca.clone(), None).await
     }
 }
 
@@ -751,7 +773,7 @@ impl Server {
     pub(crate) async fn crash_and_restart_after(mut self, down: Duration) -> Server {
         self.kill();
         tokio::time::sleep(down).await;
-        Server::start_in(self.dir.clone(), self.args.clone(), self.ca.clone()).await
+        Server::start_in(self.dir.clone(), self.args.clone(), self.ca.clone(), None).await
     }
 }
 
