@@ -124,6 +124,20 @@ impl Limiter {
         self.running = self.running.saturating_sub(1);
     }
 
+    /// Checks the bucket: an attempt starts only on a whole token, so the
+    /// bucket never goes below empty, nor above its size.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if let Some((_, burst)) = self.rate
+            && !(-1e-9..=burst + 1e-9).contains(&self.tokens)
+        {
+            return Err(format!(
+                "rate limit bucket holds {} tokens of {burst}",
+                self.tokens
+            ));
+        }
+        Ok(())
+    }
+
     /// When the bucket next holds a whole token, if it is short of one.
     pub(crate) fn next_token_at(&self) -> Option<Millis> {
         let (per_ms, _) = self.rate?;

@@ -901,8 +901,19 @@ impl<B> Scheduler<B> {
             {
                 return Err(format!("queue {name} runs {running} > max {max}"));
             }
+            q.limiter
+                .check()
+                .map_err(|e| format!("queue {name}: {e}"))?;
+            if let Some(max) = q.config.max_per_key
+                && let Some((key, n)) = q.by_key.iter().find(|(_, n)| **n > max)
+            {
+                return Err(format!(
+                    "queue {name} runs {n} tasks of key {key}, over its max_per_key {max}"
+                ));
+            }
         }
         for (kind, l) in &self.type_limits {
+            l.check().map_err(|e| format!("type {kind}: {e}"))?;
             let running = per_type.get(&**kind).copied().unwrap_or_default();
             if l.running != running || l.max_running.is_some_and(|m| running > m) {
                 return Err(format!(
