@@ -89,6 +89,9 @@ macro_rules! store_conformance_tests {
             queue_pause_states_round_trip_and_list_by_name,
             queue_pause_states_of_a_refused_batch_are_not_stored,
             count_by_queue_state_counts_every_stored_task,
+            a_batch_of_ten_thousand_tasks_is_one_write,
+            ties_in_created_at_keep_id_order,
+            reads_during_writes_see_whole_batches,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1390,5 +1393,89 @@ pub fn count_by_queue_state_counts_every_stored_task(store: impl Store) {
             row("default", TaskState::Succeeded, 2),
             row("zz", TaskState::Queued, 1),
         ]
+    );
+}
+
+/// A batch of 10,000 tasks (the largest a client may send) is one write:
+/// every task stored, listed and loaded.
+pub fn a_batch_of_ten_thousand_tasks_is_one_write(store: impl Store) {
+    let records: Vec<TaskRecord> = (1..=10_000u64).map(|id| sample(id, "bulk")).collect();
+    let outcomes = insert(&store, records);
+    assert_eq!(outcomes.len(), 10_000);
+    assert!(outcomes.iter().all(|o| *o == InsertOutcome::Created));
+    assert_eq!(
+        store.max_task_id().expect("max_task_id"),
+        Some(TaskId(10_000))
+    );
+    assert_eq!(store.load_live().expect("load_live").len(), 10_000);
+    let page = list(
+        &store,
+        TaskQuery {
+            limit: 1_000,
+            ..TaskQuery::default()
+        },
+    );
+    assert_eq!(page, (9_001..=10_000u64).rev().collect::<Vec<_>>());
+}
+
+/// Tasks accepted in the same millisecond keep their id order: oldest
+/// first when loaded, newest first when listed.
+pub fn ties_in_created_at_keep_id_order(store: impl Store) {
+    let records: Vec<TaskRecord> = [7u64, 3, 5, 1]
+        .into_iter()
+        .map(|id| {
+            let mut r = sample(id, "email");
+            r.body.created_at = 1_700_000_000_000;
+            r
+        })
+        .collect();
+    insert(&store, records);
+    let loaded: Vec<u64> = store
+        .load_live()
+        .expect("load_live")
+        .iter()
+        .map(|r| r.id.0)
+        .collect();
+    assert_eq!(loaded, vec![1, 3, 5, 7]);
+    let newest_first = list(
+        &store,
+        TaskQuery {
+            limit: 10,
+            ..TaskQuery::default()
+        },
+    );
+    assert_eq!(newest_first, vec![7, 5, 3, 1]);
+}
+
+/// Readers running while batches are written see each batch whole or not
+/// at all: never part of one.
+pub fn reads_during_writes_see_whole_batches(store: impl Store) {
+    const BATCH: u64 = 50;
+    const BATCHES: u64 = 40;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || reads == 0 {
+                let live = store.load_live().expect("load_live").len() as u64;
+                assert_eq!(live % BATCH, 0, "a read saw {live} tasks: part of a batch");
+                let max = store.max_task_id().expect("max_task_id").map_or(0, |t| t.0);
+                assert_eq!(max % BATCH, 0, "a read saw task {max}: part of a batch");
+                reads += 1;
+            }
+            reads
+        });
+        for b in 0..BATCHES {
+            let records = (1..=BATCH)
+                .map(|i| sample(b * BATCH + i, "email"))
+                .collect();
+            insert(&store, records);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(reader.join().expect("the reader") > 0);
+    });
+    assert_eq!(
+        store.load_live().expect("load_live").len() as u64,
+        BATCH * BATCHES
     );
 }
