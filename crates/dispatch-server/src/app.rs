@@ -550,3 +550,24 @@ pub(crate) async fn timer_loop(app: Arc<App>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The core's clock starts at the wall clock and never goes back,
+    /// whatever the wall clock does afterwards (it is advanced by the
+    /// monotonic clock only); the simulation steps the core's time back and
+    /// forward to check the core copes with any caller.
+    #[test]
+    fn the_core_clock_starts_at_the_wall_clock_and_never_goes_back() {
+        let first = now_ms();
+        assert!(first.abs_diff(wall_ms()) < 5_000, "{first} vs {}", wall_ms());
+        let mut last = first;
+        for _ in 0..100_000 {
+            let t = now_ms();
+            assert!(t >= last, "{t} after {last}");
+            last = t;
+        }
+    }
+}
