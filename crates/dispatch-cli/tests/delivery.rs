@@ -58,11 +58,7 @@ async fn a_worker_that_registers_and_hangs_kills_no_task() {
     let tasks: Vec<Value> = (0..50)
         .map(|_| json!({"type": kind, "max_attempts": 1}))
         .collect();
-    let r = api
-        .post("/v1/tasks/batch", json!({"tasks": tasks}))
-        .await
-        .expect(201);
-    let ids: Vec<String> = r["tasks"].as_array().unwrap().iter().map(id_of).collect();
+    let ids = api.submit_batch(tasks).await;
 
     // It never polls: its lease runs out and every task is queued again,
     // its one attempt unspent.
@@ -103,11 +99,7 @@ async fn tasks_of_a_worker_that_heartbeats_but_never_polls_go_to_one_that_does()
     let idle = api.register(&[&kind], 100).await;
     let ids: Vec<String> = {
         let tasks: Vec<Value> = (0..20).map(|_| json!({"type": kind})).collect();
-        let r = api
-            .post("/v1/tasks/batch", json!({"tasks": tasks}))
-            .await
-            .expect(201);
-        r["tasks"].as_array().unwrap().iter().map(id_of).collect()
+        api.submit_batch(tasks).await
     };
     api.wait_task(&ids[19], WITHIN, |t| t["worker_id"] == json!(idle))
         .await;
@@ -298,11 +290,7 @@ async fn a_grpc_worker_that_grants_no_credit_is_given_nothing() {
     let tasks: Vec<Value> = (0..10)
         .map(|_| json!({"type": kind, "max_attempts": 1}))
         .collect();
-    let r = api
-        .post("/v1/tasks/batch", json!({"tasks": tasks}))
-        .await
-        .expect(201);
-    let ids: Vec<String> = r["tasks"].as_array().unwrap().iter().map(id_of).collect();
+    let ids = api.submit_batch(tasks).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for id in &ids {
         let t = api.task(id).await;

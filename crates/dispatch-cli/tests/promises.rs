@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, id_of, unique_type};
+use common::{Server, unique_type};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -22,11 +22,7 @@ async fn a_relaxed_mode_process_crash_loses_nothing_acknowledged() {
         let tasks: Vec<Value> = (0..50)
             .map(|i| json!({"type": kind, "payload": i}))
             .collect();
-        let r = api
-            .post("/v1/tasks/batch", json!({"tasks": tasks}))
-            .await
-            .expect(201);
-        ids.extend(r["tasks"].as_array().unwrap().iter().map(id_of));
+        ids.extend(api.submit_batch(tasks).await);
     }
     // SIGKILL right after the last answer: relaxed mode skips the fsync,
     // not the write, so the operating system still has every batch.

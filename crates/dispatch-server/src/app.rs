@@ -562,7 +562,11 @@ mod tests {
     #[test]
     fn the_core_clock_starts_at_the_wall_clock_and_never_goes_back() {
         let first = now_ms();
-        assert!(first.abs_diff(wall_ms()) < 5_000, "{first} vs {}", wall_ms());
+        assert!(
+            first.abs_diff(wall_ms()) < 5_000,
+            "{first} vs {}",
+            wall_ms()
+        );
         let mut last = first;
         for _ in 0..100_000 {
             let t = now_ms();

@@ -73,8 +73,15 @@ fn assert_unavailable(e: &ClientError) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_store_answers_503_and_the_server_recovers_by_itself() {
+/// A server on loopback over a SQLite file in a fresh folder, wrapped in a
+/// store whose faults the test turns on and off; and a client of it.
+async fn faulty_server() -> (
+    tempfile::TempDir,
+    dispatch_server::RunningServer,
+    Arc<dispatch_store::Faults>,
+    Client,
+    String,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
     let (faulty, faults) = FaultyStore::new(sqlite);
@@ -87,6 +94,12 @@ async fn a_failing_store_answers_503_and_the_server_recovers_by_itself() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let base = format!("http://{}", server.local_addr());
     let client = Client::new(&base).expect("client");
+    (dir, server, faults, client, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_answers_503_and_the_server_recovers_by_itself() {
+    let (dir, server, faults, client, base) = faulty_server().await;
     let http = reqwest::Client::new();
 
     let w = client.register(&worker()).await.expect("register").id;
@@ -196,16 +209,7 @@ async fn a_failing_store_answers_503_and_the_server_recovers_by_itself() {
 /// spent, and the next poll, once the store works, collects them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_answered_503_takes_no_task() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
-    let (faulty, faults) = FaultyStore::new(sqlite);
-    let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let server =
-        dispatch_server::start_with_store(ServerConfig::new(listen, dir.path()), Arc::new(faulty))
-            .await
-            .expect("start");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::new(&format!("http://{}", server.local_addr())).expect("client");
+    let (_dir, server, faults, client, _) = faulty_server().await;
 
     let w = client.register(&worker()).await.expect("register").id;
     let (a, _) = client.submit(&task("job")).await.expect("submit");

@@ -511,6 +511,15 @@ impl Api {
         self.post("/v1/tasks", task).await.expect(201)
     }
 
+    /// Submits a batch; asserts 201 and returns the ids, in order.
+    pub(crate) async fn submit_batch(&self, tasks: Vec<Value>) -> Vec<String> {
+        let r = self
+            .post("/v1/tasks/batch", json!({"tasks": tasks}))
+            .await
+            .expect(201);
+        ids_of(&r["tasks"])
+    }
+
     /// Submits a task of `kind` with `payload`; returns its id.
     pub(crate) async fn submit_id(&self, kind: &str, payload: Value) -> String {
         let t = self.submit(json!({"type": kind, "payload": payload})).await;
