@@ -117,6 +117,22 @@ impl Candidate {
     }
 }
 
+/// The next fitting candidate with a free slot at or after `cursor`, the
+/// candidates taken as a ring in registration order; the cursor moves past
+/// the one chosen.
+pub(crate) fn round_robin(
+    cands: &[Candidate],
+    cursor: &mut usize,
+    fits: impl Fn(&Candidate) -> bool,
+) -> Option<WorkerId> {
+    let n = cands.len();
+    let i = (0..n)
+        .map(|step| (*cursor + step) % n)
+        .find(|&i| cands[i].free() > 0 && fits(&cands[i]))?;
+    *cursor = (i + 1) % n;
+    Some(cands[i].id)
+}
+
 /// Smooth weighted round robin over the candidates that `fit` and have a
 /// free slot: every such candidate's current weight grows by its weight,
 /// the largest wins and gives back the total. Over any window each worker
