@@ -9,13 +9,13 @@
 //! - [`GroupCommitWriter`]: the single writer thread in front of a store. It
 //!   drains a channel and commits everything waiting as one transaction, so
 //!   one fsync acknowledges many tasks (group commit).
-//! - [`MemoryStore`]: an in-memory double for tests. It is not durable and
-//!   is never used by the server.
-//! - [`FaultyStore`]: wraps any store and fails its reads or writes on
-//!   demand ([`Faults`]), to test behaviour under a full disk or a lost
-//!   database.
-//! - [`conformance`]: the suite every backend must pass, instantiated with
-//!   [`store_conformance_tests!`].
+//! - With the `testing` feature only, so that production builds do not
+//!   compile them: `MemoryStore`, an in-memory double for tests (not
+//!   durable, never used by the server); `FaultyStore`, which wraps any
+//!   store and fails its reads or writes on demand (`Faults`), to test
+//!   behaviour under a full disk or a lost database; and `conformance`,
+//!   the suite every backend must pass, instantiated with
+//!   `store_conformance_tests!`.
 //!
 //! A schedule's fire ([`Write::Fire`]) is recorded, unique on (schedule,
 //! fire time), in the same transaction as the task it creates: a fire is
@@ -29,14 +29,19 @@
 //! Rust: serialization to JSON happens in `dispatch-proto`, and each backend
 //! chooses its own column encoding.
 
+#[cfg(feature = "testing")]
 mod faulty;
+#[cfg(feature = "testing")]
 mod memory;
 mod record;
 mod writer;
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 
+#[cfg(feature = "testing")]
 pub use faulty::{Faults, FaultyStore};
+#[cfg(feature = "testing")]
 pub use memory::MemoryStore;
 pub use record::{
     FireOutcome, InsertOutcome, RequestDigest, ScheduleRecord, TaskBody, TaskQuery, TaskRecord,
