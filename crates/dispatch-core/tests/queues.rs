@@ -226,8 +226,17 @@ fn concurrency_caps_hold_per_queue_per_type_and_per_key() {
     s.check_invariants().unwrap();
 }
 
+/// The case count of a property: `PROPTEST_CASES` when set (for longer
+/// local runs), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
     /// Whatever the limits and the load, no limit is exceeded, and with
     /// workers that keep completing every task ends.

@@ -63,8 +63,17 @@ fn counts(assigned: &BTreeMap<TaskId, WorkerId>) -> HashMap<WorkerId, usize> {
     c
 }
 
+/// The case count of a property: `PROPTEST_CASES` when set (for longer
+/// local runs), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(ProptestConfig::with_cases(cases(48)))]
 
     /// Round robin over equal workers: max - min <= 1, whatever the counts.
     #[test]
