@@ -122,6 +122,12 @@ pub(crate) struct ServerArgs {
     /// A worker silent for this long is declared dead.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) lease_ms: u64,
+    /// An HTTP worker must collect (poll) a task assigned to it within this
+    /// long; otherwise every task assigned to it and not collected goes
+    /// back to the queue, no attempt spent, and it is given nothing until
+    /// it polls again.
+    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) collect_timeout_ms: u64,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub(crate) max_body_bytes: usize,

@@ -305,6 +305,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         "http"
     };
     config.lease_ms = args.lease_ms;
+    config.collect_ms = args.collect_timeout_ms;
     config.retention_ms = args.retention_ms;
     config.max_body_bytes = args.max_body_bytes;
     config.durability = match args.durability {

@@ -93,7 +93,7 @@ async fn a_worker_that_registers_and_hangs_kills_no_task() {
 
 #[tokio::test]
 async fn tasks_of_a_worker_that_heartbeats_but_never_polls_go_to_one_that_does() {
-    let server = Server::start().await;
+    let server = Server::with_args(&["--collect-timeout-ms", "500"]).await;
     let api = server.api();
     let kind = unique_type("idle");
     let idle = api.register(&[&kind], 100).await;

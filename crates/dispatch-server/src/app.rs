@@ -116,6 +116,7 @@ impl App {
         let now = now_ms();
         let core_config = dispatch_core::Config {
             lease_ms: config.lease_ms,
+            collect_ms: config.collect_ms,
             ..dispatch_core::Config::default()
         };
         let mut sched = Scheduler::new(core_config, seed());

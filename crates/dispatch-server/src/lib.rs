@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Worker lease: silence longer than this and a worker is dead.
     pub lease_ms: u64,
+    /// An HTTP worker must collect a task assigned to it within this long,
+    /// or everything assigned to it goes back to the queue.
+    pub collect_ms: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// When a write is acknowledged.
@@ -123,6 +126,7 @@ impl ServerConfig {
             listen,
             data_dir: data_dir.into(),
             lease_ms: 10_000,
+            collect_ms: 3_000,
             max_body_bytes: 10 * 1024 * 1024,
             durability: Durability::Durable,
             retention_ms: 7 * 24 * 3_600_000,
