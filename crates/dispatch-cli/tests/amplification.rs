@@ -291,3 +291,25 @@ async fn filling_the_memory_budget_stays_within_it_under_an_address_space_limit(
     assert_eq!(api.get("/healthz").await.json()["status"], "ok");
     assert_peak_within(&server, 256);
 }
+
+#[tokio::test]
+async fn shards_share_their_payload_in_memory() {
+    let server = Server::start().await;
+    let api = server.api();
+    let before = peak_rss_mib(&server);
+    let payload = "z".repeat(1 << 20);
+    api.post(
+        "/v1/tasks",
+        json!({"type": "shared", "strategy": "sharding", "shards": 200, "payload": payload}),
+    )
+    .await
+    .expect(201);
+    // 200 shards of a 1 MiB payload: one payload in memory, not 200.
+    let grew = peak_rss_mib(&server).saturating_sub(before);
+    assert!(
+        grew < 100,
+        "the server grew by {grew} MiB for 200 shards of 1 MiB"
+    );
+    let health = api.get("/healthz").await.json();
+    assert_eq!(health["live_tasks"], 201, "{health}");
+}

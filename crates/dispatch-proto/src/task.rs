@@ -296,8 +296,10 @@ impl SubmitTask {
                 parents.push(id);
             }
         }
-        let payload: Box<str> = match self.payload {
-            Some(p) => Box::<str>::from(p),
+        // Shared, never copied, by the copies and shards made of the task
+        // and by the records the server keeps and writes.
+        let payload: Arc<str> = match self.payload {
+            Some(p) => Arc::from(Box::<str>::from(p)),
             None => "null".into(),
         };
         let mut valid = ValidTask {

@@ -6,8 +6,9 @@ use dispatch_core::{Millis, TaskId, TaskSpec, TaskState, WorkerId};
 /// the server beside the core's [`dispatch_core::Task`], and stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskBody {
-    /// The payload, as JSON text.
-    pub payload: Box<str>,
+    /// The payload, as JSON text; shared by the copies and shards of a
+    /// broadcast or sharding task, and by every clone of the record.
+    pub payload: std::sync::Arc<str>,
     /// The client's deduplication key.
     pub idempotency_key: Option<String>,
     /// Tasks that must succeed first.
