@@ -86,7 +86,12 @@ fn main() -> ExitCode {
             None => {
                 let args = cli.chaos;
                 let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-                let report = bounded(args.timeout_secs, run::run(&args, deadline)).await?;
+                let work = run::run(&args, deadline);
+                let report = if args.stop_when_stdin_closes {
+                    bounded(args.timeout_secs, until_stdin_closes(work)).await?
+                } else {
+                    bounded(args.timeout_secs, work).await?
+                };
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&report.to_json())?);
                 } else {
@@ -105,6 +110,21 @@ fn main() -> ExitCode {
             eprintln!("dispatch-chaos: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Runs `work` until it ends or standard input closes (the parent holding
+/// it is gone); dropping it then stops every child it started.
+async fn until_stdin_closes<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    let (closed, on_close) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread: a read blocked on stdin must not hold the runtime.
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = closed.send(());
+    });
+    tokio::select! {
+        r = work => r,
+        _ = on_close => bail!("standard input closed: the parent is gone"),
     }
 }
 

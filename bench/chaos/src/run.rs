@@ -75,6 +75,10 @@ pub(crate) struct ChaosArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Stop (and clean up) when standard input closes: a parent that
+    /// holds the other end dies, and takes the run with it.
+    #[arg(long, hide = true)]
+    pub(crate) stop_when_stdin_closes: bool,
 }
 
 fn progress(msg: &str) {

@@ -1,12 +1,14 @@
 //! Failover over the streaming protocol, with real processes: two worker
 //! processes on gRPC, one killed with SIGKILL while it holds tasks, and the
-//! other receives them within a second, long before the lease (10 s) would
-//! have run out. The broken stream is what tells the scheduler.
+//! other receives them long before the lease (10 s) would have run out.
+//! The broken stream is what tells the scheduler.
 //!
-//! The worker processes are this test binary run again: with
-//! `DISPATCH_TEST_GRPC_WORKER=<url>` set, the test `grpc_worker_process`
-//! runs an SDK worker instead of returning at once. So nothing but
-//! `cargo test` builds them, and no hidden command is added to `dispatch`.
+//! The worker processes are this test binary run again, on this same test
+//! (`--exact`), with `DISPATCH_TEST_GRPC_WORKER=<url>` set: the test then
+//! runs an SDK worker instead of the scenario. So nothing but `cargo test`
+//! builds them, no hidden command is added to `dispatch`, and no test that
+//! checks nothing is counted as a pass: in a normal run the one test here
+//! is the scenario.
 
 mod common;
 
@@ -22,13 +24,11 @@ const WORKER_URL: &str = "DISPATCH_TEST_GRPC_WORKER";
 /// Set in a child process: the worker's name.
 const WORKER_NAME: &str = "DISPATCH_TEST_GRPC_WORKER_NAME";
 
-/// The body of a worker process (see the module header); returns at once in
-/// a normal test run.
-#[test]
-fn grpc_worker_process() {
-    let Ok(url) = std::env::var(WORKER_URL) else {
-        return;
-    };
+/// The test's own name: a child runs the test binary with it and `--exact`.
+const TEST_NAME: &str = "a_killed_grpc_worker_s_tasks_reach_the_other_long_before_the_lease";
+
+/// The body of a worker process (see the module header).
+fn run_worker_process(url: String) {
     let name = std::env::var(WORKER_NAME).unwrap_or_else(|_| "child".to_owned());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
@@ -59,7 +59,7 @@ impl WorkerProcess {
     fn spawn(url: &str, name: &str) -> WorkerProcess {
         let exe = std::env::current_exe().expect("the test binary's path");
         let child = Command::new(exe)
-            .args(["grpc_worker_process", "--exact", "--nocapture"])
+            .args([TEST_NAME, "--exact", "--nocapture"])
             .env(WORKER_URL, url)
             .env(WORKER_NAME, name)
             .stdin(Stdio::null())
@@ -106,8 +106,18 @@ fn held_by(t: &Value, worker: &str) -> bool {
     t["state"] == json!("running") && t["worker_id"] == json!(worker)
 }
 
-#[tokio::test]
-async fn a_killed_grpc_worker_s_tasks_reach_the_other_within_a_second() {
+/// The scenario in a normal run; the worker in a child (module header).
+#[test]
+fn a_killed_grpc_worker_s_tasks_reach_the_other_long_before_the_lease() {
+    if let Ok(url) = std::env::var(WORKER_URL) {
+        return run_worker_process(url);
+    }
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(failover_scenario());
+}
+
+async fn failover_scenario() {
     let server = Server::start().await;
     let api = server.api();
     let mut a = WorkerProcess::spawn(&server.url, "worker-a");
@@ -135,8 +145,10 @@ async fn a_killed_grpc_worker_s_tasks_reach_the_other_within_a_second() {
     }
     let took = killed.elapsed();
     eprintln!("worker B held both tasks {took:?} after worker A was killed");
+    // The lease is 10 s: well under it, the broken stream (not the lease
+    // running out) moved them; the margin keeps a loaded machine green.
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(5),
         "the tasks reached worker B only {took:?} after A was killed"
     );
     let names: Vec<Value> = api

@@ -128,7 +128,8 @@ async fn failover_uses_the_first_worker_until_it_is_gone() {
             .await;
     }
     let placed = collect(&api, &[primary.clone(), backup.clone()]).await;
-    assert!(placed.values().all(|w| *w == primary));
+    assert_eq!(placed.len(), 3, "{placed:?}");
+    assert!(placed.values().all(|w| *w == primary), "{placed:?}");
     // The primary goes silent; its tasks and new ones move to the backup.
     let late = id_of(
         &api.submit(json!({"type": "fo", "strategy": "failover"}))

@@ -367,22 +367,38 @@ proptest! {
     }
 }
 
+/// Hostile bytes as the server's first read: prost refuses each with an
+/// error, except two that decode to a message with nothing in it (which the
+/// server then refuses as a first message, or applies as no reports).
 #[test]
-fn hostile_encodings_are_refused() {
-    let cases: Vec<Vec<u8>> = vec![
-        vec![],
-        vec![0x00],
-        vec![0xff; 64],
+fn hostile_encodings_are_refused_or_decode_to_nothing() {
+    use pb::worker_message::Kind;
+    let empty_reports = pb::WorkerMessage {
+        kind: Some(Kind::Reports(pb::Reports::default())),
+    };
+    // Each case, and what it decodes to as a WorkerMessage (None: refused).
+    let cases: Vec<(Vec<u8>, Option<pb::WorkerMessage>)> = vec![
+        (vec![], Some(pb::WorkerMessage::default())),
+        (vec![0x00], None),
+        (vec![0xff; 64], None),
         // A Register nested in a WorkerMessage whose length runs past the end.
-        vec![0x0a, 0x7f, 0x12, 0x01, b'x'],
+        (vec![0x0a, 0x7f, 0x12, 0x01, b'x'], None),
         // Reports with a million-report length prefix and nothing after it.
-        vec![0x1a, 0x80, 0x89, 0x7a],
+        (vec![0x1a, 0x80, 0x89, 0x7a], None),
         // Deep nesting of groups.
-        [vec![0x0b; 200], vec![0x0c; 200]].concat(),
-        // Deep nesting of length-delimited field 3 (Reports) in itself.
-        (0..120).flat_map(|_| [0x1a, 0x00]).collect(),
+        ([vec![0x0b; 200], vec![0x0c; 200]].concat(), None),
+        // Field 3 (Reports), empty, 120 times over: one empty Reports.
+        (
+            (0..120).flat_map(|_| [0x1a, 0x00]).collect(),
+            Some(empty_reports),
+        ),
     ];
-    for bytes in &cases {
+    for (bytes, expected) in &cases {
         every_message(bytes);
+        let got = pb::WorkerMessage::decode(bytes.as_slice());
+        match expected {
+            None => assert!(got.is_err(), "{bytes:x?} decoded to {got:?}"),
+            Some(m) => assert_eq!(got.as_ref().ok(), Some(m), "{bytes:x?}"),
+        }
     }
 }

@@ -123,7 +123,8 @@ impl WorkerService for GrpcWorkers {
         let lease = Duration::from_millis(app.config.lease_ms);
         let first = tokio::time::timeout(lease, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Register message within the lease"))??;
+            .map_err(|_| Status::deadline_exceeded("no Register message within the lease"))?
+            .map_err(unreadable)?;
         let Some(Kind::Register(register)) = first.and_then(|m| m.kind) else {
             return Err(Status::invalid_argument(
                 "the first message of a session must be Register",
@@ -168,6 +169,17 @@ impl WorkerService for GrpcWorkers {
         };
         tokio::spawn(session.run(inbound, Duration::from_millis(heartbeat_ms)));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The status for a message the worker sent that could not be read.
+/// tonic reports bytes that are not protobuf as `INTERNAL`, but the fault
+/// is the worker's input: the protocol answers `INVALID_ARGUMENT`, as for
+/// any other refused message, with tonic's reason.
+fn unreadable(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::Internal => Status::invalid_argument(status.message().to_owned()),
+        _ => status,
     }
 }
 
@@ -232,7 +244,7 @@ impl Session {
                         }
                     }
                     Ok(None) => break End::Left,
-                    Err(status) => break End::Unreadable(status),
+                    Err(status) => break End::Unreadable(unreadable(status)),
                 },
                 _ = self.waker.notified() => {}
                 _ = self.acked.notified() => {}

@@ -45,13 +45,10 @@ async fn a_task_past_its_timeout_is_stopped_and_fails_with_timeout() {
 #[tokio::test]
 async fn a_cancellation_stops_the_handler_at_once() {
     // A 30 s lease: an HTTP worker would hear of the cancellation at its
-    // next heartbeat, up to 10 s later. The stream pushes a Stop at once.
-    scenarios::a_cancellation_reaches_the_handler(
-        Transport::Grpc,
-        30_000,
-        Duration::from_millis(500),
-    )
-    .await;
+    // next heartbeat, up to 10 s later. The stream pushes a Stop at once;
+    // half of those 10 s leaves room for a loaded machine.
+    scenarios::a_cancellation_reaches_the_handler(Transport::Grpc, 30_000, Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test]
@@ -99,7 +96,8 @@ async fn a_dropped_worker_gives_its_tasks_back_at_once() {
     let took = dropped.elapsed();
     assert_eq!(t.state, "succeeded");
     assert_eq!(t.result.unwrap().get(), r#""rescued""#);
-    assert!(took < Duration::from_secs(1), "requeued after {took:?}");
+    // Far inside the lease, however loaded the machine.
+    assert!(took < Duration::from_secs(5), "requeued after {took:?}");
     healthy.shutdown().await;
 }
 

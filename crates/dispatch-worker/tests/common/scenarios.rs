@@ -109,7 +109,7 @@ pub(crate) async fn a_task_past_its_timeout_is_stopped_and_fails_with_timeout(
         move |_: TaskContext, _: serde_json::Value| {
             let flag = flag.clone();
             async move {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 flag.store(true, Ordering::SeqCst);
                 Ok(())
             }
@@ -127,10 +127,13 @@ pub(crate) async fn a_task_past_its_timeout_is_stopped_and_fails_with_timeout(
         t.error.as_deref(),
         Some("timeout after 200 ms (the task's timeout_ms)")
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The handler would set its flag 1 s after it started, and it started
+    // before the task ended: 1.5 s after the end, a handler still running
+    // would have set it, so the flag tells whether the SDK dropped it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !finished.load(Ordering::SeqCst),
-        "the handler was dropped, not run to the end"
+        "the handler outlived its timeout and ran to the end"
     );
     w.shutdown().await;
 }
