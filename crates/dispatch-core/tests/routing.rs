@@ -160,7 +160,9 @@ fn random_uses_every_worker_and_replays_from_its_seed() {
     assert_eq!(a, run(9), "same seed, same choices");
     let c = counts(&a);
     assert_eq!(c.len(), 4);
-    assert!(c.values().all(|&n| (800..=1_200).contains(&n)), "{c:?}");
+    // 4,000 uniform draws over 4 workers: 1,000 each, standard deviation
+    // sqrt(4000 * 1/4 * 3/4) = 27.4; five of them is 137.
+    assert!(c.values().all(|&n| (863..=1_137).contains(&n)), "{c:?}");
 }
 
 #[test]
