@@ -64,7 +64,7 @@ pub(crate) async fn count_requests(
 pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
     let (live, workers) = {
         let shared = app.lock();
-        (shared.sched.live_tasks(), shared.sched.workers().count())
+        (shared.sched.live_tasks(), shared.sched.worker_count())
     };
     let health = app.store_health();
     if health.is_failing() {

@@ -39,7 +39,7 @@ pub(crate) fn room_for_a_worker(
     spec: &dispatch_core::WorkerSpec,
 ) -> Result<crate::budget::Charge, String> {
     let max = app.config.max_workers;
-    if shared.sched.workers().count() >= max {
+    if shared.sched.worker_count() >= max {
         return Err(format!(
             "the server has {max} workers registered, as many as --max-workers allows"
         ));

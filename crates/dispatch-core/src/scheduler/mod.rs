@@ -459,6 +459,11 @@ impl<B> Scheduler<B> {
         self.workers.get(&id)
     }
 
+    /// Number of registered workers.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Every registered worker, by id.
     pub fn workers(&self) -> impl Iterator<Item = &Worker> {
         self.workers.values()
