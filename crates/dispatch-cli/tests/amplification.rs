@@ -313,3 +313,41 @@ async fn shards_share_their_payload_in_memory() {
     let health = api.get("/healthz").await.json();
     assert_eq!(health["live_tasks"], 201, "{health}");
 }
+
+#[tokio::test]
+async fn schedules_are_charged_against_the_memory_budget() {
+    let server = Server::with_args(&["--max-memory-mb", "1"]).await;
+    let api = server.api();
+    let payload = "s".repeat(100_000);
+    let create = |i: usize| {
+        api.post(
+            "/v1/schedules",
+            json!({
+                "name": format!("big-{i}"),
+                "cron": "0 0 1 1 *",
+                "task": {"type": "t", "payload": payload},
+            }),
+        )
+    };
+    let mut made = 0;
+    let refused = loop {
+        let r = create(made).await;
+        if r.status != 201 {
+            break r;
+        }
+        made += 1;
+        assert!(made < 100, "a 1 MiB budget held 100 schedules of 200 KB");
+    };
+    let p = refused.problem(429, None);
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--max-memory-mb"),
+        "{p}"
+    );
+    assert!(made >= 2, "only {made} schedules fit");
+    // One goes: its share comes back.
+    api.delete("/v1/schedules/big-0").await.expect(204);
+    create(made).await.expect(201);
+}

@@ -386,7 +386,7 @@ pub async fn start_with_store(
             .map_err(|e| store_err(StoreError::new(ErrorKind::Unavailable, e.to_string())))?
             .map_err(store_err)?
     };
-    app.schedules.load(stored_schedules);
+    app.schedules.load(stored_schedules, &app.budget);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {

@@ -62,10 +62,18 @@ struct Entry {
     next: Option<Millis>,
     /// Created but not yet committed: holds the name, invisible otherwise.
     pending: bool,
+    /// What it takes of `--max-memory-mb` (its template twice over: as
+    /// text and parsed), given back when it is deleted.
+    _charge: Option<crate::budget::Charge>,
 }
 
 impl Entry {
-    fn new(record: ScheduleRecord, parts: Option<ScheduleParts>, pending: bool) -> Entry {
+    fn new(
+        record: ScheduleRecord,
+        parts: Option<ScheduleParts>,
+        pending: bool,
+        charge: Option<crate::budget::Charge>,
+    ) -> Entry {
         let decided = record.last_fire_at.unwrap_or(record.created_at);
         let next = parts.as_ref().and_then(|p| p.cron.next_after(decided));
         Entry {
@@ -74,6 +82,7 @@ impl Entry {
             decided,
             next,
             pending,
+            _charge: charge,
         }
     }
 
@@ -115,8 +124,13 @@ impl Schedules {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the stored schedules at start-up.
-    pub(crate) fn load(&self, records: Vec<ScheduleRecord>) {
+    /// Takes the stored schedules at start-up; they are charged to
+    /// `budget` whatever it says, like recovered tasks.
+    pub(crate) fn load(
+        &self,
+        records: Vec<ScheduleRecord>,
+        budget: &std::sync::Arc<crate::budget::MemoryBudget>,
+    ) {
         let mut entries = self.lock();
         for r in records {
             let parts = match ScheduleParts::of(&r) {
@@ -126,7 +140,8 @@ impl Schedules {
                     None
                 }
             };
-            entries.insert(r.name.clone(), Entry::new(r, parts, false));
+            let charge = budget.charge(schedule_footprint(&r));
+            entries.insert(r.name.clone(), Entry::new(r, parts, false, Some(charge)));
         }
         tracing::info!(schedules = entries.len(), "loaded cron schedules");
         drop(entries);
@@ -318,6 +333,11 @@ pub(crate) async fn create(
     let valid = req.validate(now_ms())?;
     crate::queues::check_template(&app.config.queue_settings, &valid.parts.template)?;
     let name = valid.record.name.clone();
+    // A schedule is held in memory like a task: charged to the budget.
+    let charge = app
+        .budget
+        .reserve(schedule_footprint(&valid.record), 0)
+        .map_err(|e| ApiError::overloaded(e.to_string()))?;
     let ack = {
         let mut entries = app.schedules.lock();
         if entries.contains_key(&name) {
@@ -328,7 +348,7 @@ pub(crate) async fn create(
         let ack = app.write(Write::UpsertSchedule(valid.record.clone()))?;
         entries.insert(
             name.clone(),
-            Entry::new(valid.record, Some(valid.parts), true),
+            Entry::new(valid.record, Some(valid.parts), true, Some(charge)),
         );
         ack
     };
@@ -353,6 +373,13 @@ pub(crate) async fn create(
             Err(e.into())
         }
     }
+}
+
+/// What a schedule is charged: its strings, its template twice over (kept
+/// as text and parsed) and a fixed share for its entry.
+fn schedule_footprint(r: &ScheduleRecord) -> u64 {
+    let strings = r.name.len() + r.cron.len() + r.timezone.len() + r.misfire.len();
+    (1_024 + strings + 2 * r.task.len()) as u64
 }
 
 /// `GET /v1/schedules`: every schedule, by name.
