@@ -194,11 +194,6 @@ impl App {
                 let _ = writer.write_detached(Write::Update(update));
             }
         }
-        for event in sched.drain_events() {
-            if let Event::Transition(t) = event {
-                let _ = writer.write_detached(Write::Update(TaskUpdate::from(t)));
-            }
-        }
         tracing::info!(
             live = live.len(),
             requeued,

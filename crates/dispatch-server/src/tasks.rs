@@ -260,12 +260,7 @@ fn fan_out_count(app: &App, v: &ValidTask) -> Result<u64, ApiError> {
     match v.spec.strategy {
         Strategy::Sharding => Ok(u64::from(v.shards.unwrap_or(1))),
         Strategy::Broadcast => {
-            let n = app
-                .lock()
-                .sched
-                .workers()
-                .filter(|w| w.handles(&v.spec.kind) && w.has_labels(&v.spec.labels))
-                .count();
+            let n = broadcast_targets(&app.lock().sched, v).count();
             if n == 0 {
                 return Err(no_broadcast_worker(v).into());
             }
@@ -273,6 +268,18 @@ fn fan_out_count(app: &App, v: &ValidTask) -> Result<u64, ApiError> {
         }
         _ => Ok(0),
     }
+}
+
+/// The workers a `broadcast` task sends a copy to: every one that runs its
+/// type and carries its labels.
+fn broadcast_targets<'a>(
+    sched: &'a dispatch_core::Scheduler<Body>,
+    v: &'a ValidTask,
+) -> impl Iterator<Item = WorkerId> + 'a {
+    sched
+        .workers()
+        .filter(|w| w.handles(&v.spec.kind) && w.has_labels(&v.spec.labels))
+        .map(|w| w.id)
 }
 
 fn no_broadcast_worker(v: &ValidTask) -> FieldError {
@@ -313,13 +320,7 @@ fn fan_out(app: &App, v: &ValidTask) -> Result<Vec<ValidTask>, ApiError> {
                 .collect())
         }
         Strategy::Broadcast => {
-            let workers: Vec<WorkerId> = app
-                .lock()
-                .sched
-                .workers()
-                .filter(|w| w.handles(&v.spec.kind) && w.has_labels(&v.spec.labels))
-                .map(|w| w.id)
-                .collect();
+            let workers: Vec<WorkerId> = broadcast_targets(&app.lock().sched, v).collect();
             if workers.is_empty() {
                 return Err(no_broadcast_worker(v).into());
             }
