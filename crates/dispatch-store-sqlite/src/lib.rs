@@ -86,8 +86,11 @@
 
 mod checkpoint;
 mod codec;
+mod folder_lock;
 mod read_pool;
 mod schema;
+
+pub use folder_lock::{FolderLock, LOCK_FILE, LockError, lock_folder};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -295,13 +295,24 @@ fn a_fenced_writer_stops_for_good_when_another_replica_takes_over() {
     assert!(matches!(outcome, WriteOutcome::Inserted(_)), "{outcome:?}");
     assert!(!writer.health().is_fenced());
 
-    store.release_lease("default", &a, lease.epoch).expect("release");
-    assert!(store.claim_lease("default", &b, 60_000).expect("claim").held);
+    store
+        .release_lease("default", &a, lease.epoch)
+        .expect("release");
+    assert!(
+        store
+            .claim_lease("default", &b, 60_000)
+            .expect("claim")
+            .held
+    );
 
     let e = wait(writer.write_retained(insert(&[2])).expect("running")).expect_err("fenced");
     assert_eq!(e.kind, ErrorKind::Fenced);
     assert!(writer.health().is_fenced());
-    assert_eq!(writer.health().retained(), 0, "a fenced write is not retried");
+    assert_eq!(
+        writer.health().retained(),
+        0,
+        "a fenced write is not retried"
+    );
     let e = wait(writer.write(insert(&[3])).expect("running")).expect_err("still fenced");
     assert_eq!(e.kind, ErrorKind::Fenced);
     assert_eq!(state_of(&store, 2), None);
