@@ -54,8 +54,8 @@ use std::sync::Arc;
 
 pub use auth::{Scope, Tokens};
 pub use cluster::ClusterConfig;
-pub use dispatch_store::Replica;
 pub use dispatch_core::{QueueConfig, Strategy, TypeConfig};
+pub use dispatch_store::Replica;
 pub use queues::{QueueDefaults, QueueSettings, TypeDefaults};
 pub use tls::{TlsError, TlsFiles};
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dispatch_client::Client;
 use dispatch_proto::{CompleteTask, PollRequest, RegisterWorker, SubmitTask};
 use dispatch_server::{ClusterConfig, Replica, RunningServer, ServerConfig};
-use dispatch_store::{FaultyStore, Faults, MemoryStore, Store};
+use dispatch_store::{Faults, FaultyStore, MemoryStore, Store};
 use serde_json::value::to_raw_value;
 
 /// The lease under test: short, so that takeovers happen within a test.
@@ -114,7 +114,10 @@ impl Replicas {
 }
 
 fn task(kind: &str) -> SubmitTask {
-    SubmitTask::new(kind, to_raw_value(&serde_json::json!({"n": 1})).expect("json"))
+    SubmitTask::new(
+        kind,
+        to_raw_value(&serde_json::json!({"n": 1})).expect("json"),
+    )
 }
 
 /// One leader; a task submitted through one standby is run by a worker
@@ -132,7 +135,10 @@ async fn any_replica_serves_everything() {
     assert_eq!(standby["epoch"], first["epoch"]);
 
     let submitter = Client::new(&r.urls[standbys[0]]).expect("client");
-    let (submitted, created) = submitter.submit(&task("job")).await.expect("submit via a standby");
+    let (submitted, created) = submitter
+        .submit(&task("job"))
+        .await
+        .expect("submit via a standby");
     assert!(created);
 
     let worker_side = Client::new(&r.urls[standbys[1]]).expect("client");
@@ -169,7 +175,11 @@ async fn any_replica_serves_everything() {
         .await
         .expect("complete via a standby");
     for url in &r.urls {
-        let seen = Client::new(url).expect("client").task(&submitted.id).await.expect("get");
+        let seen = Client::new(url)
+            .expect("client")
+            .task(&submitted.id)
+            .await
+            .expect("get");
         assert_eq!(seen.state, "succeeded", "as read through {url}");
     }
 
@@ -197,7 +207,9 @@ async fn any_replica_serves_everything() {
 async fn a_clean_stop_hands_the_lead_over() {
     let mut r = three().await;
     let leader = r.leader().await;
-    let epoch = health(&r.urls[leader]).await["epoch"].as_u64().expect("epoch");
+    let epoch = health(&r.urls[leader]).await["epoch"]
+        .as_u64()
+        .expect("epoch");
     let client = Client::new(&r.urls[leader]).expect("client");
     let mut ids = Vec::new();
     for _ in 0..20 {
@@ -214,10 +226,28 @@ async fn a_clean_stop_hands_the_lead_over() {
     for id in &ids {
         assert_eq!(via.task(id).await.expect("get").state, "queued");
     }
-    let (later, _) = via.submit(&task("job")).await.expect("submit after the takeover");
+    let (later, _) = via
+        .submit(&task("job"))
+        .await
+        .expect("submit after the takeover");
     let later: u64 = later.id.parse().expect("numeric id");
-    let highest: u64 = ids.iter().map(|i| i.parse::<u64>().expect("id")).max().expect("ids");
-    assert!(later > highest, "ids stay unique across terms: {later} after {highest}");
+    // A client given every replica, the stopped one first, moves on.
+    let mut all = vec![r.urls[leader].clone()];
+    all.extend((0..3).filter(|&i| i != leader).map(|i| r.urls[i].clone()));
+    let any = Client::new(&all.join(",")).expect("client");
+    any.submit(&task("job"))
+        .await
+        .expect("submit past a stopped replica");
+    assert_ne!(any.base_url(), r.urls[leader]);
+    let highest: u64 = ids
+        .iter()
+        .map(|i| i.parse::<u64>().expect("id"))
+        .max()
+        .expect("ids");
+    assert!(
+        later > highest,
+        "ids stay unique across terms: {later} after {highest}"
+    );
 }
 
 /// A leader cut off from the store (its claims and writes fail) stops
@@ -228,7 +258,9 @@ async fn a_clean_stop_hands_the_lead_over() {
 async fn a_leader_cut_off_from_the_store_steps_down_and_is_fenced() {
     let r = three().await;
     let leader = r.leader().await;
-    let old_epoch = health(&r.urls[leader]).await["epoch"].as_u64().expect("epoch");
+    let old_epoch = health(&r.urls[leader]).await["epoch"]
+        .as_u64()
+        .expect("epoch");
     let client = Client::new(&r.urls[leader]).expect("client");
     let (kept, _) = client.submit(&task("job")).await.expect("submit");
 
@@ -270,9 +302,17 @@ async fn a_leader_cut_off_from_the_store_steps_down_and_is_fenced() {
     assert_eq!(r.leader().await, next, "the old leader does not come back");
     let via_old = Client::new(&r.urls[leader]).expect("client");
     assert_eq!(via_old.task(&kept.id).await.expect("get").state, "queued");
-    let (fresh, _) = via_old.submit(&task("job")).await.expect("submit through the old leader");
+    let (fresh, _) = via_old
+        .submit(&task("job"))
+        .await
+        .expect("submit through the old leader");
     assert_eq!(
-        Client::new(&r.urls[next]).expect("client").task(&fresh.id).await.expect("get").state,
+        Client::new(&r.urls[next])
+            .expect("client")
+            .task(&fresh.id)
+            .await
+            .expect("get")
+            .state,
         "queued"
     );
 }
