@@ -75,6 +75,13 @@ impl From<StoreError> for ApiError {
                 problem: Problem::new(503, format!("the store is unavailable: {e}")),
                 retry_after: Some(1),
             },
+            ErrorKind::Fenced => ApiError {
+                problem: Problem::new(
+                    503,
+                    "this replica no longer leads: another one took over; retry",
+                ),
+                retry_after: Some(1),
+            },
             _ => {
                 tracing::error!(error = %e, "store error");
                 ApiError::new(500, "internal store error")
@@ -331,7 +338,6 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
-        .route("/healthz", get(metrics::healthz))
         .route("/metrics", get(metrics::prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -143,7 +143,7 @@ async fn accept(
         roots.push(plan.len());
         plan.push(v);
     }
-    let first = app.reserve_ids(plan.len() as u64);
+    let first = app.reserve_ids(plan.len() as u64)?;
     let mut records: Vec<TaskRecord> = plan
         .into_iter()
         .enumerate()

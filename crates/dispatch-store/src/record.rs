@@ -141,6 +141,22 @@ pub enum Write {
         /// At most this many in one write.
         limit: usize,
     },
+    /// Checks, inside the batch's transaction, that `partition`'s lease is
+    /// at `epoch`. When it is not (another replica took over, or no lease
+    /// was ever claimed), the whole batch fails with
+    /// [`crate::ErrorKind::Fenced`] and nothing of it is stored. A leader
+    /// begins every batch with one.
+    Fence {
+        /// The partition led.
+        partition: String,
+        /// The epoch the writer leads under.
+        epoch: u64,
+    },
+    /// Stores a worker, or replaces the one of that id.
+    PutWorker(WorkerRecord),
+    /// Forgets a worker (it left, or its lease ran out); `false` outcome
+    /// when there was none.
+    DeleteWorker(WorkerId),
     /// Pauses or resumes a queue. The state is kept per queue name, so that
     /// it survives a restart; a queue without a stored state is not paused.
     SetQueuePaused {
@@ -164,7 +180,8 @@ pub enum WriteOutcome {
         /// The task holding the key.
         holder: TaskId,
     },
-    /// The update was applied (`false`: no such task).
+    /// The update was applied (`false`: no such task, or a terminal task
+    /// the update may not change).
     Updated(bool),
     /// The schedule was stored (`true`: it replaced one of that name).
     ScheduleUpserted(bool),
@@ -177,6 +194,12 @@ pub enum WriteOutcome {
     /// A [`Write::SetQueuePaused`] was stored (`true`: it changed the
     /// queue's state; a queue never set before counts as not paused).
     QueuePausedSet(bool),
+    /// A [`Write::Fence`] passed: the writer leads at that epoch.
+    Fenced,
+    /// A [`Write::PutWorker`] was stored (`true`: it replaced one).
+    WorkerPut(bool),
+    /// A [`Write::DeleteWorker`] ran (`false`: there was none).
+    WorkerDeleted(bool),
 }
 
 /// What happened to a [`Write::Fire`].
@@ -189,6 +212,29 @@ pub enum FireOutcome {
     Existing(TaskId),
     /// No schedule has that name (it was deleted); nothing was stored.
     UnknownSchedule,
+}
+
+/// A worker as stored by a leading replica, so that the next leader knows
+/// it after a takeover and the tasks it runs stay with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// Its id.
+    pub id: WorkerId,
+    /// Its name.
+    pub name: String,
+    /// The task types it runs.
+    pub types: Vec<String>,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How many tasks it runs at once.
+    pub capacity: u32,
+    /// Its share under `weighted_round_robin`.
+    pub weight: u32,
+    /// SHA-256 of the token that registered it, when the server takes
+    /// tokens: only that token may act for it.
+    pub owner: Option<[u8; 32]>,
+    /// When it registered.
+    pub registered_at: Millis,
 }
 
 /// A cron schedule as stored. The cron expression, time zone, template and
@@ -241,6 +287,14 @@ pub struct TaskQuery {
 }
 
 impl TaskRecord {
+    /// Whether a store applies `u` to this record: always while the task
+    /// is live; once it is terminal, only a retry (a `dead` task set
+    /// `queued` with no attempts).
+    pub fn accepts(&self, u: &TaskUpdate) -> bool {
+        !self.state.is_terminal()
+            || (self.state == TaskState::Dead && u.state == TaskState::Queued && u.attempts == 0)
+    }
+
     /// Applies an update to this record, as a store does.
     pub fn apply(&mut self, u: &TaskUpdate) {
         self.state = u.state;
