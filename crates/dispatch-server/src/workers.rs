@@ -59,17 +59,48 @@ pub(crate) async fn register(
 ) -> Result<Response, ApiError> {
     let spec = req.validate_within(&app.config.worker_limits)?;
     let now = now_ms();
-    let id = {
+    let (id, stored) = {
         let mut shared = app.lock();
         let charge = room_for_a_worker(&app, &shared, &spec).map_err(ApiError::overloaded)?;
+        let kept = app.keeps_workers.then(|| spec.clone());
         let id = shared.sched.register_worker(spec, now);
+        let stored = match kept {
+            Some(spec) => {
+                let record = dispatch_store::WorkerRecord {
+                    id,
+                    name: spec.name,
+                    types: spec.types.iter().map(|t| t.to_string()).collect(),
+                    labels: spec.labels,
+                    capacity: spec.capacity,
+                    weight: spec.weight,
+                    owner: caller.as_deref().map(|c| c.digest),
+                    registered_at: now,
+                };
+                match app.store_worker(&mut shared, record) {
+                    Ok(ack) => ack,
+                    Err(e) => {
+                        let _ = shared.sched.deregister(id, now);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
         app.hold_worker_charge(&mut shared, id, charge);
         app.owners
             .record(caller.as_deref(), id, |w| shared.sched.worker(w).is_some());
         app.waker(&mut shared, id);
         let _ = app.settle(&mut shared, now, None);
-        id
+        (id, stored)
     };
+    if let Err(e) = acked(stored).await {
+        // Not kept: it is not registered either.
+        let mut shared = app.lock();
+        let _ = shared.sched.deregister(id, now_ms());
+        app.forget_worker(&mut shared, id);
+        let _ = app.settle(&mut shared, now_ms(), None);
+        return Err(e.into());
+    }
     app.timer_wake.notify_one();
     tracing::info!(worker = %id, "worker registered");
     let lease_ms = app.config.lease_ms;
