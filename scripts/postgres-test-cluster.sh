@@ -99,3 +99,22 @@ start_test_postgres() {
     echo "error: the test PostgreSQL did not start" >&2
     return 1
 }
+
+# For a test that restarts its own server: starts one, prints its URL on
+# stdout, then reads commands from stdin (`restart`: a fast restart on the
+# same port, answered `restarted`) until stdin closes, and stops it.
+serve_test_postgres() {
+    start_test_postgres >&2
+    echo "$DISPATCH_TEST_POSTGRES"
+    local cmd
+    while read -r cmd; do
+        case $cmd in
+            restart)
+                _pg_as_owner "$_DISPATCH_PG_BIN/pg_ctl" -D "$_DISPATCH_PG_DIR/data" \
+                    -l "$_DISPATCH_PG_DIR/server.log" -m fast -w -t 60 restart >/dev/null
+                echo restarted
+                ;;
+            *) echo "unknown command $cmd" >&2 ;;
+        esac
+    done
+}

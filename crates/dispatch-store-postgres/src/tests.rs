@@ -475,3 +475,118 @@ fn damaged_rows_are_corrupt_not_a_panic() {
     let err = store.load_live().expect_err("load_live over damaged rows");
     assert_eq!(err.kind, ErrorKind::Corrupt);
 }
+
+/// A PostgreSQL server of the test's own, started by the test script's
+/// functions, that the test may restart; stopped when dropped.
+struct OwnServer {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    url: String,
+}
+
+impl OwnServer {
+    fn start() -> OwnServer {
+        use std::io::BufRead;
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/postgres-test-cluster.sh"
+        );
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", ". \"$0\" && serve_test_postgres", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("bash");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the test PostgreSQL did not start (see above)");
+        OwnServer { child, lines, url }
+    }
+
+    fn restart(&mut self) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "restart").expect("ask for a restart");
+        let answer = self.lines.next().and_then(Result::ok);
+        assert_eq!(answer.as_deref(), Some("restarted"));
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        // Closing stdin ends the loop; the script's trap stops the server.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_postgres_restart_under_load_heals_without_reopening_the_store() {
+    let mut server = OwnServer::start();
+    let store = Arc::new(PgStore::connect(&server.url).expect("connect"));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let failures = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, acked, failures, stop) = (
+            Arc::clone(&store),
+            Arc::clone(&acked),
+            Arc::clone(&failures),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || {
+            let mut id = 0;
+            while !stop.load(Ordering::SeqCst) {
+                id += 1;
+                match store.apply(&[Write::Insert(vec![sample(id, "email")])]) {
+                    Ok(_) => acked.lock().expect("acked").push(id),
+                    Err(e) => {
+                        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                }
+            }
+        })
+    };
+    let acked_count = || acked.lock().expect("acked").len();
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while acked_count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writes stalled at {}",
+                acked_count()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    wait_for(50);
+    server.restart();
+    let after = acked_count();
+    wait_for(after + 50);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("the writer thread");
+    // Reads heal too, and every acknowledged write is there.
+    let mut stored = None;
+    for _ in 0..(crate::READ_CONNECTIONS + 2) {
+        if let Ok(all) = store.list_tasks(&TaskQuery {
+            limit: usize::MAX,
+            ..TaskQuery::default()
+        }) {
+            stored = Some(all);
+            break;
+        }
+    }
+    let stored: std::collections::HashSet<u64> =
+        stored.expect("reads heal").iter().map(|t| t.id.0).collect();
+    let acked = acked.lock().expect("acked");
+    assert!(acked.iter().all(|id| stored.contains(id)));
+    eprintln!(
+        "{} writes acknowledged, {} failed as Unavailable during the restart",
+        acked.len(),
+        failures.load(Ordering::SeqCst)
+    );
+}
