@@ -225,21 +225,55 @@ impl InsertColumns {
     }
 }
 
-/// The parameters of the update statement (see `write.rs`).
-pub(crate) fn update_params(u: &TaskUpdate) -> Result<Vec<Param>, StoreError> {
-    // An id beyond what can be stored matches no row.
-    let id = i64::try_from(u.id.0).unwrap_or(-1);
-    Ok(vec![
-        Box::new(id),
-        Box::new(u.state.as_str()),
-        Box::new(i64::from(u.attempts)),
-        Box::new(u.worker.map(|w| w.get().cast_signed())),
-        Box::new(opt_int(u.started_at, "started_at")?),
-        Box::new(opt_int(u.finished_at, "finished_at")?),
-        Box::new(opt_int(u.run_at, "run_at")?),
-        Box::new(u.result.as_deref().map(str::to_owned)),
-        Box::new(u.error.clone()),
-    ])
+/// The updates of one update statement, column by column (see
+/// `write.rs`: the tasks of one statement are distinct).
+#[derive(Default)]
+pub(crate) struct UpdateColumns {
+    id: Vec<i64>,
+    state: Vec<&'static str>,
+    attempts: Vec<i64>,
+    worker_id: Vec<Option<i64>>,
+    started_at: Vec<Option<i64>>,
+    finished_at: Vec<Option<i64>>,
+    run_at: Vec<Option<i64>>,
+    result: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+}
+
+impl UpdateColumns {
+    /// Adds one update; answers the id it matches (an id beyond what can
+    /// be stored matches no row).
+    pub(crate) fn push(&mut self, u: &TaskUpdate) -> Result<i64, StoreError> {
+        let id = i64::try_from(u.id.0).unwrap_or(-1);
+        let started_at = opt_int(u.started_at, "started_at")?;
+        let finished_at = opt_int(u.finished_at, "finished_at")?;
+        let run_at = opt_int(u.run_at, "run_at")?;
+        self.id.push(id);
+        self.state.push(u.state.as_str());
+        self.attempts.push(i64::from(u.attempts));
+        self.worker_id.push(u.worker.map(|w| w.get().cast_signed()));
+        self.started_at.push(started_at);
+        self.finished_at.push(finished_at);
+        self.run_at.push(run_at);
+        self.result.push(u.result.as_deref().map(str::to_owned));
+        self.error.push(u.error.clone());
+        Ok(id)
+    }
+
+    /// The parameters of the update statement.
+    pub(crate) fn into_params(self) -> Vec<Param> {
+        vec![
+            Box::new(self.id),
+            Box::new(self.state),
+            Box::new(self.attempts),
+            Box::new(self.worker_id),
+            Box::new(self.started_at),
+            Box::new(self.finished_at),
+            Box::new(self.run_at),
+            Box::new(self.result),
+            Box::new(self.error),
+        ]
+    }
 }
 
 /// The parameters of the schedule upsert, in [`schedule_columns!`] order.

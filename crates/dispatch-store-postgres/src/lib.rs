@@ -18,8 +18,12 @@
 //!   task inserts took 0.48 to 1.7 s one statement at a time, 0.27 to
 //!   0.29 s pipelined, and 0.10 to 0.11 s as one `INSERT ... SELECT FROM
 //!   unnest(...)`; 10,000 updates took 0.9 to 1.9 s one at a time and 0.33
-//!   to 0.51 s pipelined. So inserts are one `unnest` statement per run of
-//!   inserts and everything else of a batch is pipelined (see `write.rs`).
+//!   to 0.51 s pipelined. So consecutive inserts are one `unnest`
+//!   statement, consecutive updates another, and everything of a batch is
+//!   pipelined (see `write.rs`): through the store, a batch of 1,000
+//!   single-task inserts with idempotency keys commits in 70 to 150 ms,
+//!   1,000 updates in 40 to 100 ms, one insert of 10,000 tasks in 0.3 to
+//!   0.45 s, a batch of one insert in 1 to 2.5 ms.
 //!   sqlx was not taken: heavier to build, and its pool answers one query
 //!   at a time per connection. Connections are plain TCP (`NoTls`): the
 //!   documented use is a database on loopback or a private network.

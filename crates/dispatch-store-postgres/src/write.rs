@@ -4,8 +4,10 @@
 //! pause states and schedule upserts and deletes need no answer from the
 //! database to build their statement, so a run of them is sent as one
 //! flight of statements without waiting for each answer (tokio-postgres
-//! pipelines the requests of one connection), and the consecutive inserts
-//! of a run become one `INSERT ... SELECT FROM unnest(...)`. Before the
+//! pipelines the requests of one connection), the consecutive inserts of
+//! a run become one `INSERT ... SELECT FROM unnest(...)`, and consecutive
+//! updates one `UPDATE ... FROM unnest(...)` (a task updated twice starts
+//! a new one, so that its updates apply in order). Before the
 //! flight, one query reads the tasks holding the run's idempotency keys,
 //! so that which record is stored and which answers a key holder is decided
 //! in memory, in order, exactly as the statements then do it. A fire (it
@@ -24,7 +26,7 @@ use dispatch_store::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement, Transaction};
 
-use crate::codec::{self, InsertColumns, Param, pg_error, schedule_columns};
+use crate::codec::{self, InsertColumns, Param, UpdateColumns, pg_error, schedule_columns};
 
 /// The writer connection's prepared statements.
 pub(crate) struct WriterStatements {
@@ -45,8 +47,10 @@ pub(crate) struct WriterStatements {
     delete_worker: Statement,
 }
 
-/// A terminal task takes no update but a retry: a `dead` task set `queued`
-/// with no attempts ("a stale writer cannot bring a finished task back").
+/// Many updates in one statement, each of a different task. A terminal
+/// task takes no update but a retry: a `dead` task set `queued` with no
+/// attempts ("a stale writer cannot bring a finished task back"). Answers
+/// the ids it changed.
 fn update_sql() -> String {
     let terminal: Vec<String> = TaskState::ALL
         .into_iter()
@@ -54,10 +58,16 @@ fn update_sql() -> String {
         .map(|s| format!("'{}'", s.as_str()))
         .collect();
     format!(
-        "UPDATE tasks SET state = $2::text, attempts = $3::bigint, worker_id = $4, started_at = $5, \
-         finished_at = $6, run_at = $7, result = COALESCE($8, result), error = $9 \
-         WHERE id = $1 AND (state NOT IN ({}) \
-             OR (state = '{}' AND $2::text = '{}' AND $3::bigint = 0)) RETURNING 1",
+        "UPDATE tasks AS t SET state = u.state, attempts = u.attempts, \
+             worker_id = u.worker_id, started_at = u.started_at, \
+             finished_at = u.finished_at, run_at = u.run_at, \
+             result = COALESCE(u.result, t.result), error = u.error \
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+             $6::bigint[], $7::bigint[], $8::text[], $9::text[]) \
+             AS u(id, state, attempts, worker_id, started_at, finished_at, run_at, result, error) \
+         WHERE t.id = u.id AND (t.state NOT IN ({}) \
+             OR (t.state = '{}' AND u.state = '{}' AND u.attempts = 0)) \
+         RETURNING t.id",
         terminal.join(", "),
         TaskState::Dead.as_str(),
         TaskState::Queued.as_str(),
@@ -254,6 +264,8 @@ enum Step {
     },
     /// An insert refused before anything was sent.
     KeyConflict { index: usize, holder: TaskId },
+    /// An update: statement `op` answers `id` when it changed the task.
+    Update { op: usize, id: i64 },
 }
 
 /// The tasks holding idempotency keys, with their request digests.
@@ -279,8 +291,37 @@ async fn run(
             ops[op].1 = columns.into_params();
         }
     };
+    // The update statement being filled by consecutive updates of distinct
+    // tasks: a task updated twice starts a new statement, so that the
+    // updates of one task apply in order.
+    let mut updates: Option<(usize, UpdateColumns, HashSet<i64>)> = None;
+    let close_updates = |updates: &mut Option<(usize, UpdateColumns, HashSet<i64>)>,
+                         ops: &mut Vec<(&Statement, Vec<Param>)>| {
+        if let Some((op, columns, _)) = updates.take() {
+            ops[op].1 = columns.into_params();
+        }
+    };
     for w in writes {
+        if !matches!(w, Write::Update(_)) {
+            close_updates(&mut updates, &mut ops);
+        }
         let step = match w {
+            Write::Update(u) => {
+                close(&mut group, &mut ops);
+                let id = i64::try_from(u.id.0).unwrap_or(-1);
+                if updates
+                    .as_ref()
+                    .is_some_and(|(_, _, ids)| ids.contains(&id))
+                {
+                    close_updates(&mut updates, &mut ops);
+                }
+                let (op, columns, ids) = updates.get_or_insert_with(|| {
+                    ops.push((&stmts.update, Vec::new()));
+                    (ops.len() - 1, UpdateColumns::default(), HashSet::new())
+                });
+                ids.insert(columns.push(u)?);
+                Step::Update { op: *op, id }
+            }
             Write::Insert(records) => match key_conflict(&holders, records) {
                 Some((index, holder)) => Step::KeyConflict { index, holder },
                 None => {
@@ -308,7 +349,6 @@ async fn run(
             other => {
                 close(&mut group, &mut ops);
                 let (stmt, params): (&Statement, Vec<Param>) = match other {
-                    Write::Update(u) => (&stmts.update, codec::update_params(u)?),
                     Write::Fence { partition, .. } => {
                         (&stmts.fence, vec![Box::new(partition.clone())])
                     }
@@ -326,7 +366,10 @@ async fn run(
                     Write::DeleteWorker(id) => {
                         (&stmts.delete_worker, vec![Box::new(id.get().cast_signed())])
                     }
-                    Write::Insert(_) | Write::Fire { .. } | Write::Purge { .. } => {
+                    Write::Insert(_)
+                    | Write::Update(_)
+                    | Write::Fire { .. }
+                    | Write::Purge { .. } => {
                         unreachable!("not part of a run")
                     }
                 };
@@ -337,6 +380,7 @@ async fn run(
         steps.push(step);
     }
     close(&mut group, &mut ops);
+    close_updates(&mut updates, &mut ops);
 
     let refs: Vec<Vec<&(dyn ToSql + Sync)>> = ops
         .iter()
@@ -356,10 +400,18 @@ async fn run(
     // Ids planned as stored that were not (a key taken by another
     // connection meanwhile), and the task that holds their key.
     let mut taken: HashMap<TaskId, TaskId> = HashMap::new();
+    // The tasks each update statement changed.
+    let mut changed: HashMap<usize, HashSet<i64>> = HashMap::new();
     let mut outcomes = Vec::with_capacity(writes.len());
     for (w, step) in writes.iter().zip(steps) {
         let outcome = match step {
             Step::KeyConflict { index, holder } => WriteOutcome::KeyConflict { index, holder },
+            Step::Update { op, id } => {
+                let ids = changed
+                    .entry(op)
+                    .or_insert_with(|| rows[op].iter().map(|r| r.get::<_, i64>(0)).collect());
+                WriteOutcome::Updated(ids.contains(&id))
+            }
             Step::Insert { planned, group } => {
                 let stored: HashSet<i64> = match group {
                     Some(op) => rows[op].iter().map(|r| r.get::<_, i64>(0)).collect(),
@@ -401,7 +453,6 @@ fn outcome_of(w: &Write, rows: &[Row]) -> Result<WriteOutcome, StoreError> {
     };
     Ok(match w {
         // Each answers a row when it changed one.
-        Write::Update(_) => WriteOutcome::Updated(!rows.is_empty()),
         Write::DeleteSchedule(_) => WriteOutcome::ScheduleDeleted(!rows.is_empty()),
         Write::DeleteWorker(_) => WriteOutcome::WorkerDeleted(!rows.is_empty()),
         Write::Fence { partition, epoch } => {
@@ -430,8 +481,8 @@ fn outcome_of(w: &Write, rows: &[Row]) -> Result<WriteOutcome, StoreError> {
             WriteOutcome::QueuePausedSet(flag("setting a queue's pause state")? != *paused)
         }
         Write::PutWorker(_) => WriteOutcome::WorkerPut(flag("storing a worker")?),
-        Write::Insert(_) | Write::Fire { .. } | Write::Purge { .. } => {
-            unreachable!("not part of a run")
+        Write::Insert(_) | Write::Update(_) | Write::Fire { .. } | Write::Purge { .. } => {
+            unreachable!("not a statement of its own")
         }
     })
 }
