@@ -399,14 +399,13 @@ pub(crate) async fn poll(
     // it, so that the next leader knows the worker holds these tasks. A
     // store that is down only delays the record (the writes are kept), but
     // a term that ended must not hand anything out.
-    if app.keeps_workers && !tasks.is_empty() {
-        if let Some(Ok(Err(e))) = match handed {
-            Some(ack) => Some(ack.await),
-            None => None,
-        } && e.kind == dispatch_store::ErrorKind::Fenced
-        {
-            return Err(e.into());
-        }
+    if app.keeps_workers
+        && !tasks.is_empty()
+        && let Some(ack) = handed
+        && let Ok(Err(e)) = ack.await
+        && e.kind == dispatch_store::ErrorKind::Fenced
+    {
+        return Err(e.into());
     }
     // Handing over a task with a timeout started its clock: the timer loop
     // must wake for that deadline, not at its next planned tick.
