@@ -187,7 +187,7 @@ async fn three_replicas_on_postgres_serve_from_any() {
     for url in &urls {
         let (status, t) = send(
             c,
-            &[url.clone()],
+            std::slice::from_ref(url),
             reqwest::Method::GET,
             &format!("/v1/tasks/{id}"),
             None,
