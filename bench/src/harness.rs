@@ -248,10 +248,7 @@ impl Server {
         let Ok(client) = Client::new(&self.url) else {
             return false;
         };
-        client
-            .health()
-            .await
-            .is_ok_and(|h| h["role"] == "leader")
+        client.health().await.is_ok_and(|h| h["role"] == "leader")
     }
 
     /// The data folder's size on disk, in bytes.

@@ -257,7 +257,10 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         let limit = (Instant::now() + Duration::from_secs(30)).min(deadline);
         while !server.is_leader().await {
             if Instant::now() >= limit {
-                bail!("the first replica did not lead within 30 s:\n{}", server.log_tail());
+                bail!(
+                    "the first replica did not lead within 30 s:\n{}",
+                    server.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
