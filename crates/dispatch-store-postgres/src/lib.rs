@@ -21,18 +21,21 @@
 //!   to 0.51 s pipelined. So consecutive inserts are one `unnest`
 //!   statement, consecutive updates another, and everything of a batch is
 //!   pipelined (see `write.rs`): through the store, a batch of 1,000
-//!   single-task inserts with idempotency keys commits in 70 to 150 ms,
-//!   1,000 updates in 40 to 100 ms, one insert of 10,000 tasks in 0.3 to
-//!   0.45 s, a batch of one insert in 1 to 2.5 ms.
+//!   single-task inserts with idempotency keys commits in 45 to 150 ms,
+//!   1,000 updates in 25 to 100 ms, one insert of 10,000 tasks in 0.15 to
+//!   0.45 s, a batch of one insert in 0.5 to 4 ms (ranges over ten rounds
+//!   on a machine shared with other builds).
 //!   sqlx was not taken: heavier to build, and its pool answers one query
 //!   at a time per connection. Connections are plain TCP (`NoTls`): the
 //!   documented use is a database on loopback or a private network.
 //! - **A private runtime.** The [`Store`] trait is synchronous (the group
 //!   commit writer thread and `spawn_blocking` threads call it). The store
-//!   owns a one-thread tokio runtime that drives its connections; a call
-//!   blocks its own thread on the runtime's handle. It must not be called
-//!   from an async task (as every blocking call must not), and it does not
-//!   panic when called from a `spawn_blocking` thread of another runtime.
+//!   owns a one-thread tokio runtime that connects and drives its
+//!   connections; a call sends its requests to them and parks its own
+//!   thread until the answers come, without entering any runtime. So it
+//!   works from any thread: a `spawn_blocking` thread of the server's
+//!   runtime, and even an async task (which it blocks for the call, like
+//!   any blocking call, but does not panic).
 //! - **One writer connection, a small read pool.** [`Store::apply`] runs
 //!   on the writer connection, one transaction per batch (group commit:
 //!   one commit, one WAL flush, for the whole batch). Reads, leases and id
@@ -273,25 +276,35 @@ impl PgStore {
         self.options.durability
     }
 
-    /// Runs `f` to its end on this thread, its I/O driven by the store's
-    /// runtime.
+    /// Runs `f` to its end on this thread (see [`block_on`]).
     fn block_on<F: Future>(&self, f: F) -> F::Output {
-        self.handle.block_on(f)
+        block_on(f)
     }
 
     /// Opens a connection and sets its session up; the writer's also sets
     /// the durability.
     async fn open_client(&self, writer: bool) -> Result<Client, StoreError> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(pg_error("connecting to PostgreSQL"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "a PostgreSQL connection ended");
-            }
+        // Connecting needs the runtime's reactor and timers: it runs on the
+        // runtime, which then drives the connection until it closes.
+        let config = self.config.clone();
+        let connecting = self.handle.spawn(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "a PostgreSQL connection ended");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
         });
+        let client = match connecting.await {
+            Ok(connected) => connected.map_err(pg_error("connecting to PostgreSQL"))?,
+            Err(e) => {
+                return Err(StoreError::new(
+                    ErrorKind::Unavailable,
+                    format!("connecting to PostgreSQL: the store's runtime stopped: {e}"),
+                ));
+            }
+        };
         let mut sql = self.session_sql.clone();
         if writer {
             sql.push_str(match self.options.durability {
@@ -418,6 +431,36 @@ impl PgStore {
             *slot = Some(WriterConn { client, stmts });
         }
         Ok(slot.as_mut().expect("just connected"))
+    }
+}
+
+/// Runs `f` to its end on the calling thread, parking the thread while `f`
+/// waits.
+///
+/// The futures run here are a client's side of its connections: they talk
+/// to the connection tasks (on the store's runtime, which does the I/O)
+/// through channels and need no runtime of their own. So any thread may
+/// call the store, a `spawn_blocking` thread or even an async task of
+/// another runtime (which it then blocks, like any blocking call), where
+/// `Handle::block_on` would panic.
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }
 

@@ -590,3 +590,19 @@ fn a_postgres_restart_under_load_heals_without_reopening_the_store() {
         failures.load(Ordering::SeqCst)
     );
 }
+
+/// The server reserves ids from its async handlers (once per range): the
+/// store blocks the task for the call, but does not panic, even on a
+/// runtime of one thread.
+#[tokio::test(flavor = "current_thread")]
+async fn it_serves_an_async_task_directly() {
+    let store = fresh();
+    let first = store.reserve_ids(10).expect("reserve");
+    store
+        .apply(&[Write::Insert(vec![sample(first.0, "email")])])
+        .expect("insert");
+    assert!(store.get_task(first).expect("get").is_some());
+    tokio::task::spawn_blocking(move || drop(store))
+        .await
+        .expect("drop");
+}
