@@ -181,7 +181,9 @@ impl App {
                 };
                 match sched.restore_worker(w.id, spec, now) {
                     Ok(()) => kept_workers.push(w),
-                    Err(e) => tracing::error!(worker = %w.id, error = %e, "skipping a stored worker"),
+                    Err(e) => {
+                        tracing::error!(worker = %w.id, error = %e, "skipping a stored worker")
+                    }
                 }
             }
         }
@@ -208,7 +210,9 @@ impl App {
                         }
                         continue;
                     }
-                    Err(e) => tracing::warn!(task = %r.id, error = %e, "requeueing a task its worker cannot hold"),
+                    Err(e) => {
+                        tracing::warn!(task = %r.id, error = %e, "requeueing a task its worker cannot hold")
+                    }
                 }
             }
             // An attempt cut short by a scheduler stop is not the task's

@@ -12,8 +12,8 @@ use dispatch_core::{CoreError, TaskId, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::worker::parse_worker_id;
 use dispatch_proto::{
-    CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask,
-    RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
+    CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, Outcome, PollReply, PollRequest,
+    PolledTask, RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
 };
 
 use crate::app::{Ack, App, Shared, acked, now_ms};
@@ -124,14 +124,24 @@ pub(crate) async fn heartbeat(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
+    OptionalJsonBody(req): OptionalJsonBody<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
+    let held = dispatch_proto::running_ids(req.running.as_deref())?;
     app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
-    let cancel = app
-        .lock()
-        .sched
-        .heartbeat(w, now_ms())
-        .map_err(|_| lease_lost(&id))?;
+    let now = now_ms();
+    let cancel = {
+        let mut shared = app.lock();
+        let cancel = shared
+            .sched
+            .heartbeat(w, now)
+            .map_err(|_| lease_lost(&id))?;
+        if let Some(held) = held {
+            shared.sched.claim_running(w, &held, now);
+            let _ = app.flush(&mut shared, None);
+        }
+        cancel
+    };
     let reply = HeartbeatReply {
         cancel: cancel.iter().map(ToString::to_string).collect(),
     };
@@ -289,6 +299,7 @@ pub(crate) async fn poll(
     OptionalJsonBody(req): OptionalJsonBody<PollRequest>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
+    let held = dispatch_proto::running_ids(req.running.as_deref())?;
     app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
     // Validate every report before applying any; answer each under the
     // task id as the worker wrote it.
@@ -336,6 +347,12 @@ pub(crate) async fn poll(
                 },
             };
             statuses.push(status);
+        }
+        // What it still runs, once its reports are in: a task kept on it
+        // across a takeover that it does not name goes back.
+        if let Some(held) = &held {
+            shared.sched.claim_running(w, held, now_ms());
+            ack = app.flush(&mut shared, None).or(ack);
         }
         (statuses, ack, max, wait_ms)
     };
