@@ -48,7 +48,9 @@
 //!   with an `Unavailable` error, is dropped; the next call opens a fresh
 //!   one (and prepares its statements again). While PostgreSQL is down or
 //!   restarting, calls fail as `Unavailable`; once it is back they succeed,
-//!   without restarting Dispatch.
+//!   without restarting Dispatch. Keepalives ([`KEEPALIVE_IDLE`]) and
+//!   [`TCP_USER_TIMEOUT`] make a database cut off by the network fail a
+//!   call within about half a minute instead of hanging it.
 //! - **Schema and migrations.** Numbered SQL files in `migrations/`,
 //!   applied at open in one transaction under `pg_advisory_xact_lock`, so
 //!   that replicas starting together do not race; `schema_migrations`
@@ -131,6 +133,14 @@ pub const READ_CONNECTIONS: usize = 4;
 /// How long opening a connection may take before it fails, unless the URL
 /// says otherwise (`connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection stays idle before keepalive probes check it,
+/// unless the URL says otherwise (`keepalives_idle`).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+
+/// How long sent data may stay unacknowledged before the connection is
+/// given up, unless the URL says otherwise (`tcp_user_timeout`).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether a commit is on stable storage when [`Store::apply`] returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,6 +256,20 @@ impl PgStore {
         }
         if config.get_application_name().is_none() {
             config.application_name("dispatch");
+        }
+        // A database cut off by the network must show as a failed call,
+        // not a call that hangs until the kernel gives up (minutes to
+        // hours): keepalives probe an idle connection, and unacknowledged
+        // data fails the connection after TCP_USER_TIMEOUT.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(Duration::from_secs(5));
+            config.keepalives_retries(3);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
