@@ -383,7 +383,7 @@ fn a_takeover_fences_the_old_leaders_batches_from_another_handle() {
         id: "b".into(),
         url: "http://b.invalid".into(),
     };
-    let lease = a.claim_lease("default", &ra, 100).expect("claim");
+    let lease = a.claim_lease("default", &ra, 60_000).expect("claim");
     assert!(lease.held);
     a.apply(&[
         Write::Fence {
@@ -394,7 +394,10 @@ fn a_takeover_fences_the_old_leaders_batches_from_another_handle() {
     ])
     .expect("the leader writes");
     assert!(!b.claim_lease("default", &rb, 60_000).expect("claim").held);
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // The leader's last renewal is short, and runs out.
+    let renewed = a.claim_lease("default", &ra, 1).expect("renew");
+    assert_eq!(renewed.epoch, lease.epoch);
+    std::thread::sleep(std::time::Duration::from_millis(50));
     let taken = b.claim_lease("default", &rb, 60_000).expect("claim");
     assert!(taken.held);
     assert_eq!(taken.epoch, lease.epoch + 1);
