@@ -357,7 +357,7 @@ impl Session {
             let tasks: Vec<pb::Task> = handed
                 .iter()
                 .filter_map(|id| shared.sched.task(*id))
-                .map(dispatch_grpc::task_message)
+                .map(crate::wire::task_message)
                 .collect();
             if !handed.is_empty() {
                 let _ = self.app.flush(&mut shared, None);

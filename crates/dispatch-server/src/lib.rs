@@ -12,6 +12,8 @@
 //! - `http`: the router, the JSON body extractor (size and depth limits) and
 //!   problem+json errors.
 //! - `tasks`, `workers`: the client endpoints and the HTTP worker protocol.
+//! - `wire`: the conversions between the wire types and the store's
+//!   records, which meet only here.
 //! - `grpc`: the streaming worker protocol (gRPC, credit-based push), served
 //!   on the same listener as HTTP.
 //! - `schedules`: cron schedules' endpoints and the loop that fires them,
@@ -45,6 +47,7 @@ mod schedules;
 mod serve;
 mod tasks;
 mod tls;
+mod wire;
 mod workers;
 
 use std::net::SocketAddr;

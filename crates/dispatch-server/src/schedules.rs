@@ -33,13 +33,14 @@ use dispatch_core::{Millis, TaskId};
 use dispatch_cron::MisfirePolicy;
 use dispatch_proto::{
     CreateSchedule, ScheduleJson, ScheduleList, ScheduleParts, SubmitTask, fire_task,
-    parse_schedule_name, schedule_json,
+    parse_schedule_name,
 };
 use dispatch_store::{FireOutcome, ScheduleRecord, TaskRecord, Write, WriteOutcome};
 use tokio::sync::Notify;
 
 use crate::app::{Ack, App, acked, now_ms, wall_ms};
 use crate::http::{ApiError, JsonBody, json};
+use crate::wire::{schedule_json, schedule_parts, schedule_record};
 
 /// How late the latest due fire may run and still count as on time.
 pub(crate) const MISFIRE_GRACE_MS: Millis = 60_000;
@@ -133,7 +134,7 @@ impl Schedules {
     ) {
         let mut entries = self.lock();
         for r in records {
-            let parts = match ScheduleParts::of(&r) {
+            let parts = match schedule_parts(&r) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::error!(schedule = %r.name, error = %e, "a stored schedule does not validate; it will not fire");
@@ -256,7 +257,7 @@ fn new_fire_task(
     let explicit = template.strategy.is_some();
     crate::queues::apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
     let id = TaskId(app.reserve_ids(1));
-    Ok(crate::tasks::new_record(id, valid, now))
+    Ok(crate::wire::new_record(id, valid, now))
 }
 
 /// Waits for the fires' commits, then hands the created tasks to the core.
@@ -332,11 +333,12 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let valid = req.validate(now_ms())?;
     crate::queues::check_template(&app.config.queue_settings, &valid.parts.template)?;
-    let name = valid.record.name.clone();
+    let name = valid.name.clone();
+    let record = schedule_record(&valid);
     // A schedule is held in memory like a task: charged to the budget.
     let charge = app
         .budget
-        .reserve(schedule_footprint(&valid.record), 0)
+        .reserve(schedule_footprint(&record), 0)
         .map_err(|e| ApiError::overloaded(e.to_string()))?;
     let ack = {
         let mut entries = app.schedules.lock();
@@ -345,10 +347,10 @@ pub(crate) async fn create(
                 "a schedule named {name:?} already exists; delete it first"
             )));
         }
-        let ack = app.write(Write::UpsertSchedule(valid.record.clone()))?;
+        let ack = app.write(Write::UpsertSchedule(record.clone()))?;
         entries.insert(
             name.clone(),
-            Entry::new(valid.record, Some(valid.parts), true, Some(charge)),
+            Entry::new(record, Some(valid.parts), true, Some(charge)),
         );
         ack
     };

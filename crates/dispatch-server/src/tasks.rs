@@ -6,45 +6,24 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use dispatch_core::{Strategy, TaskId, TaskState, WorkerId};
+use dispatch_core::{Strategy, TaskId, TaskSpec, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
-    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef,
-    TaskRefBatch, ValidTask, task_json,
+    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRefBatch,
+    ValidTask,
 };
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
 use crate::app::{App, acked, live_record, now_ms};
-use crate::budget::{Body, Charge, footprint, footprint_of};
+use crate::budget::{Body, Charge, footprint};
 use crate::http::{ApiError, JsonBody, json};
 use crate::queues::apply_default_strategy;
-
-/// The record of a newly accepted task.
-pub(crate) fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
-    let waits = v.spec.run_at.is_some_and(|at| at > now) || !v.body.depends_on.is_empty();
-    TaskRecord {
-        id,
-        spec: v.spec,
-        body: v.body,
-        state: if waits {
-            TaskState::Scheduled
-        } else {
-            TaskState::Queued
-        },
-        attempts: 0,
-        worker: None,
-        started_at: None,
-        finished_at: None,
-        result: None,
-        error: None,
-        request_digest: v.digest,
-    }
-}
+use crate::wire::{new_record, task_json, task_query, task_ref};
 
 /// Checks that every parent a task names exists (live or stored), so that
 /// dependencies can never form a cycle.
 async fn check_parents(app: &Arc<App>, task: &ValidTask) -> Result<(), FieldError> {
-    for (i, parent) in task.body.depends_on.iter().enumerate() {
+    for (i, parent) in task.depends_on.iter().enumerate() {
         let exists = app.find_task(*parent).await.map_err(|e| {
             FieldError::new(
                 format!("depends_on[{i}]"),
@@ -126,29 +105,34 @@ async fn accept(
     now: u64,
     batch: bool,
 ) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
+    // Each task's record, under its id once the plan is complete.
+    let tasks: Vec<(TaskRecord, Option<u32>)> = tasks
+        .into_iter()
+        .map(|v| {
+            let shards = v.shards;
+            (new_record(TaskId(0), v, now), shards)
+        })
+        .collect();
     check_request_size(app, &tasks)?;
     // Broadcast and sharding tasks expand into their copies or shards,
     // stored (with lower ids, in the same all-or-nothing insert) before the
     // submitted task, which becomes the join that waits for them.
-    let mut plan: Vec<ValidTask> = Vec::with_capacity(tasks.len());
+    let mut records: Vec<TaskRecord> = Vec::with_capacity(tasks.len());
     let mut roots = Vec::with_capacity(tasks.len());
     let mut joins = Vec::new();
-    for v in tasks {
-        let children = fan_out(app, &v)?;
-        let start = plan.len();
-        plan.extend(children);
-        if plan.len() > start {
-            joins.push((plan.len(), start..plan.len()));
+    for (r, shards) in tasks {
+        let start = records.len();
+        fan_out(app, &r, shards, &mut records)?;
+        if records.len() > start {
+            joins.push((records.len(), start..records.len()));
         }
-        roots.push(plan.len());
-        plan.push(v);
+        roots.push(records.len());
+        records.push(r);
     }
-    let first = app.reserve_ids(plan.len() as u64);
-    let mut records: Vec<TaskRecord> = plan
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| new_record(TaskId(first + i as u64), v, now))
-        .collect();
+    let first = app.reserve_ids(records.len() as u64);
+    for (i, r) in records.iter_mut().enumerate() {
+        r.id = TaskId(first + i as u64);
+    }
     for (join, children) in joins {
         let r = &mut records[join];
         r.body.depends_on = children.map(|k| TaskId(first + k as u64)).collect();
@@ -213,18 +197,18 @@ async fn accept(
 }
 
 /// Counts what a request would create, copies and shards included, and
-/// checks it against every bound before any record is built, so that a
-/// request refused for its size costs nothing in proportion to it: at most
+/// checks it against every bound before any copy or shard is built, so
+/// that a request refused for its size costs nothing in proportion to it: at most
 /// `--max-tasks-per-request` tasks (413), and room for them under
 /// `--max-live-tasks` and `--max-memory-mb` (429). `check_capacity` checks
 /// again, exactly, once the records exist.
-fn check_request_size(app: &App, tasks: &[ValidTask]) -> Result<(), ApiError> {
+fn check_request_size(app: &App, tasks: &[(TaskRecord, Option<u32>)]) -> Result<(), ApiError> {
     let mut creates: u64 = 0;
     let mut bytes: u64 = 0;
-    for v in tasks {
-        let n = 1 + fan_out_count(app, v)?;
+    for (r, shards) in tasks {
+        let n = 1 + fan_out_count(app, &r.spec, *shards)?;
         creates = creates.saturating_add(n);
-        bytes = bytes.saturating_add(n.saturating_mul(footprint_of(&v.spec, &v.body)));
+        bytes = bytes.saturating_add(n.saturating_mul(footprint(r)));
     }
     let cap = app.config.max_tasks_per_request;
     if creates > cap {
@@ -256,13 +240,13 @@ fn check_request_size(app: &App, tasks: &[ValidTask]) -> Result<(), ApiError> {
 
 /// How many copies or shards `v` expands into, counted without making
 /// them (see [`fan_out`]).
-fn fan_out_count(app: &App, v: &ValidTask) -> Result<u64, ApiError> {
-    match v.spec.strategy {
-        Strategy::Sharding => Ok(u64::from(v.shards.unwrap_or(1))),
+fn fan_out_count(app: &App, spec: &TaskSpec, shards: Option<u32>) -> Result<u64, ApiError> {
+    match spec.strategy {
+        Strategy::Sharding => Ok(u64::from(shards.unwrap_or(1))),
         Strategy::Broadcast => {
-            let n = broadcast_targets(&app.lock().sched, v).count();
+            let n = broadcast_targets(&app.lock().sched, spec).count();
             if n == 0 {
-                return Err(no_broadcast_worker(v).into());
+                return Err(no_broadcast_worker(spec).into());
             }
             Ok(n as u64)
         }
@@ -274,68 +258,68 @@ fn fan_out_count(app: &App, v: &ValidTask) -> Result<u64, ApiError> {
 /// type and carries its labels.
 fn broadcast_targets<'a>(
     sched: &'a dispatch_core::Scheduler<Body>,
-    v: &'a ValidTask,
+    spec: &'a TaskSpec,
 ) -> impl Iterator<Item = WorkerId> + 'a {
     sched
         .workers()
-        .filter(|w| w.handles(&v.spec.kind) && w.has_labels(&v.spec.labels))
+        .filter(|w| w.handles(&spec.kind) && w.has_labels(&spec.labels))
         .map(|w| w.id)
 }
 
-fn no_broadcast_worker(v: &ValidTask) -> FieldError {
+fn no_broadcast_worker(spec: &TaskSpec) -> FieldError {
     FieldError::new(
         "strategy",
         format!(
             "no registered worker runs type {} with these labels; a broadcast needs one",
-            v.spec.kind
+            spec.kind
         ),
     )
 }
 
-/// The copies of a `broadcast` task (one pinned to each registered worker
-/// that runs its type and carries its labels) or the shards of a
-/// `sharding` one; nothing for other strategies. Copies and shards are
-/// routed like any task and inherit the task's own parents.
-fn fan_out(app: &App, v: &ValidTask) -> Result<Vec<ValidTask>, ApiError> {
+/// Adds to `plan` the copies of a `broadcast` task (one pinned to each
+/// registered worker that runs its type and carries its labels) or the
+/// `shards` of a `sharding` one; nothing for other strategies. Copies and
+/// shards are routed like any task and inherit the task's own parents; each
+/// shares the task's payload.
+fn fan_out(
+    app: &App,
+    r: &TaskRecord,
+    shards: Option<u32>,
+    plan: &mut Vec<TaskRecord>,
+) -> Result<(), ApiError> {
     let child = |i: u32| {
-        let mut c = v.clone();
+        let mut c = r.clone();
         c.spec.strategy = Strategy::RoundRobin;
-        c.shards = None;
-        c.body.idempotency_key = v
+        c.body.idempotency_key = r
             .body
             .idempotency_key
             .as_ref()
             .map(|k| dispatch_proto::task::copy_key(k, i));
         c
     };
-    match v.spec.strategy {
+    match r.spec.strategy {
         Strategy::Sharding => {
-            let total = v.shards.unwrap_or(1);
-            Ok((0..total)
-                .map(|i| {
-                    let mut c = child(i);
-                    c.body.shard = Some((i, total));
-                    c
-                })
-                .collect())
+            let total = shards.unwrap_or(1);
+            plan.extend((0..total).map(|i| {
+                let mut c = child(i);
+                c.body.shard = Some((i, total));
+                c
+            }));
         }
         Strategy::Broadcast => {
-            let workers: Vec<WorkerId> = broadcast_targets(&app.lock().sched, v).collect();
+            let workers: Vec<WorkerId> = broadcast_targets(&app.lock().sched, &r.spec).collect();
             if workers.is_empty() {
-                return Err(no_broadcast_worker(v).into());
+                return Err(no_broadcast_worker(&r.spec).into());
             }
-            Ok(workers
-                .into_iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    let mut c = child(i as u32);
-                    c.spec.pinned = Some(w);
-                    c
-                })
-                .collect())
+            plan.extend(workers.into_iter().enumerate().map(|(i, w)| {
+                let mut c = child(i as u32);
+                c.spec.pinned = Some(w);
+                c
+            }));
         }
-        _ => Ok(Vec::new()),
+        _ => {}
     }
+    Ok(())
 }
 
 /// Hands tasks that are already stored to the core: they wait for their
@@ -427,7 +411,7 @@ pub(crate) async fn submit(
         StatusCode::OK
     };
     if wants_minimal(&headers) {
-        return Ok(minimal(json(status, &TaskRef::of(&record))));
+        return Ok(minimal(json(status, &task_ref(&record))));
     }
     Ok(json(status, &task_json(&record)))
 }
@@ -498,7 +482,7 @@ pub(crate) async fn submit_batch(
     }
     let accepted = accept(&app, valid, now, true).await?;
     if wants_minimal(&headers) {
-        let tasks = accepted.iter().map(|(r, _)| TaskRef::of(r)).collect();
+        let tasks = accepted.iter().map(|(r, _)| task_ref(r)).collect();
         return Ok(minimal(json(StatusCode::CREATED, &TaskRefBatch { tasks })));
     }
     let tasks: Vec<_> = accepted.iter().map(|(r, _)| task_json(r)).collect();
@@ -564,7 +548,7 @@ pub(crate) async fn list(
     query: Result<Query<ListTasks>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(400, format!("bad query string: {e}")))?;
-    let q = q.validate()?;
+    let q = task_query(q.validate()?);
     // The store lists: first let it take every change the core already
     // made (a task collected a moment ago is listed as running). While the
     // store cannot be written, the list is still read, as it stands.

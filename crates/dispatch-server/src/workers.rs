@@ -240,7 +240,7 @@ fn collect(
     let tasks = ids
         .iter()
         .filter_map(|id| shared.sched.task(*id))
-        .map(PolledTask::new)
+        .map(crate::wire::polled_task)
         .collect();
     let _ = app.flush(shared, None);
     let cancel = shared.sched.worker(w)?.cancel_notices().to_vec();
