@@ -57,6 +57,10 @@ pub(crate) struct App {
     pub(crate) audit: Option<crate::audit::AuditLog>,
     /// Which token registered each worker (with `--tokens`).
     pub(crate) owners: crate::auth::WorkerOwners,
+    /// Serializes queue pauses and resumes: each is stored, then applied,
+    /// before the next starts, so the core ends in the state the store has
+    /// last.
+    pub(crate) pause_order: tokio::sync::Mutex<()>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch, as the operating system
@@ -221,6 +225,7 @@ impl App {
             schedules: crate::schedules::Schedules::default(),
             audit,
             owners: Default::default(),
+            pause_order: Default::default(),
         };
         Ok((Arc::new(app), writer_thread))
     }

@@ -95,7 +95,7 @@ async fn require_grpc(
     if grpc {
         return next.run(req).await;
     }
-    let not_grpc = crate::http::ApiError::new(
+    let not_grpc = crate::api::ApiError::new(
         415,
         "this is the gRPC worker protocol: send application/grpc over HTTP/2",
     );

@@ -9,8 +9,10 @@
 //! - `app`: [`app::App`], the shared state — the [`dispatch_core::Scheduler`]
 //!   behind one mutex, the store for reads, the writer for writes — and the
 //!   one path by which core events reach the store and wake workers.
-//! - `http`: the router, the JSON body extractor (size and depth limits) and
-//!   problem+json errors.
+//! - `api`: problem+json errors (`ApiError`) and the JSON body
+//!   extractors (size and depth limits), used by every handler.
+//! - `router`: the one place that names every route and its handler, with
+//!   the middleware around them and the query table.
 //! - `tasks`, `workers`: the client endpoints and the HTTP worker protocol.
 //! - `wire`: the conversions between the wire types and the store's
 //!   records, which meet only here.
@@ -35,14 +37,15 @@
 //! Every mutating request is acknowledged only after the store committed it
 //! (fsynced in the `durable` mode), so an acknowledged task survives a crash.
 
+mod api;
 mod app;
 mod audit;
 pub mod auth;
 mod budget;
 mod grpc;
-mod http;
 mod metrics;
 mod queues;
+mod router;
 mod schedules;
 mod serve;
 mod tasks;
@@ -404,7 +407,7 @@ pub async fn start_with_store(
     tokio::spawn(app::timer_loop(app.clone()));
     tokio::spawn(app::purge_loop(app.clone()));
     tokio::spawn(schedules::schedule_loop(app.clone()));
-    let router = http::router(app.clone()).merge(grpc::router(app.clone()));
+    let router = router::router(app.clone());
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };

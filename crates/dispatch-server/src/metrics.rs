@@ -11,8 +11,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dispatch_core::TaskState;
 
+use crate::api::json;
 use crate::app::App;
-use crate::http::json;
 
 /// Process-wide counters. Gauges are read from the core at scrape time.
 #[derive(Default)]

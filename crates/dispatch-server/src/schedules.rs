@@ -38,8 +38,8 @@ use dispatch_proto::{
 use dispatch_store::{FireOutcome, ScheduleRecord, TaskRecord, Write, WriteOutcome};
 use tokio::sync::Notify;
 
+use crate::api::{ApiError, JsonBody, json};
 use crate::app::{Ack, App, acked, now_ms, wall_ms};
-use crate::http::{ApiError, JsonBody, json};
 use crate::wire::{schedule_json, schedule_parts, schedule_record};
 
 /// How late the latest due fire may run and still count as on time.

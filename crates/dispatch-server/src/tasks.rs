@@ -14,9 +14,9 @@ use dispatch_proto::{
 };
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
+use crate::api::{ApiError, JsonBody, json};
 use crate::app::{App, acked, live_record, now_ms};
 use crate::budget::{Body, Charge, footprint};
-use crate::http::{ApiError, JsonBody, json};
 use crate::queues::apply_default_strategy;
 use crate::wire::{new_record, task_json, task_query, task_ref};
 
@@ -494,7 +494,7 @@ fn path_task_id(s: &str) -> Result<TaskId, ApiError> {
 }
 
 /// Query of `GET /v1/tasks/{id}`; its parameters are listed in the query
-/// table of `http.rs`.
+/// table of `router.rs`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GetQuery {

@@ -16,9 +16,9 @@ use dispatch_proto::{
     RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
 };
 
+use crate::api::{ApiError, JsonBody, OptionalJsonBody, json};
 use crate::app::{Ack, App, Shared, acked, now_ms};
 use crate::auth::{Act, Caller};
-use crate::http::{ApiError, JsonBody, OptionalJsonBody, json};
 
 fn path_worker_id(s: &str) -> Result<WorkerId, ApiError> {
     parse_worker_id("id", Some(s)).map_err(|_| ApiError::not_found(format_args!("worker {s:?}")))
