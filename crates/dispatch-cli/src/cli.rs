@@ -117,8 +117,27 @@ pub(crate) struct ServerArgs {
     /// Folder of the embedded store. The server locks it (file `lock`,
     /// holding its pid) for its whole life: a second server on the same
     /// folder exits at once with an error naming the holder.
-    #[arg(long, default_value = "./dispatch-data")]
+    #[arg(long, default_value = "./dispatch-data", conflicts_with = "store")]
     pub(crate) data: PathBuf,
+    /// A PostgreSQL database to keep the tasks in, instead of --data:
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`. Several servers
+    /// on one database are replicas: one leads, the others stand by and
+    /// forward to it, and one takes over when the leader dies.
+    #[arg(long, env = "DISPATCH_STORE", value_name = "URL")]
+    pub(crate) store: Option<String>,
+    /// With --store: the URL the other replicas, clients and workers reach
+    /// this server at (default: http://LISTEN-ADDRESS, which must then not
+    /// be a wildcard address).
+    #[arg(long, value_name = "URL", requires = "store")]
+    pub(crate) advertise_url: Option<String>,
+    /// With --store: this replica's id among the replicas (default: its
+    /// advertised URL).
+    #[arg(long, value_name = "ID", requires = "store")]
+    pub(crate) replica_id: Option<String>,
+    /// With --store: the leader's lease on the database's clock, renewed
+    /// every third of it. A dead leader is replaced within about this long.
+    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub(crate) leader_lease_ms: u64,
     /// A worker silent for this long is declared dead.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) lease_ms: u64,

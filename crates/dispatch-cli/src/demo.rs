@@ -50,9 +50,13 @@ pub(crate) async fn run(n_tasks: usize, n_workers: usize) -> Result<()> {
     let n_workers = n_workers.max(1);
     let dir = tempfile::tempdir().context("cannot create a temporary data folder")?;
     let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-    let mut config = dispatch_server::ServerConfig::new(listen, dir.path());
+    let mut config = dispatch_server::ServerConfig::new(listen, dir.path().display().to_string());
     config.lease_ms = 3_000;
-    let server = dispatch_server::start(config).await?;
+    let store = dispatch_store_sqlite::SqliteStore::open(
+        dir.path(),
+        dispatch_store_sqlite::Durability::Durable,
+    )?;
+    let server = dispatch_server::start(config, std::sync::Arc::new(store)).await?;
     let url = format!("http://{}", server.local_addr());
     println!(
         "Dispatch demo: server on {url}, embedded store in {}",

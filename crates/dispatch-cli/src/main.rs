@@ -22,6 +22,7 @@ mod demo;
 mod output;
 mod server_config;
 mod server_limits;
+mod store;
 mod submit;
 mod worker;
 
@@ -33,7 +34,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use dispatch_client::ClientError;
 
-use cli::{Cli, ClientOpts, Command, DurabilityArg, ServerArgs, TokenAction};
+use cli::{Cli, ClientOpts, Command, ServerArgs, TokenAction};
 
 /// Exit code of an error: bad input, a refusal, an unreachable server.
 pub(crate) const EXIT_ERROR: u8 = 1;
@@ -283,7 +284,16 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         bail!("--lease-ms must be at least 1");
     }
     let listen = resolve_listen(&args.listen, args.tokens.is_some(), args.insecure)?;
-    let mut config = dispatch_server::ServerConfig::new(listen, args.data);
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let opened = store::open(&args)?;
+    let mut config = dispatch_server::ServerConfig::new(listen, opened.name.clone());
+    if args.store.is_some() {
+        config.cluster = Some(store::cluster_config(&args, listen, scheme)?);
+    }
     if let Some(path) = args.config {
         config.queue_settings = server_config::load(&path)?;
     }
@@ -299,25 +309,18 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(dispatch_server::TlsFiles { cert, key });
     }
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     config.lease_ms = args.lease_ms;
     config.collect_ms = args.collect_timeout_ms;
     config.retention_ms = args.retention_ms;
     config.max_body_bytes = args.max_body_bytes;
-    config.durability = match args.durability {
-        DurabilityArg::Durable => dispatch_server::Durability::Durable,
-        DurabilityArg::Relaxed => dispatch_server::Durability::Relaxed,
-    };
-    let server = dispatch_server::start(config).await?;
+    let server = dispatch_server::start(config, opened.store.clone()).await?;
     println!(
         "dispatch server listening on {scheme}://{}",
         server.local_addr()
     );
     server.run_until_signal().await;
+    // The folder's lock is released only now, after the last commit.
+    drop(opened);
     Ok(())
 }
 

@@ -71,6 +71,13 @@ impl From<StoreError> for ApiError {
                 problem: Problem::new(503, format!("the store is unavailable: {e}")),
                 retry_after: Some(1),
             },
+            ErrorKind::Fenced => ApiError {
+                problem: Problem::new(
+                    503,
+                    "this replica no longer leads: another one took over; retry",
+                ),
+                retry_after: Some(1),
+            },
             _ => {
                 tracing::error!(error = %e, "store error");
                 ApiError::new(500, "internal store error")

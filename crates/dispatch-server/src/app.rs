@@ -30,6 +30,17 @@ pub(crate) struct Shared {
     task_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
 }
 
+/// Task ids a leading replica reserves from the store at a time.
+const ID_RANGE: u64 = 1 << 20;
+
+/// Where task ids come from.
+enum Ids {
+    /// A lone server: on from the highest stored id.
+    Counter(AtomicU64),
+    /// A leading replica: the rest of the range the store reserved for it.
+    Ranges(Mutex<std::ops::Range<u64>>),
+}
+
 /// A pending acknowledgement from the store writer.
 pub(crate) type Ack = oneshot::Receiver<Result<WriteOutcome, StoreError>>;
 
@@ -39,7 +50,7 @@ pub(crate) struct App {
     shared: Mutex<Shared>,
     pub(crate) store: Arc<dyn Store>,
     writer: GroupCommitWriter,
-    next_id: AtomicU64,
+    ids: Ids,
     /// Woken when a timer earlier than the timer loop's current sleep may
     /// have been added.
     pub(crate) timer_wake: Notify,
@@ -107,14 +118,40 @@ pub(crate) fn live_record(t: &Task<Body>) -> TaskRecord {
 impl App {
     /// Opens the store, starts the writer and rebuilds the scheduler from
     /// the live tasks. Runs on a blocking thread.
+    ///
+    /// `epoch` is the term of a replica that leads: its writes are fenced
+    /// by it, and its task ids come from ranges the store reserves. A lone
+    /// server (`None`) holds its store alone and numbers tasks on from the
+    /// highest stored id.
     pub(crate) fn open(
         config: ServerConfig,
         store: Arc<dyn Store>,
         audit: Option<crate::audit::AuditLog>,
+        epoch: Option<u64>,
     ) -> Result<(Arc<App>, std::thread::JoinHandle<()>), StoreError> {
-        let live = store.load_live()?;
-        let next_id = store.max_task_id()?.map_or(1, |id| id.0 + 1);
-        let (writer, writer_thread) = GroupCommitWriter::start(store.clone());
+        let (writer, writer_thread, ids) = match epoch {
+            None => {
+                let next = store.max_task_id()?.map_or(1, |id| id.0 + 1);
+                let (w, t) = GroupCommitWriter::start(store.clone());
+                (w, t, Ids::Counter(AtomicU64::new(next)))
+            }
+            Some(epoch) => {
+                let (w, t) = GroupCommitWriter::start_fenced(
+                    store.clone(),
+                    dispatch_store::DEFAULT_PARTITION,
+                    epoch,
+                );
+                (w, t, Ids::Ranges(Mutex::new(0..0)))
+            }
+        };
+        let live = match store.load_live() {
+            Ok(live) => live,
+            Err(e) => {
+                drop(writer);
+                let _ = writer_thread.join();
+                return Err(e);
+            }
+        };
         let budget = MemoryBudget::new(config.max_memory_bytes);
 
         let now = now_ms();
@@ -201,7 +238,7 @@ impl App {
         tracing::info!(
             live = live.len(),
             requeued,
-            next_id,
+            ?epoch,
             "recovered state from the store"
         );
         let (stop_tx, stopping) = watch::channel(false);
@@ -215,7 +252,7 @@ impl App {
             }),
             store,
             writer,
-            next_id: AtomicU64::new(next_id),
+            ids,
             timer_wake: Notify::new(),
             stopping,
             stop_tx,
@@ -250,8 +287,32 @@ impl App {
     }
 
     /// Reserves `n` consecutive task ids.
-    pub(crate) fn reserve_ids(&self, n: u64) -> u64 {
-        self.next_id.fetch_add(n, Ordering::Relaxed)
+    ///
+    /// A leading replica takes them from a range the store reserved for
+    /// it ([`ID_RANGE`] ids at a time, or `n` when more), so that ids stay
+    /// unique across replicas and takeovers; fetching the next range is one
+    /// short store call, once per range.
+    pub(crate) fn reserve_ids(&self, n: u64) -> Result<u64, StoreError> {
+        match &self.ids {
+            Ids::Counter(next) => Ok(next.fetch_add(n, Ordering::Relaxed)),
+            Ids::Ranges(range) => {
+                let mut range = range.lock().unwrap_or_else(|e| e.into_inner());
+                if range.end - range.start < n {
+                    let len = n.max(ID_RANGE);
+                    let first = self.store.reserve_ids(len)?.0;
+                    *range = first..first + len;
+                }
+                let first = range.start;
+                range.start += n;
+                Ok(first)
+            }
+        }
+    }
+
+    /// Whether another replica took over: this one's writes are refused
+    /// and it must step down.
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.writer.health().is_fenced()
     }
 
     /// Queues a write and returns its acknowledgement.

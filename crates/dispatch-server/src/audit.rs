@@ -122,6 +122,7 @@ impl DeniedWindow {
 
 /// The sending end of the audit log; the writer thread ends when it is
 /// dropped, after writing everything sent.
+#[derive(Clone)]
 pub(crate) struct AuditLog {
     tx: mpsc::Sender<String>,
     denied: Arc<Mutex<DeniedWindow>>,

@@ -111,7 +111,7 @@ pub(crate) enum Need {
 }
 
 /// Path under which the gRPC worker service is mounted.
-const GRPC_PREFIX: &str = "/dispatch.v1.WorkerService/";
+pub(crate) const GRPC_PREFIX: &str = "/dispatch.v1.WorkerService/";
 
 /// THE scope table: (method, route pattern) -> what it needs. Anything not
 /// listed (unknown routes, other methods) needs a valid token.
@@ -459,6 +459,23 @@ impl WorkerOwners {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// 401 unless the request carries a valid token (or the server takes
+/// none): for the routes a replica answers itself, outside the router and
+/// its middleware (`GET /v1/cluster`).
+pub(crate) fn any_token(tokens: Option<&Tokens>, req: &Request) -> Result<(), ApiError> {
+    let Some(tokens) = tokens else {
+        return Ok(());
+    };
+    match check(tokens, Need::AnyToken, bearer(req)) {
+        Ok(()) => Ok(()),
+        Err(Denied::Unauthenticated(why)) => Err(ApiError::new(401, why)),
+        Err(Denied::Forbidden(scope)) => Err(ApiError::new(
+            403,
+            format!("this endpoint needs the {scope:?} scope"),
+        )),
     }
 }
 

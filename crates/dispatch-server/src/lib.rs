@@ -42,6 +42,7 @@ mod app;
 mod audit;
 pub mod auth;
 mod budget;
+mod cluster;
 mod grpc;
 mod metrics;
 mod queues;
@@ -58,20 +59,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use auth::{Scope, Tokens};
+pub use cluster::ClusterConfig;
 pub use dispatch_core::{QueueConfig, Strategy, TypeConfig};
-pub use dispatch_store_sqlite::Durability;
+pub use dispatch_store::Replica;
 pub use queues::{QueueDefaults, QueueSettings, TypeDefaults};
 pub use tls::{TlsError, TlsFiles};
 
-use dispatch_store::{ErrorKind, Store, StoreError};
+use dispatch_store::Store;
 
 /// How to run a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Address to listen on; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// Folder of the embedded store.
-    pub data_dir: PathBuf,
+    /// How logs and errors name the store: its folder, or its database
+    /// address without a password.
+    pub store_name: String,
+    /// Several replicas on one store: how this one takes part. `None`: a
+    /// lone server, which leads for as long as it runs.
+    pub cluster: Option<ClusterConfig>,
     /// Worker lease: silence longer than this and a worker is dead.
     pub lease_ms: u64,
     /// An HTTP worker must collect a task assigned to it within this long,
@@ -79,8 +85,6 @@ pub struct ServerConfig {
     pub collect_ms: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// When a write is acknowledged.
-    pub durability: Durability,
     /// How long finished tasks (and their results) are kept.
     pub retention_ms: u64,
     /// Queue and type settings (weights, limits, default strategies).
@@ -126,15 +130,16 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// The defaults of the contract, for a data folder.
-    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+    /// The defaults of the contract, for a store named `store_name` in
+    /// logs and errors.
+    pub fn new(listen: SocketAddr, store_name: impl Into<String>) -> Self {
         ServerConfig {
             listen,
-            data_dir: data_dir.into(),
+            store_name: store_name.into(),
+            cluster: None,
             lease_ms: 10_000,
             collect_ms: 3_000,
             max_body_bytes: 10 * 1024 * 1024,
-            durability: Durability::Durable,
             retention_ms: 7 * 24 * 3_600_000,
             queue_settings: QueueSettings::default(),
             tokens: None,
@@ -158,11 +163,11 @@ impl ServerConfig {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The store could not be opened or read.
-    #[error("cannot open the store in {dir}: {source}")]
+    /// The store could not be read.
+    #[error("cannot read the store {store}: {source}")]
     Store {
-        /// The data folder.
-        dir: PathBuf,
+        /// The store's name.
+        store: String,
         /// What failed.
         source: dispatch_store::StoreError,
     },
@@ -182,26 +187,9 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// Another live process holds the data folder's lock.
-    #[error(
-        "the data folder {} is in use by another dispatch server (pid {pid}); stop it or choose another --data",
-        dir.display()
-    )]
-    Locked {
-        /// The data folder.
-        dir: PathBuf,
-        /// The holder's process id as it wrote it in the lock file, or
-        /// "unknown".
-        pid: String,
-    },
-    /// The data folder's lock file could not be created or locked.
-    #[error("cannot lock the data folder {}: {source}", dir.display())]
-    Lock {
-        /// The data folder.
-        dir: PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
+    /// The client that forwards a standby's requests could not be made.
+    #[error("cannot set up forwarding to the leader: {0}")]
+    Proxy(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -215,12 +203,8 @@ pub enum StartError {
 /// A server running on the current tokio runtime.
 pub struct RunningServer {
     addr: SocketAddr,
-    app: Arc<app::App>,
+    node: Arc<cluster::Node>,
     serve: tokio::task::JoinHandle<()>,
-    writer: std::thread::JoinHandle<()>,
-    /// The data folder's lock, held until the server is shut down or
-    /// dropped (and by the kernel until the process ends).
-    data_lock: Option<std::fs::File>,
 }
 
 impl RunningServer {
@@ -229,16 +213,13 @@ impl RunningServer {
         self.addr
     }
 
-    /// Stops accepting requests, lets the ones in progress finish, and
-    /// waits until the writer has committed everything.
+    /// Stops accepting requests, lets the ones in progress finish, waits
+    /// until the writer has committed everything and, when it led other
+    /// replicas, hands the lead over at once.
     pub async fn shutdown(self) {
-        self.app.begin_stop();
+        self.node.begin_stop();
         let _ = self.serve.await;
-        drop(self.app);
-        let writer = self.writer;
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        // Released only once the writer has committed its last write.
-        drop(self.data_lock);
+        self.node.finish().await;
     }
 
     /// Serves until the process gets Ctrl-C or SIGTERM, then shuts down.
@@ -272,80 +253,6 @@ async fn wait_for_signal() {
     }
 }
 
-/// Opens the embedded store in the data folder, recovers, binds and starts
-/// serving.
-pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
-    check_exposure(&config)?;
-    // Checked before the store is opened: a wrong file is the likelier
-    // mistake, and it should not wait for recovery to be reported.
-    config.tls.as_ref().map(tls::acceptor).transpose()?;
-    let data_lock = lock_data_dir(&config.data_dir)?;
-    let dir = config.data_dir.clone();
-    let durability = config.durability;
-    let store = tokio::task::spawn_blocking(move || {
-        dispatch_store_sqlite::SqliteStore::open(&dir, durability)
-    })
-    .await
-    .map_err(|e| StoreError::new(ErrorKind::Unavailable, e.to_string()))
-    .and_then(|opened| opened)
-    .map_err(|source| StartError::Store {
-        dir: config.data_dir.clone(),
-        source,
-    })?;
-    let mut server = start_with_store(config, Arc::new(store)).await?;
-    server.data_lock = Some(data_lock);
-    Ok(server)
-}
-
-/// Name of the lock file in the data folder.
-const LOCK_FILE: &str = "lock";
-
-/// Takes the exclusive lock on the data folder (creating the folder and
-/// its `lock` file when needed) and writes this process's id into the
-/// file. The lock is an OS file lock (`flock` on Unix): the kernel drops it
-/// when the process ends, however it ends, so a `kill -9` never blocks the
-/// next start. Two servers on one folder would hand out the same tasks
-/// twice and collide on inserts; the second one is refused here, before it
-/// opens the store.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
-    use std::io::{Read as _, Seek as _, Write as _};
-    let lock_err = |source| StartError::Lock {
-        dir: dir.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(lock_err)?;
-    let path = dir.join(LOCK_FILE);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(lock_err)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            let pid = match text.trim() {
-                "" => "unknown".to_owned(),
-                p => p.to_owned(),
-            };
-            return Err(StartError::Locked {
-                dir: dir.to_owned(),
-                pid,
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
-    }
-    file.set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "{}", std::process::id()))
-        .and_then(|()| file.flush())
-        .map_err(lock_err)?;
-    Ok(file)
-}
-
 fn check_exposure(config: &ServerConfig) -> Result<(), StartError> {
     if !config.listen.ip().is_loopback() && config.tokens.is_none() && !config.insecure {
         return Err(StartError::Insecure(config.listen));
@@ -353,20 +260,20 @@ fn check_exposure(config: &ServerConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Like [`start`], on a store the caller opened: another backend, or a
-/// wrapped one (tests use [`dispatch_store::FaultyStore`]). The data folder
-/// of `config` only names the store in errors.
-pub async fn start_with_store(
+/// Recovers from `store`, binds and starts serving.
+///
+/// The caller opens the store (the binary chooses the backend from its
+/// flags; tests wrap one in [`dispatch_store::FaultyStore`]) and keeps
+/// whatever guards it (the SQLite folder's lock) for the server's life.
+/// With [`ServerConfig::cluster`], the server is one replica of several on
+/// the store: it serves as a standby, forwarding to the leader, until it
+/// wins the lease.
+pub async fn start(
     config: ServerConfig,
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, StartError> {
     check_exposure(&config)?;
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-    let dir = config.data_dir.clone();
-    let store_err = |source| StartError::Store {
-        dir: dir.clone(),
-        source,
-    };
     let audit = match &config.audit_log {
         Some(path) => Some(
             audit::AuditLog::open(path, config.audit_log_max_bytes).map_err(|source| {
@@ -378,21 +285,6 @@ pub async fn start_with_store(
         ),
         None => None,
     };
-    let (app, writer) = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || app::App::open(config, store, audit))
-            .await
-            .map_err(|e| store_err(StoreError::new(ErrorKind::Unavailable, e.to_string())))?
-            .map_err(store_err)?
-    };
-    let stored_schedules = {
-        let app = app.clone();
-        tokio::task::spawn_blocking(move || app.store.list_schedules())
-            .await
-            .map_err(|e| store_err(StoreError::new(ErrorKind::Unavailable, e.to_string())))?
-            .map_err(store_err)?
-    };
-    app.schedules.load(stored_schedules, &app.budget);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -403,11 +295,19 @@ pub async fn start_with_store(
         addr: config.listen,
         source,
     })?;
-    let mut stopped = app.stopping.clone();
-    tokio::spawn(app::timer_loop(app.clone()));
-    tokio::spawn(app::purge_loop(app.clone()));
-    tokio::spawn(schedules::schedule_loop(app.clone()));
-    let router = router::router(app.clone());
+    let proxy = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls::forwarding_config(config.tls.as_ref())?)
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .map_err(|e| StartError::Proxy(e.to_string()))?;
+    let node = cluster::Node::start(config.clone(), store, audit, addr, proxy)
+        .await
+        .map_err(|source| StartError::Store {
+            store: config.store_name.clone(),
+            source,
+        })?;
+    let router = node.router();
+    let mut stopped = node.stopping();
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
@@ -430,14 +330,9 @@ pub async fn start_with_store(
     tracing::info!(
         %addr,
         tls = config.tls.is_some(),
-        data = %config.data_dir.display(),
+        store = %config.store_name,
+        replica = config.cluster.as_ref().map(|c| c.replica.id.as_str()),
         "dispatch server listening"
     );
-    Ok(RunningServer {
-        addr,
-        app,
-        serve,
-        writer,
-        data_lock: None,
-    })
+    Ok(RunningServer { addr, node, serve })
 }

@@ -11,7 +11,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dispatch_core::TaskState;
 
-use crate::api::json;
 use crate::app::App;
 
 /// Process-wide counters. Gauges are read from the core at scrape time.
@@ -60,8 +59,9 @@ pub(crate) async fn count_requests(
     resp
 }
 
-/// `GET /healthz`.
-pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
+/// The leader's part of `GET /healthz` (the replica adds its role): 200
+/// while the store takes writes, 503 while it fails.
+pub(crate) fn health(app: &App) -> (StatusCode, serde_json::Value) {
     let (live, workers) = {
         let shared = app.lock();
         (shared.sched.live_tasks(), shared.sched.worker_count())
@@ -69,9 +69,9 @@ pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
     let health = app.store_health();
     if health.is_failing() {
         // Reads and live work go on, but nothing new can be accepted.
-        return json(
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({
+            serde_json::json!({
                 "status": "store_unavailable",
                 "store": {
                     "error": health.last_error(),
@@ -82,9 +82,9 @@ pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
             }),
         );
     }
-    json(
+    (
         StatusCode::OK,
-        &serde_json::json!({ "status": "ok", "live_tasks": live, "workers": workers }),
+        serde_json::json!({ "status": "ok", "live_tasks": live, "workers": workers }),
     )
 }
 

@@ -162,7 +162,6 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
-        .route("/healthz", get(metrics::healthz))
         .route("/metrics", get(metrics::prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -35,7 +35,7 @@ use dispatch_proto::{
     CreateSchedule, ScheduleJson, ScheduleList, ScheduleParts, SubmitTask, fire_task,
     parse_schedule_name,
 };
-use dispatch_store::{FireOutcome, ScheduleRecord, TaskRecord, Write, WriteOutcome};
+use dispatch_store::{FireOutcome, ScheduleRecord, StoreError, TaskRecord, Write, WriteOutcome};
 use tokio::sync::Notify;
 
 use crate::api::{ApiError, JsonBody, json};
@@ -185,10 +185,17 @@ impl Schedules {
             e.next = due.next;
             for fire_at in due.fires {
                 let task = match new_fire_task(app, &parts.template, name, fire_at, now) {
-                    Ok(t) => t,
-                    Err(err) => {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(err)) => {
                         tracing::error!(schedule = %name, error = %err, "cannot build a fire's task; skipping the fire");
                         continue;
+                    }
+                    Err(err) => {
+                        // No id for its task: the fire is due again.
+                        tracing::warn!(schedule = %name, error = %err, "cannot reserve a task id; the fire waits");
+                        rewind(e, fire_at);
+                        healthy = false;
+                        break;
                     }
                 };
                 let reserved = match crate::tasks::check_capacity(app, std::slice::from_ref(&task))
@@ -252,12 +259,18 @@ fn new_fire_task(
     schedule: &str,
     fire_at: Millis,
     now: Millis,
-) -> Result<TaskRecord, dispatch_proto::FieldError> {
-    let mut valid = fire_task(template, schedule, fire_at, now)?;
-    let explicit = template.strategy.is_some();
-    crate::queues::apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
-    let id = TaskId(app.reserve_ids(1));
-    Ok(crate::wire::new_record(id, valid, now))
+) -> Result<Result<TaskRecord, dispatch_proto::FieldError>, StoreError> {
+    let valid = fire_task(template, schedule, fire_at, now).and_then(|mut valid| {
+        let explicit = template.strategy.is_some();
+        crate::queues::apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
+        Ok(valid)
+    });
+    let valid = match valid {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let id = TaskId(app.reserve_ids(1)?);
+    Ok(Ok(crate::wire::new_record(id, valid, now)))
 }
 
 /// Waits for the fires' commits, then hands the created tasks to the core.

@@ -129,7 +129,7 @@ async fn accept(
         roots.push(records.len());
         records.push(r);
     }
-    let first = app.reserve_ids(records.len() as u64);
+    let first = app.reserve_ids(records.len() as u64)?;
     for (i, r) in records.iter_mut().enumerate() {
         r.id = TaskId(first + i as u64);
     }

@@ -81,6 +81,9 @@ pub enum TlsError {
         /// What rustls said.
         source: rustls::Error,
     },
+    /// The TLS settings a standby forwards with could not be made.
+    #[error("cannot set up TLS to forward to the leader: {0}")]
+    Forwarding(rustls::Error),
 }
 
 /// Loads and checks the certificate chain and key, and makes the acceptor
@@ -102,6 +105,29 @@ pub(crate) fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
         .map_err(pair_error)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The TLS settings a standby forwards to the leader with: the replicas
+/// trust the certificates of this server's own chain (`--tls-cert`), as
+/// replicas of one cluster share a certificate or its authority.
+pub(crate) fn forwarding_config(
+    files: Option<&TlsFiles>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(files) = files {
+        for cert in load_certs(&files.cert)? {
+            // A certificate that cannot be an anchor is skipped: the
+            // others may be.
+            let _ = roots.add(cert);
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Forwarding)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use dispatch_client::{Client, ClientError};
 use dispatch_core::{TaskId, TaskState};
 use dispatch_proto::{CompleteTask, PollRequest, RegisterWorker, SubmitTask};
-use dispatch_server::{Durability, ServerConfig};
+use dispatch_server::ServerConfig;
 use dispatch_store::{FaultyStore, Store};
+use dispatch_store_sqlite::Durability;
 use dispatch_store_sqlite::SqliteStore;
 use serde_json::value::to_raw_value;
 
@@ -86,10 +87,9 @@ async fn faulty_server() -> (
     let sqlite = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
     let (faulty, faults) = FaultyStore::new(sqlite);
     let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let server =
-        dispatch_server::start_with_store(ServerConfig::new(listen, dir.path()), Arc::new(faulty))
-            .await
-            .expect("start");
+    let server = dispatch_server::start(ServerConfig::new(listen, "test store"), Arc::new(faulty))
+        .await
+        .expect("start");
     // reqwest is built without a default TLS provider here.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let base = format!("http://{}", server.local_addr());

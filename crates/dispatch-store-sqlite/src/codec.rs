@@ -80,7 +80,9 @@ pub(crate) const INSERT_SQL: &str = concat!(
 /// [`TaskRecord::apply`]; every other field is replaced.
 pub(crate) const UPDATE_SQL: &str = "UPDATE tasks SET state = ?2, attempts = ?3, \
      worker_id = ?4, started_at = ?5, finished_at = ?6, run_at = ?7, \
-     result = COALESCE(?8, result), error = ?9 WHERE id = ?1";
+     result = COALESCE(?8, result), error = ?9 WHERE id = ?1 \
+     AND (state NOT IN ('succeeded', 'dead', 'cancelled') \
+          OR (state = 'dead' AND ?2 = 'queued' AND ?3 = 0))";
 
 /// `list_tasks`' query for the given `WHERE` clauses (each with one `?`),
 /// followed by a `?` for the limit.

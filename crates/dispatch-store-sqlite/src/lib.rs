@@ -86,8 +86,11 @@
 
 mod checkpoint;
 mod codec;
+mod folder_lock;
 mod read_pool;
 mod schema;
+
+pub use folder_lock::{FolderLock, LOCK_FILE, LockError, lock_folder};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -95,8 +98,8 @@ use std::time::Duration;
 
 use dispatch_core::{TaskId, TaskState};
 use dispatch_store::{
-    ErrorKind, FireOutcome, InsertOutcome, ScheduleRecord, Store, StoreError, TaskQuery,
-    TaskRecord, TaskUpdate, Write, WriteOutcome,
+    ErrorKind, FireOutcome, InsertOutcome, Lease, Replica, ReplicaRecord, ScheduleRecord, Store,
+    StoreError, TaskQuery, TaskRecord, TaskUpdate, Write, WriteOutcome,
 };
 use rusqlite::types::Value;
 use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -441,6 +444,71 @@ impl Store for SqliteStore {
         out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         Ok(out)
     }
+
+    fn claim_lease(
+        &self,
+        partition: &str,
+        me: &Replica,
+        lease_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        self.in_write_tx(|conn| claim_lease_in(conn, partition, me, lease_ms))
+    }
+
+    fn release_lease(&self, partition: &str, me: &Replica, epoch: u64) -> Result<(), StoreError> {
+        let epoch = i64::try_from(epoch).unwrap_or(-1);
+        self.in_write_tx(|conn| {
+            conn.prepare_cached(
+                "UPDATE leases SET expires_at = 0 WHERE partition = ?1 AND holder = ?2 AND epoch = ?3",
+            )
+            .map_err(sql_error("preparing the lease release"))?
+            .execute(rusqlite::params![partition, me.id, epoch])
+            .map_err(sql_error("releasing the lease"))?;
+            Ok(())
+        })
+    }
+
+    fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, url, last_seen_at FROM replicas ORDER BY id")
+                .map_err(sql_error("preparing the replica list"))?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok(ReplicaRecord {
+                        id: row.get(0)?,
+                        url: row.get(1)?,
+                        last_seen_at: row.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                })
+                .map_err(sql_error("listing replicas"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(sql_error("reading a replica"))
+        })
+    }
+
+    fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
+        let n = i64::try_from(n)
+            .map_err(|_| StoreError::new(ErrorKind::Conflict, format!("cannot reserve {n} ids")))?;
+        self.in_write_tx(|conn| {
+            let first: i64 = conn
+                .query_row(
+                    "SELECT MAX(COALESCE((SELECT next_id FROM id_counter), 1),
+                                COALESCE((SELECT MAX(id) FROM tasks), 0) + 1)",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(sql_error("reading the id counter"))?;
+            conn.execute(
+                "INSERT INTO id_counter (one, next_id) VALUES (1, ?1)
+                 ON CONFLICT(one) DO UPDATE SET next_id = excluded.next_id",
+                [first.checked_add(n).ok_or_else(|| {
+                    StoreError::new(ErrorKind::Conflict, "task ids are exhausted")
+                })?],
+            )
+            .map_err(sql_error("advancing the id counter"))?;
+            codec::task_id(first, "id_counter.next_id")
+        })
+    }
 }
 
 /// Runs every write of a batch inside the caller's open transaction.
@@ -492,8 +560,114 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
             Write::SetQueuePaused { name, paused } => {
                 set_queue_paused(conn, name, *paused).map(WriteOutcome::QueuePausedSet)
             }
+            Write::Fence { partition, epoch } => {
+                check_fence(conn, partition, *epoch).map(|()| WriteOutcome::Fenced)
+            }
         })
         .collect()
+}
+
+/// Fails with [`ErrorKind::Fenced`] unless `partition` is led at `epoch`.
+fn check_fence(conn: &Connection, partition: &str, epoch: u64) -> Result<(), StoreError> {
+    let current: Option<i64> = conn
+        .prepare_cached("SELECT epoch FROM leases WHERE partition = ?1")
+        .map_err(sql_error("preparing the fence"))?
+        .query_row([partition], |row| row.get(0))
+        .optional()
+        .map_err(sql_error("reading the lease"))?;
+    if current.and_then(|e| u64::try_from(e).ok()) == Some(epoch) {
+        return Ok(());
+    }
+    Err(StoreError::new(
+        ErrorKind::Fenced,
+        format!("partition {partition} is no longer led at epoch {epoch}"),
+    ))
+}
+
+/// The store's clock for leases: this machine's wall clock.
+fn clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl SqliteStore {
+    /// Runs `f` in an immediate transaction of the writer connection.
+    fn in_write_tx<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.lock_writer()?;
+        self.heal_read_only(&mut conn)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error("beginning a transaction"))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(sql_error("committing"))?;
+        Ok(out)
+    }
+}
+
+fn claim_lease_in(
+    conn: &Connection,
+    partition: &str,
+    me: &Replica,
+    lease_ms: u64,
+) -> Result<Lease, StoreError> {
+    let now = clock_ms();
+    let lease_ms = i64::try_from(lease_ms).unwrap_or(i64::MAX / 2);
+    conn.prepare_cached(
+        "INSERT INTO replicas (id, url, last_seen_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(id) DO UPDATE SET url = excluded.url, last_seen_at = excluded.last_seen_at",
+    )
+    .map_err(sql_error("preparing the replica record"))?
+    .execute(rusqlite::params![me.id, me.url, now])
+    .map_err(sql_error("recording the replica"))?;
+    let current: Option<(String, String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT holder, holder_url, epoch, expires_at FROM leases WHERE partition = ?1",
+        )
+        .map_err(sql_error("preparing the lease lookup"))?
+        .query_row([partition], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .optional()
+        .map_err(sql_error("reading the lease"))?;
+    let (holder, url, epoch, expires_at) = current.unwrap_or_default();
+    let live = expires_at > now;
+    if live && holder != me.id {
+        return Ok(Lease {
+            epoch: epoch.max(0) as u64,
+            holder,
+            holder_url: url,
+            held: false,
+            remaining_ms: (expires_at - now) as u64,
+        });
+    }
+    let epoch = if live { epoch } else { epoch + 1 };
+    conn.prepare_cached(
+        "INSERT INTO leases (partition, holder, holder_url, epoch, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(partition) DO UPDATE SET holder = excluded.holder,
+             holder_url = excluded.holder_url, epoch = excluded.epoch,
+             expires_at = excluded.expires_at",
+    )
+    .map_err(sql_error("preparing the lease claim"))?
+    .execute(rusqlite::params![
+        partition,
+        me.id,
+        me.url,
+        epoch,
+        now.saturating_add(lease_ms)
+    ])
+    .map_err(sql_error("claiming the lease"))?;
+    Ok(Lease {
+        epoch: epoch as u64,
+        holder: me.id.clone(),
+        holder_url: me.url.clone(),
+        held: true,
+        remaining_ms: lease_ms as u64,
+    })
 }
 
 /// Deletes old terminal tasks, oldest ids first, never the newest task (it

@@ -106,7 +106,34 @@ const V5: &str = "
 ALTER TABLE tasks ADD COLUMN request_digest BLOB;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+/// Version 6: what several replicas on one store share, kept here too so
+/// that every backend answers the same trait. `leases` holds one row per
+/// partition: its holder, the epoch raised at every takeover, and when the
+/// lease ends (milliseconds since the Unix epoch, on this machine's clock;
+/// 0 once released). `replicas` records who claimed and when. `id_counter`
+/// is the one row of the next task id `reserve_ids` hands out.
+const V6: &str = "
+CREATE TABLE leases (
+    partition  TEXT    PRIMARY KEY,
+    holder     TEXT    NOT NULL,
+    holder_url TEXT    NOT NULL,
+    epoch      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE replicas (
+    id           TEXT    PRIMARY KEY,
+    url          TEXT    NOT NULL,
+    last_seen_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE id_counter (
+    one     INTEGER PRIMARY KEY CHECK (one = 1),
+    next_id INTEGER NOT NULL
+) STRICT;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

@@ -53,6 +53,28 @@ impl Store for TempStore {
     fn count_by_queue_state(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
         self.store.count_by_queue_state()
     }
+    fn claim_lease(
+        &self,
+        partition: &str,
+        me: &dispatch_store::Replica,
+        lease_ms: u64,
+    ) -> Result<dispatch_store::Lease, StoreError> {
+        self.store.claim_lease(partition, me, lease_ms)
+    }
+    fn release_lease(
+        &self,
+        partition: &str,
+        me: &dispatch_store::Replica,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        self.store.release_lease(partition, me, epoch)
+    }
+    fn list_replicas(&self) -> Result<Vec<dispatch_store::ReplicaRecord>, StoreError> {
+        self.store.list_replicas()
+    }
+    fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
+        self.store.reserve_ids(n)
+    }
 }
 
 fn fresh() -> TempStore {
@@ -384,6 +406,7 @@ fn a_version_1_file_migrates_and_keeps_its_tasks() {
          ALTER TABLE tasks DROP COLUMN pinned_worker; ALTER TABLE tasks DROP COLUMN is_join; \
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          ALTER TABLE tasks DROP COLUMN request_digest; \
+         DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; \
          PRAGMA user_version = 1;",
     )
     .expect("downgrade");
@@ -426,6 +449,7 @@ fn a_version_2_file_migrates_and_keeps_its_tasks_and_schedules() {
          ALTER TABLE tasks DROP COLUMN pinned_worker; ALTER TABLE tasks DROP COLUMN is_join; \
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          ALTER TABLE tasks DROP COLUMN request_digest; \
+         DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; \
          PRAGMA user_version = 2;",
     )
     .expect("downgrade");
@@ -462,7 +486,8 @@ fn a_version_4_file_migrates_and_its_keys_match_any_request() {
     }
     // Turn the file back into what version 4 wrote: no digests.
     let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
-    raw.execute_batch("ALTER TABLE tasks DROP COLUMN request_digest; PRAGMA user_version = 4;")
+    raw.execute_batch("ALTER TABLE tasks DROP COLUMN request_digest; DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; \
+         PRAGMA user_version = 4;")
         .expect("downgrade");
     drop(raw);
     let store = SqliteStore::open(dir.path(), Durability::Durable).expect("migrate");

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use dispatch_core::{Backoff, Strategy, TaskId, TaskSpec, TaskState, WorkerId};
 
 use crate::{
-    ErrorKind, FireOutcome, InsertOutcome, ScheduleRecord, Store, TaskBody, TaskQuery, TaskRecord,
-    TaskUpdate, Write, WriteOutcome,
+    ErrorKind, FireOutcome, InsertOutcome, Replica, ScheduleRecord, Store, TaskBody, TaskQuery,
+    TaskRecord, TaskUpdate, Write, WriteOutcome,
 };
 
 /// A queued task record with the given id and type, for tests.
@@ -92,6 +92,14 @@ macro_rules! store_conformance_tests {
             a_batch_of_ten_thousand_tasks_is_one_write,
             ties_in_created_at_keep_id_order,
             reads_during_writes_see_whole_batches,
+            a_write_under_a_stale_epoch_is_fenced_and_stores_nothing,
+            a_write_before_any_lease_is_fenced,
+            leases_renew_take_over_and_release,
+            replicas_are_recorded_at_each_claim,
+            reserved_ids_are_disjoint_and_above_every_stored_id,
+            a_fire_raced_from_two_threads_has_one_task_and_the_loser_keeps_its_batch,
+            a_finished_task_is_not_brought_back_by_a_stale_update,
+            a_dead_task_is_brought_back_by_a_retry,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -299,7 +307,7 @@ pub fn update_without_result_keeps_the_stored_result(store: impl Store) {
     r.result = Some(r#"{"first":1}"#.into());
     insert(&store, vec![r]);
     store
-        .apply(&[Write::Update(update(1, TaskState::Succeeded, 1))])
+        .apply(&[Write::Update(update(1, TaskState::Running, 1))])
         .expect("update");
     assert_eq!(
         get(&store, 1).and_then(|r| r.result).as_deref(),
@@ -830,7 +838,7 @@ pub fn load_live_returns_unfinished_tasks_oldest_first(store: impl Store) {
     store
         .apply(&[
             Write::Update(update(1, TaskState::Succeeded, 1)),
-            Write::Update(update(4, TaskState::Queued, 1)),
+            Write::Update(update(4, TaskState::Queued, 0)),
         ])
         .expect("update");
     let live = store.load_live().expect("load_live");
@@ -922,7 +930,7 @@ pub fn results_and_errors_round_trip(store: impl Store) {
     assert_eq!(three.error, failed.error);
 
     // A later update's error replaces the stored one; `None` clears it.
-    let mut retried = update(3, TaskState::Queued, 3);
+    let mut retried = update(3, TaskState::Queued, 0);
     retried.error = None;
     store.apply(&[Write::Update(retried)]).expect("update");
     assert_eq!(get(&store, 3).and_then(|r| r.error), None);
@@ -1477,5 +1485,315 @@ pub fn reads_during_writes_see_whole_batches(store: impl Store) {
     assert_eq!(
         store.load_live().expect("load_live").len() as u64,
         BATCH * BATCHES
+    );
+}
+
+fn replica(id: &str) -> Replica {
+    Replica {
+        id: id.to_owned(),
+        url: format!("http://{id}.invalid:7070"),
+    }
+}
+
+fn fence(epoch: u64) -> Write {
+    Write::Fence {
+        partition: "p1".to_owned(),
+        epoch,
+    }
+}
+
+/// Once another replica took the lease over, a batch fenced by the old
+/// epoch fails as `Fenced` and stores nothing of itself; the new epoch's
+/// batches go through.
+pub fn a_write_under_a_stale_epoch_is_fenced_and_stores_nothing(store: impl Store) {
+    let a = replica("a");
+    let first = store.claim_lease("p1", &a, 50).expect("claim");
+    assert!(first.held);
+    insert(&store, vec![sample(1, "email")]);
+    let out = store
+        .apply(&[
+            fence(first.epoch),
+            Write::Update(update(1, TaskState::Running, 1)),
+        ])
+        .expect("a batch under the current epoch");
+    assert_eq!(out, vec![WriteOutcome::Fenced, WriteOutcome::Updated(true)]);
+
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let b = store
+        .claim_lease("p1", &replica("b"), 60_000)
+        .expect("claim");
+    assert!(b.held, "an expired lease is taken over");
+    assert!(b.epoch > first.epoch);
+
+    let stale = store.apply(&[
+        fence(first.epoch),
+        Write::Insert(vec![sample(2, "email")]),
+        Write::Update(update(1, TaskState::Succeeded, 1)),
+        Write::SetQueuePaused {
+            name: "q".into(),
+            paused: true,
+        },
+    ]);
+    let e = stale.expect_err("a stale epoch must be refused");
+    assert_eq!(e.kind, ErrorKind::Fenced, "{e}");
+    assert_eq!(get(&store, 2), None);
+    assert_eq!(get(&store, 1).expect("task 1").state, TaskState::Running);
+    assert!(store.list_queue_settings().expect("settings").is_empty());
+
+    let out = store
+        .apply(&[fence(b.epoch), Write::Insert(vec![sample(2, "email")])])
+        .expect("the new epoch writes");
+    assert_eq!(out[0], WriteOutcome::Fenced);
+    assert!(get(&store, 2).is_some());
+}
+
+/// A fence on a partition nobody ever claimed is stale too.
+pub fn a_write_before_any_lease_is_fenced(store: impl Store) {
+    let e = store
+        .apply(&[fence(1), Write::Insert(vec![sample(1, "email")])])
+        .expect_err("no lease, no writes under it");
+    assert_eq!(e.kind, ErrorKind::Fenced);
+    assert_eq!(get(&store, 1), None);
+}
+
+/// Renewal keeps the epoch; another replica is refused while the lease
+/// runs; release and expiry let it take over with a higher epoch; a
+/// holder taking its own expired lease back starts a new epoch too.
+pub fn leases_renew_take_over_and_release(store: impl Store) {
+    let (a, b) = (replica("a"), replica("b"));
+    let l1 = store.claim_lease("p1", &a, 60_000).expect("claim");
+    assert!(l1.held);
+    assert_eq!(
+        (l1.holder.as_str(), l1.holder_url.as_str()),
+        ("a", a.url.as_str())
+    );
+    assert!(l1.remaining_ms > 0 && l1.remaining_ms <= 60_000);
+
+    let renewed = store.claim_lease("p1", &a, 60_000).expect("renew");
+    assert!(renewed.held);
+    assert_eq!(renewed.epoch, l1.epoch, "a renewal keeps the epoch");
+
+    let refused = store.claim_lease("p1", &b, 60_000).expect("claim by b");
+    assert!(!refused.held);
+    assert_eq!(refused.holder, "a");
+    assert_eq!(refused.holder_url, a.url);
+    assert_eq!(refused.epoch, l1.epoch);
+    assert!(refused.remaining_ms > 0);
+
+    // Partitions are independent.
+    let other = store.claim_lease("p2", &b, 60_000).expect("claim p2");
+    assert!(other.held);
+
+    // A release by a stale epoch or by another replica does nothing.
+    store.release_lease("p1", &b, l1.epoch).expect("release");
+    store
+        .release_lease("p1", &a, l1.epoch + 7)
+        .expect("release");
+    assert!(!store.claim_lease("p1", &b, 60_000).expect("claim").held);
+
+    store.release_lease("p1", &a, l1.epoch).expect("release");
+    let l2 = store.claim_lease("p1", &b, 50).expect("take over");
+    assert!(l2.held);
+    assert_eq!(l2.holder, "b");
+    assert_eq!(l2.epoch, l1.epoch + 1);
+
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let l3 = store.claim_lease("p1", &b, 60_000).expect("retake");
+    assert!(l3.held);
+    assert_eq!(
+        l3.epoch,
+        l2.epoch + 1,
+        "an expired lease taken back is a new term"
+    );
+    let l4 = store.claim_lease("p1", &a, 60_000).expect("claim by a");
+    assert!(!l4.held);
+    assert_eq!(l4.holder, "b");
+}
+
+/// Every claim, won or not, records the replica and when.
+pub fn replicas_are_recorded_at_each_claim(store: impl Store) {
+    assert!(store.list_replicas().expect("list").is_empty());
+    store
+        .claim_lease("p1", &replica("a"), 60_000)
+        .expect("claim");
+    store
+        .claim_lease("p1", &replica("b"), 60_000)
+        .expect("claim");
+    let first = store.list_replicas().expect("list");
+    assert_eq!(
+        first.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(first[1].url, replica("b").url);
+    assert!(first.iter().all(|r| r.last_seen_at > 1_600_000_000_000));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let moved = Replica {
+        id: "b".into(),
+        url: "http://b2.invalid:7070".into(),
+    };
+    store.claim_lease("p1", &moved, 60_000).expect("claim");
+    let second = store.list_replicas().expect("list");
+    assert_eq!(second.len(), 2);
+    assert_eq!(second[1].url, moved.url);
+    assert!(second[1].last_seen_at > first[1].last_seen_at);
+    assert_eq!(second[0], first[0]);
+}
+
+/// Reserved ranges never overlap, from one thread or several, and start
+/// above every stored task.
+pub fn reserved_ids_are_disjoint_and_above_every_stored_id(store: impl Store) {
+    insert(&store, vec![sample(41, "email")]);
+    let first = store.reserve_ids(10).expect("reserve").0;
+    assert!(first > 41, "reserved {first}, below a stored id");
+    let second = store.reserve_ids(5).expect("reserve").0;
+    assert!(second >= first + 10);
+    // A task stored beyond the reservations (a leader using its range)
+    // pushes later ranges above it.
+    insert(&store, vec![sample(second + 1_000, "email")]);
+    let third = store.reserve_ids(1).expect("reserve").0;
+    assert!(third > second + 1_000);
+
+    let store = std::sync::Arc::new(store);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|_| store.reserve_ids(3).expect("reserve").0)
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut starts: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("thread"))
+        .collect();
+    starts.sort_unstable();
+    assert_eq!(starts.len(), 100);
+    assert!(starts[0] > third);
+    for pair in starts.windows(2) {
+        assert!(pair[1] >= pair[0] + 3, "ranges overlap: {pair:?}");
+    }
+}
+
+/// Two writers storing the same fire at once: one task, and the loser's
+/// other writes are stored all the same.
+pub fn a_fire_raced_from_two_threads_has_one_task_and_the_loser_keeps_its_batch(store: impl Store) {
+    upsert(&store, sample_schedule("nightly"));
+    let store = std::sync::Arc::new(store);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let racers: Vec<_> = [(10u64, 20u64), (11, 21)]
+        .into_iter()
+        .map(|(fire_id, other_id)| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let batch = [
+                    Write::Insert(vec![sample(other_id, "email")]),
+                    Write::Fire {
+                        schedule: "nightly".into(),
+                        fire_at: 1_800_000_000_000,
+                        task: fire_task(fire_id, "nightly", 1_800_000_000_000),
+                    },
+                    Write::Update(update(other_id, TaskState::Running, 1)),
+                ];
+                barrier.wait();
+                store.apply(&batch).expect("a fire race loses no batch")
+            })
+        })
+        .collect();
+    let outcomes: Vec<Vec<WriteOutcome>> = racers
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let fires: Vec<FireOutcome> = outcomes
+        .iter()
+        .map(|o| match &o[1] {
+            WriteOutcome::Fired(f) => *f,
+            other => panic!("a fire answered {other:?}"),
+        })
+        .collect();
+    let created: Vec<usize> = (0..2)
+        .filter(|&i| fires[i] == FireOutcome::Created)
+        .collect();
+    assert_eq!(created.len(), 1, "exactly one fire wins: {fires:?}");
+    let winner = [10u64, 11][created[0]];
+    let loser = 1 - created[0];
+    assert_eq!(fires[loser], FireOutcome::Existing(TaskId(winner)));
+    assert!(get(&store, winner).is_some());
+    assert_eq!(get(&store, [10u64, 11][loser]), None);
+    for (i, other) in [20u64, 21].into_iter().enumerate() {
+        assert_eq!(outcomes[i][2], WriteOutcome::Updated(true));
+        assert_eq!(
+            get(&store, other).expect("the batch's insert").state,
+            TaskState::Running
+        );
+    }
+}
+
+/// A terminal task stays terminal whatever a late writer sends, short of
+/// a retry.
+pub fn a_finished_task_is_not_brought_back_by_a_stale_update(store: impl Store) {
+    insert(
+        &store,
+        vec![sample(1, "email"), sample(2, "email"), sample(3, "email")],
+    );
+    let mut done = update(1, TaskState::Succeeded, 1);
+    done.finished_at = Some(1_800_000_009_000);
+    done.result = Some(r#"{"ok":1}"#.into());
+    let mut cancelled = update(2, TaskState::Cancelled, 0);
+    cancelled.finished_at = Some(1_800_000_009_000);
+    let mut dead = update(3, TaskState::Dead, 3);
+    dead.finished_at = Some(1_800_000_009_000);
+    store
+        .apply(&[
+            Write::Update(done),
+            Write::Update(cancelled),
+            Write::Update(dead),
+        ])
+        .expect("finish");
+    let before: Vec<TaskRecord> = (1..=3).map(|i| get(&store, i).expect("task")).collect();
+    let stale = [
+        Write::Update(update(1, TaskState::Running, 1)),
+        Write::Update(update(1, TaskState::Queued, 0)),
+        Write::Update(update(2, TaskState::Queued, 0)),
+        Write::Update(update(3, TaskState::Running, 3)),
+        Write::Update(update(3, TaskState::Queued, 2)),
+        Write::Update(update(1, TaskState::Dead, 1)),
+    ];
+    let out = store.apply(&stale).expect("stale updates are answered");
+    assert_eq!(out, vec![WriteOutcome::Updated(false); stale.len()]);
+    let after: Vec<TaskRecord> = (1..=3).map(|i| get(&store, i).expect("task")).collect();
+    assert_eq!(after, before);
+}
+
+/// A retry (a dead task set queued with no attempts) is the one update a
+/// terminal task takes.
+pub fn a_dead_task_is_brought_back_by_a_retry(store: impl Store) {
+    insert(&store, vec![sample(1, "email")]);
+    let mut dead = update(1, TaskState::Dead, 3);
+    dead.finished_at = Some(1_800_000_009_000);
+    dead.error = Some("boom".into());
+    store.apply(&[Write::Update(dead)]).expect("dead");
+    let retry = TaskUpdate {
+        id: TaskId(1),
+        state: TaskState::Queued,
+        attempts: 0,
+        worker: None,
+        started_at: None,
+        finished_at: None,
+        run_at: None,
+        result: None,
+        error: None,
+    };
+    let out = store.apply(&[Write::Update(retry)]).expect("retry");
+    assert_eq!(out, vec![WriteOutcome::Updated(true)]);
+    let r = get(&store, 1).expect("task");
+    assert_eq!((r.state, r.attempts, r.error), (TaskState::Queued, 0, None));
+    assert!(
+        store
+            .load_live()
+            .expect("live")
+            .iter()
+            .any(|t| t.id == TaskId(1))
     );
 }

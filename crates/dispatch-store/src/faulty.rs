@@ -117,4 +117,30 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.read()?;
         self.inner.count_by_queue_state()
     }
+    fn claim_lease(
+        &self,
+        partition: &str,
+        me: &crate::Replica,
+        lease_ms: u64,
+    ) -> Result<crate::Lease, StoreError> {
+        self.faults.write()?;
+        self.inner.claim_lease(partition, me, lease_ms)
+    }
+    fn release_lease(
+        &self,
+        partition: &str,
+        me: &crate::Replica,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        self.faults.write()?;
+        self.inner.release_lease(partition, me, epoch)
+    }
+    fn list_replicas(&self) -> Result<Vec<crate::ReplicaRecord>, StoreError> {
+        self.faults.read()?;
+        self.inner.list_replicas()
+    }
+    fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
+        self.faults.write()?;
+        self.inner.reserve_ids(n)
+    }
 }

@@ -31,6 +31,7 @@
 
 #[cfg(feature = "testing")]
 mod faulty;
+mod lease;
 #[cfg(feature = "testing")]
 mod memory;
 mod record;
@@ -41,6 +42,7 @@ pub mod conformance;
 
 #[cfg(feature = "testing")]
 pub use faulty::{Faults, FaultyStore};
+pub use lease::{DEFAULT_PARTITION, Lease, Replica, ReplicaRecord};
 #[cfg(feature = "testing")]
 pub use memory::MemoryStore;
 pub use record::{
@@ -61,6 +63,9 @@ pub enum ErrorKind {
     /// A constraint the caller should have upheld was violated (a duplicate
     /// task id): a bug in the caller.
     Conflict,
+    /// The batch began with a [`Write::Fence`] whose epoch is no longer the
+    /// partition's: another replica leads now. Nothing was stored.
+    Fenced,
 }
 
 /// A store failure with its kind and a message for logs.
@@ -121,6 +126,34 @@ pub trait Store: Send + Sync + 'static {
     fn count_by_queue_state(
         &self,
     ) -> Result<Vec<(String, dispatch_core::TaskState, u64)>, StoreError>;
+
+    /// Claims or renews the lease of `partition` for `me`, for `lease_ms`
+    /// on the store's own clock, and records `me` as seen now.
+    ///
+    /// - `me` holds it and it has not expired: renewed, same epoch.
+    /// - Nobody holds it, it expired, or it was released: `me` takes it
+    ///   and the epoch rises by one (also when `me` held it before).
+    /// - Another replica holds it: nothing changes; the answer names the
+    ///   holder, with `held` false.
+    fn claim_lease(
+        &self,
+        partition: &str,
+        me: &Replica,
+        lease_ms: u64,
+    ) -> Result<Lease, StoreError>;
+
+    /// Gives the lease up at once when `me` holds it at `epoch` (a clean
+    /// stop), so that another replica need not wait for it to expire.
+    /// Does nothing otherwise.
+    fn release_lease(&self, partition: &str, me: &Replica, epoch: u64) -> Result<(), StoreError>;
+
+    /// Every replica that ever claimed a lease, by id.
+    fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError>;
+
+    /// Reserves `n` consecutive task ids, never handed out before and above
+    /// every stored task's, and returns the first. Callers at once (several
+    /// replicas) get ranges that do not overlap.
+    fn reserve_ids(&self, n: u64) -> Result<dispatch_core::TaskId, StoreError>;
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -152,5 +185,22 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         &self,
     ) -> Result<Vec<(String, dispatch_core::TaskState, u64)>, StoreError> {
         (**self).count_by_queue_state()
+    }
+    fn claim_lease(
+        &self,
+        partition: &str,
+        me: &Replica,
+        lease_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        (**self).claim_lease(partition, me, lease_ms)
+    }
+    fn release_lease(&self, partition: &str, me: &Replica, epoch: u64) -> Result<(), StoreError> {
+        (**self).release_lease(partition, me, epoch)
+    }
+    fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        (**self).list_replicas()
+    }
+    fn reserve_ids(&self, n: u64) -> Result<dispatch_core::TaskId, StoreError> {
+        (**self).reserve_ids(n)
     }
 }

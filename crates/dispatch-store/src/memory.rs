@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use dispatch_core::{Millis, TaskId, TaskState};
 
 use crate::{
-    FireOutcome, InsertOutcome, RequestDigest, ScheduleRecord, Store, StoreError, TaskQuery,
-    TaskRecord, Write, WriteOutcome,
+    ErrorKind, FireOutcome, InsertOutcome, Lease, Replica, ReplicaRecord, RequestDigest,
+    ScheduleRecord, Store, StoreError, TaskQuery, TaskRecord, Write, WriteOutcome,
 };
 
 /// A [`Store`] in a `BTreeMap`. Loses everything when dropped: only for tests.
@@ -25,6 +25,28 @@ struct Inner {
     fires: BTreeMap<(String, Millis), TaskId>,
     /// Queue name to paused.
     queue_settings: BTreeMap<String, bool>,
+    /// Partition to its lease.
+    leases: BTreeMap<String, MemoryLease>,
+    /// Replica id to its URL and when it last claimed.
+    replicas: BTreeMap<String, (String, Millis)>,
+    /// The next task id [`Store::reserve_ids`] hands out, at least.
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct MemoryLease {
+    holder: String,
+    url: String,
+    epoch: u64,
+    /// On the system clock; 0 once released.
+    expires_at: Millis,
+}
+
+/// The store's clock: the system's wall clock.
+fn clock_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 impl MemoryStore {
@@ -115,6 +137,14 @@ impl Store for MemoryStore {
         let mut new_keys: HashMap<&str, (TaskId, Option<RequestDigest>)> = HashMap::new();
         let mut new_fires = std::collections::HashSet::new();
         for w in writes {
+            if let Write::Fence { partition, epoch } = w
+                && next.leases.get(partition).map(|l| l.epoch) != Some(*epoch)
+            {
+                return Err(StoreError::new(
+                    ErrorKind::Fenced,
+                    format!("partition {partition} is no longer led at epoch {epoch}"),
+                ));
+            }
             // A fire recorded before (or earlier in this batch) inserts
             // nothing; any other fire's task is checked like an insert.
             if let Write::Fire {
@@ -191,12 +221,13 @@ impl Store for MemoryStore {
                     WriteOutcome::Inserted(out)
                 }
                 Write::Update(u) => match next.tasks.get_mut(&u.id) {
-                    Some(r) => {
+                    Some(r) if r.accepts(u) => {
                         r.apply(u);
                         WriteOutcome::Updated(true)
                     }
-                    None => WriteOutcome::Updated(false),
+                    _ => WriteOutcome::Updated(false),
                 },
+                Write::Fence { .. } => WriteOutcome::Fenced,
                 Write::UpsertSchedule(r) => WriteOutcome::ScheduleUpserted(
                     next.schedules.insert(r.name.clone(), r.clone()).is_some(),
                 ),
@@ -298,6 +329,80 @@ impl Store for MemoryStore {
                 .or_default() += 1;
         }
         Ok(counts.into_iter().map(|((q, s), n)| (q, s, n)).collect())
+    }
+
+    fn claim_lease(
+        &self,
+        partition: &str,
+        me: &Replica,
+        lease_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        let mut inner = self.lock();
+        let now = clock_ms();
+        inner.replicas.insert(me.id.clone(), (me.url.clone(), now));
+        let lease = inner
+            .leases
+            .entry(partition.to_owned())
+            .or_insert(MemoryLease {
+                holder: String::new(),
+                url: String::new(),
+                epoch: 0,
+                expires_at: 0,
+            });
+        let live = lease.expires_at > now;
+        if live && lease.holder != me.id {
+            return Ok(Lease {
+                epoch: lease.epoch,
+                holder: lease.holder.clone(),
+                holder_url: lease.url.clone(),
+                held: false,
+                remaining_ms: lease.expires_at - now,
+            });
+        }
+        if !live {
+            lease.epoch += 1;
+            lease.holder = me.id.clone();
+        }
+        lease.url = me.url.clone();
+        lease.expires_at = now + lease_ms;
+        Ok(Lease {
+            epoch: lease.epoch,
+            holder: me.id.clone(),
+            holder_url: me.url.clone(),
+            held: true,
+            remaining_ms: lease_ms,
+        })
+    }
+
+    fn release_lease(&self, partition: &str, me: &Replica, epoch: u64) -> Result<(), StoreError> {
+        if let Some(l) = self.lock().leases.get_mut(partition)
+            && l.holder == me.id
+            && l.epoch == epoch
+        {
+            l.expires_at = 0;
+        }
+        Ok(())
+    }
+
+    fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .replicas
+            .iter()
+            .map(|(id, (url, seen))| ReplicaRecord {
+                id: id.clone(),
+                url: url.clone(),
+                last_seen_at: *seen,
+            })
+            .collect())
+    }
+
+    fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
+        let mut inner = self.lock();
+        let above = inner.tasks.keys().next_back().map_or(1, |id| id.0 + 1);
+        let first = inner.next_id.max(above);
+        inner.next_id = first + n;
+        Ok(TaskId(first))
     }
 }
 

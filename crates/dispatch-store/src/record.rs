@@ -141,6 +141,17 @@ pub enum Write {
         /// At most this many in one write.
         limit: usize,
     },
+    /// Checks, inside the batch's transaction, that `partition`'s lease is
+    /// at `epoch`. When it is not (another replica took over, or no lease
+    /// was ever claimed), the whole batch fails with
+    /// [`crate::ErrorKind::Fenced`] and nothing of it is stored. A leader
+    /// begins every batch with one.
+    Fence {
+        /// The partition led.
+        partition: String,
+        /// The epoch the writer leads under.
+        epoch: u64,
+    },
     /// Pauses or resumes a queue. The state is kept per queue name, so that
     /// it survives a restart; a queue without a stored state is not paused.
     SetQueuePaused {
@@ -164,7 +175,8 @@ pub enum WriteOutcome {
         /// The task holding the key.
         holder: TaskId,
     },
-    /// The update was applied (`false`: no such task).
+    /// The update was applied (`false`: no such task, or a terminal task
+    /// the update may not change).
     Updated(bool),
     /// The schedule was stored (`true`: it replaced one of that name).
     ScheduleUpserted(bool),
@@ -177,6 +189,8 @@ pub enum WriteOutcome {
     /// A [`Write::SetQueuePaused`] was stored (`true`: it changed the
     /// queue's state; a queue never set before counts as not paused).
     QueuePausedSet(bool),
+    /// A [`Write::Fence`] passed: the writer leads at that epoch.
+    Fenced,
 }
 
 /// What happened to a [`Write::Fire`].
@@ -241,6 +255,14 @@ pub struct TaskQuery {
 }
 
 impl TaskRecord {
+    /// Whether a store applies `u` to this record: always while the task
+    /// is live; once it is terminal, only a retry (a `dead` task set
+    /// `queued` with no attempts).
+    pub fn accepts(&self, u: &TaskUpdate) -> bool {
+        !self.state.is_terminal()
+            || (self.state == TaskState::Dead && u.state == TaskState::Queued && u.attempts == 0)
+    }
+
     /// Applies an update to this record, as a store does.
     pub fn apply(&mut self, u: &TaskUpdate) {
         self.state = u.state;

@@ -33,6 +33,16 @@
 //! an error in the log rather than retried forever. [`StoreHealth`] tells
 //! the server whether the store is failing, so it can say so in `/healthz`
 //! and in its metrics.
+//!
+//! # Fencing
+//!
+//! A writer started with [`GroupCommitWriter::start_fenced`] belongs to a
+//! leader's term: it begins every batch with a [`Write::Fence`] naming the
+//! partition and the epoch it leads under. Once a batch is refused as
+//! [`ErrorKind::Fenced`] (another replica took over), the term is over for
+//! good: that batch's writes, the retained ones and every later write fail
+//! with the same error without reaching the store, and
+//! [`StoreHealth::is_fenced`] turns true so the server steps down.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -67,6 +77,7 @@ pub struct StoreHealth {
     failing: AtomicBool,
     failures: AtomicU64,
     retained: AtomicUsize,
+    fenced: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -75,6 +86,12 @@ impl StoreHealth {
     /// a later commit succeeds.
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
+    }
+
+    /// True once a batch was refused for a stale epoch: another replica
+    /// leads, and this writer stores nothing more.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     /// Failed commits since the writer started.
@@ -97,6 +114,9 @@ impl StoreHealth {
 
     fn failed(&self, e: &StoreError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        if e.kind == ErrorKind::Fenced {
+            self.fenced.store(true, Ordering::Relaxed);
+        }
         if e.kind == ErrorKind::Unavailable {
             self.failing.store(true, Ordering::Relaxed);
             *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
@@ -138,12 +158,36 @@ impl std::fmt::Debug for Item {
 impl GroupCommitWriter {
     /// Starts the writer thread for `store`.
     pub fn start<S: Store>(store: S) -> (GroupCommitWriter, thread::JoinHandle<()>) {
+        Self::spawn(store, None)
+    }
+
+    /// Starts the writer thread of a leader's term: every batch is fenced
+    /// by `partition` at `epoch` (see the module's header).
+    pub fn start_fenced<S: Store>(
+        store: S,
+        partition: &str,
+        epoch: u64,
+    ) -> (GroupCommitWriter, thread::JoinHandle<()>) {
+        let fence = Write::Fence {
+            partition: partition.to_owned(),
+            epoch,
+        };
+        Self::spawn(store, Some(fence))
+    }
+
+    fn spawn<S: Store>(
+        store: S,
+        fence: Option<Write>,
+    ) -> (GroupCommitWriter, thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Item>();
         let health = Arc::new(StoreHealth::default());
         let thread_health = health.clone();
         let handle = thread::Builder::new()
             .name("dispatch-store-writer".into())
-            .spawn(move || run(store, rx, &thread_health))
+            .spawn(move || {
+                let store = Fenced { store, fence };
+                run(store, rx, &thread_health)
+            })
             .expect("spawning the store writer thread");
         (GroupCommitWriter { tx, health }, handle)
     }
@@ -204,7 +248,31 @@ impl GroupCommitWriter {
     }
 }
 
-fn run<S: Store>(store: S, rx: mpsc::Receiver<Item>, health: &StoreHealth) {
+/// The store as the writer sees it: each batch behind the term's fence.
+struct Fenced<S> {
+    store: S,
+    fence: Option<Write>,
+}
+
+impl<S: Store> Fenced<S> {
+    fn apply(&self, writes: Vec<Write>) -> (Vec<Write>, Result<Vec<WriteOutcome>, StoreError>) {
+        let Some(fence) = &self.fence else {
+            let result = self.store.apply(&writes);
+            return (writes, result);
+        };
+        let mut fenced = Vec::with_capacity(writes.len() + 1);
+        fenced.push(fence.clone());
+        fenced.extend(writes);
+        let result = self.store.apply(&fenced).map(|mut outcomes| {
+            outcomes.remove(0);
+            outcomes
+        });
+        fenced.remove(0);
+        (fenced, result)
+    }
+}
+
+fn run<S: Store>(store: Fenced<S>, rx: mpsc::Receiver<Item>, health: &StoreHealth) {
     // Retained writes whose commit failed, oldest first: they go before
     // anything newer.
     let mut retained: Vec<Item> = Vec::new();
@@ -234,6 +302,16 @@ fn run<S: Store>(store: S, rx: mpsc::Receiver<Item>, health: &StoreHealth) {
         if batch.is_empty() {
             return;
         }
+        if health.is_fenced() {
+            let e = StoreError::new(
+                ErrorKind::Fenced,
+                "another replica leads: this one's term is over",
+            );
+            for item in batch {
+                answer(item.reply, Err(e.clone()));
+            }
+            continue;
+        }
         if closed {
             if shutdown_tries == RETRIES_AT_SHUTDOWN {
                 tracing::error!(
@@ -259,12 +337,12 @@ fn run<S: Store>(store: S, rx: mpsc::Receiver<Item>, health: &StoreHealth) {
 
 /// Commits `batch`, answers every waiter, and returns the retained writes
 /// that must be tried again.
-fn commit<S: Store>(store: &S, batch: Vec<Item>, health: &StoreHealth) -> Vec<Item> {
+fn commit<S: Store>(store: &Fenced<S>, batch: Vec<Item>, health: &StoreHealth) -> Vec<Item> {
     let (e, batch) = match apply(store, batch, health) {
         Ok(()) => return Vec::new(),
         Err(failed) => failed,
     };
-    if batch.len() == 1 {
+    if batch.len() == 1 || e.kind == ErrorKind::Fenced {
         return give_up_or_keep(batch, &e);
     }
     let (keep, fail_fast): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|i| i.retain);
@@ -306,7 +384,7 @@ fn commit<S: Store>(store: &S, batch: Vec<Item>, health: &StoreHealth) -> Vec<It
     left
 }
 
-fn commit_alone<S: Store>(store: &S, item: Item, health: &StoreHealth) -> Vec<Item> {
+fn commit_alone<S: Store>(store: &Fenced<S>, item: Item, health: &StoreHealth) -> Vec<Item> {
     match apply(store, vec![item], health) {
         Ok(()) => Vec::new(),
         Err((e, items)) => give_up_or_keep(items, &e),
@@ -324,7 +402,7 @@ fn give_up_or_keep(items: Vec<Item>, e: &StoreError) -> Vec<Item> {
         }
         if e.kind == ErrorKind::Unavailable {
             keep.push(item);
-        } else {
+        } else if e.kind != ErrorKind::Fenced {
             tracing::error!(error = %e, write = ?item.write, "dropping a state change the store refuses");
         }
     }
@@ -334,7 +412,7 @@ fn give_up_or_keep(items: Vec<Item>, e: &StoreError) -> Vec<Item> {
 /// Applies `items` in one transaction and answers their waiters; on
 /// failure, gives the items back unanswered.
 fn apply<S: Store>(
-    store: &S,
+    store: &Fenced<S>,
     items: Vec<Item>,
     health: &StoreHealth,
 ) -> Result<(), (StoreError, Vec<Item>)> {
@@ -342,7 +420,8 @@ fn apply<S: Store>(
         .into_iter()
         .map(|i| (i.write, (i.reply, i.retain)))
         .unzip();
-    match store.apply(&writes) {
+    let (writes, result) = store.apply(writes);
+    match result {
         Ok(outcomes) => {
             health.committed();
             for ((reply, _), outcome) in rest.into_iter().zip(outcomes) {

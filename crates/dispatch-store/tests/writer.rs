@@ -205,6 +205,28 @@ impl<S: Store> Store for Gated<S> {
     fn count_by_queue_state(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
         self.inner.count_by_queue_state()
     }
+    fn claim_lease(
+        &self,
+        partition: &str,
+        me: &dispatch_store::Replica,
+        lease_ms: u64,
+    ) -> Result<dispatch_store::Lease, StoreError> {
+        self.inner.claim_lease(partition, me, lease_ms)
+    }
+    fn release_lease(
+        &self,
+        partition: &str,
+        me: &dispatch_store::Replica,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.release_lease(partition, me, epoch)
+    }
+    fn list_replicas(&self) -> Result<Vec<dispatch_store::ReplicaRecord>, StoreError> {
+        self.inner.list_replicas()
+    }
+    fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
+        self.inner.reserve_ids(n)
+    }
 }
 
 #[test]
@@ -247,6 +269,55 @@ fn one_bad_write_does_not_sink_its_batch() {
     assert_eq!(state_of(&store, 1), Some(TaskState::Running));
     assert_eq!(state_of(&store, 3), Some(TaskState::Queued));
     assert!(!writer.health().is_failing(), "a bug is not an outage");
+
+    drop(writer);
+    thread.join().expect("the writer stops cleanly");
+}
+
+/// A term's writer stores while its epoch leads; once another replica took
+/// over, its batch fails as fenced, its retained writes are dropped rather
+/// than retried, and every later write fails without reaching the store.
+#[test]
+fn a_fenced_writer_stops_for_good_when_another_replica_takes_over() {
+    use dispatch_store::{ErrorKind, Replica};
+    let store = Arc::new(MemoryStore::new());
+    let a = Replica {
+        id: "a".into(),
+        url: "http://a.invalid".into(),
+    };
+    let b = Replica {
+        id: "b".into(),
+        url: "http://b.invalid".into(),
+    };
+    let lease = store.claim_lease("default", &a, 60_000).expect("claim");
+    let (writer, thread) = GroupCommitWriter::start_fenced(store.clone(), "default", lease.epoch);
+    let outcome = wait(writer.write(insert(&[1])).expect("running")).expect("leads");
+    assert!(matches!(outcome, WriteOutcome::Inserted(_)), "{outcome:?}");
+    assert!(!writer.health().is_fenced());
+
+    store
+        .release_lease("default", &a, lease.epoch)
+        .expect("release");
+    assert!(
+        store
+            .claim_lease("default", &b, 60_000)
+            .expect("claim")
+            .held
+    );
+
+    let e = wait(writer.write_retained(insert(&[2])).expect("running")).expect_err("fenced");
+    assert_eq!(e.kind, ErrorKind::Fenced);
+    assert!(writer.health().is_fenced());
+    assert_eq!(
+        writer.health().retained(),
+        0,
+        "a fenced write is not retried"
+    );
+    let e = wait(writer.write(insert(&[3])).expect("running")).expect_err("still fenced");
+    assert_eq!(e.kind, ErrorKind::Fenced);
+    assert_eq!(state_of(&store, 2), None);
+    assert_eq!(state_of(&store, 3), None);
+    assert_eq!(state_of(&store, 1), Some(TaskState::Queued));
 
     drop(writer);
     thread.join().expect("the writer stops cleanly");

@@ -27,10 +27,20 @@ async fn secured() -> Secured {
         auth::token_line(&submit, &[Scope::Submit], Some("client")),
         auth::token_line(&work, &[Scope::Work], Some("worker")),
     );
-    let mut config = dispatch_server::ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    let mut config = dispatch_server::ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().display().to_string(),
+    );
     config.lease_ms = 900;
     config.tokens = Some(Tokens::parse(&file).unwrap());
-    let server = dispatch_server::start(config).await.unwrap();
+    let store = dispatch_store_sqlite::SqliteStore::open(
+        dir.path(),
+        dispatch_store_sqlite::Durability::Durable,
+    )
+    .unwrap();
+    let server = dispatch_server::start(config, std::sync::Arc::new(store))
+        .await
+        .unwrap();
     let url = format!("http://{}", server.local_addr());
     Secured {
         server,

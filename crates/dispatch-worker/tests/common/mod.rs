@@ -43,9 +43,16 @@ impl Scheduler {
     }
 
     async fn start_with(addr: SocketAddr, dir: tempfile::TempDir, lease_ms: u64) -> Scheduler {
-        let mut config = dispatch_server::ServerConfig::new(addr, dir.path());
+        let mut config = dispatch_server::ServerConfig::new(addr, dir.path().display().to_string());
         config.lease_ms = lease_ms;
-        let server = dispatch_server::start(config).await.unwrap();
+        let store = dispatch_store_sqlite::SqliteStore::open(
+            dir.path(),
+            dispatch_store_sqlite::Durability::Durable,
+        )
+        .unwrap();
+        let server = dispatch_server::start(config, std::sync::Arc::new(store))
+            .await
+            .unwrap();
         let addr = server.local_addr();
         let client = Client::new(&format!("http://{addr}")).unwrap();
         Scheduler {

@@ -1,0 +1,310 @@
+//! Replicas on one store, in one process: real servers on loopback over a
+//! shared in-memory store (the test double; the PostgreSQL replicas are
+//! tested with the real binary in dispatch-cli's `replicas.rs`). One
+//! leads, the others forward to it; a leader cut off from the store steps
+//! down before its lease ends and cannot write once another took over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dispatch_client::Client;
+use dispatch_proto::{CompleteTask, PollRequest, RegisterWorker, SubmitTask};
+use dispatch_server::{ClusterConfig, Replica, RunningServer, ServerConfig};
+use dispatch_store::{Faults, FaultyStore, MemoryStore, Store};
+use serde_json::value::to_raw_value;
+
+/// The lease under test: short, so that takeovers happen within a test.
+const LEASE_MS: u64 = 900;
+
+struct Replicas {
+    servers: Vec<Option<RunningServer>>,
+    faults: Vec<Arc<Faults>>,
+    urls: Vec<String>,
+}
+
+async fn start_replica(store: Arc<dyn Store>, id: &str) -> RunningServer {
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), "shared memory store");
+    config.cluster = Some(ClusterConfig {
+        replica: Replica {
+            id: id.to_owned(),
+            url: String::new(),
+        },
+        lease_ms: LEASE_MS,
+    });
+    // Long worker leases: only the leader's lease is under test.
+    config.lease_ms = 30_000;
+    dispatch_server::start(config, store).await.expect("start")
+}
+
+/// Three replicas on one store, each through its own fault switch.
+async fn three() -> Replicas {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let shared = Arc::new(MemoryStore::new());
+    let mut servers = Vec::new();
+    let mut faults = Vec::new();
+    let mut urls = Vec::new();
+    for id in ["a", "b", "c"] {
+        let (store, switch) = FaultyStore::new(shared.clone());
+        let server = start_replica(Arc::new(store), id).await;
+        urls.push(format!("http://{}", server.local_addr()));
+        servers.push(Some(server));
+        faults.push(switch);
+    }
+    Replicas {
+        servers,
+        faults,
+        urls,
+    }
+}
+
+async fn health(url: &str) -> serde_json::Value {
+    reqwest::get(format!("{url}/healthz"))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn eventually<F, Fut, T>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+impl Replicas {
+    /// The index of the one leader, once every live replica agrees on it.
+    async fn leader(&self) -> usize {
+        let urls = self.urls.clone();
+        let live: Vec<usize> = (0..urls.len())
+            .filter(|&i| self.servers[i].is_some())
+            .collect();
+        eventually("one leader that every replica names", || {
+            let (urls, live) = (urls.clone(), live.clone());
+            async move {
+                let mut leaders = Vec::new();
+                let mut named = Vec::new();
+                for &i in &live {
+                    let h = health(&urls[i]).await;
+                    if h["role"] == "leader" {
+                        leaders.push(i);
+                    }
+                    named.push(h["leader_url"].as_str().map(str::to_owned));
+                }
+                let [one] = leaders.as_slice() else {
+                    return None;
+                };
+                named
+                    .iter()
+                    .all(|n| n.as_deref() == Some(urls[*one].as_str()))
+                    .then_some(*one)
+            }
+        })
+        .await
+    }
+}
+
+fn task(kind: &str) -> SubmitTask {
+    SubmitTask::new(
+        kind,
+        to_raw_value(&serde_json::json!({"n": 1})).expect("json"),
+    )
+}
+
+/// One leader; a task submitted through one standby is run by a worker
+/// talking to the other standby, and every replica reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_serves_everything() {
+    let r = three().await;
+    let leader = r.leader().await;
+    let standbys: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let first = health(&r.urls[leader]).await;
+    assert_eq!(first["role"], "leader");
+    assert!(first["epoch"].as_u64().expect("epoch") >= 1);
+    let standby = health(&r.urls[standbys[0]]).await;
+    assert_eq!(standby["role"], "standby");
+    assert_eq!(standby["epoch"], first["epoch"]);
+
+    let submitter = Client::new(&r.urls[standbys[0]]).expect("client");
+    let (submitted, created) = submitter
+        .submit(&task("job"))
+        .await
+        .expect("submit via a standby");
+    assert!(created);
+
+    let worker_side = Client::new(&r.urls[standbys[1]]).expect("client");
+    let reg = worker_side
+        .register(&RegisterWorker {
+            name: Some("w".into()),
+            types: Some(vec!["job".into()]),
+            capacity: Some(2),
+            ..RegisterWorker::default()
+        })
+        .await
+        .expect("register via the other standby");
+    let polled = worker_side
+        .poll(
+            &reg.id,
+            &PollRequest {
+                max: Some(1),
+                wait_ms: Some(5_000),
+                results: None,
+            },
+        )
+        .await
+        .expect("poll via a standby");
+    assert_eq!(polled.tasks.len(), 1);
+    assert_eq!(polled.tasks[0].id, submitted.id);
+    worker_side
+        .complete(
+            &submitted.id,
+            &CompleteTask {
+                worker_id: Some(reg.id.clone()),
+                result: Some(to_raw_value(&serde_json::json!({"ok": true})).expect("json")),
+            },
+        )
+        .await
+        .expect("complete via a standby");
+    for url in &r.urls {
+        let seen = Client::new(url)
+            .expect("client")
+            .task(&submitted.id)
+            .await
+            .expect("get");
+        assert_eq!(seen.state, "succeeded", "as read through {url}");
+    }
+
+    let cluster: serde_json::Value = reqwest::get(format!("{}/v1/cluster", r.urls[standbys[1]]))
+        .await
+        .expect("cluster")
+        .json()
+        .await
+        .expect("json");
+    let replicas = cluster["replicas"].as_array().expect("replicas");
+    assert_eq!(replicas.len(), 3, "{cluster}");
+    let leaders: Vec<&str> = replicas
+        .iter()
+        .filter(|x| x["role"] == "leader")
+        .map(|x| x["url"].as_str().expect("url"))
+        .collect();
+    assert_eq!(leaders, [r.urls[leader].as_str()], "{cluster}");
+    assert_eq!(cluster["epoch"], first["epoch"]);
+    assert!(replicas.iter().all(|x| x["alive"] == true), "{cluster}");
+}
+
+/// A leader shut down cleanly hands the lead over at once: a standby
+/// leads with a higher epoch, and the tasks are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_hands_the_lead_over() {
+    let mut r = three().await;
+    let leader = r.leader().await;
+    let epoch = health(&r.urls[leader]).await["epoch"]
+        .as_u64()
+        .expect("epoch");
+    let client = Client::new(&r.urls[leader]).expect("client");
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(client.submit(&task("job")).await.expect("submit").0.id);
+    }
+    r.servers[leader].take().expect("running").shutdown().await;
+    let next = r.leader().await;
+    assert_ne!(next, leader);
+    let h = health(&r.urls[next]).await;
+    assert_eq!(h["epoch"].as_u64(), Some(epoch + 1), "{h}");
+    assert_eq!(h["live_tasks"].as_u64(), Some(20), "{h}");
+    let other = (0..3).find(|&i| i != leader && i != next).expect("a third");
+    let via = Client::new(&r.urls[other]).expect("client");
+    for id in &ids {
+        assert_eq!(via.task(id).await.expect("get").state, "queued");
+    }
+    let (later, _) = via
+        .submit(&task("job"))
+        .await
+        .expect("submit after the takeover");
+    let later: u64 = later.id.parse().expect("numeric id");
+    let highest: u64 = ids
+        .iter()
+        .map(|i| i.parse::<u64>().expect("id"))
+        .max()
+        .expect("ids");
+    assert!(
+        later > highest,
+        "ids stay unique across terms: {later} after {highest}"
+    );
+}
+
+/// A leader cut off from the store (its claims and writes fail) stops
+/// leading before its lease could end; another replica takes over; once
+/// the link is back, the old leader's held-back writes are refused for
+/// their epoch and it stays a standby that forwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_store_steps_down_and_is_fenced() {
+    let r = three().await;
+    let leader = r.leader().await;
+    let old_epoch = health(&r.urls[leader]).await["epoch"]
+        .as_u64()
+        .expect("epoch");
+    let client = Client::new(&r.urls[leader]).expect("client");
+    let (kept, _) = client.submit(&task("job")).await.expect("submit");
+
+    let cut = Instant::now();
+    r.faults[leader].fail_writes(true);
+    let url = r.urls[leader].clone();
+    eventually("the cut-off leader stands by", || {
+        let url = url.clone();
+        async move { (health(&url).await["role"] == "standby").then_some(()) }
+    })
+    .await;
+    let stepped_down = cut.elapsed();
+    assert!(
+        stepped_down < Duration::from_millis(LEASE_MS),
+        "stepped down {stepped_down:?} after the cut, past its lease of {LEASE_MS} ms"
+    );
+    // Its submissions fail now rather than vanish.
+    let refused = client.submit(&task("job")).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let urls = r.urls.clone();
+    let next = eventually("another replica leads", || {
+        let (urls, others) = (urls.clone(), others.clone());
+        async move {
+            for &i in &others {
+                if health(&urls[i]).await["role"] == "leader" {
+                    return Some(i);
+                }
+            }
+            None
+        }
+    })
+    .await;
+    let h = health(&r.urls[next]).await;
+    assert!(h["epoch"].as_u64().expect("epoch") > old_epoch, "{h}");
+
+    r.faults[leader].fail_writes(false);
+    assert_eq!(r.leader().await, next, "the old leader does not come back");
+    let via_old = Client::new(&r.urls[leader]).expect("client");
+    assert_eq!(via_old.task(&kept.id).await.expect("get").state, "queued");
+    let (fresh, _) = via_old
+        .submit(&task("job"))
+        .await
+        .expect("submit through the old leader");
+    assert_eq!(
+        Client::new(&r.urls[next])
+            .expect("client")
+            .task(&fresh.id)
+            .await
+            .expect("get")
+            .state,
+        "queued"
+    );
+}
