@@ -26,7 +26,7 @@ use dispatch_proto::{FieldError, QueueJson, QueueList, SubmitTask, ValidTask, pa
 use dispatch_store::Write;
 
 use crate::api::{ApiError, json};
-use crate::app::{App, acked, now_ms};
+use crate::app::{App, acked};
 
 /// A queue's settings from the config file (`[queues.NAME]`).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -219,14 +219,13 @@ async fn set_paused(app: &Arc<App>, name: &str, paused: bool) -> Result<Response
             paused,
         };
         acked(Some(app.write(write)?)).await?;
-        let now = now_ms();
-        let mut shared = app.lock();
-        if paused {
-            shared.sched.pause_queue(name);
-        } else {
-            shared.sched.resume_queue(name);
-        }
-        let _ = app.settle(&mut shared, now, None);
+        app.apply(|step| {
+            if paused {
+                step.shared.sched.pause_queue(name);
+            } else {
+                step.shared.sched.resume_queue(name);
+            }
+        });
     }
     // A rate-limited queue may now wait for its next token.
     app.timer_wake.notify_one();

@@ -6,7 +6,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use dispatch_core::{Strategy, TaskId, TaskSpec, TaskState, WorkerId};
+use dispatch_core::{CoreError, Strategy, TaskId, TaskSpec, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
     FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRefBatch,
@@ -173,18 +173,21 @@ async fn accept(
             return Err(ApiError::new(500, "internal store error"));
         }
     };
-    let (mut created, mut existing) = (Vec::new(), Vec::new());
+    let n = records.len();
+    let (mut created, mut new_records, mut existing) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (r, o)) in records.into_iter().zip(outcomes).enumerate() {
         match o {
-            InsertOutcome::Created => created.push((i, r)),
+            InsertOutcome::Created => {
+                created.push(i);
+                new_records.push(r);
+            }
             InsertOutcome::Existing(orig) => existing.push((i, orig)),
         }
     }
-    let mut new_records: Vec<TaskRecord> = created.iter().map(|(_, r)| r.clone()).collect();
     admit(app, &mut new_records, &mut reserved, now).await?;
-    let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; created.len() + existing.len()];
-    for ((i, _), r) in created.iter().zip(new_records) {
-        out[*i] = Some((r, true));
+    let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; n];
+    for (i, r) in created.into_iter().zip(new_records) {
+        out[i] = Some((r, true));
     }
     for (i, orig) in existing {
         let original = app
@@ -333,28 +336,28 @@ pub(crate) async fn admit(
     now: u64,
 ) -> Result<(), ApiError> {
     let mut delayed = false;
-    let mut ended_parents = Vec::new();
-    {
-        let mut shared = app.lock();
+    // Assignment writes need no wait: losing one only means the task is
+    // still queued after a crash, and it will run then.
+    let (ended_parents, _) = app.apply(|step| {
+        let sched = &mut step.shared.sched;
+        let mut ended_parents = Vec::new();
         for r in records.iter() {
             delayed |= r.spec.run_at.is_some_and(|at| at > now);
             let body = Body::new(r.body.clone(), reserved.split_off(footprint(r)));
-            if let Err(e) = shared.sched.submit(r.id, r.spec.clone(), body, now) {
+            if let Err(e) = sched.submit(r.id, r.spec.clone(), body, now) {
                 tracing::error!(task = %r.id, error = %e, "the core refused a stored task");
                 continue;
             }
             if !r.body.depends_on.is_empty() {
-                match shared.sched.hold_for_parents(r.id, &r.body.depends_on) {
+                match sched.hold_for_parents(r.id, &r.body.depends_on) {
                     Ok(ended) if !ended.is_empty() => ended_parents.push((r.id, ended)),
                     Ok(_) => {}
                     Err(e) => tracing::error!(task = %r.id, error = %e, "cannot hold for parents"),
                 }
             }
         }
-        // Assignment writes need no wait: losing one only means the task is
-        // still queued after a crash, and it will run then.
-        let _ = app.settle(&mut shared, now_ms(), None);
-    }
+        ended_parents
+    });
     app.resolve_ended_parents(ended_parents).await?;
     // Show each new task as it is now: it may already be running, or have
     // ended (cancelled at once because a parent had failed).
@@ -609,31 +612,26 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tid = path_task_id(&id)?;
-    let now = now_ms();
-    let outcome = {
-        let mut shared = app.lock();
-        let before = shared.sched.task(tid).map(live_record);
-        match shared
-            .sched
-            .cancel(tid, "cancelled by request".to_owned(), now)
-        {
-            Ok(()) => {
-                let ack = app.settle(&mut shared, now, None);
-                Some((before, ack))
-            }
-            Err(_) => None,
-        }
-    };
-    match outcome {
-        Some((before, ack)) => {
-            acked(ack).await?;
+    let cancelled = app.try_apply(|step| {
+        let before = step.shared.sched.task(tid).map(live_record);
+        let reason = "cancelled by request".to_owned();
+        step.shared.sched.cancel(tid, reason, step.now)?;
+        step.watch(tid);
+        Ok::<_, CoreError>(before)
+    });
+    match cancelled {
+        Ok((before, mut settled)) => {
+            settled.committed().await?;
             let mut r = before.ok_or_else(|| ApiError::new(500, "cancelled task had no record"))?;
-            r.state = TaskState::Cancelled;
-            r.finished_at = Some(now);
-            r.error = Some("cancelled by request".to_owned());
+            let t = settled
+                .transition(tid)
+                .ok_or_else(|| ApiError::new(500, "a cancel made no transition"))?;
+            r.state = t.state;
+            r.finished_at = t.finished_at;
+            r.error = t.error.clone();
             Ok(json(StatusCode::OK, &task_json(&r)))
         }
-        None => match app.find_task(tid).await? {
+        Err(_) => match app.find_task(tid).await? {
             None => Err(ApiError::not_found(format_args!("task {id}"))),
             Some(r) if r.state.is_terminal() => Err(ApiError::conflict(format!(
                 "task {id} already ended ({})",
@@ -694,15 +692,16 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
         error: None,
     };
     acked(Some(app.write(Write::Update(update))?)).await?;
-    let now = now_ms();
     record.spec.run_at = None;
-    let mut shared = app.lock();
     let body = Body::new(record.body.clone(), app.budget.charge(footprint(&record)));
-    shared
-        .sched
-        .restore(record.id, record.spec.clone(), body, 0, None, now)
-        .map_err(|_| ApiError::conflict(format!("task {} is live again", record.id)))?;
-    let _ = app.settle(&mut shared, now, None);
+    app.try_apply(|step| {
+        let spec = record.spec.clone();
+        step.shared
+            .sched
+            .restore(record.id, spec, body, 0, None, step.now)
+            .map_err(|_| ApiError::conflict(format!("task {} is live again", record.id)))
+    })?;
+    let shared = app.lock();
     match shared.sched.task(record.id) {
         Some(t) => Ok(live_record(t)),
         None => {
@@ -831,21 +830,16 @@ pub(crate) async fn cancel_matching(
     ids.sort_unstable();
     let mut count = 0u64;
     for page in ids.chunks(BULK_PAGE) {
-        let now = now_ms();
-        let ack = {
-            let mut shared = app.lock();
-            for id in page {
-                if shared
-                    .sched
-                    .cancel(*id, "cancelled by request".to_owned(), now)
-                    .is_ok()
-                {
-                    count += 1;
-                }
-            }
-            app.settle(&mut shared, now, None)
-        };
-        acked(ack).await?;
+        count += app
+            .apply_durably(|step| {
+                let reason = || "cancelled by request".to_owned();
+                let sched = &mut step.shared.sched;
+                let cancelled = page
+                    .iter()
+                    .filter(|id| sched.cancel(**id, reason(), step.now).is_ok());
+                Ok::<_, ApiError>(cancelled.count() as u64)
+            })
+            .await?;
     }
     Ok(json(StatusCode::OK, &dispatch_proto::BulkCount { count }))
 }
