@@ -43,7 +43,8 @@ pub(crate) struct Cli {
 #[derive(Args, Clone, Debug, Default)]
 #[command(next_help_heading = "Client options (for client commands)")]
 pub(crate) struct RootClientOpts {
-    /// Server URL [default: http://127.0.0.1:7070].
+    /// Server URL [default: http://127.0.0.1:7070]; several replicas
+    /// comma-separated (the next is tried when one cannot be reached).
     #[arg(long, env = "DISPATCH_SERVER", value_name = "URL")]
     pub(crate) server: Option<String>,
     /// Bearer token for a server started with `--tokens`.
@@ -63,7 +64,8 @@ pub(crate) struct RootClientOpts {
 #[derive(Args, Clone, Debug, Default)]
 #[command(next_help_heading = "Client options")]
 pub(crate) struct ClientOpts {
-    /// Server URL [default: http://127.0.0.1:7070].
+    /// Server URL [default: http://127.0.0.1:7070]; several replicas
+    /// comma-separated (the next is tried when one cannot be reached).
     #[arg(long, global = true, env = "DISPATCH_SERVER", value_name = "URL")]
     pub(crate) server: Option<String>,
     /// Bearer token for a server started with `--tokens`.

@@ -6,6 +6,12 @@
 //! reached" from "the server refused" ([`ClientError::Api`] carries the
 //! problem+json body, with the field at fault).
 //!
+//! A client may be given several servers, comma-separated
+//! (`http://a:7070,http://b:7070`): the replicas of one cluster. A request
+//! that cannot reach one (connection refused, no route) goes to the next,
+//! and the client keeps using the one that answered; any replica serves
+//! every endpoint, forwarding to the leader.
+//!
 //! `https://` servers are verified against a [`TrustStore`]: the system's
 //! certificate authorities, plus a private CA with
 //! [`TrustStore::with_ca_pem`] and [`Client::with_trust`] (rustls with the
@@ -74,10 +80,26 @@ impl ClientError {
     }
 }
 
-/// A connection to one Dispatch server. Cheap to clone.
+/// `request`, written for `from`, sent to `to` instead: the same path and
+/// query under another base URL.
+fn rebase(mut request: reqwest::Request, from: &str, to: &str) -> reqwest::Request {
+    if from != to
+        && let Some(rest) = request.url().as_str().strip_prefix(from)
+        && let Ok(url) = reqwest::Url::parse(&format!("{to}{rest}"))
+    {
+        *request.url_mut() = url;
+    }
+    request
+}
+
+/// A connection to a Dispatch server, or to the replicas of one. Cheap to
+/// clone; clones share which replica answered last.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    /// Every server given, the first as written in request URLs.
+    bases: std::sync::Arc<[String]>,
+    /// The index of the one that answered last.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
     token: Option<std::sync::Arc<str>>,
 }
@@ -86,14 +108,15 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token itself.
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
 
 impl Client {
-    /// A client for the server at `base` (e.g. `http://127.0.0.1:7070`).
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:7070`), or
+    /// for several replicas, comma-separated.
     /// An `https://` server must present a certificate that the system's
     /// certificate authorities vouch for; see [`Client::with_trust`] for a
     /// private CA.
@@ -109,9 +132,14 @@ impl Client {
     /// A client for the server at `base` that trusts the certificate
     /// authorities of `trust` for `https://`.
     pub fn with_trust(base: &str, trust: &TrustStore) -> Result<Client, ClientError> {
-        let base = base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::BadUrl(base));
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .collect();
+        for b in &bases {
+            if !(b.starts_with("http://") || b.starts_with("https://")) {
+                return Err(ClientError::BadUrl(b.clone()));
+            }
         }
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(trust.client_config(&[b"http/1.1"])?)
@@ -120,7 +148,8 @@ impl Client {
             .build()
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         Ok(Client {
-            base,
+            bases: bases.into(),
+            current: Default::default(),
             http,
             token: None,
         })
@@ -140,9 +169,9 @@ impl Client {
         self.token.as_deref()
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use: the one that answered last.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
     }
 
     async fn call<B: Serialize, R: DeserializeOwned>(
@@ -164,11 +193,62 @@ impl Client {
 
     /// A request to `path` on the server, with the token if there is one.
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self.http.request(method, format!("{}{}", self.base, path));
+        let req = self
+            .http
+            .request(method, format!("{}{}", self.bases[0], path));
         match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         }
+    }
+
+    /// Sends `req` to the server in use; when it cannot be reached, to the
+    /// next one given, and so on once round. A request that never reached
+    /// a server cannot have been acted on, so sending it again elsewhere is
+    /// safe. Answers the response and the base URL that gave it.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, String), ClientError> {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let request = req.build().map_err(|source| ClientError::Unreachable {
+            url: self.bases[start % n].clone(),
+            source,
+        })?;
+        let mut last = None;
+        // A streamed body cannot be sent twice: such a request gets one try.
+        let mut pending = Some(request);
+        for attempt in 0..n {
+            let Some(request) = pending.take() else {
+                break;
+            };
+            pending = request.try_clone();
+            let index = (start + attempt) % n;
+            let base = &self.bases[index];
+            match self
+                .http
+                .execute(rebase(request, &self.bases[0], base))
+                .await
+            {
+                Ok(resp) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok((resp, base.clone()));
+                }
+                Err(source) => {
+                    let unreachable = source.is_connect();
+                    last = Some(ClientError::Unreachable {
+                        url: base.clone(),
+                        source,
+                    });
+                    if !unreachable {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
     }
 
     /// Sends `req`; a success is decoded as `R`, anything else as a
@@ -177,21 +257,12 @@ impl Client {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, R), ClientError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+        let (resp, url) = self.send(req).await?;
         let status = resp.status();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+            .map_err(|source| ClientError::Unreachable { url, source })?;
         if !status.is_success() {
             let problem = serde_json::from_slice::<Problem>(&bytes).unwrap_or_else(|_| {
                 Problem::new(

@@ -998,3 +998,87 @@ fn a_fleet_expiring_together_is_removed_and_its_tasks_requeued() {
     assert_eq!(s.poll(heir, 100, LEASE).unwrap().len(), 100);
     ok(&s);
 }
+
+// ---- takeover: workers and their running tasks restored ----------------
+
+/// A new scheduler restores a worker under its own id and the task it was
+/// running stays running on it, its attempt still counted: the worker's
+/// report is accepted as if nothing happened.
+#[test]
+fn a_restored_worker_keeps_its_running_task_and_reports_it() {
+    let mut s = scheduler();
+    let w = WorkerId::new(77).unwrap();
+    s.restore_worker(w, WorkerSpec::new("w", ["email"], 2), 1_000)
+        .unwrap();
+    let t = TaskId(5);
+    s.restore_running(t, with_attempts("email", 3), (), 2, w, 1_000)
+        .unwrap();
+    let task = s.task(t).unwrap();
+    assert_eq!(
+        (task.state, task.attempts, task.worker, task.started_at),
+        (TaskState::Running, 2, Some(w), Some(1_000))
+    );
+    assert_eq!(states(&transitions(&mut s)), vec![(t, TaskState::Running)]);
+    ok(&s);
+    // Nothing else is assigned to it beyond its one free slot.
+    submit(&mut s, 6, spec("email"), 1_000);
+    submit(&mut s, 7, spec("email"), 1_000);
+    s.tick(1_000);
+    assert_eq!(s.poll(w, 10, 1_000).unwrap(), vec![TaskId(6)]);
+    s.complete(t, w, 1_500).unwrap();
+    assert_eq!(state(&s, t), None, "succeeded and gone from the core");
+    ok(&s);
+}
+
+/// A restored worker that never comes back loses its lease a lease after
+/// the takeover, and its task is requeued with the attempt counted.
+#[test]
+fn a_restored_worker_that_is_gone_loses_its_task_after_a_lease() {
+    let mut s = scheduler();
+    let w = WorkerId::new(77).unwrap();
+    s.restore_worker(w, WorkerSpec::new("w", ["email"], 1), 1_000)
+        .unwrap();
+    let t = TaskId(5);
+    s.restore_running(t, with_attempts("email", 3), (), 1, w, 1_000)
+        .unwrap();
+    s.drain_events();
+    s.tick(1_000 + LEASE - 1);
+    assert_eq!(state(&s, t), Some(TaskState::Running));
+    s.tick(1_000 + LEASE);
+    let task = s.task(t).unwrap();
+    assert_eq!((task.state, task.attempts), (TaskState::Queued, 1));
+    assert!(s.worker(w).is_none());
+    ok(&s);
+}
+
+/// A worker that cannot hold the task (full, or not its type) is refused
+/// and nothing changes: the caller restores the task as interrupted.
+#[test]
+fn restore_running_is_refused_when_the_worker_cannot_hold_the_task() {
+    let mut s = scheduler();
+    let w = WorkerId::new(77).unwrap();
+    s.restore_worker(w, WorkerSpec::new("w", ["email"], 1), 0)
+        .unwrap();
+    assert_eq!(
+        s.restore_worker(w, WorkerSpec::new("w", ["email"], 1), 0),
+        Err(CoreError::DuplicateWorker(w))
+    );
+    s.restore_running(TaskId(1), spec("email"), (), 1, w, 0)
+        .unwrap();
+    for (id, kind) in [(2, "email"), (3, "sms")] {
+        assert_eq!(
+            s.restore_running(TaskId(id), spec(kind), (), 1, w, 0),
+            Err(CoreError::WorkerCannotHold {
+                task: TaskId(id),
+                worker: w
+            })
+        );
+        assert_eq!(state(&s, TaskId(id)), None);
+    }
+    let unknown = WorkerId::new(9).unwrap();
+    assert!(
+        s.restore_running(TaskId(4), spec("email"), (), 1, unknown, 0)
+            .is_err()
+    );
+    ok(&s);
+}

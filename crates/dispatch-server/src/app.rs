@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     /// What each registered worker takes of `--max-memory-mb`, given back
     /// when it goes.
     worker_charges: HashMap<WorkerId, crate::budget::Charge>,
+    /// The workers kept in the store (a leading replica's HTTP workers),
+    /// forgotten there when they go.
+    pub(crate) stored_workers: std::collections::HashSet<WorkerId>,
     /// Requests waiting for a task to end (`GET /v1/tasks/{id}?wait_ms`).
     task_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
 }
@@ -128,6 +131,9 @@ pub(crate) struct App {
     shared: Mutex<Shared>,
     pub(crate) store: Arc<dyn Store>,
     writer: GroupCommitWriter,
+    /// Whether registered HTTP workers are kept in the store (a replica
+    /// that leads), for the next leader.
+    pub(crate) keeps_workers: bool,
     ids: Ids,
     /// Woken when a timer earlier than the timer loop's current sleep may
     /// have been added.
@@ -242,12 +248,55 @@ impl App {
         config
             .queue_settings
             .apply(&mut sched, &store.list_queue_settings()?);
+        // A leading replica keeps its HTTP workers in the store; the next
+        // leader restores them, with their leases starting now, so that a
+        // takeover leaves the tasks they run with them.
+        let mut kept_workers = Vec::new();
+        if epoch.is_some() {
+            for w in store.load_workers()? {
+                let spec = dispatch_core::WorkerSpec {
+                    name: w.name.clone(),
+                    types: w.types.iter().map(|t| Arc::from(t.as_str())).collect(),
+                    labels: w.labels.clone(),
+                    capacity: w.capacity,
+                    weight: w.weight,
+                };
+                match sched.restore_worker(w.id, spec, now) {
+                    Ok(()) => kept_workers.push(w),
+                    Err(e) => {
+                        tracing::error!(worker = %w.id, error = %e, "skipping a stored worker")
+                    }
+                }
+            }
+        }
         let mut requeued = 0usize;
+        let mut adopted = 0usize;
         // Tasks that end as they are restored (a copy pinned to a worker
         // that is gone, as every worker is after a restart): their children
         // must know how, before the store does.
         let mut ended_here: HashMap<TaskId, TaskState> = HashMap::new();
         for r in &live {
+            // Still running on a worker that is kept: it stays there.
+            if r.state == TaskState::Running
+                && let Some(w) = r.worker
+                && sched.worker(w).is_some()
+            {
+                let body = Body::new(r.body.clone(), budget.charge(footprint(r)));
+                match sched.restore_running(r.id, r.spec.clone(), body, r.attempts, w, now) {
+                    Ok(()) => {
+                        adopted += 1;
+                        for event in sched.drain_events() {
+                            if let Event::Transition(t) = event {
+                                let _ = writer.write_detached(Write::Update(TaskUpdate::from(t)));
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %r.id, error = %e, "requeueing a task its worker cannot hold")
+                    }
+                }
+            }
             // An attempt cut short by a scheduler stop is not the task's
             // fault: it does not count.
             let attempts = if r.state == TaskState::Running {
@@ -316,14 +365,18 @@ impl App {
         tracing::info!(
             live = live.len(),
             requeued,
+            workers = kept_workers.len(),
+            kept_running = adopted,
             ?epoch,
             "recovered state from the store"
         );
         let (stop_tx, stopping) = watch::channel(false);
         let app = App {
             config,
+            keeps_workers: epoch.is_some(),
             shared: Mutex::new(Shared {
                 sched,
+                stored_workers: kept_workers.iter().map(|w| w.id).collect(),
                 wakers: HashMap::new(),
                 worker_charges: HashMap::new(),
                 task_waiters: HashMap::new(),
@@ -342,6 +395,15 @@ impl App {
             owners: Default::default(),
             pause_order: Default::default(),
         };
+        {
+            let mut shared = app.lock();
+            for w in &kept_workers {
+                app.waker(&mut shared, w.id);
+                if let Some(digest) = w.owner {
+                    app.owners.restore(w.id, digest);
+                }
+            }
+        }
         Ok((Arc::new(app), writer_thread))
     }
 
@@ -532,6 +594,7 @@ impl App {
                     self.metrics.workers_lost.fetch_add(1, Ordering::Relaxed);
                     shared.wakers.remove(&worker);
                     shared.worker_charges.remove(&worker);
+                    self.unstore_worker(shared, worker);
                 }
             }
         }
@@ -646,6 +709,31 @@ impl App {
             w.notify_waiters();
         }
         shared.worker_charges.remove(&worker);
+        self.unstore_worker(shared, worker);
+    }
+
+    /// Keeps a newly registered HTTP worker in the store, for the next
+    /// leader; returns the write's acknowledgement. Sent under the lock,
+    /// so that it precedes every transition of the worker's tasks.
+    pub(crate) fn store_worker(
+        &self,
+        shared: &mut Shared,
+        record: dispatch_store::WorkerRecord,
+    ) -> Result<Option<Ack>, StoreError> {
+        if !self.keeps_workers {
+            return Ok(None);
+        }
+        let id = record.id;
+        let ack = self.write(Write::PutWorker(record))?;
+        shared.stored_workers.insert(id);
+        Ok(Some(ack))
+    }
+
+    /// Forgets a kept worker in the store once it is gone.
+    fn unstore_worker(&self, shared: &mut Shared, worker: WorkerId) {
+        if shared.stored_workers.remove(&worker) {
+            let _ = self.writer.write_detached(Write::DeleteWorker(worker));
+        }
     }
 
     /// One task, live or stored.

@@ -390,7 +390,7 @@ fn bearer(req: &Request) -> Option<&str> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Caller {
     /// The digest of its token: the identity, never shown.
-    digest: [u8; 32],
+    pub(crate) digest: [u8; 32],
     /// Whether the token has the admin scope.
     admin: bool,
 }
@@ -435,6 +435,12 @@ impl WorkerOwners {
             owners.by_worker.retain(|w, _| is_live(*w));
             owners.sweep_at = (2 * owners.by_worker.len()).max(64);
         }
+    }
+
+    /// Records the owner of a worker restored from the store.
+    pub(crate) fn restore(&self, worker: WorkerId, digest: [u8; 32]) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        owners.by_worker.insert(worker, digest);
     }
 
     /// 403 when `worker` was registered with another token than the

@@ -17,7 +17,7 @@ use dispatch_proto::{
 };
 
 use crate::api::{ApiError, JsonBody, OptionalJsonBody, json};
-use crate::app::{App, Settled, Shared, now_ms};
+use crate::app::{App, Settled, Shared, acked, now_ms};
 use crate::auth::{Act, Caller};
 
 fn path_worker_id(s: &str) -> Result<WorkerId, ApiError> {
@@ -38,9 +38,41 @@ pub(crate) async fn register(
     JsonBody(req): JsonBody<RegisterWorker>,
 ) -> Result<Response, ApiError> {
     let spec = req.validate_within(&app.config.worker_limits)?;
-    let ((id, _), _) = app
-        .try_apply(|step| app.enroll(step, spec, caller.as_deref(), false))
-        .map_err(ApiError::overloaded)?;
+    let kept = app.keeps_workers.then(|| spec.clone());
+    let ((id, stored), _) = app.try_apply(|step| {
+        let (id, _) = app
+            .enroll(step, spec, caller.as_deref(), false)
+            .map_err(ApiError::overloaded)?;
+        let Some(spec) = kept else {
+            return Ok((id, None));
+        };
+        let record = dispatch_store::WorkerRecord {
+            id,
+            name: spec.name,
+            types: spec.types.iter().map(|t| t.to_string()).collect(),
+            labels: spec.labels,
+            capacity: spec.capacity,
+            weight: spec.weight,
+            owner: caller.as_deref().map(|c| c.digest),
+            registered_at: step.now,
+        };
+        match app.store_worker(step.shared, record) {
+            Ok(ack) => Ok((id, ack)),
+            Err(e) => {
+                let _ = step.shared.sched.deregister(id, step.now);
+                app.forget_worker(step.shared, id);
+                Err(ApiError::from(e))
+            }
+        }
+    })?;
+    if let Err(e) = acked(stored).await {
+        // Not kept: it is not registered either.
+        app.apply(|step| {
+            let _ = step.shared.sched.deregister(id, step.now);
+            app.forget_worker(step.shared, id);
+        });
+        return Err(e.into());
+    }
     app.timer_wake.notify_one();
     tracing::info!(worker = %id, "worker registered");
     let lease_ms = app.config.lease_ms;

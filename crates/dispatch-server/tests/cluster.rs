@@ -231,6 +231,14 @@ async fn a_clean_stop_hands_the_lead_over() {
         .await
         .expect("submit after the takeover");
     let later: u64 = later.id.parse().expect("numeric id");
+    // A client given every replica, the stopped one first, moves on.
+    let mut all = vec![r.urls[leader].clone()];
+    all.extend((0..3).filter(|&i| i != leader).map(|i| r.urls[i].clone()));
+    let any = Client::new(&all.join(",")).expect("client");
+    any.submit(&task("job"))
+        .await
+        .expect("submit past a stopped replica");
+    assert_ne!(any.base_url(), r.urls[leader]);
     let highest: u64 = ids
         .iter()
         .map(|i| i.parse::<u64>().expect("id"))
@@ -307,4 +315,80 @@ async fn a_leader_cut_off_from_the_store_steps_down_and_is_fenced() {
             .state,
         "queued"
     );
+}
+
+/// A takeover leaves running tasks with their workers: the new leader
+/// knows the worker (its registration was kept in the store), its
+/// heartbeats go on, and its report of the task it held is accepted; the
+/// task ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_stays_with_its_worker_across_a_takeover() {
+    let mut r = three().await;
+    let leader = r.leader().await;
+    let urls: Vec<String> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| r.urls[i].clone())
+        .collect();
+    // The worker's client knows only the standbys: all it does is
+    // forwarded, before and after the takeover.
+    let client = Client::new(&urls.join(",")).expect("client");
+    let reg = client
+        .register(&RegisterWorker {
+            name: Some("w".into()),
+            types: Some(vec!["job".into()]),
+            capacity: Some(4),
+            ..RegisterWorker::default()
+        })
+        .await
+        .expect("register");
+    let (submitted, _) = client.submit(&task("job")).await.expect("submit");
+    let polled = client
+        .poll(
+            &reg.id,
+            &PollRequest {
+                max: Some(1),
+                wait_ms: Some(5_000),
+                results: None,
+            },
+        )
+        .await
+        .expect("poll");
+    assert_eq!(polled.tasks.len(), 1);
+
+    r.servers[leader].take().expect("running").shutdown().await;
+    let next = r.leader().await;
+    let h = health(&r.urls[next]).await;
+    assert_eq!(h["workers"].as_u64(), Some(1), "the worker is known: {h}");
+    let seen = client.task(&submitted.id).await.expect("get");
+    assert_eq!(seen.state, "running", "still running on its worker");
+    client
+        .heartbeat(&reg.id)
+        .await
+        .expect("the worker's lease goes on");
+    client
+        .complete(
+            &submitted.id,
+            &CompleteTask {
+                worker_id: Some(reg.id.clone()),
+                result: Some(to_raw_value(&serde_json::json!({"ok": true})).expect("json")),
+            },
+        )
+        .await
+        .expect("its report is accepted by the new leader");
+    let done = client.task(&submitted.id).await.expect("get");
+    assert_eq!((done.state.as_str(), done.attempts), ("succeeded", 1));
+    // It takes new work from the new leader too.
+    let (second, _) = client.submit(&task("job")).await.expect("submit");
+    let polled = client
+        .poll(
+            &reg.id,
+            &PollRequest {
+                max: Some(1),
+                wait_ms: Some(5_000),
+                results: None,
+            },
+        )
+        .await
+        .expect("poll the new leader");
+    assert_eq!(polled.tasks[0].id, second.id);
 }

@@ -99,7 +99,7 @@ use std::time::Duration;
 use dispatch_core::{TaskId, TaskState};
 use dispatch_store::{
     ErrorKind, FireOutcome, InsertOutcome, Lease, Replica, ReplicaRecord, ScheduleRecord, Store,
-    StoreError, TaskQuery, TaskRecord, TaskUpdate, Write, WriteOutcome,
+    StoreError, TaskQuery, TaskRecord, TaskUpdate, WorkerRecord, Write, WriteOutcome,
 };
 use rusqlite::types::Value;
 use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -486,6 +486,24 @@ impl Store for SqliteStore {
         })
     }
 
+    fn load_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        let mut workers = self.readers.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, name, types, labels, capacity, weight, owner, registered_at FROM workers",
+                )
+                .map_err(sql_error("preparing the worker list"))?;
+            let mut rows = stmt.query([]).map_err(sql_error("listing workers"))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sql_error("reading workers"))? {
+                out.push(decode_worker(row)?);
+            }
+            Ok(out)
+        })?;
+        workers.sort_by_key(|w| w.id);
+        Ok(workers)
+    }
+
     fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
         let n = i64::try_from(n)
             .map_err(|_| StoreError::new(ErrorKind::Conflict, format!("cannot reserve {n} ids")))?;
@@ -563,8 +581,47 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
             Write::Fence { partition, epoch } => {
                 check_fence(conn, partition, *epoch).map(|()| WriteOutcome::Fenced)
             }
+            Write::PutWorker(w) => put_worker(conn, w).map(WriteOutcome::WorkerPut),
+            Write::DeleteWorker(id) => conn
+                .prepare_cached("DELETE FROM workers WHERE id = ?1")
+                .map_err(sql_error("preparing the worker delete"))?
+                .execute([id.get().cast_signed()])
+                .map(|n| WriteOutcome::WorkerDeleted(n > 0))
+                .map_err(sql_error("deleting a worker")),
         })
         .collect()
+}
+
+/// Stores a worker; answers whether it replaced one.
+fn put_worker(conn: &Connection, w: &WorkerRecord) -> Result<bool, StoreError> {
+    let id = w.id.get().cast_signed();
+    let existed = conn
+        .prepare_cached("SELECT 1 FROM workers WHERE id = ?1")
+        .map_err(sql_error("preparing the worker lookup"))?
+        .exists([id])
+        .map_err(sql_error("looking up a worker"))?;
+    let types = serde_json::to_string(&w.types)
+        .map_err(|e| StoreError::new(ErrorKind::Conflict, format!("encoding worker types: {e}")))?;
+    let labels = serde_json::to_string(&w.labels).map_err(|e| {
+        StoreError::new(ErrorKind::Conflict, format!("encoding worker labels: {e}"))
+    })?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO workers (id, name, types, labels, capacity, weight, owner, registered_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(sql_error("preparing the worker insert"))?
+    .execute(rusqlite::params![
+        id,
+        w.name,
+        types,
+        labels,
+        w.capacity,
+        w.weight,
+        w.owner.as_ref().map(|o| &o[..]),
+        to_sql_int(w.registered_at, "registered_at")?,
+    ])
+    .map_err(sql_error("storing a worker"))?;
+    Ok(existed)
 }
 
 /// Fails with [`ErrorKind::Fenced`] unless `partition` is led at `epoch`.
@@ -582,6 +639,50 @@ fn check_fence(conn: &Connection, partition: &str, epoch: u64) -> Result<(), Sto
         ErrorKind::Fenced,
         format!("partition {partition} is no longer led at epoch {epoch}"),
     ))
+}
+
+fn decode_worker(row: &rusqlite::Row<'_>) -> Result<WorkerRecord, StoreError> {
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::new(ErrorKind::Corrupt, format!("workers.{what}: {e}"))
+    };
+    let get = |i: usize| -> Result<Value, StoreError> {
+        row.get::<_, Value>(i).map_err(|e| corrupt("row", &e))
+    };
+    let int = |i: usize, what: &str| -> Result<i64, StoreError> {
+        match get(i)? {
+            Value::Integer(v) => Ok(v),
+            other => Err(corrupt(what, &format!("{other:?}"))),
+        }
+    };
+    let text = |i: usize, what: &str| -> Result<String, StoreError> {
+        match get(i)? {
+            Value::Text(v) => Ok(v),
+            other => Err(corrupt(what, &format!("{other:?}"))),
+        }
+    };
+    let id = dispatch_core::WorkerId::new(int(0, "id")?.cast_unsigned())
+        .ok_or_else(|| corrupt("id", &0))?;
+    let types = serde_json::from_str(&text(2, "types")?).map_err(|e| corrupt("types", &e))?;
+    let labels = serde_json::from_str(&text(3, "labels")?).map_err(|e| corrupt("labels", &e))?;
+    let owner = match get(6)? {
+        Value::Null => None,
+        Value::Blob(b) => Some(
+            b.try_into()
+                .map_err(|_| corrupt("owner", &"not 32 bytes"))?,
+        ),
+        other => return Err(corrupt("owner", &format!("{other:?}"))),
+    };
+    Ok(WorkerRecord {
+        id,
+        name: text(1, "name")?,
+        types,
+        labels,
+        capacity: u32::try_from(int(4, "capacity")?).map_err(|e| corrupt("capacity", &e))?,
+        weight: u32::try_from(int(5, "weight")?).map_err(|e| corrupt("weight", &e))?,
+        owner,
+        registered_at: u64::try_from(int(7, "registered_at")?)
+            .map_err(|e| corrupt("registered_at", &e))?,
+    })
 }
 
 /// The store's clock for leases: this machine's wall clock.

@@ -133,7 +133,24 @@ CREATE TABLE id_counter (
 ) STRICT;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+/// Version 7: the workers a leading replica registered, so that the next
+/// leader keeps their running tasks on them. `id` is the worker id's bit
+/// pattern (like `worker_id`); `types` a JSON array, `labels` a JSON
+/// object; `owner` the SHA-256 of the token that registered it.
+const V7: &str = "
+CREATE TABLE workers (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT    NOT NULL,
+    types         TEXT    NOT NULL,
+    labels        TEXT    NOT NULL,
+    capacity      INTEGER NOT NULL,
+    weight        INTEGER NOT NULL,
+    owner         BLOB,
+    registered_at INTEGER NOT NULL
+) STRICT;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

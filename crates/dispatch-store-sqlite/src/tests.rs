@@ -72,6 +72,9 @@ impl Store for TempStore {
     fn list_replicas(&self) -> Result<Vec<dispatch_store::ReplicaRecord>, StoreError> {
         self.store.list_replicas()
     }
+    fn load_workers(&self) -> Result<Vec<dispatch_store::WorkerRecord>, StoreError> {
+        self.store.load_workers()
+    }
     fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
         self.store.reserve_ids(n)
     }
@@ -406,7 +409,7 @@ fn a_version_1_file_migrates_and_keeps_its_tasks() {
          ALTER TABLE tasks DROP COLUMN pinned_worker; ALTER TABLE tasks DROP COLUMN is_join; \
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          ALTER TABLE tasks DROP COLUMN request_digest; \
-         DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; \
+         DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
          PRAGMA user_version = 1;",
     )
     .expect("downgrade");
@@ -449,7 +452,7 @@ fn a_version_2_file_migrates_and_keeps_its_tasks_and_schedules() {
          ALTER TABLE tasks DROP COLUMN pinned_worker; ALTER TABLE tasks DROP COLUMN is_join; \
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          ALTER TABLE tasks DROP COLUMN request_digest; \
-         DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; \
+         DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
          PRAGMA user_version = 2;",
     )
     .expect("downgrade");
@@ -486,7 +489,7 @@ fn a_version_4_file_migrates_and_its_keys_match_any_request() {
     }
     // Turn the file back into what version 4 wrote: no digests.
     let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
-    raw.execute_batch("ALTER TABLE tasks DROP COLUMN request_digest; DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; \
+    raw.execute_batch("ALTER TABLE tasks DROP COLUMN request_digest; DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
          PRAGMA user_version = 4;")
         .expect("downgrade");
     drop(raw);

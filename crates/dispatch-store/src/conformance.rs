@@ -21,7 +21,7 @@ use dispatch_core::{Backoff, Strategy, TaskId, TaskSpec, TaskState, WorkerId};
 
 use crate::{
     ErrorKind, FireOutcome, InsertOutcome, Replica, ScheduleRecord, Store, TaskBody, TaskQuery,
-    TaskRecord, TaskUpdate, Write, WriteOutcome,
+    TaskRecord, TaskUpdate, WorkerRecord, Write, WriteOutcome,
 };
 
 /// A queued task record with the given id and type, for tests.
@@ -100,6 +100,7 @@ macro_rules! store_conformance_tests {
             a_fire_raced_from_two_threads_has_one_task_and_the_loser_keeps_its_batch,
             a_finished_task_is_not_brought_back_by_a_stale_update,
             a_dead_task_is_brought_back_by_a_retry,
+            workers_round_trip_are_replaced_and_deleted,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1796,4 +1797,55 @@ pub fn a_dead_task_is_brought_back_by_a_retry(store: impl Store) {
             .iter()
             .any(|t| t.id == TaskId(1))
     );
+}
+
+fn worker_record(id: u64, name: &str) -> WorkerRecord {
+    WorkerRecord {
+        // Worker ids are random 64-bit numbers: the high bit must survive.
+        id: WorkerId::new(id).expect("non-zero"),
+        name: name.to_owned(),
+        types: vec!["email".into(), "report.render:v2".into()],
+        labels: BTreeMap::from([("gpu".to_string(), "a100".to_string())]),
+        capacity: 16,
+        weight: 3,
+        owner: Some([0x5a; 32]),
+        registered_at: 1_800_000_000_000,
+    }
+}
+
+/// Workers read back as stored, by id; a put replaces, a delete forgets,
+/// and both say whether there was one.
+pub fn workers_round_trip_are_replaced_and_deleted(store: impl Store) {
+    assert!(store.load_workers().expect("load").is_empty());
+    let a = worker_record(u64::MAX - 1, "a");
+    let mut b = worker_record(7, "b");
+    b.owner = None;
+    b.labels.clear();
+    let out = store
+        .apply(&[Write::PutWorker(a.clone()), Write::PutWorker(b.clone())])
+        .expect("put");
+    assert_eq!(out, vec![WriteOutcome::WorkerPut(false); 2]);
+    assert_eq!(
+        store.load_workers().expect("load"),
+        vec![b.clone(), a.clone()]
+    );
+    let mut a2 = a.clone();
+    a2.capacity = 1;
+    a2.name = "a again".into();
+    let out = store
+        .apply(&[
+            Write::PutWorker(a2.clone()),
+            Write::DeleteWorker(b.id),
+            Write::DeleteWorker(b.id),
+        ])
+        .expect("replace and delete");
+    assert_eq!(
+        out,
+        vec![
+            WriteOutcome::WorkerPut(true),
+            WriteOutcome::WorkerDeleted(true),
+            WriteOutcome::WorkerDeleted(false)
+        ]
+    );
+    assert_eq!(store.load_workers().expect("load"), vec![a2]);
 }

@@ -139,6 +139,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.read()?;
         self.inner.list_replicas()
     }
+    fn load_workers(&self) -> Result<Vec<crate::WorkerRecord>, StoreError> {
+        self.faults.read()?;
+        self.inner.load_workers()
+    }
     fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
         self.faults.write()?;
         self.inner.reserve_ids(n)

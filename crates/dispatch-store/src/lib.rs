@@ -47,7 +47,7 @@ pub use lease::{DEFAULT_PARTITION, Lease, Replica, ReplicaRecord};
 pub use memory::MemoryStore;
 pub use record::{
     FireOutcome, InsertOutcome, RequestDigest, ScheduleRecord, TaskBody, TaskQuery, TaskRecord,
-    TaskUpdate, Write, WriteOutcome,
+    TaskUpdate, WorkerRecord, Write, WriteOutcome,
 };
 pub use writer::{GroupCommitWriter, StoreHealth, WriterClosed};
 
@@ -150,6 +150,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every replica that ever claimed a lease, by id.
     fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError>;
 
+    /// Every stored worker ([`Write::PutWorker`]), by id.
+    fn load_workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+
     /// Reserves `n` consecutive task ids, never handed out before and above
     /// every stored task's, and returns the first. Callers at once (several
     /// replicas) get ranges that do not overlap.
@@ -199,6 +202,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
         (**self).list_replicas()
+    }
+    fn load_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        (**self).load_workers()
     }
     fn reserve_ids(&self, n: u64) -> Result<dispatch_core::TaskId, StoreError> {
         (**self).reserve_ids(n)

@@ -31,6 +31,7 @@ struct Inner {
     replicas: BTreeMap<String, (String, Millis)>,
     /// The next task id [`Store::reserve_ids`] hands out, at least.
     next_id: u64,
+    workers: BTreeMap<dispatch_core::WorkerId, crate::WorkerRecord>,
 }
 
 #[derive(Debug)]
@@ -228,6 +229,12 @@ impl Store for MemoryStore {
                     _ => WriteOutcome::Updated(false),
                 },
                 Write::Fence { .. } => WriteOutcome::Fenced,
+                Write::PutWorker(w) => {
+                    WriteOutcome::WorkerPut(next.workers.insert(w.id, w.clone()).is_some())
+                }
+                Write::DeleteWorker(id) => {
+                    WriteOutcome::WorkerDeleted(next.workers.remove(id).is_some())
+                }
                 Write::UpsertSchedule(r) => WriteOutcome::ScheduleUpserted(
                     next.schedules.insert(r.name.clone(), r.clone()).is_some(),
                 ),
@@ -395,6 +402,10 @@ impl Store for MemoryStore {
                 last_seen_at: *seen,
             })
             .collect())
+    }
+
+    fn load_workers(&self) -> Result<Vec<crate::WorkerRecord>, StoreError> {
+        Ok(self.lock().workers.values().cloned().collect())
     }
 
     fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {

@@ -152,6 +152,11 @@ pub enum Write {
         /// The epoch the writer leads under.
         epoch: u64,
     },
+    /// Stores a worker, or replaces the one of that id.
+    PutWorker(WorkerRecord),
+    /// Forgets a worker (it left, or its lease ran out); `false` outcome
+    /// when there was none.
+    DeleteWorker(WorkerId),
     /// Pauses or resumes a queue. The state is kept per queue name, so that
     /// it survives a restart; a queue without a stored state is not paused.
     SetQueuePaused {
@@ -191,6 +196,10 @@ pub enum WriteOutcome {
     QueuePausedSet(bool),
     /// A [`Write::Fence`] passed: the writer leads at that epoch.
     Fenced,
+    /// A [`Write::PutWorker`] was stored (`true`: it replaced one).
+    WorkerPut(bool),
+    /// A [`Write::DeleteWorker`] ran (`false`: there was none).
+    WorkerDeleted(bool),
 }
 
 /// What happened to a [`Write::Fire`].
@@ -203,6 +212,29 @@ pub enum FireOutcome {
     Existing(TaskId),
     /// No schedule has that name (it was deleted); nothing was stored.
     UnknownSchedule,
+}
+
+/// A worker as stored by a leading replica, so that the next leader knows
+/// it after a takeover and the tasks it runs stay with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// Its id.
+    pub id: WorkerId,
+    /// Its name.
+    pub name: String,
+    /// The task types it runs.
+    pub types: Vec<String>,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How many tasks it runs at once.
+    pub capacity: u32,
+    /// Its share under `weighted_round_robin`.
+    pub weight: u32,
+    /// SHA-256 of the token that registered it, when the server takes
+    /// tokens: only that token may act for it.
+    pub owner: Option<[u8; 32]>,
+    /// When it registered.
+    pub registered_at: Millis,
 }
 
 /// A cron schedule as stored. The cron expression, time zone, template and

@@ -224,6 +224,9 @@ impl<S: Store> Store for Gated<S> {
     fn list_replicas(&self) -> Result<Vec<dispatch_store::ReplicaRecord>, StoreError> {
         self.inner.list_replicas()
     }
+    fn load_workers(&self) -> Result<Vec<dispatch_store::WorkerRecord>, StoreError> {
+        self.inner.load_workers()
+    }
     fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
         self.inner.reserve_ids(n)
     }

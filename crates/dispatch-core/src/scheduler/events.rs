@@ -12,6 +12,15 @@ pub enum CoreError {
     UnknownWorker(WorkerId),
     /// A task with this id is already live.
     DuplicateTask(TaskId),
+    /// A worker with this id is already registered.
+    DuplicateWorker(WorkerId),
+    /// The worker cannot hold the task: not its type, or no free slot.
+    WorkerCannotHold {
+        /// The task.
+        task: TaskId,
+        /// The worker.
+        worker: WorkerId,
+    },
     /// The task is not leased to this worker (any more).
     NotLeased {
         /// The task reported on.
@@ -27,6 +36,10 @@ impl std::fmt::Display for CoreError {
             CoreError::UnknownTask(t) => write!(f, "no live task {t}"),
             CoreError::UnknownWorker(w) => write!(f, "no registered worker {w}"),
             CoreError::DuplicateTask(t) => write!(f, "task {t} already exists"),
+            CoreError::DuplicateWorker(w) => write!(f, "worker {w} is already registered"),
+            CoreError::WorkerCannotHold { task, worker } => {
+                write!(f, "worker {worker} cannot hold task {task}")
+            }
             CoreError::NotLeased { task, worker } => {
                 write!(f, "task {task} is not leased to worker {worker}")
             }

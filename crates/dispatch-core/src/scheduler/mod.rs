@@ -269,6 +269,53 @@ impl<B> Scheduler<B> {
         Ok(())
     }
 
+    /// Admits a task read back from the store that was running on `worker`
+    /// when the previous scheduler stopped, still running there: a worker
+    /// restored with [`Scheduler::restore_worker`] that has the task's type
+    /// and a free slot. The attempt it was running stays counted (`attempts`
+    /// as stored); its clock (timeout) restarts now. Refused, changing
+    /// nothing, when the worker cannot hold it: the caller then restores it
+    /// as an interrupted task.
+    pub fn restore_running(
+        &mut self,
+        id: TaskId,
+        spec: TaskSpec,
+        body: B,
+        attempts: u32,
+        worker: WorkerId,
+        now: Millis,
+    ) -> Result<(), CoreError> {
+        let fits = self.workers.get(&worker).is_some_and(|w| {
+            w.state == WorkerState::Active
+                && w.spec.types.iter().any(|t| **t == *spec.kind)
+                && (w.running.len() as u64) < u64::from(w.spec.capacity)
+                && spec.pinned.is_none_or(|p| p == worker)
+        });
+        if !fits {
+            return Err(CoreError::WorkerCannotHold { task: id, worker });
+        }
+        if spec.join {
+            return Err(CoreError::WorkerCannotHold { task: id, worker });
+        }
+        self.restore(id, spec, body, attempts.saturating_sub(1), None, now)?;
+        if self.tasks[&id].state != TaskState::Queued {
+            return Ok(());
+        }
+        self.unindex(id);
+        self.change_worker(worker, |w| {
+            w.running.insert(id);
+            if let Some(d) = &mut w.demand {
+                *d = d.saturating_sub(1);
+            }
+        });
+        self.attempt_started(id);
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.worker = Some(worker);
+        }
+        self.collect(id, now);
+        Ok(())
+    }
+
     /// A worker finished a task successfully.
     pub fn complete(
         &mut self,

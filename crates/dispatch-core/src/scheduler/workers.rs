@@ -5,9 +5,7 @@ use super::*;
 
 impl<B> Scheduler<B> {
     /// Registers a worker; it can receive tasks at the next `tick`.
-    pub fn register_worker(&mut self, mut spec: WorkerSpec, now: Millis) -> WorkerId {
-        spec.types.sort();
-        spec.types.dedup();
+    pub fn register_worker(&mut self, spec: WorkerSpec, now: Millis) -> WorkerId {
         let id = loop {
             if let Some(id) = WorkerId::new(self.rng.next_u64())
                 && !self.workers.contains_key(&id)
@@ -15,6 +13,30 @@ impl<B> Scheduler<B> {
                 break id;
             }
         };
+        self.insert_worker(id, spec, now);
+        id
+    }
+
+    /// Registers again, under its own id, a worker a previous scheduler
+    /// knew (the store kept it across a takeover): its lease starts now,
+    /// so it keeps its tasks if it is alive and loses them after a lease
+    /// if it is not. Refused when the id is taken.
+    pub fn restore_worker(
+        &mut self,
+        id: WorkerId,
+        spec: WorkerSpec,
+        now: Millis,
+    ) -> Result<(), CoreError> {
+        if self.workers.contains_key(&id) {
+            return Err(CoreError::DuplicateWorker(id));
+        }
+        self.insert_worker(id, spec, now);
+        Ok(())
+    }
+
+    fn insert_worker(&mut self, id: WorkerId, mut spec: WorkerSpec, now: Millis) {
+        spec.types.sort();
+        spec.types.dedup();
         for kind in &spec.types {
             let tw = self.by_type.entry(kind.clone()).or_default();
             tw.position.insert(id, tw.workers.len());
@@ -45,7 +67,6 @@ impl<B> Scheduler<B> {
         self.lease_check_at = self
             .lease_check_at
             .min(now.saturating_add(self.config.lease_ms));
-        id
     }
 
     /// Renews a worker's lease and returns the running tasks it must stop:
