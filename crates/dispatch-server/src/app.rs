@@ -16,7 +16,8 @@ use dispatch_store::{
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::ServerConfig;
-use crate::metrics::Metrics;
+use crate::clock::now_ms;
+use crate::counters::Metrics;
 
 pub(crate) use crate::budget::Body;
 use crate::budget::{MemoryBudget, footprint};
@@ -147,36 +148,15 @@ pub(crate) struct App {
     /// Dead tasks being requeued by `POST /v1/tasks/{id}/retry`.
     retrying: Mutex<std::collections::HashSet<TaskId>>,
     /// Cron schedules, fired by `schedules::schedule_loop`.
-    pub(crate) schedules: crate::schedules::Schedules,
+    pub(crate) schedules: crate::schedules::table::Schedules,
     /// The audit log, when `--audit-log` names one.
     pub(crate) audit: Option<crate::audit::AuditLog>,
     /// Which token registered each worker (with `--tokens`).
-    pub(crate) owners: crate::auth::WorkerOwners,
+    pub(crate) owners: crate::owners::WorkerOwners,
     /// Serializes queue pauses and resumes: each is stored, then applied,
     /// before the next starts, so the core ends in the state the store has
     /// last.
     pub(crate) pause_order: tokio::sync::Mutex<()>,
-}
-
-/// Wall-clock milliseconds since the Unix epoch, as the operating system
-/// says now: for what follows the calendar (cron fires).
-pub(crate) fn wall_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
-}
-
-/// The server's clock, fed to the core and stamped on tasks: the wall
-/// clock read once at start, advanced by the monotonic clock. It never goes
-/// back and ages at the rate of real time, so a wall clock stepped by the
-/// operating system neither stalls leases nor fires a timer twice (leases,
-/// timeouts, collection holds, rate limits and retry backoffs are all
-/// durations). Delayed tasks (`run_at`) follow it too; cron fires follow
-/// the wall clock itself.
-pub(crate) fn now_ms() -> Millis {
-    static START: std::sync::OnceLock<(Millis, std::time::Instant)> = std::sync::OnceLock::new();
-    let (wall, at) = START.get_or_init(|| (wall_ms(), std::time::Instant::now()));
-    wall.saturating_add(at.elapsed().as_millis() as Millis)
 }
 
 /// The full record of a live task, as the API shows it.
@@ -390,7 +370,7 @@ impl App {
             metrics: Metrics::default(),
             budget,
             retrying: Mutex::default(),
-            schedules: crate::schedules::Schedules::default(),
+            schedules: crate::schedules::table::Schedules::default(),
             audit,
             owners: Default::default(),
             pause_order: Default::default(),
@@ -614,7 +594,7 @@ impl App {
         &self,
         step: &mut Step<'_>,
         spec: WorkerSpec,
-        caller: Option<&crate::auth::Caller>,
+        caller: Option<&crate::owners::Caller>,
         streaming: bool,
     ) -> Result<(WorkerId, Arc<Notify>), String> {
         let shared = &mut *step.shared;
@@ -849,31 +829,6 @@ pub(crate) async fn timer_loop(app: Arc<App>) {
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
             _ = app.timer_wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The core's clock starts at the wall clock and never goes back,
-    /// whatever the wall clock does afterwards (it is advanced by the
-    /// monotonic clock only); the simulation steps the core's time back and
-    /// forward to check the core copes with any caller.
-    #[test]
-    fn the_core_clock_starts_at_the_wall_clock_and_never_goes_back() {
-        let first = now_ms();
-        assert!(
-            first.abs_diff(wall_ms()) < 5_000,
-            "{first} vs {}",
-            wall_ms()
-        );
-        let mut last = first;
-        for _ in 0..100_000 {
-            let t = now_ms();
-            assert!(t >= last, "{t} after {last}");
-            last = t;
         }
     }
 }

@@ -497,7 +497,7 @@ impl Node {
             Role::TakingOver { epoch } => (None, epoch),
         };
         let lease_ms = self.config.cluster.as_ref().map_or(0, |c| c.lease_ms);
-        let now = crate::app::wall_ms();
+        let now = crate::clock::wall_ms();
         let list: Vec<serde_json::Value> = replicas
             .iter()
             .map(|r| {

@@ -52,7 +52,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::app::{Ack, App, acked, now_ms};
+use crate::app::{Ack, App, acked};
+use crate::clock::now_ms;
 
 /// Messages queued for a worker before the session waits for it to read.
 const OUTBOUND_QUEUE: usize = 64;
@@ -117,7 +118,7 @@ impl WorkerService for GrpcWorkers {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let app = self.app.clone();
-        let caller = request.extensions().get::<crate::auth::Caller>().copied();
+        let caller = request.extensions().get::<crate::owners::Caller>().copied();
         let mut inbound = request.into_inner();
         let lease = Duration::from_millis(app.config.lease_ms);
         let first = tokio::time::timeout(lease, inbound.message())

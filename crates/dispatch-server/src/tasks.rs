@@ -15,8 +15,9 @@ use dispatch_proto::{
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
 use crate::api::{ApiError, JsonBody, json};
-use crate::app::{App, acked, live_record, now_ms};
+use crate::app::{App, acked, live_record};
 use crate::budget::{Body, Charge, footprint};
+use crate::clock::now_ms;
 use crate::queues::apply_default_strategy;
 use crate::wire::{new_record, task_json, task_query, task_ref};
 

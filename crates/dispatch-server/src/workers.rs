@@ -17,8 +17,9 @@ use dispatch_proto::{
 };
 
 use crate::api::{ApiError, JsonBody, OptionalJsonBody, json};
-use crate::app::{App, Settled, Shared, acked, now_ms};
-use crate::auth::{Act, Caller};
+use crate::app::{App, Settled, Shared, acked};
+use crate::clock::now_ms;
+use crate::owners::{Act, Caller};
 
 fn path_worker_id(s: &str) -> Result<WorkerId, ApiError> {
     parse_worker_id("id", Some(s)).map_err(|_| ApiError::not_found(format_args!("worker {s:?}")))
