@@ -136,10 +136,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        check_content_type(&req)?;
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
+        let bytes = body_bytes(req, state).await?;
         Ok(JsonBody(dispatch_proto::decode(&bytes)?))
     }
 }
@@ -152,15 +149,21 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        check_content_type(&req)?;
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
+        let bytes = body_bytes(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(T::default()));
         }
         Ok(OptionalJsonBody(dispatch_proto::decode(&bytes)?))
     }
+}
+
+/// A request's body, once its Content-Type says JSON (or nothing): see
+/// [`check_content_type`].
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    check_content_type(&req)?;
+    Bytes::from_request(req, state)
+        .await
+        .map_err(body_rejection)
 }
 
 fn body_rejection(e: BytesRejection) -> ApiError {
