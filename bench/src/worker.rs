@@ -83,6 +83,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
             max: Some(args.capacity),
             wait_ms: Some(if stopping { 0 } else { args.wait_ms }),
             results,
+            running: None,
         };
         let reply = match client.poll(&id, &req).await {
             Ok(r) => {

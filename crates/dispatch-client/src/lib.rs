@@ -34,10 +34,10 @@ mod tls;
 use std::time::Duration;
 
 use dispatch_proto::{
-    BulkCount, BulkFilter, CompleteTask, CreateSchedule, FailTask, HeartbeatReply, ListTasks,
-    PollReply, PollRequest, Problem, QueueJson, QueueList, RegisterReply, RegisterWorker,
-    ScheduleJson, ScheduleList, SubmitBatch, SubmitTask, TaskJson, TaskList, TaskRef, TaskRefBatch,
-    WorkerList,
+    BulkCount, BulkFilter, CompleteTask, CreateSchedule, FailTask, HeartbeatReply,
+    HeartbeatRequest, ListTasks, PollReply, PollRequest, Problem, QueueJson, QueueList,
+    RegisterReply, RegisterWorker, ScheduleJson, ScheduleList, SubmitBatch, SubmitTask, TaskJson,
+    TaskList, TaskRef, TaskRefBatch, WorkerList,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -465,6 +465,20 @@ impl Client {
     pub async fn heartbeat(&self, worker: &str) -> Result<HeartbeatReply, ClientError> {
         let path = format!("/v1/workers/{}/heartbeat", encode(worker));
         Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Renews a worker's lease, naming every task it runs (so that after a
+    /// scheduler takeover it keeps them, and those it never got go back).
+    pub async fn heartbeat_running(
+        &self,
+        worker: &str,
+        running: Vec<String>,
+    ) -> Result<HeartbeatReply, ClientError> {
+        let path = format!("/v1/workers/{}/heartbeat", encode(worker));
+        let body = HeartbeatRequest {
+            running: Some(running),
+        };
+        Ok(self.call(Method::POST, &path, Some(&body), None).await?.1)
     }
 
     /// Reports finished tasks and takes assigned ones, holding up to

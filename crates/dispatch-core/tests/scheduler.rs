@@ -1082,3 +1082,63 @@ fn restore_running_is_refused_when_the_worker_cannot_hold_the_task() {
     );
     ok(&s);
 }
+
+/// A worker claims what it holds: named tasks stay, a task it does not
+/// name goes back to its queue at once with no attempt counted (it never
+/// got it: the answer handing it over died with the previous scheduler).
+#[test]
+fn a_worker_claims_the_tasks_it_holds_and_the_others_go_back() {
+    let mut s = scheduler();
+    let w = WorkerId::new(77).unwrap();
+    s.restore_worker(w, WorkerSpec::new("w", ["email"], 4), 0)
+        .unwrap();
+    for id in [1, 2] {
+        s.restore_running(TaskId(id), spec("email"), (), 1, w, 0)
+            .unwrap();
+    }
+    assert!(s.is_unclaimed(TaskId(1)) && s.is_unclaimed(TaskId(2)));
+    s.drain_events();
+    s.claim_running(w, &[TaskId(1)], 100);
+    assert!(!s.is_unclaimed(TaskId(1)));
+    assert_eq!(state(&s, TaskId(1)), Some(TaskState::Running));
+    let back = s.task(TaskId(2)).unwrap();
+    assert_eq!(
+        (back.state, back.attempts, back.worker),
+        (TaskState::Queued, 0, None)
+    );
+    assert_eq!(
+        states(&transitions(&mut s)),
+        vec![(TaskId(2), TaskState::Queued)]
+    );
+    ok(&s);
+    // Claimed, it stays past the claim's deadline.
+    s.heartbeat(w, LEASE - 1).unwrap();
+    s.tick(LEASE + 1);
+    assert_eq!(state(&s, TaskId(1)), Some(TaskState::Running));
+    ok(&s);
+}
+
+/// A task nobody claims within a lease goes back to its queue, no attempt
+/// counted, even though its worker is alive.
+#[test]
+fn an_unclaimed_task_goes_back_after_a_lease() {
+    let mut s = scheduler();
+    let w = WorkerId::new(77).unwrap();
+    s.restore_worker(w, WorkerSpec::new("w", ["email"], 4), 0)
+        .unwrap();
+    s.restore_running(TaskId(1), spec("email"), (), 1, w, 0)
+        .unwrap();
+    s.restore_running(TaskId(2), spec("email"), (), 1, w, 0)
+        .unwrap();
+    s.drain_events();
+    // Task 2 is reported: claimed by that.
+    s.complete(TaskId(2), w, 10).unwrap();
+    s.heartbeat(w, LEASE - 1).unwrap();
+    s.tick(LEASE - 1);
+    assert_eq!(state(&s, TaskId(1)), Some(TaskState::Running));
+    s.tick(LEASE);
+    let back = s.task(TaskId(1)).unwrap();
+    assert_eq!((back.state, back.attempts), (TaskState::Queued, 0));
+    assert!(s.worker(w).is_some(), "the worker itself is fine");
+    ok(&s);
+}

@@ -39,7 +39,7 @@ pub use task::{
     ValidTask, parse_task_id, stored_json, validate_name,
 };
 pub use worker::{
-    CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask,
-    RegisterReply, RegisterWorker, ReportResult, ResultStatus, WorkerJson, WorkerList,
-    parse_worker_id,
+    CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, MAX_RUNNING_IDS, Outcome, PollReply,
+    PollRequest, PolledTask, RegisterReply, RegisterWorker, ReportResult, ResultStatus, WorkerJson,
+    WorkerList, parse_worker_id, running_ids,
 };

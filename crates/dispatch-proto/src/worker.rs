@@ -160,6 +160,40 @@ pub struct RegisterReply {
     pub heartbeat_ms: u64,
 }
 
+/// Most task ids a worker may name in `running` (a heartbeat's or a
+/// poll's).
+pub const MAX_RUNNING_IDS: usize = 100_000;
+
+/// `POST /v1/workers/{id}/heartbeat`'s body, optional.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Every task the worker is running now. After a scheduler takeover,
+    /// a task the new leader kept on the worker and that it does not name
+    /// goes back to its queue at once (it never reached the worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Vec<String>>,
+}
+
+/// The task ids of a `running` list, checked: each an id, at most
+/// [`MAX_RUNNING_IDS`]. `None` when the list was not given.
+pub fn running_ids(running: Option<&[String]>) -> Result<Option<Vec<TaskId>>, FieldError> {
+    let Some(list) = running else {
+        return Ok(None);
+    };
+    if list.len() > MAX_RUNNING_IDS {
+        return Err(FieldError::new(
+            "running",
+            format!("names at most {MAX_RUNNING_IDS} tasks"),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, id)| parse_task_id(&format!("running[{i}]"), id))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// Reply to a heartbeat.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HeartbeatReply {
@@ -262,6 +296,10 @@ pub struct PollRequest {
     /// Finished tasks, reported in the same round trip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<ReportResult>>,
+    /// Every task the worker is still running (those in `results` aside);
+    /// see [`HeartbeatRequest::running`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Vec<String>>,
 }
 
 impl PollRequest {

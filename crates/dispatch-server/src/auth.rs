@@ -144,6 +144,8 @@ const TABLE: &[(&str, &str, Need)] = {
         ("GET", "/v1/queues", AnyToken),
         ("GET", "/v1/schedules", AnyToken),
         ("GET", "/v1/schedules/{name}", AnyToken),
+        // Answered by every replica itself (`cluster.rs`), with this need.
+        ("GET", "/v1/cluster", AnyToken),
         ("GET", "/metrics", AnyToken),
         // Open.
         ("GET", "/healthz", Open),

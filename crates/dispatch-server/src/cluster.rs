@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dispatch_store::{DEFAULT_PARTITION, Lease, Replica, Store, StoreError};
 use tokio::sync::watch;
@@ -328,23 +328,29 @@ impl Node {
     /// The router every request goes through: `/healthz` and
     /// `/v1/cluster` here, the rest by role.
     pub(crate) fn router(self: &Arc<Self>) -> Router {
-        let node = self.clone();
-        Router::new().fallback(move |req: Request| {
-            let node = node.clone();
-            async move { node.handle(req).await }
-        })
+        Router::new()
+            .route(
+                "/healthz",
+                axum::routing::get(|State(node): State<Arc<Node>>| async move { node.healthz() }),
+            )
+            .route(
+                "/v1/cluster",
+                axum::routing::get(|State(node): State<Arc<Node>>, req: Request| async move {
+                    node.cluster(req).await
+                }),
+            )
+            .fallback(|State(node): State<Arc<Node>>, req: Request| async move {
+                node.handle(req).await
+            })
+            .method_not_allowed_fallback(crate::router::method_not_allowed)
+            .layer(axum::middleware::from_fn(
+                crate::router::refuse_unknown_query,
+            ))
+            .with_state(self.clone())
     }
 
     async fn handle(self: Arc<Self>, req: Request) -> Response {
         let path = req.uri().path();
-        if req.method() == Method::GET {
-            if path == "/healthz" {
-                return self.healthz();
-            }
-            if path == "/v1/cluster" {
-                return self.cluster(req).await;
-            }
-        }
         let grpc = path.starts_with(crate::auth::GRPC_PREFIX);
         match self.role() {
             Role::Leader(term) => {

@@ -21,7 +21,7 @@ async fn not_found() -> ApiError {
     ApiError::new(404, "no such endpoint; see the README for the API")
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(405, "this endpoint does not accept that method")
 }
 
@@ -92,7 +92,7 @@ fn query_params(method: &axum::http::Method, route: &str) -> &'static [&'static 
 /// a parameter the route does not take (a misspelt `stat=dead` would
 /// otherwise be ignored and list every task), or one it takes twice. Unknown paths are left to
 /// their 404; the gRPC service is routed apart and never sees this.
-async fn refuse_unknown_query(req: Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn refuse_unknown_query(req: Request, next: axum::middleware::Next) -> Response {
     if let (Some(query), Some(route)) = (
         req.uri().query(),
         req.extensions().get::<axum::extract::MatchedPath>(),

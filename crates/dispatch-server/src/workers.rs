@@ -12,8 +12,8 @@ use dispatch_core::{TaskId, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::worker::parse_worker_id;
 use dispatch_proto::{
-    CompleteTask, FailTask, HeartbeatReply, Outcome, PollReply, PollRequest, PolledTask,
-    RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
+    CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, Outcome, PollReply, PollRequest,
+    PolledTask, RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
 };
 
 use crate::api::{ApiError, JsonBody, OptionalJsonBody, json};
@@ -97,14 +97,29 @@ pub(crate) async fn heartbeat(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
+    OptionalJsonBody(req): OptionalJsonBody<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
+    let held = dispatch_proto::running_ids(req.running.as_deref())?;
     app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
-    let cancel = app
-        .lock()
-        .sched
-        .heartbeat(w, now_ms())
-        .map_err(|_| lease_lost(&id))?;
+    let cancel = match held {
+        None => app
+            .lock()
+            .sched
+            .heartbeat(w, now_ms())
+            .map_err(|_| lease_lost(&id))?,
+        // What it still runs: a task kept on it across a takeover that it
+        // does not name goes back.
+        Some(held) => {
+            let (cancel, _) = app.try_apply(|step| {
+                let sched = &mut step.shared.sched;
+                let cancel = sched.heartbeat(w, step.now).map_err(|_| lease_lost(&id))?;
+                sched.claim_running(w, &held, step.now);
+                Ok::<_, ApiError>(cancel)
+            })?;
+            cancel
+        }
+    };
     let reply = HeartbeatReply {
         cancel: cancel.iter().map(ToString::to_string).collect(),
     };
@@ -246,6 +261,7 @@ pub(crate) async fn poll(
     OptionalJsonBody(mut req): OptionalJsonBody<PollRequest>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
+    let held = dispatch_proto::running_ids(req.running.as_deref())?;
     app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
     // Validate every report before applying any; answer each under the
     // task id as the worker wrote it.
@@ -267,7 +283,7 @@ pub(crate) async fn poll(
         let worker = shared.sched.worker(w).ok_or_else(|| lease_lost(&id))?;
         Ok::<_, ApiError>(worker.spec.capacity)
     };
-    let (statuses, max, wait_ms) = if reports.is_empty() {
+    let (statuses, max, wait_ms) = if reports.is_empty() && held.is_none() {
         let (max, wait_ms) = req.limits(capacity(&app.lock())?)?;
         (Vec::new(), max, wait_ms)
     } else {
@@ -277,6 +293,11 @@ pub(crate) async fn poll(
                 .into_iter()
                 .map(|(task, sent, outcome)| (task, sent, step.report(task, w, outcome).is_ok()))
                 .collect();
+            // What it still runs, once its reports are in: a task kept on
+            // it across a takeover that it does not name goes back.
+            if let Some(held) = &held {
+                step.shared.sched.claim_running(w, held, step.now);
+            }
             Ok::<_, ApiError>((applied, max, wait_ms))
         })?;
         // Reports are acknowledged only once durable, and nothing is

@@ -158,6 +158,7 @@ async fn any_replica_serves_everything() {
                 max: Some(1),
                 wait_ms: Some(5_000),
                 results: None,
+                running: None,
             },
         )
         .await
@@ -342,29 +343,45 @@ async fn a_running_task_stays_with_its_worker_across_a_takeover() {
         .await
         .expect("register");
     let (submitted, _) = client.submit(&task("job")).await.expect("submit");
+    // A second task is handed over too, but (as if the answer had been
+    // lost with the old leader) the worker never names it.
+    let (lost, _) = client.submit(&task("job")).await.expect("submit");
     let polled = client
         .poll(
             &reg.id,
             &PollRequest {
-                max: Some(1),
+                max: Some(2),
                 wait_ms: Some(5_000),
                 results: None,
+                running: None,
             },
         )
         .await
         .expect("poll");
-    assert_eq!(polled.tasks.len(), 1);
+    assert_eq!(polled.tasks.len(), 2);
 
     r.servers[leader].take().expect("running").shutdown().await;
     let next = r.leader().await;
     let h = health(&r.urls[next]).await;
     assert_eq!(h["workers"].as_u64(), Some(1), "the worker is known: {h}");
-    let seen = client.task(&submitted.id).await.expect("get");
-    assert_eq!(seen.state, "running", "still running on its worker");
+    for id in [&submitted.id, &lost.id] {
+        let seen = client.task(id).await.expect("get");
+        assert_eq!(seen.state, "running", "still running on its worker");
+    }
     client
-        .heartbeat(&reg.id)
+        .heartbeat_running(&reg.id, vec![submitted.id.clone()])
         .await
         .expect("the worker's lease goes on");
+    let back = client.task(&lost.id).await.expect("get");
+    assert_eq!(
+        (back.state.as_str(), back.attempts),
+        ("queued", 0),
+        "a task the worker does not hold goes back, no attempt spent"
+    );
+    assert_eq!(
+        client.task(&submitted.id).await.expect("get").state,
+        "running"
+    );
     client
         .complete(
             &submitted.id,
@@ -377,8 +394,7 @@ async fn a_running_task_stays_with_its_worker_across_a_takeover() {
         .expect("its report is accepted by the new leader");
     let done = client.task(&submitted.id).await.expect("get");
     assert_eq!((done.state.as_str(), done.attempts), ("succeeded", 1));
-    // It takes new work from the new leader too.
-    let (second, _) = client.submit(&task("job")).await.expect("submit");
+    // It takes work from the new leader too: first the task it never got.
     let polled = client
         .poll(
             &reg.id,
@@ -386,9 +402,10 @@ async fn a_running_task_stays_with_its_worker_across_a_takeover() {
                 max: Some(1),
                 wait_ms: Some(5_000),
                 results: None,
+                running: None,
             },
         )
         .await
         .expect("poll the new leader");
-    assert_eq!(polled.tasks[0].id, second.id);
+    assert_eq!(polled.tasks[0].id, lost.id);
 }

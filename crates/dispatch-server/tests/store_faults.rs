@@ -39,6 +39,7 @@ async fn poll_one(client: &Client, worker: &str) -> String {
         max: Some(1),
         wait_ms: Some(5_000),
         results: None,
+        running: None,
     };
     let reply = client.poll(worker, &req).await.expect("poll");
     assert_eq!(reply.tasks.len(), 1, "one task assigned");
@@ -228,6 +229,7 @@ async fn a_poll_answered_503_takes_no_task() {
             result: Some(to_raw_value(&1).expect("json")),
             ..Default::default()
         }]),
+        running: None,
     };
     assert_unavailable(&client.poll(&w, &req).await.expect_err("no store"));
     for id in &waiting {
@@ -247,6 +249,7 @@ async fn a_poll_answered_503_takes_no_task() {
                 max: Some(4),
                 wait_ms: Some(5_000),
                 results: None,
+                running: None,
             },
         )
         .await

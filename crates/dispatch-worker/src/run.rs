@@ -163,6 +163,7 @@ async fn fetch_loop(
             max: Some(free as i64),
             wait_ms: Some(w.poll_wait.as_millis() as i64),
             results: None,
+            running: Some(lock(running).keys().cloned().collect()),
         };
         let reply = match w.client.poll(id, &req).await {
             Ok(r) => {
@@ -329,7 +330,8 @@ async fn heartbeat_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match client.heartbeat(&id).await {
+        let held: Vec<String> = lock(&running).keys().cloned().collect();
+        match client.heartbeat_running(&id, held).await {
             Ok(reply) => {
                 let running = lock(&running);
                 for t in reply.cancel {

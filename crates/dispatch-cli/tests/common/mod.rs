@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod postgres;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -161,11 +163,11 @@ impl Server {
             }
             None => Command::new(BIN),
         };
-        cmd.arg("server")
-            .arg("--listen")
-            .arg(&listen)
-            .arg("--data")
-            .arg(&data);
+        cmd.arg("server").arg("--listen").arg(&listen);
+        // A replica on PostgreSQL has no data folder.
+        if !args.iter().any(|a| a == "--store") {
+            cmd.arg("--data").arg(&data);
+        }
         cmd.args(&args);
         cmd.env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
@@ -263,6 +265,23 @@ impl Server {
     pub(crate) fn logs(&self) -> String {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         log.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the server process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Starts another server with the same arguments (a replica on the
+    /// same store) on its own port and folder.
+    pub(crate) async fn sibling(&self) -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Server::start_in(dir, self.args.clone(), self.ca.clone(), None).await
     }
 
     /// SIGKILLs the server and reaps it.

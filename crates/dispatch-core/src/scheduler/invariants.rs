@@ -6,6 +6,22 @@ use super::*;
 impl<B> Scheduler<B> {
     /// Checks the internal invariants; tests call it after every step.
     pub fn check_invariants(&self) -> Result<(), String> {
+        // A task waiting for its worker's claim runs on that worker, and
+        // both indexes of the claims agree.
+        if self.unclaimed.len() != self.claim_by.len() {
+            return Err("the claim indexes disagree".into());
+        }
+        for &(at, t) in &self.unclaimed {
+            if self.claim_by.get(&t) != Some(&at) {
+                return Err(format!(
+                    "task {t} waits for a claim by {at} in one index only"
+                ));
+            }
+            match self.tasks.get(&t) {
+                Some(task) if task.state == TaskState::Running && task.worker.is_some() => {}
+                _ => return Err(format!("unclaimed task {t} is not running on a worker")),
+            }
+        }
         let mut leased = BTreeSet::new();
         for w in self.workers.values() {
             if w.in_flight() > w.spec.capacity {

@@ -60,6 +60,7 @@ impl<B> Scheduler<B> {
     /// Returns true when the worker had not collected it yet.
     pub(super) fn release(&mut self, task: TaskId) -> bool {
         self.clear_deadline(task);
+        self.forget_claim(task);
         let Some(wid) = self.tasks.get(&task).and_then(|t| t.worker) else {
             return false;
         };
@@ -80,6 +81,42 @@ impl<B> Scheduler<B> {
                 undelivered
             }
             None => false,
+        }
+    }
+
+    /// The task no longer waits for its worker's claim.
+    pub(super) fn forget_claim(&mut self, task: TaskId) {
+        if let Some(at) = self.claim_by.remove(&task) {
+            self.unclaimed.remove(&(at, task));
+        }
+    }
+
+    /// A task kept on its worker across a takeover that the worker never
+    /// claimed goes back to its queue: the attempt did not run.
+    pub(super) fn return_unclaimed(&mut self, task: TaskId, now: Millis) {
+        if self
+            .tasks
+            .get(&task)
+            .is_none_or(|t| t.state != TaskState::Running)
+        {
+            return;
+        }
+        self.release(task);
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.attempts = t.attempts.saturating_sub(1);
+        }
+        self.make_queued(task, now);
+        self.emit(task, None);
+    }
+
+    /// Returns the tasks whose claim did not come in time.
+    pub(super) fn expire_unclaimed(&mut self, now: Millis) {
+        while let Some(&(at, task)) = self.unclaimed.first() {
+            if at > now {
+                break;
+            }
+            self.forget_claim(task);
+            self.return_unclaimed(task, now);
         }
     }
 

@@ -149,6 +149,11 @@ pub struct Scheduler<B> {
     /// assignment must be collected (see `Config::collect_ms`); entries of
     /// workers gone or caught up are skipped when they come up.
     collect_checks: BTreeSet<(Millis, WorkerId)>,
+    /// Tasks kept on their workers across a takeover
+    /// ([`Scheduler::restore_running`]) that the worker has not yet said it
+    /// holds, with the time they go back to their queues if it does not.
+    unclaimed: BTreeSet<(Millis, TaskId)>,
+    claim_by: HashMap<TaskId, Millis>,
     /// Live parents and the tasks waiting for them.
     children: HashMap<TaskId, Vec<TaskId>>,
     /// Live tasks pinned to each worker (broadcast copies).
@@ -179,6 +184,8 @@ impl<B> Scheduler<B> {
             timers: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             collect_checks: BTreeSet::new(),
+            unclaimed: BTreeSet::new(),
+            claim_by: HashMap::new(),
             children: HashMap::new(),
             pinned: HashMap::new(),
             workers: BTreeMap::new(),
@@ -276,6 +283,12 @@ impl<B> Scheduler<B> {
     /// as stored); its clock (timeout) restarts now. Refused, changing
     /// nothing, when the worker cannot hold it: the caller then restores it
     /// as an interrupted task.
+    ///
+    /// The worker must claim the task within a lease: report it, or name it
+    /// among the tasks it holds ([`Scheduler::claim_running`]). Otherwise
+    /// it never got it (the answer that handed it over was lost with the
+    /// previous scheduler) and it goes back to its queue, no attempt
+    /// counted.
     pub fn restore_running(
         &mut self,
         id: TaskId,
@@ -313,7 +326,42 @@ impl<B> Scheduler<B> {
             t.worker = Some(worker);
         }
         self.collect(id, now);
+        let by = now.saturating_add(self.config.lease_ms);
+        self.unclaimed.insert((by, id));
+        self.claim_by.insert(id, by);
         Ok(())
+    }
+
+    /// A worker names every task it holds (its heartbeat or poll after a
+    /// takeover): the tasks kept on it that it names are claimed; those it
+    /// does not name it never got, and they go back to their queues at
+    /// once, no attempt counted. Does nothing for a worker with no task
+    /// waiting for its claim.
+    pub fn claim_running(&mut self, worker: WorkerId, held: &[TaskId], now: Millis) {
+        if self.claim_by.is_empty() {
+            return;
+        }
+        let Some(w) = self.workers.get(&worker) else {
+            return;
+        };
+        let waiting: Vec<TaskId> = w
+            .running
+            .iter()
+            .copied()
+            .filter(|t| self.claim_by.contains_key(t))
+            .collect();
+        for t in waiting {
+            self.forget_claim(t);
+            if !held.contains(&t) {
+                self.return_unclaimed(t, now);
+            }
+        }
+    }
+
+    /// Whether a task kept across a takeover still waits for its worker's
+    /// claim.
+    pub fn is_unclaimed(&self, task: TaskId) -> bool {
+        self.claim_by.contains_key(&task)
     }
 
     /// A worker finished a task successfully.
@@ -476,6 +524,7 @@ impl<B> Scheduler<B> {
         self.expire_timeouts(now);
         self.expire_leases(now);
         self.expire_uncollected(now);
+        self.expire_unclaimed(now);
         self.dispatch(now);
     }
 
@@ -531,6 +580,7 @@ impl<B> Scheduler<B> {
             .chain(self.deadlines.first())
             .map(|&(at, _)| at)
             .chain(self.collect_checks.first().map(|&(at, _)| at))
+            .chain(self.unclaimed.first().map(|&(at, _)| at))
             .min();
         let lease = (!self.workers.is_empty()).then_some(self.lease_check_at);
         // A rate-limited lane with ready tasks wakes up at its next token.
