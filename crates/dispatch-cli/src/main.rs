@@ -296,7 +296,12 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         .as_deref()
         .map(server_config::load)
         .transpose()?;
-    let opened = store::open(&args)?;
+    // Opening blocks (PostgreSQL's client drives its own runtime).
+    let opened = {
+        let (data, url, durability) = (args.data.clone(), args.store.clone(), args.durability);
+        tokio::task::spawn_blocking(move || store::open(&data, url.as_deref(), durability))
+            .await??
+    };
     let mut config = dispatch_server::ServerConfig::new(listen, opened.name.clone());
     if args.store.is_some() {
         config.cluster = Some(store::cluster_config(&args, listen, scheme)?);

@@ -2,11 +2,13 @@
 //! PostgreSQL database shared by replicas (`--store`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use dispatch_server::ClusterConfig;
 use dispatch_store::{Replica, Store};
+use dispatch_store_postgres::{PgOptions, PgStore};
 use dispatch_store_sqlite::{Durability, FolderLock, SqliteStore};
 
 use crate::cli::{DurabilityArg, ServerArgs};
@@ -20,37 +22,55 @@ pub(crate) struct Opened {
     _lock: Option<FolderLock>,
 }
 
-/// Opens the store the flags name.
-pub(crate) fn open(args: &ServerArgs) -> Result<Opened> {
-    match &args.store {
-        Some(url) => open_postgres(url, args.durability),
-        None => open_sqlite(args),
+/// Opens the store the flags name: the PostgreSQL database `url`
+/// (`--store`), else the SQLite folder `data` (`--data`). Blocks: call it
+/// off the async runtime.
+pub(crate) fn open(data: &Path, url: Option<&str>, durability: DurabilityArg) -> Result<Opened> {
+    match url {
+        Some(url) => open_postgres(url, durability),
+        None => open_sqlite(data, durability),
     }
 }
 
-fn open_sqlite(args: &ServerArgs) -> Result<Opened> {
+fn open_sqlite(data: &Path, durability: DurabilityArg) -> Result<Opened> {
     // The lock first: a second server on the folder is refused before it
     // touches the database.
-    let lock = dispatch_store_sqlite::lock_folder(&args.data)?;
-    let durability = match args.durability {
+    let lock = dispatch_store_sqlite::lock_folder(data)?;
+    let durability = match durability {
         DurabilityArg::Durable => Durability::Durable,
         DurabilityArg::Relaxed => Durability::Relaxed,
     };
-    let store = SqliteStore::open(&args.data, durability)
-        .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+    let store = SqliteStore::open(data, durability)
+        .with_context(|| format!("cannot open the store in {}", data.display()))?;
     Ok(Opened {
         store: Arc::new(store),
-        name: args.data.display().to_string(),
+        name: data.display().to_string(),
         _lock: Some(lock),
     })
 }
 
 fn open_postgres(url: &str, durability: DurabilityArg) -> Result<Opened> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        bail!("--store takes a postgres://USER@HOST:PORT/DATABASE URL, not {url:?}");
+        bail!(
+            "--store takes a postgres://USER@HOST:PORT/DATABASE URL, not {:?}",
+            redact(url)
+        );
     }
-    let _ = durability;
-    bail!("PostgreSQL stores are not built into this binary yet")
+    let options = PgOptions {
+        durability: match durability {
+            DurabilityArg::Durable => dispatch_store_postgres::Durability::Durable,
+            DurabilityArg::Relaxed => dispatch_store_postgres::Durability::Relaxed,
+        },
+        ..PgOptions::default()
+    };
+    let name = redact(url);
+    let store = PgStore::connect_with(url, options)
+        .with_context(|| format!("cannot open the store {name}"))?;
+    Ok(Opened {
+        store: Arc::new(store),
+        name,
+        _lock: None,
+    })
 }
 
 /// The replica's part of the cluster, from `--advertise-url`,
@@ -83,7 +103,6 @@ pub(crate) fn cluster_config(
 }
 
 /// The URL without its password, for logs and errors.
-#[allow(dead_code)]
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {

@@ -119,8 +119,18 @@ const ID_RANGE: u64 = 1 << 20;
 enum Ids {
     /// A lone server: on from the highest stored id.
     Counter(AtomicU64),
-    /// A leading replica: the rest of the range the store reserved for it.
-    Ranges(Mutex<std::ops::Range<u64>>),
+    /// A leading replica: ranges the store reserved for it.
+    Ranges(Arc<Mutex<IdRanges>>),
+}
+
+/// A leading replica's task ids in hand.
+struct IdRanges {
+    /// What is left of the range in use.
+    current: std::ops::Range<u64>,
+    /// The range fetched ahead.
+    next: Option<std::ops::Range<u64>>,
+    /// A fetch is on its way.
+    refilling: bool,
 }
 
 /// A pending acknowledgement from the store writer.
@@ -200,12 +210,18 @@ impl App {
                 (w, t, Ids::Counter(AtomicU64::new(next)))
             }
             Some(epoch) => {
+                let first = store.reserve_ids(ID_RANGE)?.0;
                 let (w, t) = GroupCommitWriter::start_fenced(
                     store.clone(),
                     dispatch_store::DEFAULT_PARTITION,
                     epoch,
                 );
-                (w, t, Ids::Ranges(Mutex::new(0..0)))
+                let ranges = IdRanges {
+                    current: first..first + ID_RANGE,
+                    next: None,
+                    refilling: false,
+                };
+                (w, t, Ids::Ranges(Arc::new(Mutex::new(ranges))))
             }
         };
         let live = match store.load_live() {
@@ -408,25 +424,48 @@ impl App {
 
     /// Reserves `n` consecutive task ids.
     ///
-    /// A leading replica takes them from a range the store reserved for
-    /// it ([`ID_RANGE`] ids at a time, or `n` when more), so that ids stay
-    /// unique across replicas and takeovers; fetching the next range is one
-    /// short store call, once per range.
+    /// A leading replica takes them from ranges the store reserved for it
+    /// ([`ID_RANGE`] ids each), so that ids stay unique across replicas and
+    /// takeovers. The next range is fetched in the background once half of
+    /// the current one is used, so a request never waits on the store for
+    /// ids; one that needs more than what is in hand (a burst past half a
+    /// million ids before the fetch returned, or a store that is down) is
+    /// refused as unavailable, and can be retried.
     pub(crate) fn reserve_ids(&self, n: u64) -> Result<u64, StoreError> {
-        match &self.ids {
-            Ids::Counter(next) => Ok(next.fetch_add(n, Ordering::Relaxed)),
-            Ids::Ranges(range) => {
-                let mut range = range.lock().unwrap_or_else(|e| e.into_inner());
-                if range.end - range.start < n {
-                    let len = n.max(ID_RANGE);
-                    let first = self.store.reserve_ids(len)?.0;
-                    *range = first..first + len;
-                }
-                let first = range.start;
-                range.start += n;
-                Ok(first)
-            }
+        let ranges = match &self.ids {
+            Ids::Counter(next) => return Ok(next.fetch_add(n, Ordering::Relaxed)),
+            Ids::Ranges(r) => r,
+        };
+        let mut r = ranges.lock().unwrap_or_else(|e| e.into_inner());
+        if r.current.end - r.current.start < n
+            && let Some(next) = r.next.take()
+        {
+            r.current = next;
         }
+        let got = (r.current.end - r.current.start >= n).then(|| {
+            let first = r.current.start;
+            r.current.start += n;
+            first
+        });
+        if r.next.is_none() && !r.refilling && r.current.end - r.current.start < ID_RANGE / 2 {
+            r.refilling = true;
+            let (store, ranges) = (self.store.clone(), ranges.clone());
+            tokio::task::spawn_blocking(move || {
+                let fetched = store.reserve_ids(ID_RANGE);
+                let mut r = ranges.lock().unwrap_or_else(|e| e.into_inner());
+                r.refilling = false;
+                match fetched {
+                    Ok(first) => r.next = Some(first.0..first.0 + ID_RANGE),
+                    Err(e) => tracing::warn!(error = %e, "cannot reserve task ids; will try again"),
+                }
+            });
+        }
+        got.ok_or_else(|| {
+            StoreError::new(
+                dispatch_store::ErrorKind::Unavailable,
+                "reserving more task ids from the store",
+            )
+        })
     }
 
     /// Whether another replica took over: this one's writes are refused

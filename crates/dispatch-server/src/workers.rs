@@ -17,7 +17,7 @@ use dispatch_proto::{
 };
 
 use crate::api::{ApiError, JsonBody, OptionalJsonBody, json};
-use crate::app::{App, Settled, Shared, acked};
+use crate::app::{Ack, App, Settled, Shared, acked};
 use crate::clock::now_ms;
 use crate::owners::{Act, Caller};
 
@@ -238,16 +238,16 @@ fn collect(
     shared: &mut Shared,
     w: WorkerId,
     max: usize,
-) -> Option<(Vec<PolledTask>, Vec<TaskId>)> {
+) -> Option<(Vec<PolledTask>, Vec<TaskId>, Option<Ack>)> {
     let ids = shared.sched.poll(w, max, now_ms()).ok()?;
     let tasks = ids
         .iter()
         .filter_map(|id| shared.sched.task(*id))
         .map(crate::wire::polled_task)
         .collect();
-    let _ = app.flush(shared);
+    let ack = app.flush(shared);
     let cancel = shared.sched.worker(w)?.cancel_notices().to_vec();
-    Some((tasks, cancel))
+    Some((tasks, cancel, ack))
 }
 
 /// `POST /v1/workers/{id}/poll`: reports finished tasks (optional), then
@@ -327,17 +327,17 @@ pub(crate) async fn poll(
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
     let mut stopping = app.stopping.clone();
-    let (tasks, cancel) = loop {
+    let (tasks, cancel, handed) = loop {
         {
             let mut shared = app.lock();
-            let (tasks, cancel) =
+            let (tasks, cancel, ack) =
                 collect(&app, &mut shared, w, max).ok_or_else(|| lease_lost(&id))?;
             let done = !tasks.is_empty()
                 || cancel.len() != heard
                 || tokio::time::Instant::now() >= deadline
                 || *app.stopping.borrow();
             if done {
-                break (tasks, cancel);
+                break (tasks, cancel, ack);
             }
         }
         tokio::select! {
@@ -346,6 +346,18 @@ pub(crate) async fn poll(
             _ = stopping.wait_for(|s| *s) => {}
         }
     };
+    // A leading replica records the handover before the worker hears of
+    // it, so that the next leader knows the worker holds these tasks. A
+    // store that is down only delays the record (the writes are kept), but
+    // a term that ended must not hand anything out.
+    if app.keeps_workers
+        && !tasks.is_empty()
+        && let Some(ack) = handed
+        && let Ok(Err(e)) = ack.await
+        && e.kind == dispatch_store::ErrorKind::Fenced
+    {
+        return Err(e.into());
+    }
     // Handing over a task with a timeout started its clock: the timer loop
     // must wake for that deadline, not at its next planned tick.
     if tasks.iter().any(|t| t.timeout_ms.is_some()) {
