@@ -80,6 +80,10 @@ impl ClientError {
     }
 }
 
+/// A heartbeat not answered within this long failed: a worker's lease is
+/// seconds, and a server that holds a heartbeat longer is not serving.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `request`, written for `from`, sent to `to` instead: the same path and
 /// query under another base URL.
 fn rebase(mut request: reqwest::Request, from: &str, to: &str) -> reqwest::Request {
@@ -238,6 +242,18 @@ impl Client {
                 }
                 Err(source) => {
                     let unreachable = source.is_connect();
+                    if source.is_timeout() && n > 1 {
+                        // It took the request and never answered (a
+                        // frozen replica): the next request goes to the
+                        // next one. This one is not sent again, since it
+                        // may have been acted on.
+                        let _ = self.current.compare_exchange(
+                            start % n,
+                            (index + 1) % n,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
                     last = Some(ClientError::Unreachable {
                         url: base.clone(),
                         source,
@@ -464,7 +480,10 @@ impl Client {
     /// Renews a worker's lease; returns the tasks it must stop.
     pub async fn heartbeat(&self, worker: &str) -> Result<HeartbeatReply, ClientError> {
         let path = format!("/v1/workers/{}/heartbeat", encode(worker));
-        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+        Ok(self
+            .call::<(), _>(Method::POST, &path, None, Some(HEARTBEAT_TIMEOUT))
+            .await?
+            .1)
     }
 
     /// Renews a worker's lease, naming every task it runs (so that after a
@@ -478,7 +497,10 @@ impl Client {
         let body = HeartbeatRequest {
             running: Some(running),
         };
-        Ok(self.call(Method::POST, &path, Some(&body), None).await?.1)
+        Ok(self
+            .call(Method::POST, &path, Some(&body), Some(HEARTBEAT_TIMEOUT))
+            .await?
+            .1)
     }
 
     /// Reports finished tasks and takes assigned ones, holding up to

@@ -63,6 +63,18 @@ enum Role {
     Standby { leader: Option<Leader>, epoch: u64 },
 }
 
+impl Role {
+    /// What a change of role is judged by: the role, the epoch and the
+    /// leader this replica knows.
+    fn identity(&self) -> (u8, u64, Option<&str>) {
+        match self {
+            Role::Leader(term) => (0, term.epoch.unwrap_or(0), None),
+            Role::TakingOver { epoch } => (1, *epoch, None),
+            Role::Standby { leader, epoch } => (2, *epoch, leader.as_ref().map(|l| l.id.as_str())),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Leader {
     id: String,
@@ -138,6 +150,10 @@ pub(crate) struct Node {
     /// The lease as the last claim found it.
     lease: Mutex<Option<Lease>>,
     stop_tx: watch::Sender<bool>,
+    /// Counts changes of role (and so of the leader this replica knows):
+    /// a request forwarded to a leader that was replaced is answered 503
+    /// at once instead of waiting on it.
+    role_changes: watch::Sender<u64>,
     /// Writer threads of ended terms, joined at shutdown.
     ended: Mutex<Vec<std::thread::JoinHandle<()>>>,
     proxy: reqwest::Client,
@@ -189,6 +205,7 @@ impl Node {
             audit,
             me,
             stop_tx,
+            role_changes: watch::channel(0).0,
             ended: Mutex::new(Vec::new()),
             proxy,
         });
@@ -212,10 +229,14 @@ impl Node {
     }
 
     fn set_role(&self, role: Role) -> Role {
-        std::mem::replace(
-            &mut *self.role.write().unwrap_or_else(|e| e.into_inner()),
-            role,
-        )
+        let mut current = self.role.write().unwrap_or_else(|e| e.into_inner());
+        let changed = current.identity() != role.identity();
+        let old = std::mem::replace(&mut *current, role);
+        drop(current);
+        if changed {
+            self.role_changes.send_modify(|n| *n += 1);
+        }
+        old
     }
 
     /// Flips to true when the server shuts down.
@@ -414,11 +435,19 @@ impl Node {
                 outgoing = outgoing.header(name, value);
             }
         }
-        let sent = outgoing
+        let mut changed = self.role_changes.subscribe();
+        changed.mark_unchanged();
+        let sending = outgoing
             .header(FORWARDED_BY, self.me.id.as_str())
             .body(body)
-            .send()
-            .await;
+            .send();
+        let sent = tokio::select! {
+            sent = sending => sent,
+            // A frozen or dead leader would hold the request forever.
+            _ = changed.changed() => {
+                return unavailable(false, "the leader changed while the request waited; retry", None);
+            }
+        };
         let answer = match sent {
             Ok(a) => a,
             Err(e) => {
@@ -607,6 +636,7 @@ async fn take_over(node: Arc<Node>, epoch: u64) {
                 "leading"
             );
             *role = Role::Leader(term);
+            node.role_changes.send_modify(|n| *n += 1);
         }
         _ => {
             drop(role);

@@ -130,6 +130,16 @@ use crate::write::WriterStatements;
 /// The read connections kept by default.
 pub const READ_CONNECTIONS: usize = 4;
 
+/// The writer's transactions are pipelined and never wait on the client;
+/// one that sits idle this long belongs to a process that froze (stopped,
+/// paused, cut off) in the middle of a batch, and PostgreSQL ends its
+/// session. Its fence holds a lock on the lease row that would otherwise
+/// keep every other replica from taking over until the frozen one woke.
+const WRITER_IDLE_TIMEOUT: &str = "; SET idle_in_transaction_session_timeout TO 1000";
+
+/// How long a lease claim waits for the lease row's lock.
+const CLAIM_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout TO 500";
+
 /// How long opening a connection may take before it fails, unless the URL
 /// says otherwise (`connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -354,6 +364,7 @@ impl PgStore {
                 Durability::Durable => "; SET synchronous_commit TO on",
                 Durability::Relaxed => "; SET synchronous_commit TO off",
             });
+            sql.push_str(WRITER_IDLE_TIMEOUT);
         }
         if !sql.trim_start_matches(';').trim().is_empty() {
             client
@@ -831,6 +842,12 @@ async fn claim_lease_in(
          FROM leases WHERE partition = $1";
     let tx = client
         .transaction()
+        .await
+        .map_err(pg_error("beginning a lease claim"))?;
+    // A leader frozen inside a write transaction holds its fence's lock on
+    // the lease row until PostgreSQL ends its session
+    // (`WRITER_IDLE_TIMEOUT`): a claim waits a little for it, not forever.
+    tx.batch_execute(CLAIM_LOCK_TIMEOUT)
         .await
         .map_err(pg_error("beginning a lease claim"))?;
     tx.execute(

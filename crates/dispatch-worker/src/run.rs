@@ -221,10 +221,16 @@ async fn execute(
     task: PolledTask,
     cancel: watch::Receiver<bool>,
 ) {
-    if let Some(outcome) = attempt(handler, &task, cancel).await {
-        report(&client, &worker_id, &task.id, outcome).await;
+    if let Some(outcome) = attempt(handler, &task, cancel.clone()).await {
+        report(&client, &worker_id, &task.id, outcome, cancel).await;
     }
 }
+
+/// How long a report is retried while the scheduler cannot be reached (a
+/// takeover between replicas, a restart): the task stays this worker's
+/// meanwhile, named in its heartbeats, so giving up early would leave it
+/// running on the scheduler's books with nobody to finish it.
+const REPORT_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Runs one attempt with its timeout and cancellation; `None` when the
 /// scheduler stopped it (nothing to report). Shared by both transports.
@@ -270,16 +276,20 @@ async fn sleep_or_forever(d: Option<Duration>) {
     }
 }
 
-/// Reports an outcome, retrying network errors a few times. A 409 means the
-/// scheduler took the task back (lease lost, cancelled, timed out).
+/// Reports an outcome, retrying network errors and 5xx answers for up to
+/// [`REPORT_RETRY_FOR`], or until the scheduler takes the task back (its
+/// `cancel` switch, flipped when the worker's lease is lost). A 409 means
+/// the scheduler took the task back (lease lost, cancelled, timed out).
 async fn report(
     client: &Client,
     worker_id: &str,
     task_id: &str,
     outcome: Result<Box<RawValue>, TaskError>,
+    cancel: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
-    for _ in 0..6 {
+    let give_up = tokio::time::Instant::now() + REPORT_RETRY_FOR;
+    while tokio::time::Instant::now() < give_up && !*cancel.borrow() {
         let sent = match &outcome {
             Ok(result) => {
                 let req = CompleteTask {
