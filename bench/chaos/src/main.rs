@@ -90,7 +90,10 @@ fn main() -> ExitCode {
             }
             None => {
                 let args = cli.chaos;
-                let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+                // A little before the hard bound: the run's own check then
+                // says what was not done, with the servers' logs.
+                let deadline = Instant::now() + Duration::from_secs(args.timeout_secs)
+                    - Duration::from_secs(args.timeout_secs / 20);
                 let work = run::run(&args, deadline);
                 let report = if args.stop_when_stdin_closes {
                     bounded(args.timeout_secs, until_stdin_closes(work)).await?

@@ -100,6 +100,10 @@ pub(crate) struct ChaosArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Keep the temporary folder (servers' logs, execution logs), whatever
+    /// the outcome, and print where it is.
+    #[arg(long)]
+    keep: bool,
     /// Stop (and clean up) when standard input closes: a parent that
     /// holds the other end dies, and takes the run with it.
     #[arg(long, hide = true)]
@@ -190,10 +194,14 @@ impl Fleet {
 pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
     let dispatch = procs::dispatch_binary(args.dispatch.as_deref())?;
     // Declared first, dropped last: after every process using it.
-    let dir = tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix("dispatch-chaos-")
         .tempdir()
         .context("cannot create a temporary folder")?;
+    if args.keep {
+        dir.disable_cleanup(true);
+        progress(&format!("keeping {}", dir.path().display()));
+    }
     let logs = dir.path().join("exec");
     std::fs::create_dir(&logs)?;
     let postgres = args.store == "postgres";
@@ -427,7 +435,7 @@ pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
         findings,
         worker_kills,
         server_kills,
-        replicas: postgres.then(|| Replicas {
+        replicas: postgres.then_some(Replicas {
             count: replicas,
             leader_lease_ms: args.leader_lease_ms,
             sigkills: leader_sigkills,
