@@ -157,6 +157,7 @@ impl Server {
     pub(crate) async fn start(
         dispatch: &Path,
         durability: &str,
+        store: Option<&str>,
         deadline: Instant,
     ) -> Result<Server> {
         let mut dir = TempDir::new("dispatch-bench")?;
@@ -169,9 +170,12 @@ impl Server {
             let url = format!("http://127.0.0.1:{port}");
             let log_file = File::create(&log).context("cannot create the server log")?;
             let mut cmd = Command::new(dispatch);
-            cmd.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-                .arg(dir.path().join("data"))
-                .args(["--durability", durability])
+            cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")]);
+            match store {
+                Some(url) => cmd.args(["--store", url]),
+                None => cmd.arg("--data").arg(dir.path().join("data")),
+            };
+            cmd.args(["--durability", durability])
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone()?)
                 .stderr(log_file);
@@ -237,6 +241,14 @@ impl Server {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Whether `/healthz` says this server leads.
+    pub(crate) async fn is_leader(&self) -> bool {
+        let Ok(client) = Client::new(&self.url) else {
+            return false;
+        };
+        client.health().await.is_ok_and(|h| h["role"] == "leader")
     }
 
     /// The data folder's size on disk, in bytes.

@@ -94,6 +94,15 @@ struct RunArgs {
     #[arg(long, default_value = "durable", value_parser = ["durable", "relaxed"])]
     durability: String,
     /// Tasks queued for the drain phase (0: no submit and drain phases).
+    /// Run on this PostgreSQL database (`postgres://...`) instead of an
+    /// embedded store; `bench/run --store postgres` starts a throwaway
+    /// server and passes its URL.
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
+    /// With --store-url: replicas on the database (one leads, the others
+    /// stand by); the clients and workers talk to the leader.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    replicas: u64,
     #[arg(long, default_value_t = 20_000)]
     tasks: u64,
     /// Tasks per batch submission.
@@ -240,7 +249,29 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         dispatch.display(),
         args.durability
     ));
-    let mut server = Server::start(&dispatch, &args.durability, deadline).await?;
+    let store = args.store_url.as_deref();
+    let mut server = Server::start(&dispatch, &args.durability, store, deadline).await?;
+    // Standbys on the same database: they claim the lease, and stand by.
+    let mut standbys = Vec::new();
+    if let Some(url) = store {
+        let limit = (Instant::now() + Duration::from_secs(30)).min(deadline);
+        while !server.is_leader().await {
+            if Instant::now() >= limit {
+                bail!(
+                    "the first replica did not lead within 30 s:\n{}",
+                    server.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 1..args.replicas {
+            standbys.push(Server::start(&dispatch, &args.durability, Some(url), deadline).await?);
+        }
+        progress(&format!(
+            "PostgreSQL store: 1 leader and {} standbys",
+            standbys.len()
+        ));
+    }
     let client = Client::new(server.url())?;
 
     // 1. Batch submit.
@@ -394,10 +425,21 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         ));
     }
     let data_bytes = server.data_bytes();
+    for s in &mut standbys {
+        s.check_alive()?;
+    }
+    drop(standbys);
     drop(server);
     Ok(Report {
         machine,
         durability: args.durability.clone(),
+        store: match store {
+            Some(_) => format!(
+                "postgres (1 leader, {} standbys)",
+                args.replicas.saturating_sub(1)
+            ),
+            None => "sqlite".into(),
+        },
         tasks: args.tasks,
         batch: args.batch,
         submitters: args.submitters,

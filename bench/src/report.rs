@@ -140,6 +140,8 @@ impl RoundTrips {
 pub(crate) struct Report {
     pub(crate) machine: Machine,
     pub(crate) durability: String,
+    /// `sqlite`, or `postgres (1 leader, N standbys)`.
+    pub(crate) store: String,
     pub(crate) tasks: u64,
     pub(crate) batch: u64,
     pub(crate) submitters: u64,
@@ -185,6 +187,7 @@ impl Report {
         let l = &self.latency;
         let mut rows: Vec<(&str, String)> = vec![
             ("machine", self.machine.line()),
+            ("store", self.store.clone()),
             ("durability", self.durability.clone()),
             ("tasks (N)", self.tasks.to_string()),
             (
@@ -304,6 +307,7 @@ impl Report {
                 "cores": self.machine.cores,
                 "kernel": self.machine.kernel,
             },
+            "store": self.store,
             "durability": self.durability,
             "tasks": self.tasks,
             "batch": self.batch,

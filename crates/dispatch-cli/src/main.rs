@@ -289,6 +289,13 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     } else {
         "http"
     };
+    // The config file is checked before the store is opened: a mistake in
+    // it is the one line the server prints.
+    let queue_settings = args
+        .config
+        .as_deref()
+        .map(server_config::load)
+        .transpose()?;
     // Opening blocks (PostgreSQL's client drives its own runtime).
     let opened = {
         let (data, url, durability) = (args.data.clone(), args.store.clone(), args.durability);
@@ -299,8 +306,8 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     if args.store.is_some() {
         config.cluster = Some(store::cluster_config(&args, listen, scheme)?);
     }
-    if let Some(path) = args.config {
-        config.queue_settings = server_config::load(&path)?;
+    if let Some(settings) = queue_settings {
+        config.queue_settings = settings;
     }
     if let Some(path) = args.tokens {
         config.tokens = Some(dispatch_server::Tokens::load(&path)?);

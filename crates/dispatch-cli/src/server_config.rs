@@ -21,12 +21,14 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use dispatch_server::{
     QueueConfig, QueueDefaults, QueueSettings, Strategy, TypeConfig, TypeDefaults,
 };
 
-use crate::worker::{Section, parse_toml};
+use dispatch_worker::generic::section::{ConfigError, Section, parse_toml, read};
+
+/// Every error of the file names it and the key at fault, on one line.
+type Result<T> = std::result::Result<T, ConfigError>;
 
 /// Most weight a queue may have.
 const MAX_WEIGHT: i64 = 1_000;
@@ -36,8 +38,7 @@ const MAX_RATE: f64 = 1_000_000.0;
 
 /// Reads and checks the server config file at `path`.
 pub(crate) fn load(path: &Path) -> Result<QueueSettings> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the server config {}", path.display()))?;
+    let text = read("server config", path)?;
     parse(&path.display().to_string(), &text)
 }
 

@@ -311,3 +311,78 @@ async fn a_grpc_worker_that_grants_no_credit_is_given_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A gRPC worker that half-closes its stream while it holds tasks has left
+/// gracefully: the tasks go back to the queue at once, the attempt not
+/// counted (the next worker runs attempt 1 again).
+#[tokio::test]
+async fn a_grpc_half_close_requeues_held_tasks_without_counting_the_attempt() {
+    use dispatch_grpc::{WorkerServiceClient, pb};
+    let server = Server::start().await;
+    let api = server.api();
+    let kind = unique_type("half-close");
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = WorkerServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WorkerMessage::register(pb::Register {
+        name: Some("leaver".into()),
+        types: vec![kind.clone()],
+        labels: Default::default(),
+        capacity: 2,
+        weight: None,
+    }))
+    .await
+    .expect("send");
+    tx.send(pb::WorkerMessage::credit(2)).await.expect("send");
+    let mut inbound = grpc
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("connect")
+        .into_inner();
+    let ids = api
+        .submit_batch(vec![
+            json!({"type": kind, "max_attempts": 1}),
+            json!({"type": kind, "max_attempts": 1}),
+        ])
+        .await;
+    // Read until both tasks were pushed.
+    let mut pushed = Vec::new();
+    let deadline = Instant::now() + WITHIN;
+    while pushed.len() < 2 {
+        assert!(Instant::now() < deadline, "tasks were not pushed");
+        let msg = tokio::time::timeout(WITHIN, inbound.message())
+            .await
+            .expect("a message in time")
+            .expect("read")
+            .expect("a message");
+        if let Some(pb::scheduler_message::Kind::Tasks(t)) = msg.kind {
+            pushed.extend(t.tasks.into_iter().map(|t| t.id));
+        }
+    }
+    for id in &ids {
+        let t = api.task(id).await;
+        assert_eq!(
+            (t["state"].as_str(), t["attempts"].as_u64()),
+            (Some("running"), Some(1)),
+            "{t}"
+        );
+    }
+    // Half-close: the stream ends gracefully with the tasks in hand.
+    drop(tx);
+    for id in &ids {
+        api.wait_task(id, WITHIN, |t| t["state"] == "queued").await;
+        assert_eq!(
+            api.task(id).await["attempts"],
+            0,
+            "the attempt is not counted"
+        );
+    }
+    // max_attempts is 1: had the attempt counted, they would be dead.
+    let http = api.register(&[&kind], 10).await;
+    let got = api.poll_n(&http, 2, WITHIN).await;
+    assert!(got.iter().all(|t| t["attempt"] == 1), "{got:?}");
+}

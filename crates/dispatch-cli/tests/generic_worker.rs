@@ -645,3 +645,38 @@ async fn a_bad_config_is_a_one_line_error_naming_the_key() {
         assert!(err.starts_with(&want), "got {err:?}, wanted {want:?}...");
     }
 }
+
+/// A command that prints more than 1 MiB on stdout is not stored as a
+/// result: the task is dead at once (no retry would print less), saying
+/// why; one just under the limit succeeds with its whole output.
+#[tokio::test]
+async fn stdout_over_one_mib_is_refused_as_a_result() {
+    let server = Server::start().await;
+    let api = server.api();
+    // 1 MiB + 1 byte, and 1 MiB - 2 bytes plus the quotes of a JSON string.
+    let config = header(&server, "cmd-big")
+        + r#"
+[types."out.big"]
+command = ["sh", "-c", "cat >/dev/null; head -c 1048577 /dev/zero | tr '\\0' x"]
+
+[types."out.fits"]
+command = ["sh", "-c", "cat >/dev/null; printf '\"'; head -c 1048574 /dev/zero | tr '\\0' y; printf '\"'"]
+"#;
+    let _worker = WorkerProcess::start(&server, "cmd-big", &config, &[]).await;
+    let big = submit(&api, "out.big", json!({}), fast_retries(3)).await;
+    let fits = submit(&api, "out.fits", json!({}), fast_retries(3)).await;
+
+    let t = terminal(&api, &big).await;
+    assert_eq!(t["state"], "dead", "{}", t["error"]);
+    assert_eq!(t["attempts"], 1, "not retried");
+    assert!(
+        t["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than 1048576 bytes")),
+        "{}",
+        t["error"]
+    );
+    let t = terminal(&api, &fits).await;
+    assert_eq!(t["state"], "succeeded", "{}", t["error"]);
+    assert_eq!(t["result"].as_str().map(str::len), Some(1_048_574));
+}

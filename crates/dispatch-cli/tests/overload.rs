@@ -142,3 +142,49 @@ async fn the_memory_bound_refuses_work_until_tasks_end() {
     assert_overloaded(&api.post("/v1/tasks", task).await);
     assert_eq!(api.get("/healthz").await.status, 200, "still healthy");
 }
+
+/// A cron fire into a full queue is skipped and the log says so; the
+/// schedule goes on and fires again once there is room.
+#[tokio::test]
+async fn a_cron_fire_over_a_full_queue_is_skipped_and_logged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("dispatch.toml");
+    std::fs::write(&config, "[queues.small]\nmax_depth = 1\n").expect("write config");
+    let server = Server::with_args(&["--config", config.to_str().unwrap()]).await;
+    let api = server.api();
+    api.post(
+        "/v1/schedules",
+        json!({
+            "name": "every-second",
+            "cron": "* * * * * *",
+            "task": {"type": "overload.cron", "queue": "small", "payload": 1},
+            "misfire": "skip",
+        }),
+    )
+    .await
+    .expect(201);
+    let first = api
+        .wait_list("queue=small", Duration::from_secs(10), |p| {
+            p["tasks"].as_array().is_some_and(|t| t.len() == 1)
+        })
+        .await;
+    // Later fires find the queue full.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !server.logs().contains("skipping the fire") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no skipped fire logged:\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_in(&api, "small").await, 1, "nothing more stored");
+    // Room again: a later fire gets in.
+    let worker = api.register(&["overload.cron"], 1).await;
+    let got = api.poll_one(&worker, Duration::from_secs(5)).await;
+    assert_eq!(id_of(&got), id_of(&first["tasks"][0]));
+    api.wait_list("queue=small", Duration::from_secs(10), |p| {
+        p["tasks"].as_array().is_some_and(|t| t.len() == 2)
+    })
+    .await;
+}

@@ -12,8 +12,8 @@
 //!   [`RegisterWorker::validate`] like `POST /v1/workers`;
 //! - [`pb::Report`] becomes a [`ReportResult`], validated into a task and an
 //!   [`Outcome`] like the batched results of the HTTP poll;
-//! - [`task_message`] turns a running task of the core into a [`pb::Task`],
-//!   and [`polled_task`] turns that back into the SDK's [`PolledTask`].
+//! - [`polled_task`] turns a [`pb::Task`] (the server makes it from a
+//!   running task of the core) into the SDK's [`PolledTask`].
 //!
 //! Payloads and results travel as JSON text, as the contract says.
 //!
@@ -32,12 +32,11 @@
 //! (stream breaks)                lost: held tasks requeued at once, attempts count
 //! ```
 
-use dispatch_core::{Task, TaskId};
+use dispatch_core::TaskId;
 use dispatch_proto::{
     FieldError, MAX_JSON_DEPTH, Outcome, PolledTask, RegisterWorker, ReportResult, ResultStatus,
     json_depth,
 };
-use dispatch_store::TaskBody;
 use serde_json::value::RawValue;
 
 /// The generated messages and service stubs of `dispatch.v1`.
@@ -132,23 +131,6 @@ impl pb::Report {
             }
         }
         r.validate()
-    }
-}
-
-/// The task message of a running task, as the scheduler hands it over.
-pub fn task_message<B: AsRef<TaskBody>>(t: &Task<B>) -> pb::Task {
-    let body = t.body.as_ref();
-    pb::Task {
-        id: t.id.to_string(),
-        r#type: t.spec.kind.to_string(),
-        queue: t.spec.queue.to_string(),
-        payload_json: body.payload.to_string(),
-        attempt: t.attempts,
-        max_attempts: t.spec.max_attempts,
-        timeout_ms: t.spec.timeout_ms,
-        priority: i32::from(t.spec.priority),
-        shard_index: body.shard.map(|(i, _)| i),
-        shard_total: body.shard.map(|(_, n)| n),
     }
 }
 

@@ -3,8 +3,10 @@
 //! - [`decode`]: turns request bytes into a typed request, refusing bodies
 //!   nested deeper than [`MAX_JSON_DEPTH`] and naming the field at fault.
 //! - [`task`]: the Task JSON ([`TaskJson`]), submissions ([`SubmitTask`])
-//!   and their validation into the core's [`dispatch_core::TaskSpec`] and the
-//!   store's [`dispatch_store::TaskBody`].
+//!   and their validation into the core's [`dispatch_core::TaskSpec`] and
+//!   the rest of a [`ValidTask`]. Store records are the server's: it
+//!   converts between them and these types, so this crate (and every
+//!   client of it) does not depend on the store.
 //! - [`worker`]: the HTTP worker protocol: registration, poll, results.
 //! - [`queue`]: queues as `GET /v1/queues` shows them ([`QueueJson`]).
 //! - [`schedule`]: cron schedules ([`CreateSchedule`], [`ScheduleJson`]) and
@@ -29,12 +31,12 @@ pub use problem::{FieldError, Problem};
 pub use queue::{QueueCounts, QueueJson, QueueList, parse_queue_name};
 pub use schedule::{
     CreateSchedule, ScheduleJson, ScheduleList, ScheduleParts, ValidSchedule, fire_key, fire_task,
-    parse_schedule_name, schedule_json,
+    parse_schedule_name,
 };
 pub use task::{
-    BackoffJson, BulkCount, BulkFilter, ListTasks, SubmitBatch, SubmitTask, TaskBatch, TaskJson,
-    TaskList, TaskRef, TaskRefBatch, ValidBulkFilter, ValidTask, parse_task_id, task_json,
-    validate_name,
+    BackoffJson, BulkCount, BulkFilter, ListTasks, RequestDigest, SubmitBatch, SubmitTask,
+    TaskBatch, TaskJson, TaskList, TaskRef, TaskRefBatch, ValidBulkFilter, ValidListTasks,
+    ValidTask, parse_task_id, stored_json, validate_name,
 };
 pub use worker::{
     CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, MAX_RUNNING_IDS, Outcome, PollReply,

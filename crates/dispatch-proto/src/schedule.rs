@@ -11,13 +11,11 @@
 
 use dispatch_core::Millis;
 use dispatch_cron::{CronSchedule, Misfire};
-use dispatch_store::ScheduleRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::FieldError;
 use crate::task::{SubmitTask, ValidTask, validate_name};
-use crate::time::format_rfc3339;
 
 /// Missed fires one catch-up runs, unless the schedule says otherwise.
 pub const DEFAULT_CATCH_UP_LIMIT: u32 = 100;
@@ -54,12 +52,22 @@ pub struct CreateSchedule {
     pub paused: Option<bool>,
 }
 
-/// A schedule that passed validation: the record to store and what the
-/// server needs to run it.
+/// A schedule that passed validation: what the server stores of it (its
+/// expression, time zone and misfire policy are in `parts`) and what it
+/// needs to run it.
 #[derive(Clone, Debug)]
 pub struct ValidSchedule {
-    /// What the store keeps.
-    pub record: ScheduleRecord,
+    /// Unique name.
+    pub name: String,
+    /// The task template as text, to store ([`ScheduleParts::decode`]
+    /// reads it back).
+    pub task_text: Box<str>,
+    /// Most missed fires one catch-up runs.
+    pub catch_up_limit: u32,
+    /// A paused schedule does not fire.
+    pub paused: bool,
+    /// When it was created: the first fire is after this.
+    pub created_at: Millis,
     /// The parsed schedule, parts decoded.
     pub parts: ScheduleParts,
 }
@@ -165,17 +173,11 @@ impl CreateSchedule {
         let task_text = serde_json::to_string(&template)
             .map_err(|e| FieldError::new("task", format!("cannot be encoded: {e}")))?;
         Ok(ValidSchedule {
-            record: ScheduleRecord {
-                name,
-                cron: cron.expression().to_owned(),
-                timezone: cron.timezone().to_owned(),
-                task: task_text.into(),
-                misfire: misfire.as_str().to_owned(),
-                catch_up_limit: limit as u32,
-                paused: self.paused.unwrap_or(false),
-                created_at: now,
-                last_fire_at: None,
-            },
+            name,
+            task_text: task_text.into(),
+            catch_up_limit: limit as u32,
+            paused: self.paused.unwrap_or(false),
+            created_at: now,
             parts: ScheduleParts {
                 cron,
                 misfire,
@@ -186,13 +188,19 @@ impl CreateSchedule {
 }
 
 impl ScheduleParts {
-    /// Decodes a stored schedule. An error means the stored text no longer
+    /// Decodes a stored schedule's expression, time zone, misfire policy
+    /// and template text. An error means the stored text no longer
     /// validates (written by another version, or damaged).
-    pub fn of(r: &ScheduleRecord) -> Result<ScheduleParts, FieldError> {
-        let cron = CronSchedule::parse(&r.cron, &r.timezone)
-            .map_err(|e| FieldError::new(e.field, e.message))?;
-        let misfire = parse_misfire(&r.misfire)?;
-        let template: SubmitTask = serde_json::from_str(&r.task)
+    pub fn decode(
+        cron: &str,
+        timezone: &str,
+        misfire: &str,
+        task: &str,
+    ) -> Result<ScheduleParts, FieldError> {
+        let cron =
+            CronSchedule::parse(cron, timezone).map_err(|e| FieldError::new(e.field, e.message))?;
+        let misfire = parse_misfire(misfire)?;
+        let template: SubmitTask = serde_json::from_str(task)
             .map_err(|e| FieldError::new("task", format!("stored template: {e}")))?;
         Ok(ScheduleParts {
             cron,
@@ -215,7 +223,7 @@ pub fn fire_task(
         .clone()
         .validate(now)
         .map_err(|e| e.within("task"))?;
-    task.body.idempotency_key = Some(fire_key(schedule, fire_at));
+    task.idempotency_key = Some(fire_key(schedule, fire_at));
     Ok(task)
 }
 
@@ -249,24 +257,6 @@ pub struct ScheduleJson {
     pub last_fire_at: Option<String>,
 }
 
-/// The API view of a schedule, with its next fire as the server knows it.
-pub fn schedule_json(r: &ScheduleRecord, next_fire_at: Option<Millis>) -> ScheduleJson {
-    let task = RawValue::from_string(r.task.to_string())
-        .unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("{} is JSON"));
-    ScheduleJson {
-        name: r.name.clone(),
-        cron: r.cron.clone(),
-        timezone: r.timezone.clone(),
-        task,
-        misfire: r.misfire.clone(),
-        catch_up_limit: r.catch_up_limit,
-        paused: r.paused,
-        created_at: format_rfc3339(r.created_at),
-        next_fire_at: next_fire_at.map(format_rfc3339),
-        last_fire_at: r.last_fire_at.map(format_rfc3339),
-    }
-}
-
 /// `GET /v1/schedules`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScheduleList {
@@ -288,14 +278,13 @@ mod tests {
     fn defaults_follow_the_contract() {
         let v = create(r#"{"name": "nightly", "cron": "0 3 * * *", "task": {"type": "report"}}"#)
             .unwrap();
-        assert_eq!(v.record.timezone, "UTC");
-        assert_eq!(v.record.misfire, "fire_once");
-        assert_eq!(v.record.catch_up_limit, DEFAULT_CATCH_UP_LIMIT);
-        assert!(!v.record.paused);
-        assert_eq!(v.record.created_at, 1_000);
-        assert_eq!(v.record.last_fire_at, None);
-        assert_eq!(&*v.record.task, r#"{"type":"report"}"#);
-        let parts = ScheduleParts::of(&v.record).unwrap();
+        assert_eq!(v.parts.cron.timezone(), "UTC");
+        assert_eq!(v.parts.misfire.as_str(), "fire_once");
+        assert_eq!(v.catch_up_limit, DEFAULT_CATCH_UP_LIMIT);
+        assert!(!v.paused);
+        assert_eq!(v.created_at, 1_000);
+        assert_eq!(&*v.task_text, r#"{"type":"report"}"#);
+        let parts = ScheduleParts::decode("0 3 * * *", "UTC", "fire_once", &v.task_text).unwrap();
         assert_eq!(parts.misfire, Misfire::FireOnce);
         assert_eq!(parts.cron.expression(), "0 3 * * *");
     }
@@ -360,16 +349,14 @@ mod tests {
         )
         .unwrap();
         let t = fire_task(&v.parts.template, "n", 61_000, 61_004).unwrap();
-        assert_eq!(t.body.idempotency_key.as_deref(), Some("schedule:n:61000"));
+        assert_eq!(t.idempotency_key.as_deref(), Some("schedule:n:61000"));
         // The payload is kept verbatim, as for a submission.
-        assert_eq!(&*t.body.payload, r#"{"a": [1]}"#);
+        assert_eq!(&*t.payload, r#"{"a": [1]}"#);
         assert_eq!(t.spec.priority, 7);
         assert_eq!(t.spec.run_at, None);
-        assert_eq!(t.body.created_at, 61_004);
-        let j = schedule_json(&v.record, Some(2_000));
-        assert_eq!(j.next_fire_at.as_deref(), Some("1970-01-01T00:00:02.000Z"));
+        assert_eq!(t.created_at, 61_004);
         assert_eq!(
-            j.task.get(),
+            &*v.task_text,
             r#"{"type":"x","payload":{"a": [1]},"priority":7}"#
         );
     }

@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dispatch_core::{Backoff, Millis, Strategy, TaskId, TaskSpec, TaskState};
-use dispatch_store::{RequestDigest, TaskBody, TaskQuery, TaskRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::FieldError;
-use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::time::parse_rfc3339;
 
 /// Longest task type, queue or schedule name.
 pub const MAX_NAME_LEN: usize = 128;
@@ -112,13 +111,24 @@ pub struct SubmitBatch {
     pub tasks: Vec<SubmitTask>,
 }
 
-/// A submission that passed validation.
+/// The SHA-256 digest of a normalised task submission.
+pub type RequestDigest = [u8; 32];
+
+/// A submission that passed validation: what the core schedules, and what
+/// the server keeps beside it (it makes the store's record of it).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidTask {
     /// What the core schedules.
     pub spec: TaskSpec,
-    /// What the server keeps beside it.
-    pub body: TaskBody,
+    /// The payload, as JSON text; shared, never copied, by the copies and
+    /// shards made of the task and by the records the server keeps.
+    pub payload: Arc<str>,
+    /// The client's deduplication key.
+    pub idempotency_key: Option<String>,
+    /// Tasks that must succeed first, each named once.
+    pub depends_on: Vec<TaskId>,
+    /// When the submission was received.
+    pub created_at: Millis,
     /// The shard count of a `sharding` task.
     pub shards: Option<u32>,
     /// The digest of the normalised submission ([`request_digest`]), for a
@@ -317,17 +327,14 @@ impl SubmitTask {
                 pinned: None,
                 join: false,
             },
-            body: TaskBody {
-                payload,
-                idempotency_key: self.idempotency_key,
-                depends_on: parents,
-                created_at: now,
-                shard: None,
-            },
+            payload,
+            idempotency_key: self.idempotency_key,
+            depends_on: parents,
+            created_at: now,
             shards,
             digest: None,
         };
-        if valid.body.idempotency_key.is_some() {
+        if valid.idempotency_key.is_some() {
             // `run_at` was parsed above, so it is valid here.
             let when = match (given_run_at, given_delay) {
                 (Some(at), _) => When::At(parse_rfc3339(&at).unwrap_or_default()),
@@ -358,7 +365,7 @@ enum When {
 fn request_digest(v: &ValidTask, when: When, strategy: Option<&str>) -> RequestDigest {
     use serde_json::{Value, json};
     use sha2::{Digest, Sha256};
-    let payload: Value = serde_json::from_str(&v.body.payload).unwrap_or(Value::Null);
+    let payload: Value = serde_json::from_str(&v.payload).unwrap_or(Value::Null);
     let (run_at, delay_ms) = match when {
         When::Now => (None, None),
         When::At(at) => (Some(at), None),
@@ -366,7 +373,7 @@ fn request_digest(v: &ValidTask, when: When, strategy: Option<&str>) -> RequestD
     };
     let s = &v.spec;
     // Parents are a set: their order asks for nothing.
-    let mut parents: Vec<u64> = v.body.depends_on.iter().map(|d| d.0).collect();
+    let mut parents: Vec<u64> = v.depends_on.iter().map(|d| d.0).collect();
     parents.sort_unstable();
     let normalised = json!({
         "type": &*s.kind,
@@ -520,44 +527,12 @@ pub struct TaskJson {
     pub pinned_worker_id: Option<String>,
 }
 
-fn raw(text: &str) -> Box<RawValue> {
+/// JSON text the server kept (a payload, a result, a template) as a raw
+/// JSON value; text that is not JSON, which only a damaged store could
+/// hand back, shows as `fallback`.
+pub fn stored_json(text: &str, fallback: &'static str) -> Box<RawValue> {
     RawValue::from_string(text.to_owned())
-        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON"))
-}
-
-/// The API view of a stored or live task.
-pub fn task_json(r: &TaskRecord) -> TaskJson {
-    TaskJson {
-        id: r.id.to_string(),
-        kind: r.spec.kind.to_string(),
-        queue: r.spec.queue.to_string(),
-        payload: raw(&r.body.payload),
-        priority: i64::from(r.spec.priority),
-        run_at: r.spec.run_at.map(format_rfc3339),
-        timeout_ms: r.spec.timeout_ms,
-        max_attempts: r.spec.max_attempts,
-        backoff: BackoffJson {
-            initial_ms: Some(r.spec.backoff.initial_ms as i64),
-            max_ms: Some(r.spec.backoff.max_ms as i64),
-            multiplier: Some(r.spec.backoff.multiplier),
-        },
-        idempotency_key: r.body.idempotency_key.clone(),
-        routing_key: r.spec.routing_key.as_deref().map(str::to_owned),
-        strategy: Some(r.spec.strategy.as_str().to_owned()),
-        labels: r.spec.labels.clone(),
-        depends_on: r.body.depends_on.iter().map(ToString::to_string).collect(),
-        state: r.state.as_str().to_owned(),
-        attempts: r.attempts,
-        result: r.result.as_deref().map(raw),
-        error: r.error.clone(),
-        worker_id: r.worker.map(|w| w.to_string()),
-        created_at: format_rfc3339(r.body.created_at),
-        started_at: r.started_at.map(format_rfc3339),
-        finished_at: r.finished_at.map(format_rfc3339),
-        shard_index: r.body.shard.map(|(i, _)| i),
-        shard_total: r.body.shard.map(|(_, n)| n),
-        pinned_worker_id: r.spec.pinned.map(|w| w.to_string()),
-    }
+        .unwrap_or_else(|_| RawValue::from_string(fallback.to_owned()).expect("fallback is JSON"))
 }
 
 /// `GET /v1/tasks` query parameters, as given.
@@ -581,9 +556,24 @@ pub struct ListTasks {
     pub cursor: Option<String>,
 }
 
+/// A [`ListTasks`] that passed validation: the filter of a page of tasks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ValidListTasks {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Only tasks of this type.
+    pub kind: Option<String>,
+    /// Only tasks in this queue.
+    pub queue: Option<String>,
+    /// Only tasks with an id below this one (the page cursor).
+    pub before: Option<TaskId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
 impl ListTasks {
-    /// Validates the parameters into a store query.
-    pub fn validate(self) -> Result<TaskQuery, FieldError> {
+    /// Validates the parameters.
+    pub fn validate(self) -> Result<ValidListTasks, FieldError> {
         let state = self
             .state
             .map(|s| {
@@ -615,7 +605,7 @@ impl ListTasks {
             .cursor
             .map(|c| parse_task_id("cursor", &c))
             .transpose()?;
-        Ok(TaskQuery {
+        Ok(ValidListTasks {
             state,
             kind: self.kind,
             queue: self.queue,
@@ -639,16 +629,6 @@ pub struct TaskRef {
     pub id: String,
     /// Current state.
     pub state: String,
-}
-
-impl TaskRef {
-    /// The id and state of a record.
-    pub fn of(r: &TaskRecord) -> Self {
-        TaskRef {
-            id: r.id.to_string(),
-            state: r.state.as_str().to_owned(),
-        }
-    }
 }
 
 /// Reply to a batch submission under `Prefer: return=minimal`.
@@ -683,7 +663,7 @@ mod tests {
         assert_eq!(&*t.spec.queue, "default");
         assert_eq!(t.spec.priority, 0);
         assert_eq!(t.spec.max_attempts, 3);
-        assert_eq!(&*t.body.payload, r#"{"to": "a@b"}"#);
+        assert_eq!(&*t.payload, r#"{"to": "a@b"}"#);
         assert_eq!(t.spec.run_at, None);
     }
 

@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dispatch_core::{Task, TaskId, Worker, WorkerId, WorkerSpec};
-use dispatch_store::TaskBody;
+use dispatch_core::{TaskId, Worker, WorkerId, WorkerSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -351,26 +350,6 @@ pub struct PolledTask {
     /// A `sharding` shard's total.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_total: Option<u32>,
-}
-
-impl PolledTask {
-    /// The delivery view of a running task.
-    pub fn new<B: AsRef<TaskBody>>(t: &Task<B>) -> Self {
-        let body = t.body.as_ref();
-        PolledTask {
-            id: t.id.to_string(),
-            kind: t.spec.kind.to_string(),
-            queue: t.spec.queue.to_string(),
-            payload: RawValue::from_string(body.payload.to_string())
-                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
-            attempt: t.attempts,
-            max_attempts: t.spec.max_attempts,
-            timeout_ms: t.spec.timeout_ms,
-            priority: i64::from(t.spec.priority),
-            shard_index: body.shard.map(|(i, _)| i),
-            shard_total: body.shard.map(|(_, n)| n),
-        }
-    }
 }
 
 /// What happened to one report: the answer of `POST /v1/tasks/{id}/complete`

@@ -13,8 +13,8 @@ use dispatch_core::Millis;
 use dispatch_proto::schedule::DEFAULT_CATCH_UP_LIMIT;
 use dispatch_proto::{
     CompleteTask, CreateSchedule, FailTask, FieldError, ListTasks, PollRequest, Problem,
-    RegisterWorker, ReportResult, ScheduleParts, SubmitBatch, SubmitTask, decode, fire_task,
-    json_depth, parse_queue_name, parse_schedule_name, parse_task_id, parse_worker_id,
+    RegisterWorker, ReportResult, ScheduleParts, SubmitBatch, SubmitTask, ValidSchedule, decode,
+    fire_task, json_depth, parse_queue_name, parse_schedule_name, parse_task_id, parse_worker_id,
     validate_name,
 };
 use proptest::prelude::*;
@@ -147,14 +147,25 @@ fn every_decoder(text: &[u8]) -> Vec<&'static str> {
         run("schedule", text, |s: CreateSchedule| {
             let v = s.validate(NOW)?;
             // What is stored decodes again, and its fires make valid tasks.
-            let parts = ScheduleParts::of(&v.record)?;
+            let parts = stored_parts(&v)?;
             if let Some(at) = parts.cron.next_after(NOW) {
-                fire_task(&parts.template, &v.record.name, at, at)?;
+                fire_task(&parts.template, &v.name, at, at)?;
             }
             Ok(())
         }),
     );
     accepted
+}
+
+/// A valid schedule's parts decoded again from the text a store keeps.
+fn stored_parts(v: &ValidSchedule) -> Result<ScheduleParts, FieldError> {
+    let cron = &v.parts.cron;
+    ScheduleParts::decode(
+        cron.expression(),
+        cron.timezone(),
+        v.parts.misfire.as_str(),
+        &v.task_text,
+    )
 }
 
 /// Runs every decoder on `text`; when it is not one JSON value, checks
@@ -634,7 +645,7 @@ proptest! {
         prop_assert_eq!(again.validate(NOW).expect("validates again"), first.clone());
         prop_assert_eq!(&*first.spec.kind, task["type"].as_str().expect("type"));
         // The payload is kept as its text, byte for byte.
-        prop_assert_eq!(&*first.body.payload, task["payload"].to_string());
+        prop_assert_eq!(&*first.payload, task["payload"].to_string());
     }
 
     #[test]
@@ -676,20 +687,20 @@ proptest! {
     fn valid_schedules_round_trip(s in valid_schedule()) {
         let c: CreateSchedule = decode(s.to_string().as_bytes()).expect("decodes");
         let v = c.validate(NOW).expect("validates");
-        prop_assert_eq!(&v.record.name, s["name"].as_str().expect("name"));
+        prop_assert_eq!(&v.name, s["name"].as_str().expect("name"));
         prop_assert_eq!(
-            v.record.catch_up_limit,
+            v.catch_up_limit,
             s["catch_up_limit"].as_u64().map_or(DEFAULT_CATCH_UP_LIMIT, |l| l as u32)
         );
-        let parts = ScheduleParts::of(&v.record).expect("the stored form decodes");
+        let parts = stored_parts(&v).expect("the stored form decodes");
         prop_assert_eq!(parts.cron.expression(), v.parts.cron.expression());
         prop_assert_eq!(
             serde_json::to_string(&parts.template).expect("encodes"),
             serde_json::to_string(&v.parts.template).expect("encodes")
         );
         let at = parts.cron.next_after(NOW).expect("every listed expression fires");
-        let t = fire_task(&parts.template, &v.record.name, at, at + 5).expect("fire task");
-        prop_assert_eq!(t.body.idempotency_key, Some(format!("schedule:{}:{at}", v.record.name)));
+        let t = fire_task(&parts.template, &v.name, at, at + 5).expect("fire task");
+        prop_assert_eq!(t.idempotency_key, Some(format!("schedule:{}:{at}", v.name)));
     }
 
     /// Query strings and path parameters, as the server gets them: any text.

@@ -6,14 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dispatch_core::{Event, Millis, Scheduler, Task, TaskId, TaskState, WorkerId};
+use dispatch_core::{
+    CoreError, Event, Millis, Scheduler, Task, TaskId, TaskState, Transition, WorkerId, WorkerSpec,
+};
+use dispatch_proto::Outcome;
 use dispatch_store::{
     GroupCommitWriter, Store, StoreError, TaskBody, TaskRecord, TaskUpdate, Write, WriteOutcome,
 };
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::ServerConfig;
-use crate::metrics::Metrics;
+use crate::clock::now_ms;
+use crate::counters::Metrics;
 
 pub(crate) use crate::budget::Body;
 use crate::budget::{MemoryBudget, footprint};
@@ -31,6 +35,81 @@ pub(crate) struct Shared {
     pub(crate) stored_workers: std::collections::HashSet<WorkerId>,
     /// Requests waiting for a task to end (`GET /v1/tasks/{id}?wait_ms`).
     task_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
+}
+
+/// One step of a request under the scheduler lock (see [`App::apply`]):
+/// the shared state to feed the core, and the time the step happens at.
+pub(crate) struct Step<'a> {
+    pub(crate) shared: &'a mut Shared,
+    pub(crate) now: Millis,
+    watch: Watch,
+}
+
+/// What settling a step does beyond persisting its events: writes the
+/// reported results with their tasks' `Succeeded` updates, and notes the
+/// last transition of each watched task.
+#[derive(Default)]
+struct Watch {
+    results: HashMap<TaskId, Box<str>>,
+    seen: HashMap<TaskId, Option<Transition>>,
+}
+
+impl Step<'_> {
+    /// Watches `task`: [`Settled::transition`] tells the last transition
+    /// the core made of it in this step.
+    pub(crate) fn watch(&mut self, task: TaskId) {
+        self.watch.seen.insert(task, None);
+    }
+
+    /// Applies a worker's report of `task`, the same for both protocols:
+    /// its stop notice is heard, the outcome is fed to the core, and a
+    /// result is written with the task's `Succeeded` update. Watches the
+    /// task.
+    pub(crate) fn report(
+        &mut self,
+        task: TaskId,
+        worker: WorkerId,
+        outcome: Outcome,
+    ) -> Result<(), CoreError> {
+        let (sched, now) = (&mut self.shared.sched, self.now);
+        sched.stop_heard(worker, task);
+        match outcome {
+            Outcome::Succeeded(result) => {
+                sched.complete(task, worker, now)?;
+                self.watch.results.insert(task, result);
+            }
+            Outcome::Failed {
+                error,
+                retry_after_ms,
+                abort,
+            } => sched.fail(task, worker, error, retry_after_ms, abort, now)?,
+        }
+        self.watch(task);
+        Ok(())
+    }
+}
+
+/// A settled step (see [`App::apply`]).
+pub(crate) struct Settled {
+    ack: Option<Ack>,
+    seen: HashMap<TaskId, Option<Transition>>,
+}
+
+impl Settled {
+    /// The last transition the step made of a watched task.
+    pub(crate) fn transition(&self, task: TaskId) -> Option<&Transition> {
+        self.seen.get(&task)?.as_ref()
+    }
+
+    /// Waits until the store has committed every write the step sent.
+    pub(crate) async fn committed(&mut self) -> Result<(), StoreError> {
+        acked(self.ack.take()).await.map(|_| ())
+    }
+
+    /// The acknowledgement of the step's writes, to wait for elsewhere.
+    pub(crate) fn into_ack(self) -> Option<Ack> {
+        self.ack
+    }
 }
 
 /// Task ids a leading replica reserves from the store at a time.
@@ -79,32 +158,15 @@ pub(crate) struct App {
     /// Dead tasks being requeued by `POST /v1/tasks/{id}/retry`.
     retrying: Mutex<std::collections::HashSet<TaskId>>,
     /// Cron schedules, fired by `schedules::schedule_loop`.
-    pub(crate) schedules: crate::schedules::Schedules,
+    pub(crate) schedules: crate::schedules::table::Schedules,
     /// The audit log, when `--audit-log` names one.
     pub(crate) audit: Option<crate::audit::AuditLog>,
     /// Which token registered each worker (with `--tokens`).
-    pub(crate) owners: crate::auth::WorkerOwners,
-}
-
-/// Wall-clock milliseconds since the Unix epoch, as the operating system
-/// says now: for what follows the calendar (cron fires).
-pub(crate) fn wall_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
-}
-
-/// The server's clock, fed to the core and stamped on tasks: the wall
-/// clock read once at start, advanced by the monotonic clock. It never goes
-/// back and ages at the rate of real time, so a wall clock stepped by the
-/// operating system neither stalls leases nor fires a timer twice (leases,
-/// timeouts, collection holds, rate limits and retry backoffs are all
-/// durations). Delayed tasks (`run_at`) follow it too; cron fires follow
-/// the wall clock itself.
-pub(crate) fn now_ms() -> Millis {
-    static START: std::sync::OnceLock<(Millis, std::time::Instant)> = std::sync::OnceLock::new();
-    let (wall, at) = START.get_or_init(|| (wall_ms(), std::time::Instant::now()));
-    wall.saturating_add(at.elapsed().as_millis() as Millis)
+    pub(crate) owners: crate::owners::WorkerOwners,
+    /// Serializes queue pauses and resumes: each is stored, then applied,
+    /// before the next starts, so the core ends in the state the store has
+    /// last.
+    pub(crate) pause_order: tokio::sync::Mutex<()>,
 }
 
 /// The full record of a live task, as the API shows it.
@@ -324,9 +386,10 @@ impl App {
             metrics: Metrics::default(),
             budget,
             retrying: Mutex::default(),
-            schedules: crate::schedules::Schedules::default(),
+            schedules: crate::schedules::table::Schedules::default(),
             audit,
             owners: Default::default(),
+            pause_order: Default::default(),
         };
         {
             let mut shared = app.lock();
@@ -428,30 +491,79 @@ impl App {
         let _ = self.stop_tx.send(true);
     }
 
-    /// Advances the core to `now`, then persists every event produced since
-    /// the last call, in order, and wakes workers that got tasks.
+    /// One change of state, the way every request makes it: takes the
+    /// lock, lets `f` feed the core (a [`Step`]: the shared state and the
+    /// time, read once), then settles (ticks the core, persists every event
+    /// in order, wakes the workers that got tasks) and releases the lock.
+    /// Returns `f`'s value and the [`Settled`] step: the acknowledgement of
+    /// its writes (writes commit in order, so it resolves only once
+    /// everything sent is committed) and the transitions of the tasks it
+    /// watched, to build the answer from.
     ///
-    /// `result` attaches a task's result to its `Succeeded` update. Returns
-    /// the acknowledgement of the last write: writes commit in order, so it
-    /// resolves only once everything sent here is committed.
-    pub(crate) fn settle(
+    /// [`App::try_apply`] is the same for a step that may be refused.
+    pub(crate) fn apply<T>(&self, f: impl FnOnce(&mut Step<'_>) -> T) -> (T, Settled) {
+        let Ok(applied) = self.try_apply(|step| Ok::<T, std::convert::Infallible>(f(step)));
+        applied
+    }
+
+    /// [`App::apply`] for a step that may be refused: when `f` fails,
+    /// nothing is settled here (what it fed the core before failing is
+    /// persisted by the next step) and its error is returned.
+    pub(crate) fn try_apply<T, E>(
         &self,
-        shared: &mut Shared,
-        now: Millis,
-        result: Option<(TaskId, Box<str>)>,
-    ) -> Option<Ack> {
+        f: impl FnOnce(&mut Step<'_>) -> Result<T, E>,
+    ) -> Result<(T, Settled), E> {
+        let mut shared = self.lock();
+        let now = now_ms();
+        let mut step = Step {
+            shared: &mut shared,
+            now,
+            watch: Watch::default(),
+        };
+        let value = f(&mut step)?;
+        let mut watch = step.watch;
         shared.sched.tick(now);
-        self.flush(shared, result)
+        let ack = self.persist(&mut shared, &mut watch);
+        let settled = Settled {
+            ack,
+            seen: watch.seen,
+        };
+        Ok((value, settled))
+    }
+
+    /// [`App::try_apply`], then waits until the store has committed the
+    /// step's writes: for answers that say what they did is durable.
+    pub(crate) async fn apply_durably<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Step<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let (value, mut settled) = self.try_apply(f)?;
+        settled.committed().await?;
+        Ok(value)
+    }
+
+    /// Advances the core to `now`, then persists every event produced since
+    /// the last call, in order, and wakes workers that got tasks (the timer
+    /// loop; requests go through [`App::apply`]).
+    ///
+    /// Returns the acknowledgement of the last write: writes commit in
+    /// order, so it resolves only once everything sent here is committed.
+    pub(crate) fn settle(&self, shared: &mut Shared, now: Millis) -> Option<Ack> {
+        shared.sched.tick(now);
+        self.flush(shared)
     }
 
     /// Persists every event produced since the last call, in order, and
     /// wakes workers that got tasks, without advancing the core (after a
     /// poll has collected tasks, say).
-    pub(crate) fn flush(
-        &self,
-        shared: &mut Shared,
-        mut result: Option<(TaskId, Box<str>)>,
-    ) -> Option<Ack> {
+    pub(crate) fn flush(&self, shared: &mut Shared) -> Option<Ack> {
+        self.persist(shared, &mut Watch::default())
+    }
+
+    /// Drains the core's events: each transition is written (with its
+    /// reported result, for a success) and noted when `watch` asks; each
+    /// assignment or stop wakes its worker.
+    fn persist(&self, shared: &mut Shared, watch: &mut Watch) -> Option<Ack> {
         let mut last = None;
         let mut new_timer = false;
         for event in shared.sched.drain_events() {
@@ -464,9 +576,12 @@ impl App {
                             let _ = waiter.send(());
                         }
                     }
+                    if let Some(seen) = watch.seen.get_mut(&t.task) {
+                        *seen = Some(t.clone());
+                    }
                     let mut update = TaskUpdate::from(t);
                     if update.state == TaskState::Succeeded
-                        && let Some((_, r)) = result.take_if(|(id, _)| *id == update.id)
+                        && let Some(r) = watch.results.remove(&update.id)
                     {
                         update.result = Some(r);
                     }
@@ -508,6 +623,40 @@ impl App {
         last
     }
 
+    /// Registers a worker within `--max-workers` and the memory budget
+    /// (its registration is held in memory like a task, so it is charged
+    /// too), records the token that registered it and makes its wake-up
+    /// handle. A `streaming` worker (gRPC) gets tasks only against the
+    /// credit it grants, none before. The refusal says why (HTTP answers
+    /// 429, gRPC `RESOURCE_EXHAUSTED`).
+    pub(crate) fn enroll(
+        &self,
+        step: &mut Step<'_>,
+        spec: WorkerSpec,
+        caller: Option<&crate::owners::Caller>,
+        streaming: bool,
+    ) -> Result<(WorkerId, Arc<Notify>), String> {
+        let shared = &mut *step.shared;
+        let max = self.config.max_workers;
+        if shared.sched.worker_count() >= max {
+            return Err(format!(
+                "the server has {max} workers registered, as many as --max-workers allows"
+            ));
+        }
+        let charge = self
+            .budget
+            .reserve(crate::budget::worker_footprint(&spec), 0)
+            .map_err(|e| e.to_string())?;
+        let id = shared.sched.register_worker(spec, step.now);
+        shared.worker_charges.insert(id, charge);
+        if streaming {
+            let _ = shared.sched.offer(id, 0, step.now);
+        }
+        self.owners
+            .record(caller, id, |w| shared.sched.worker(w).is_some());
+        Ok((id, self.waker(shared, id)))
+    }
+
     /// A receiver that fires when the live task `id` ends; `None` when the
     /// core does not hold it (it already ended, or never existed).
     pub(crate) fn watch_task(&self, id: TaskId) -> Option<oneshot::Receiver<()>> {
@@ -538,25 +687,24 @@ impl App {
                 outcomes.push((child, p, state));
             }
         }
-        let now = now_ms();
-        let mut shared = self.lock();
-        for (child, parent, state) in outcomes {
-            match state {
-                Some(s) if s.is_terminal() => shared.sched.parent_ended(child, parent, s, now),
-                // A parent that does not exist can never succeed: the task
-                // waiting for it ends rather than wait forever.
-                None => {
-                    tracing::warn!(%child, %parent, "a parent does not exist; its dependents end");
-                    shared
-                        .sched
-                        .parent_ended(child, parent, TaskState::Cancelled, now)
-                }
-                other => {
-                    tracing::error!(%child, %parent, ?other, "a parent is neither live nor ended")
+        self.apply(|step| {
+            let now = step.now;
+            for (child, parent, state) in outcomes {
+                let sched = &mut step.shared.sched;
+                match state {
+                    Some(s) if s.is_terminal() => sched.parent_ended(child, parent, s, now),
+                    // A parent that does not exist can never succeed: the
+                    // task waiting for it ends rather than wait forever.
+                    None => {
+                        tracing::warn!(%child, %parent, "a parent does not exist; its dependents end");
+                        sched.parent_ended(child, parent, TaskState::Cancelled, now)
+                    }
+                    other => {
+                        tracing::error!(%child, %parent, ?other, "a parent is neither live nor ended")
+                    }
                 }
             }
-        }
-        let _ = self.settle(&mut shared, now, None);
+        });
         Ok(())
     }
 
@@ -605,17 +753,6 @@ impl App {
         if shared.stored_workers.remove(&worker) {
             let _ = self.writer.write_detached(Write::DeleteWorker(worker));
         }
-    }
-
-    /// Keeps what a newly registered worker takes of the memory budget
-    /// until it goes (leaves, or is lost).
-    pub(crate) fn hold_worker_charge(
-        &self,
-        shared: &mut Shared,
-        worker: WorkerId,
-        charge: crate::budget::Charge,
-    ) {
-        shared.worker_charges.insert(worker, charge);
     }
 
     /// One task, live or stored.
@@ -723,7 +860,7 @@ pub(crate) async fn timer_loop(app: Arc<App>) {
         let now = now_ms();
         let next = {
             let mut shared = app.lock();
-            let _ = app.settle(&mut shared, now, None);
+            let _ = app.settle(&mut shared, now);
             shared.sched.next_deadline()
         };
         let wait = next.map_or(1_000, |at| at.saturating_sub(now).clamp(1, 1_000));
@@ -731,31 +868,6 @@ pub(crate) async fn timer_loop(app: Arc<App>) {
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
             _ = app.timer_wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The core's clock starts at the wall clock and never goes back,
-    /// whatever the wall clock does afterwards (it is advanced by the
-    /// monotonic clock only); the simulation steps the core's time back and
-    /// forward to check the core copes with any caller.
-    #[test]
-    fn the_core_clock_starts_at_the_wall_clock_and_never_goes_back() {
-        let first = now_ms();
-        assert!(
-            first.abs_diff(wall_ms()) < 5_000,
-            "{first} vs {}",
-            wall_ms()
-        );
-        let mut last = first;
-        for _ in 0..100_000 {
-            let t = now_ms();
-            assert!(t >= last, "{t} after {last}");
-            last = t;
         }
     }
 }

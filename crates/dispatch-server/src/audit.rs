@@ -103,7 +103,7 @@ impl DeniedWindow {
         }
         let summary = (self.dropped > 0).then(|| {
             let line = Suppressed {
-                at: dispatch_proto::time::format_rfc3339(crate::app::now_ms()),
+                at: dispatch_proto::time::format_rfc3339(crate::clock::now_ms()),
                 action: "auth.denied.suppressed",
                 count: self.dropped,
                 since: dispatch_proto::time::format_rfc3339(self.start_ms),
@@ -112,7 +112,7 @@ impl DeniedWindow {
         });
         *self = DeniedWindow {
             start: now,
-            start_ms: crate::app::now_ms(),
+            start_ms: crate::clock::now_ms(),
             written: 0,
             dropped: 0,
         };
@@ -136,7 +136,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel::<String>();
         let denied = Arc::new(Mutex::new(DeniedWindow {
             start: Instant::now(),
-            start_ms: crate::app::now_ms(),
+            start_ms: crate::clock::now_ms(),
             written: 0,
             dropped: 0,
         }));

@@ -15,8 +15,8 @@
 //! the first match.
 //!
 //! A worker belongs to the token that registered it: the middleware hands
-//! the request's [`Caller`] to the handlers, registration records it in
-//! [`WorkerOwners`], and every later call naming the worker (poll,
+//! the request's `Caller` to the handlers, registration records it in
+//! `WorkerOwners` (`owners.rs`), and every later call naming the worker (poll,
 //! heartbeat, complete, fail, leave) must come with the same token, else
 //! 403; an admin token may still remove any worker. Without tokens there is
 //! no one to bind.
@@ -26,13 +26,10 @@
 //! middleware [`require`] wraps the whole router (REST and gRPC), so a new
 //! route without a row in the table needs at least a valid token.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-use dispatch_core::WorkerId;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
@@ -41,8 +38,9 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::api::ApiError;
 use crate::app::App;
-use crate::http::ApiError;
+use crate::owners::Caller;
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -387,89 +385,6 @@ fn bearer(req: &Request) -> Option<&str> {
     kind.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Who made a request: set by [`require`] on every request let through
-/// with a token; absent on a server without tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Caller {
-    /// The digest of its token: the identity, never shown.
-    pub(crate) digest: [u8; 32],
-    /// Whether the token has the admin scope.
-    admin: bool,
-}
-
-/// Which token registered each live worker, keyed by worker id. Kept here,
-/// not in the core: it is a matter of who may speak for a worker.
-#[derive(Default)]
-pub(crate) struct WorkerOwners {
-    owners: Mutex<Owners>,
-}
-
-#[derive(Default)]
-struct Owners {
-    by_worker: HashMap<WorkerId, [u8; 32]>,
-    /// Size at which entries of gone workers are next dropped.
-    sweep_at: usize,
-}
-
-/// May the caller act for the worker? What each call allows an admin.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Act {
-    /// Poll, heartbeat, report: only the worker's own token.
-    AsWorker,
-    /// Remove the worker: its own token or an admin one.
-    Remove,
-}
-
-impl WorkerOwners {
-    /// Records that `caller` registered `worker`. Entries of workers gone
-    /// since (`is_live` false) are dropped once they outnumber the live
-    /// ones, so the map stays proportional to the live workers.
-    pub(crate) fn record(
-        &self,
-        caller: Option<&Caller>,
-        worker: WorkerId,
-        is_live: impl Fn(WorkerId) -> bool,
-    ) {
-        let Some(caller) = caller else { return };
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        owners.by_worker.insert(worker, caller.digest);
-        if owners.by_worker.len() >= owners.sweep_at {
-            owners.by_worker.retain(|w, _| is_live(*w));
-            owners.sweep_at = (2 * owners.by_worker.len()).max(64);
-        }
-    }
-
-    /// Records the owner of a worker restored from the store.
-    pub(crate) fn restore(&self, worker: WorkerId, digest: [u8; 32]) {
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        owners.by_worker.insert(worker, digest);
-    }
-
-    /// 403 when `worker` was registered with another token than the
-    /// caller's (an admin token may remove any worker).
-    pub(crate) fn check(
-        &self,
-        caller: Option<&Caller>,
-        worker: WorkerId,
-        act: Act,
-    ) -> Result<(), ApiError> {
-        let Some(caller) = caller else { return Ok(()) };
-        if act == Act::Remove && caller.admin {
-            return Ok(());
-        }
-        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        match owners.by_worker.get(&worker) {
-            Some(owner) if !bool::from(owner.ct_eq(&caller.digest)) => Err(ApiError::new(
-                403,
-                format!(
-                    "worker {worker} was registered with another token: only that token may act for it"
-                ),
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// 401 unless the request carries a valid token (or the server takes
 /// none): for the routes a replica answers itself, outside the router and
 /// its middleware (`GET /v1/cluster`).
@@ -562,7 +477,7 @@ pub(crate) async fn require(State(app): State<Arc<App>>, mut req: Request, next:
             };
             let resp = next.run(req).await;
             log.record(&crate::audit::Entry {
-                at: dispatch_proto::time::format_rfc3339(crate::app::now_ms()),
+                at: dispatch_proto::time::format_rfc3339(crate::clock::now_ms()),
                 action,
                 target,
                 outcome: resp.status().as_u16(),
@@ -604,7 +519,7 @@ pub(crate) async fn require(State(app): State<Arc<App>>, mut req: Request, next:
             s => s,
         };
         log.record_denied(&crate::audit::Entry {
-            at: dispatch_proto::time::format_rfc3339(crate::app::now_ms()),
+            at: dispatch_proto::time::format_rfc3339(crate::clock::now_ms()),
             action: "auth.denied",
             target: Some(path.clone()),
             outcome,
@@ -656,6 +571,8 @@ async fn name_in_body(req: Request, limit: usize) -> Result<(Request, Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::owners::{Act, WorkerOwners};
+    use dispatch_core::WorkerId;
 
     #[test]
     fn a_token_file_round_trips() {
@@ -739,7 +656,7 @@ mod tests {
         for i in 100..10_000 {
             owners.record(Some(&b), id(i), |x| x == w || recent.contains(&x));
         }
-        let kept = owners.owners.lock().unwrap().by_worker.len();
+        let kept = owners.len();
         assert!(kept < 200, "{kept} entries kept");
         assert!(owners.check(Some(&b), w, Act::AsWorker).is_err());
     }

@@ -43,11 +43,7 @@ const WORKER_OVERHEAD: u64 = 2_048;
 
 /// What a task is charged.
 pub(crate) fn footprint(r: &TaskRecord) -> u64 {
-    footprint_of(&r.spec, &r.body)
-}
-
-/// What a task of this spec and body is charged.
-pub(crate) fn footprint_of(spec: &dispatch_core::TaskSpec, body: &dispatch_store::TaskBody) -> u64 {
+    let (spec, body) = (&r.spec, &r.body);
     let labels: usize = spec
         .labels
         .iter()
@@ -233,12 +229,6 @@ impl Body {
 impl Deref for Body {
     type Target = TaskBody;
     fn deref(&self) -> &TaskBody {
-        &self.0.0
-    }
-}
-
-impl AsRef<TaskBody> for Body {
-    fn as_ref(&self) -> &TaskBody {
         &self.0.0
     }
 }

@@ -32,9 +32,9 @@ use dispatch_store::{DEFAULT_PARTITION, Lease, Replica, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::ServerConfig;
+use crate::api::{ApiError, json};
 use crate::app::App;
 use crate::audit::AuditLog;
-use crate::http::{ApiError, json};
 
 /// How a server takes part in a cluster of replicas on one store.
 #[derive(Clone, Debug)]
@@ -110,7 +110,7 @@ impl Term {
         tokio::spawn(crate::app::timer_loop(app.clone()));
         tokio::spawn(crate::app::purge_loop(app.clone()));
         tokio::spawn(crate::schedules::schedule_loop(app.clone()));
-        let router = crate::http::router(app.clone()).merge(crate::grpc::router(app.clone()));
+        let router = crate::router::router(app.clone());
         Ok(Arc::new(Term {
             app,
             router,
@@ -342,8 +342,10 @@ impl Node {
             .fallback(|State(node): State<Arc<Node>>, req: Request| async move {
                 node.handle(req).await
             })
-            .method_not_allowed_fallback(crate::http::method_not_allowed)
-            .layer(axum::middleware::from_fn(crate::http::refuse_unknown_query))
+            .method_not_allowed_fallback(crate::router::method_not_allowed)
+            .layer(axum::middleware::from_fn(
+                crate::router::refuse_unknown_query,
+            ))
             .with_state(self.clone())
     }
 
@@ -501,7 +503,7 @@ impl Node {
             Role::TakingOver { epoch } => (None, epoch),
         };
         let lease_ms = self.config.cluster.as_ref().map_or(0, |c| c.lease_ms);
-        let now = crate::app::wall_ms();
+        let now = crate::clock::wall_ms();
         let list: Vec<serde_json::Value> = replicas
             .iter()
             .map(|r| {

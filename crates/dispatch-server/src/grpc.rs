@@ -3,7 +3,7 @@
 //!
 //! A gRPC worker is a worker like any other: it registers with the core
 //! (validated like `POST /v1/workers`), the routing strategy assigns tasks to
-//! it, and its reports go through the same `workers::report` as the HTTP
+//! it, and its reports go through the same `Step::report` as the HTTP
 //! protocol's. What the stream changes is delivery:
 //!
 //! - **Push with credits.** Each `Credit` the worker grants is handed to the
@@ -52,8 +52,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::app::{Ack, App, acked, now_ms};
-use crate::workers::report;
+use crate::app::{Ack, App, acked};
+use crate::clock::now_ms;
 
 /// Messages queued for a worker before the session waits for it to read.
 const OUTBOUND_QUEUE: usize = 64;
@@ -95,7 +95,7 @@ async fn require_grpc(
     if grpc {
         return next.run(req).await;
     }
-    let not_grpc = crate::http::ApiError::new(
+    let not_grpc = crate::api::ApiError::new(
         415,
         "this is the gRPC worker protocol: send application/grpc over HTTP/2",
     );
@@ -118,7 +118,7 @@ impl WorkerService for GrpcWorkers {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let app = self.app.clone();
-        let caller = request.extensions().get::<crate::auth::Caller>().copied();
+        let caller = request.extensions().get::<crate::owners::Caller>().copied();
         let mut inbound = request.into_inner();
         let lease = Duration::from_millis(app.config.lease_ms);
         let first = tokio::time::timeout(lease, inbound.message())
@@ -133,21 +133,10 @@ impl WorkerService for GrpcWorkers {
         let spec = RegisterWorker::from(register)
             .validate_within(&app.config.worker_limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let now = now_ms();
-        let (worker, waker) = {
-            let mut shared = app.lock();
-            let charge = crate::workers::room_for_a_worker(&app, &shared, &spec)
-                .map_err(Status::resource_exhausted)?;
-            let id = shared.sched.register_worker(spec, now);
-            app.hold_worker_charge(&mut shared, id, charge);
-            // It gets tasks as it grants credit, not before.
-            let _ = shared.sched.offer(id, 0, now);
-            app.owners
-                .record(caller.as_ref(), id, |w| shared.sched.worker(w).is_some());
-            let waker = app.waker(&mut shared, id);
-            let _ = app.settle(&mut shared, now, None);
-            (id, waker)
-        };
+        // It gets tasks as it grants credit, not before.
+        let ((worker, waker), _) = app
+            .try_apply(|step| app.enroll(step, spec, caller.as_ref(), true))
+            .map_err(Status::resource_exhausted)?;
         app.timer_wake.notify_one();
         tracing::info!(%worker, "worker registered over gRPC");
         let lease_ms = app.config.lease_ms;
@@ -275,13 +264,9 @@ impl Session {
         match message.kind {
             Some(Kind::Credit(c)) => {
                 // The core assigns against the credit; `deliver` pushes.
-                let now = now_ms();
-                let mut shared = self.app.lock();
-                shared
-                    .sched
-                    .offer(self.worker, c.slots, now)
+                self.app
+                    .try_apply(|step| step.shared.sched.offer(self.worker, c.slots, step.now))
                     .map_err(|_| End::Unknown)?;
-                let _ = self.app.settle(&mut shared, now, None);
             }
             Some(Kind::Reports(r)) => {
                 self.unacked.fetch_add(1, Ordering::SeqCst);
@@ -303,30 +288,27 @@ impl Session {
     /// store acknowledgement and one status per report.
     fn apply_reports(&self, reports: Vec<pb::Report>) -> PendingAcks {
         let w = self.worker;
-        let mut shared = self.app.lock();
-        let mut ack = None;
-        let statuses = reports
-            .into_iter()
-            .map(|r| {
-                let task_id = r.task_id.clone();
-                let (status, detail) = match r.validate() {
-                    Err(e) => (400, e.to_string()),
-                    Ok((task, outcome)) => match report(&self.app, &mut shared, task, w, outcome) {
-                        Ok(a) => {
-                            ack = a.or(ack.take());
-                            (200, String::new())
-                        }
-                        Err(_) => (409, format!("task {task} is not leased to worker {w}")),
-                    },
-                };
-                pb::ReportAck {
-                    task_id,
-                    status,
-                    detail,
-                }
-            })
-            .collect();
-        (ack, statuses)
+        let (statuses, settled) = self.app.apply(|step| {
+            reports
+                .into_iter()
+                .map(|r| {
+                    let task_id = r.task_id.clone();
+                    let (status, detail) = match r.validate() {
+                        Err(e) => (400, e.to_string()),
+                        Ok((task, outcome)) => match step.report(task, w, outcome) {
+                            Ok(()) => (200, String::new()),
+                            Err(_) => (409, format!("task {task} is not leased to worker {w}")),
+                        },
+                    };
+                    pb::ReportAck {
+                        task_id,
+                        status,
+                        detail,
+                    }
+                })
+                .collect()
+        });
+        (settled.into_ack(), statuses)
     }
 
     /// Renews the lease, then pushes any new stop notices and the tasks
@@ -357,10 +339,10 @@ impl Session {
             let tasks: Vec<pb::Task> = handed
                 .iter()
                 .filter_map(|id| shared.sched.task(*id))
-                .map(dispatch_grpc::task_message)
+                .map(crate::wire::task_message)
                 .collect();
             if !handed.is_empty() {
-                let _ = self.app.flush(&mut shared, None);
+                let _ = self.app.flush(&mut shared);
             }
             (tasks, stops)
         };
@@ -391,49 +373,52 @@ impl Session {
     /// and ends the stream with a status saying what the worker should do.
     async fn finish(self, end: End) {
         let w = self.worker;
-        let now = now_ms();
-        let (status, ack) = {
-            let mut shared = self.app.lock();
+        if let End::Stopping = end {
+            // A restart requeues everything without counting attempts: the
+            // core is told nothing, and nothing is settled.
+            self.app.forget_worker(&mut self.app.lock(), w);
+            let status = Status::unavailable("the scheduler is shutting down");
+            let _ = send_within_lease(&self.out, &self.app, Err(status)).await;
+            return;
+        }
+        let (status, mut settled) = self.app.apply(|step| {
+            let (sched, now) = (&mut step.shared.sched, step.now);
             let status = match &end {
                 End::Left => {
-                    let _ = shared.sched.deregister(w, now);
+                    let _ = sched.deregister(w, now);
                     tracing::info!(worker = %w, "gRPC worker left");
                     None
                 }
                 End::Broken(why) => {
-                    let _ = shared.sched.lose_worker(w, now);
+                    let _ = sched.lose_worker(w, now);
                     tracing::warn!(worker = %w, why = %why, "gRPC worker stream broke; its tasks were requeued");
                     None
                 }
                 End::Unreadable(status) => {
-                    let _ = shared.sched.lose_worker(w, now);
+                    let _ = sched.lose_worker(w, now);
                     tracing::warn!(worker = %w, why = %status.message(), "gRPC worker stream failed; its tasks were requeued");
                     Some(status.clone())
                 }
                 End::Silent => {
-                    let _ = shared.sched.lose_worker(w, now);
+                    let _ = sched.lose_worker(w, now);
                     Some(Status::deadline_exceeded(
                         "nothing heard within the lease; register again",
                     ))
                 }
                 End::Refused(status) => {
-                    let _ = shared.sched.lose_worker(w, now);
+                    let _ = sched.lose_worker(w, now);
                     Some(status.clone())
                 }
                 End::Unknown => Some(Status::not_found(
                     "the lease was lost and the tasks requeued; register again",
                 )),
-                // A restart requeues everything without counting attempts.
-                End::Stopping => Some(Status::unavailable("the scheduler is shutting down")),
-            };
-            self.app.forget_worker(&mut shared, w);
-            let ack = match end {
+                // Answered above.
                 End::Stopping => None,
-                _ => self.app.settle(&mut shared, now, None),
             };
-            (status, ack)
-        };
-        if let Err(e) = acked(ack).await {
+            self.app.forget_worker(step.shared, w);
+            status
+        });
+        if let Err(e) = settled.committed().await {
             tracing::error!(worker = %w, error = %e, "cannot persist the end of a gRPC session");
         }
         if let Some(status) = status {

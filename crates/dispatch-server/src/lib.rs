@@ -8,22 +8,30 @@
 //!
 //! - `app`: [`app::App`], the shared state — the [`dispatch_core::Scheduler`]
 //!   behind one mutex, the store for reads, the writer for writes — and the
-//!   one path by which core events reach the store and wake workers.
-//! - `http`: the router, the JSON body extractor (size and depth limits) and
-//!   problem+json errors.
+//!   one path by which a request changes state (`App::apply`) and core
+//!   events reach the store and wake workers. `clock`: its clocks.
+//! - `api`: problem+json errors (`ApiError`) and the JSON body
+//!   extractors (size and depth limits), used by every handler.
+//! - `router`: the one place that names every route and its handler, with
+//!   the middleware around them and the query table.
 //! - `tasks`, `workers`: the client endpoints and the HTTP worker protocol.
+//! - `wire`: the conversions between the wire types and the store's
+//!   records, which meet only here.
 //! - `grpc`: the streaming worker protocol (gRPC, credit-based push), served
 //!   on the same listener as HTTP.
 //! - `schedules`: cron schedules' endpoints and the loop that fires them,
-//!   each fire stored with its task before the task reaches the core.
+//!   each fire stored with its task before the task reaches the core;
+//!   `schedules::table` holds them in memory.
 //! - `queues`: `/v1/queues` (listing, pause, resume), the queue and type
 //!   settings of the config file ([`QueueSettings`]) and default strategies.
-//! - `metrics`: counters and the Prometheus text at `/metrics`.
+//! - `counters`, `metrics`: the counters, and the Prometheus text at
+//!   `/metrics`.
 //! - `audit`: the audit log (`--audit-log`), one JSON line per admin action
 //!   or refused request, written by its own thread.
 //! - `auth`: bearer tokens with scopes ([`Tokens`], read from a token file
 //!   of SHA-256 digests) and the one table of what each route needs,
-//!   enforced by one middleware around REST and gRPC alike.
+//!   enforced by one middleware around REST and gRPC alike; `owners`:
+//!   which token registered each worker.
 //! - `serve`: the connection loop — a cap on open connections, header and
 //!   idle timeouts for HTTP/1.1, keep-alive pings for HTTP/2.
 //! - `tls`: HTTPS on the same listener ([`TlsFiles`], `--tls-cert` and
@@ -33,19 +41,24 @@
 //! Every mutating request is acknowledged only after the store committed it
 //! (fsynced in the `durable` mode), so an acknowledged task survives a crash.
 
+mod api;
 mod app;
 mod audit;
 pub mod auth;
 mod budget;
+mod clock;
 mod cluster;
+mod counters;
 mod grpc;
-mod http;
 mod metrics;
+mod owners;
 mod queues;
+mod router;
 mod schedules;
 mod serve;
 mod tasks;
 mod tls;
+mod wire;
 mod workers;
 
 use std::net::SocketAddr;

@@ -1,9 +1,11 @@
-//! Counters, `/healthz` and the Prometheus text at `/metrics`.
+//! The leader's part of `/healthz`, the Prometheus text at `/metrics`
+//! (the counters of `counters` and gauges read from the core) and the
+//! middleware counting requests.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -12,31 +14,6 @@ use axum::response::{IntoResponse, Response};
 use dispatch_core::TaskState;
 
 use crate::app::App;
-
-/// Process-wide counters. Gauges are read from the core at scrape time.
-#[derive(Default)]
-pub(crate) struct Metrics {
-    pub(crate) submitted: AtomicU64,
-    /// Transitions into each state, indexed like `TaskState::ALL`.
-    transitions: [AtomicU64; 6],
-    pub(crate) workers_lost: AtomicU64,
-    /// Finished tasks deleted after the retention period.
-    pub(crate) purged: AtomicU64,
-    /// Requests by (route, status).
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-}
-
-impl Metrics {
-    pub(crate) fn transition(&self, to: TaskState) {
-        let i = TaskState::ALL.iter().position(|s| *s == to).unwrap_or(0);
-        self.transitions[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn transitions(&self, to: TaskState) -> u64 {
-        let i = TaskState::ALL.iter().position(|s| *s == to).unwrap_or(0);
-        self.transitions[i].load(Ordering::Relaxed)
-    }
-}
 
 /// Middleware counting requests by matched route and status.
 pub(crate) async fn count_requests(

@@ -25,8 +25,8 @@ use dispatch_core::{QueueConfig, QueueInfo, Scheduler, Strategy, TaskState, Type
 use dispatch_proto::{FieldError, QueueJson, QueueList, SubmitTask, ValidTask, parse_queue_name};
 use dispatch_store::Write;
 
-use crate::app::{App, acked, now_ms};
-use crate::http::{ApiError, json};
+use crate::api::{ApiError, json};
+use crate::app::{App, acked};
 
 /// A queue's settings from the config file (`[queues.NAME]`).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -150,10 +150,6 @@ pub(crate) fn check_template(
     }
 }
 
-/// Serializes pause and resume: each is stored, then applied, before the
-/// next starts, so the core ends in the state the store has last.
-static PAUSE_ORDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Every queue, by name, as the API shows it.
 async fn all_queues(app: &Arc<App>) -> Result<Vec<QueueJson>, ApiError> {
     let live = app.lock().sched.queues();
@@ -217,20 +213,19 @@ pub(crate) async fn resume(
 async fn set_paused(app: &Arc<App>, name: &str, paused: bool) -> Result<Response, ApiError> {
     let name = parse_queue_name(name)?;
     {
-        let _order = PAUSE_ORDER.lock().await;
+        let _order = app.pause_order.lock().await;
         let write = Write::SetQueuePaused {
             name: name.to_owned(),
             paused,
         };
         acked(Some(app.write(write)?)).await?;
-        let now = now_ms();
-        let mut shared = app.lock();
-        if paused {
-            shared.sched.pause_queue(name);
-        } else {
-            shared.sched.resume_queue(name);
-        }
-        let _ = app.settle(&mut shared, now, None);
+        app.apply(|step| {
+            if paused {
+                step.shared.sched.pause_queue(name);
+            } else {
+                step.shared.sched.resume_queue(name);
+            }
+        });
     }
     // A rate-limited queue may now wait for its next token.
     app.timer_wake.notify_one();

@@ -51,7 +51,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::http::ApiError;
+use crate::api::ApiError;
 
 /// HTTP/1.1 request bodies up to this size are read whole before routing.
 pub(crate) const BUFFERED_BODY: u64 = 64 * 1024;

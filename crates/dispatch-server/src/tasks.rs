@@ -6,45 +6,25 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use dispatch_core::{Strategy, TaskId, TaskState, WorkerId};
+use dispatch_core::{CoreError, Strategy, TaskId, TaskSpec, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
-    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRef,
-    TaskRefBatch, ValidTask, task_json,
+    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRefBatch,
+    ValidTask,
 };
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
-use crate::app::{App, acked, live_record, now_ms};
-use crate::budget::{Body, Charge, footprint, footprint_of};
-use crate::http::{ApiError, JsonBody, json};
+use crate::api::{ApiError, JsonBody, json};
+use crate::app::{App, acked, live_record};
+use crate::budget::{Body, Charge, footprint};
+use crate::clock::now_ms;
 use crate::queues::apply_default_strategy;
-
-/// The record of a newly accepted task.
-pub(crate) fn new_record(id: TaskId, v: ValidTask, now: u64) -> TaskRecord {
-    let waits = v.spec.run_at.is_some_and(|at| at > now) || !v.body.depends_on.is_empty();
-    TaskRecord {
-        id,
-        spec: v.spec,
-        body: v.body,
-        state: if waits {
-            TaskState::Scheduled
-        } else {
-            TaskState::Queued
-        },
-        attempts: 0,
-        worker: None,
-        started_at: None,
-        finished_at: None,
-        result: None,
-        error: None,
-        request_digest: v.digest,
-    }
-}
+use crate::wire::{new_record, task_json, task_query, task_ref};
 
 /// Checks that every parent a task names exists (live or stored), so that
 /// dependencies can never form a cycle.
 async fn check_parents(app: &Arc<App>, task: &ValidTask) -> Result<(), FieldError> {
-    for (i, parent) in task.body.depends_on.iter().enumerate() {
+    for (i, parent) in task.depends_on.iter().enumerate() {
         let exists = app.find_task(*parent).await.map_err(|e| {
             FieldError::new(
                 format!("depends_on[{i}]"),
@@ -126,29 +106,34 @@ async fn accept(
     now: u64,
     batch: bool,
 ) -> Result<Vec<(TaskRecord, bool)>, ApiError> {
+    // Each task's record, under its id once the plan is complete.
+    let tasks: Vec<(TaskRecord, Option<u32>)> = tasks
+        .into_iter()
+        .map(|v| {
+            let shards = v.shards;
+            (new_record(TaskId(0), v, now), shards)
+        })
+        .collect();
     check_request_size(app, &tasks)?;
     // Broadcast and sharding tasks expand into their copies or shards,
     // stored (with lower ids, in the same all-or-nothing insert) before the
     // submitted task, which becomes the join that waits for them.
-    let mut plan: Vec<ValidTask> = Vec::with_capacity(tasks.len());
+    let mut records: Vec<TaskRecord> = Vec::with_capacity(tasks.len());
     let mut roots = Vec::with_capacity(tasks.len());
     let mut joins = Vec::new();
-    for v in tasks {
-        let children = fan_out(app, &v)?;
-        let start = plan.len();
-        plan.extend(children);
-        if plan.len() > start {
-            joins.push((plan.len(), start..plan.len()));
+    for (r, shards) in tasks {
+        let start = records.len();
+        fan_out(app, &r, shards, &mut records)?;
+        if records.len() > start {
+            joins.push((records.len(), start..records.len()));
         }
-        roots.push(plan.len());
-        plan.push(v);
+        roots.push(records.len());
+        records.push(r);
     }
-    let first = app.reserve_ids(plan.len() as u64)?;
-    let mut records: Vec<TaskRecord> = plan
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| new_record(TaskId(first + i as u64), v, now))
-        .collect();
+    let first = app.reserve_ids(records.len() as u64)?;
+    for (i, r) in records.iter_mut().enumerate() {
+        r.id = TaskId(first + i as u64);
+    }
     for (join, children) in joins {
         let r = &mut records[join];
         r.body.depends_on = children.map(|k| TaskId(first + k as u64)).collect();
@@ -189,18 +174,21 @@ async fn accept(
             return Err(ApiError::new(500, "internal store error"));
         }
     };
-    let (mut created, mut existing) = (Vec::new(), Vec::new());
+    let n = records.len();
+    let (mut created, mut new_records, mut existing) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (r, o)) in records.into_iter().zip(outcomes).enumerate() {
         match o {
-            InsertOutcome::Created => created.push((i, r)),
+            InsertOutcome::Created => {
+                created.push(i);
+                new_records.push(r);
+            }
             InsertOutcome::Existing(orig) => existing.push((i, orig)),
         }
     }
-    let mut new_records: Vec<TaskRecord> = created.iter().map(|(_, r)| r.clone()).collect();
     admit(app, &mut new_records, &mut reserved, now).await?;
-    let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; created.len() + existing.len()];
-    for ((i, _), r) in created.iter().zip(new_records) {
-        out[*i] = Some((r, true));
+    let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; n];
+    for (i, r) in created.into_iter().zip(new_records) {
+        out[i] = Some((r, true));
     }
     for (i, orig) in existing {
         let original = app
@@ -213,18 +201,18 @@ async fn accept(
 }
 
 /// Counts what a request would create, copies and shards included, and
-/// checks it against every bound before any record is built, so that a
-/// request refused for its size costs nothing in proportion to it: at most
+/// checks it against every bound before any copy or shard is built, so
+/// that a request refused for its size costs nothing in proportion to it: at most
 /// `--max-tasks-per-request` tasks (413), and room for them under
 /// `--max-live-tasks` and `--max-memory-mb` (429). `check_capacity` checks
 /// again, exactly, once the records exist.
-fn check_request_size(app: &App, tasks: &[ValidTask]) -> Result<(), ApiError> {
+fn check_request_size(app: &App, tasks: &[(TaskRecord, Option<u32>)]) -> Result<(), ApiError> {
     let mut creates: u64 = 0;
     let mut bytes: u64 = 0;
-    for v in tasks {
-        let n = 1 + fan_out_count(app, v)?;
+    for (r, shards) in tasks {
+        let n = 1 + fan_out_count(app, &r.spec, *shards)?;
         creates = creates.saturating_add(n);
-        bytes = bytes.saturating_add(n.saturating_mul(footprint_of(&v.spec, &v.body)));
+        bytes = bytes.saturating_add(n.saturating_mul(footprint(r)));
     }
     let cap = app.config.max_tasks_per_request;
     if creates > cap {
@@ -256,13 +244,13 @@ fn check_request_size(app: &App, tasks: &[ValidTask]) -> Result<(), ApiError> {
 
 /// How many copies or shards `v` expands into, counted without making
 /// them (see [`fan_out`]).
-fn fan_out_count(app: &App, v: &ValidTask) -> Result<u64, ApiError> {
-    match v.spec.strategy {
-        Strategy::Sharding => Ok(u64::from(v.shards.unwrap_or(1))),
+fn fan_out_count(app: &App, spec: &TaskSpec, shards: Option<u32>) -> Result<u64, ApiError> {
+    match spec.strategy {
+        Strategy::Sharding => Ok(u64::from(shards.unwrap_or(1))),
         Strategy::Broadcast => {
-            let n = broadcast_targets(&app.lock().sched, v).count();
+            let n = broadcast_targets(&app.lock().sched, spec).count();
             if n == 0 {
-                return Err(no_broadcast_worker(v).into());
+                return Err(no_broadcast_worker(spec).into());
             }
             Ok(n as u64)
         }
@@ -274,68 +262,68 @@ fn fan_out_count(app: &App, v: &ValidTask) -> Result<u64, ApiError> {
 /// type and carries its labels.
 fn broadcast_targets<'a>(
     sched: &'a dispatch_core::Scheduler<Body>,
-    v: &'a ValidTask,
+    spec: &'a TaskSpec,
 ) -> impl Iterator<Item = WorkerId> + 'a {
     sched
         .workers()
-        .filter(|w| w.handles(&v.spec.kind) && w.has_labels(&v.spec.labels))
+        .filter(|w| w.handles(&spec.kind) && w.has_labels(&spec.labels))
         .map(|w| w.id)
 }
 
-fn no_broadcast_worker(v: &ValidTask) -> FieldError {
+fn no_broadcast_worker(spec: &TaskSpec) -> FieldError {
     FieldError::new(
         "strategy",
         format!(
             "no registered worker runs type {} with these labels; a broadcast needs one",
-            v.spec.kind
+            spec.kind
         ),
     )
 }
 
-/// The copies of a `broadcast` task (one pinned to each registered worker
-/// that runs its type and carries its labels) or the shards of a
-/// `sharding` one; nothing for other strategies. Copies and shards are
-/// routed like any task and inherit the task's own parents.
-fn fan_out(app: &App, v: &ValidTask) -> Result<Vec<ValidTask>, ApiError> {
+/// Adds to `plan` the copies of a `broadcast` task (one pinned to each
+/// registered worker that runs its type and carries its labels) or the
+/// `shards` of a `sharding` one; nothing for other strategies. Copies and
+/// shards are routed like any task and inherit the task's own parents; each
+/// shares the task's payload.
+fn fan_out(
+    app: &App,
+    r: &TaskRecord,
+    shards: Option<u32>,
+    plan: &mut Vec<TaskRecord>,
+) -> Result<(), ApiError> {
     let child = |i: u32| {
-        let mut c = v.clone();
+        let mut c = r.clone();
         c.spec.strategy = Strategy::RoundRobin;
-        c.shards = None;
-        c.body.idempotency_key = v
+        c.body.idempotency_key = r
             .body
             .idempotency_key
             .as_ref()
             .map(|k| dispatch_proto::task::copy_key(k, i));
         c
     };
-    match v.spec.strategy {
+    match r.spec.strategy {
         Strategy::Sharding => {
-            let total = v.shards.unwrap_or(1);
-            Ok((0..total)
-                .map(|i| {
-                    let mut c = child(i);
-                    c.body.shard = Some((i, total));
-                    c
-                })
-                .collect())
+            let total = shards.unwrap_or(1);
+            plan.extend((0..total).map(|i| {
+                let mut c = child(i);
+                c.body.shard = Some((i, total));
+                c
+            }));
         }
         Strategy::Broadcast => {
-            let workers: Vec<WorkerId> = broadcast_targets(&app.lock().sched, v).collect();
+            let workers: Vec<WorkerId> = broadcast_targets(&app.lock().sched, &r.spec).collect();
             if workers.is_empty() {
-                return Err(no_broadcast_worker(v).into());
+                return Err(no_broadcast_worker(&r.spec).into());
             }
-            Ok(workers
-                .into_iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    let mut c = child(i as u32);
-                    c.spec.pinned = Some(w);
-                    c
-                })
-                .collect())
+            plan.extend(workers.into_iter().enumerate().map(|(i, w)| {
+                let mut c = child(i as u32);
+                c.spec.pinned = Some(w);
+                c
+            }));
         }
-        _ => Ok(Vec::new()),
+        _ => {}
     }
+    Ok(())
 }
 
 /// Hands tasks that are already stored to the core: they wait for their
@@ -349,28 +337,28 @@ pub(crate) async fn admit(
     now: u64,
 ) -> Result<(), ApiError> {
     let mut delayed = false;
-    let mut ended_parents = Vec::new();
-    {
-        let mut shared = app.lock();
+    // Assignment writes need no wait: losing one only means the task is
+    // still queued after a crash, and it will run then.
+    let (ended_parents, _) = app.apply(|step| {
+        let sched = &mut step.shared.sched;
+        let mut ended_parents = Vec::new();
         for r in records.iter() {
             delayed |= r.spec.run_at.is_some_and(|at| at > now);
             let body = Body::new(r.body.clone(), reserved.split_off(footprint(r)));
-            if let Err(e) = shared.sched.submit(r.id, r.spec.clone(), body, now) {
+            if let Err(e) = sched.submit(r.id, r.spec.clone(), body, now) {
                 tracing::error!(task = %r.id, error = %e, "the core refused a stored task");
                 continue;
             }
             if !r.body.depends_on.is_empty() {
-                match shared.sched.hold_for_parents(r.id, &r.body.depends_on) {
+                match sched.hold_for_parents(r.id, &r.body.depends_on) {
                     Ok(ended) if !ended.is_empty() => ended_parents.push((r.id, ended)),
                     Ok(_) => {}
                     Err(e) => tracing::error!(task = %r.id, error = %e, "cannot hold for parents"),
                 }
             }
         }
-        // Assignment writes need no wait: losing one only means the task is
-        // still queued after a crash, and it will run then.
-        let _ = app.settle(&mut shared, now_ms(), None);
-    }
+        ended_parents
+    });
     app.resolve_ended_parents(ended_parents).await?;
     // Show each new task as it is now: it may already be running, or have
     // ended (cancelled at once because a parent had failed).
@@ -427,7 +415,7 @@ pub(crate) async fn submit(
         StatusCode::OK
     };
     if wants_minimal(&headers) {
-        return Ok(minimal(json(status, &TaskRef::of(&record))));
+        return Ok(minimal(json(status, &task_ref(&record))));
     }
     Ok(json(status, &task_json(&record)))
 }
@@ -498,7 +486,7 @@ pub(crate) async fn submit_batch(
     }
     let accepted = accept(&app, valid, now, true).await?;
     if wants_minimal(&headers) {
-        let tasks = accepted.iter().map(|(r, _)| TaskRef::of(r)).collect();
+        let tasks = accepted.iter().map(|(r, _)| task_ref(r)).collect();
         return Ok(minimal(json(StatusCode::CREATED, &TaskRefBatch { tasks })));
     }
     let tasks: Vec<_> = accepted.iter().map(|(r, _)| task_json(r)).collect();
@@ -510,7 +498,7 @@ fn path_task_id(s: &str) -> Result<TaskId, ApiError> {
 }
 
 /// Query of `GET /v1/tasks/{id}`; its parameters are listed in the query
-/// table of `http.rs`.
+/// table of `router.rs`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GetQuery {
@@ -564,7 +552,7 @@ pub(crate) async fn list(
     query: Result<Query<ListTasks>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(400, format!("bad query string: {e}")))?;
-    let q = q.validate()?;
+    let q = task_query(q.validate()?);
     // The store lists: first let it take every change the core already
     // made (a task collected a moment ago is listed as running). While the
     // store cannot be written, the list is still read, as it stands.
@@ -625,31 +613,26 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tid = path_task_id(&id)?;
-    let now = now_ms();
-    let outcome = {
-        let mut shared = app.lock();
-        let before = shared.sched.task(tid).map(live_record);
-        match shared
-            .sched
-            .cancel(tid, "cancelled by request".to_owned(), now)
-        {
-            Ok(()) => {
-                let ack = app.settle(&mut shared, now, None);
-                Some((before, ack))
-            }
-            Err(_) => None,
-        }
-    };
-    match outcome {
-        Some((before, ack)) => {
-            acked(ack).await?;
+    let cancelled = app.try_apply(|step| {
+        let before = step.shared.sched.task(tid).map(live_record);
+        let reason = "cancelled by request".to_owned();
+        step.shared.sched.cancel(tid, reason, step.now)?;
+        step.watch(tid);
+        Ok::<_, CoreError>(before)
+    });
+    match cancelled {
+        Ok((before, mut settled)) => {
+            settled.committed().await?;
             let mut r = before.ok_or_else(|| ApiError::new(500, "cancelled task had no record"))?;
-            r.state = TaskState::Cancelled;
-            r.finished_at = Some(now);
-            r.error = Some("cancelled by request".to_owned());
+            let t = settled
+                .transition(tid)
+                .ok_or_else(|| ApiError::new(500, "a cancel made no transition"))?;
+            r.state = t.state;
+            r.finished_at = t.finished_at;
+            r.error = t.error.clone();
             Ok(json(StatusCode::OK, &task_json(&r)))
         }
-        None => match app.find_task(tid).await? {
+        Err(_) => match app.find_task(tid).await? {
             None => Err(ApiError::not_found(format_args!("task {id}"))),
             Some(r) if r.state.is_terminal() => Err(ApiError::conflict(format!(
                 "task {id} already ended ({})",
@@ -710,15 +693,16 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
         error: None,
     };
     acked(Some(app.write(Write::Update(update))?)).await?;
-    let now = now_ms();
     record.spec.run_at = None;
-    let mut shared = app.lock();
     let body = Body::new(record.body.clone(), app.budget.charge(footprint(&record)));
-    shared
-        .sched
-        .restore(record.id, record.spec.clone(), body, 0, None, now)
-        .map_err(|_| ApiError::conflict(format!("task {} is live again", record.id)))?;
-    let _ = app.settle(&mut shared, now, None);
+    app.try_apply(|step| {
+        let spec = record.spec.clone();
+        step.shared
+            .sched
+            .restore(record.id, spec, body, 0, None, step.now)
+            .map_err(|_| ApiError::conflict(format!("task {} is live again", record.id)))
+    })?;
+    let shared = app.lock();
     match shared.sched.task(record.id) {
         Some(t) => Ok(live_record(t)),
         None => {
@@ -847,21 +831,16 @@ pub(crate) async fn cancel_matching(
     ids.sort_unstable();
     let mut count = 0u64;
     for page in ids.chunks(BULK_PAGE) {
-        let now = now_ms();
-        let ack = {
-            let mut shared = app.lock();
-            for id in page {
-                if shared
-                    .sched
-                    .cancel(*id, "cancelled by request".to_owned(), now)
-                    .is_ok()
-                {
-                    count += 1;
-                }
-            }
-            app.settle(&mut shared, now, None)
-        };
-        acked(ack).await?;
+        count += app
+            .apply_durably(|step| {
+                let reason = || "cancelled by request".to_owned();
+                let sched = &mut step.shared.sched;
+                let cancelled = page
+                    .iter()
+                    .filter(|id| sched.cancel(**id, reason(), step.now).is_ok());
+                Ok::<_, ApiError>(cancelled.count() as u64)
+            })
+            .await?;
     }
     Ok(json(StatusCode::OK, &dispatch_proto::BulkCount { count }))
 }

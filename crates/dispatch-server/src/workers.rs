@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dispatch_core::{CoreError, TaskId, WorkerId};
+use dispatch_core::{TaskId, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::worker::parse_worker_id;
 use dispatch_proto::{
@@ -16,9 +16,10 @@ use dispatch_proto::{
     PolledTask, RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
 };
 
-use crate::app::{Ack, App, Shared, acked, now_ms};
-use crate::auth::{Act, Caller};
-use crate::http::{ApiError, JsonBody, OptionalJsonBody, json};
+use crate::api::{ApiError, JsonBody, OptionalJsonBody, json};
+use crate::app::{Ack, App, Settled, Shared, acked};
+use crate::clock::now_ms;
+use crate::owners::{Act, Caller};
 
 fn path_worker_id(s: &str) -> Result<WorkerId, ApiError> {
     parse_worker_id("id", Some(s)).map_err(|_| ApiError::not_found(format_args!("worker {s:?}")))
@@ -31,26 +32,6 @@ fn lease_lost(id: &str) -> ApiError {
     ))
 }
 
-/// Why there is no room for one more worker: `--max-workers` are
-/// registered (HTTP answers 429, gRPC `RESOURCE_EXHAUSTED`).
-pub(crate) fn room_for_a_worker(
-    app: &App,
-    shared: &Shared,
-    spec: &dispatch_core::WorkerSpec,
-) -> Result<crate::budget::Charge, String> {
-    let max = app.config.max_workers;
-    if shared.sched.worker_count() >= max {
-        return Err(format!(
-            "the server has {max} workers registered, as many as --max-workers allows"
-        ));
-    }
-    // A worker's registration is held in memory like a task: it is charged
-    // against `--max-memory-mb` too.
-    app.budget
-        .reserve(crate::budget::worker_footprint(spec), 0)
-        .map_err(|e| e.to_string())
-}
-
 /// `POST /v1/workers`: 201 with the id and lease settings.
 pub(crate) async fn register(
     State(app): State<Arc<App>>,
@@ -58,47 +39,39 @@ pub(crate) async fn register(
     JsonBody(req): JsonBody<RegisterWorker>,
 ) -> Result<Response, ApiError> {
     let spec = req.validate_within(&app.config.worker_limits)?;
-    let now = now_ms();
-    let (id, stored) = {
-        let mut shared = app.lock();
-        let charge = room_for_a_worker(&app, &shared, &spec).map_err(ApiError::overloaded)?;
-        let kept = app.keeps_workers.then(|| spec.clone());
-        let id = shared.sched.register_worker(spec, now);
-        let stored = match kept {
-            Some(spec) => {
-                let record = dispatch_store::WorkerRecord {
-                    id,
-                    name: spec.name,
-                    types: spec.types.iter().map(|t| t.to_string()).collect(),
-                    labels: spec.labels,
-                    capacity: spec.capacity,
-                    weight: spec.weight,
-                    owner: caller.as_deref().map(|c| c.digest),
-                    registered_at: now,
-                };
-                match app.store_worker(&mut shared, record) {
-                    Ok(ack) => ack,
-                    Err(e) => {
-                        let _ = shared.sched.deregister(id, now);
-                        return Err(e.into());
-                    }
-                }
-            }
-            None => None,
+    let kept = app.keeps_workers.then(|| spec.clone());
+    let ((id, stored), _) = app.try_apply(|step| {
+        let (id, _) = app
+            .enroll(step, spec, caller.as_deref(), false)
+            .map_err(ApiError::overloaded)?;
+        let Some(spec) = kept else {
+            return Ok((id, None));
         };
-        app.hold_worker_charge(&mut shared, id, charge);
-        app.owners
-            .record(caller.as_deref(), id, |w| shared.sched.worker(w).is_some());
-        app.waker(&mut shared, id);
-        let _ = app.settle(&mut shared, now, None);
-        (id, stored)
-    };
+        let record = dispatch_store::WorkerRecord {
+            id,
+            name: spec.name,
+            types: spec.types.iter().map(|t| t.to_string()).collect(),
+            labels: spec.labels,
+            capacity: spec.capacity,
+            weight: spec.weight,
+            owner: caller.as_deref().map(|c| c.digest),
+            registered_at: step.now,
+        };
+        match app.store_worker(step.shared, record) {
+            Ok(ack) => Ok((id, ack)),
+            Err(e) => {
+                let _ = step.shared.sched.deregister(id, step.now);
+                app.forget_worker(step.shared, id);
+                Err(ApiError::from(e))
+            }
+        }
+    })?;
     if let Err(e) = acked(stored).await {
         // Not kept: it is not registered either.
-        let mut shared = app.lock();
-        let _ = shared.sched.deregister(id, now_ms());
-        app.forget_worker(&mut shared, id);
-        let _ = app.settle(&mut shared, now_ms(), None);
+        app.apply(|step| {
+            let _ = step.shared.sched.deregister(id, step.now);
+            app.forget_worker(step.shared, id);
+        });
         return Err(e.into());
     }
     app.timer_wake.notify_one();
@@ -129,18 +102,23 @@ pub(crate) async fn heartbeat(
     let w = path_worker_id(&id)?;
     let held = dispatch_proto::running_ids(req.running.as_deref())?;
     app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
-    let now = now_ms();
-    let cancel = {
-        let mut shared = app.lock();
-        let cancel = shared
+    let cancel = match held {
+        None => app
+            .lock()
             .sched
-            .heartbeat(w, now)
-            .map_err(|_| lease_lost(&id))?;
-        if let Some(held) = held {
-            shared.sched.claim_running(w, &held, now);
-            let _ = app.flush(&mut shared, None);
+            .heartbeat(w, now_ms())
+            .map_err(|_| lease_lost(&id))?,
+        // What it still runs: a task kept on it across a takeover that it
+        // does not name goes back.
+        Some(held) => {
+            let (cancel, _) = app.try_apply(|step| {
+                let sched = &mut step.shared.sched;
+                let cancel = sched.heartbeat(w, step.now).map_err(|_| lease_lost(&id))?;
+                sched.claim_running(w, &held, step.now);
+                Ok::<_, ApiError>(cancel)
+            })?;
+            cancel
         }
-        cancel
     };
     let reply = HeartbeatReply {
         cancel: cancel.iter().map(ToString::to_string).collect(),
@@ -156,48 +134,17 @@ pub(crate) async fn leave(
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
     app.owners.check(caller.as_deref(), w, Act::Remove)?;
-    let now = now_ms();
-    let ack = {
-        let mut shared = app.lock();
-        shared
+    app.apply_durably(|step| {
+        step.shared
             .sched
-            .deregister(w, now)
+            .deregister(w, step.now)
             .map_err(|_| lease_lost(&id))?;
-        app.forget_worker(&mut shared, w);
-        app.settle(&mut shared, now, None)
-    };
-    acked(ack).await?;
+        app.forget_worker(step.shared, w);
+        Ok::<_, ApiError>(())
+    })
+    .await?;
     tracing::info!(worker = %w, "worker left");
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Applies one report under the lock. The result is attached to the
-/// task's terminal write by `settle`. Shared by the gRPC protocol.
-pub(crate) fn report(
-    app: &App,
-    shared: &mut Shared,
-    task: TaskId,
-    worker: WorkerId,
-    outcome: Outcome,
-) -> Result<Option<Ack>, CoreError> {
-    let now = now_ms();
-    shared.sched.stop_heard(worker, task);
-    match outcome {
-        Outcome::Succeeded(result) => {
-            shared.sched.complete(task, worker, now)?;
-            Ok(app.settle(shared, now, Some((task, result))))
-        }
-        Outcome::Failed {
-            error,
-            retry_after_ms,
-            abort,
-        } => {
-            shared
-                .sched
-                .fail(task, worker, error, retry_after_ms, abort, now)?;
-            Ok(app.settle(shared, now, None))
-        }
-    }
 }
 
 /// The task and worker as the client named them.
@@ -207,13 +154,37 @@ fn not_leased(task: &str, worker: &str) -> ApiError {
     ))
 }
 
-/// The state a task is in once a report was applied: as the core holds it
-/// (a retry waits `scheduled`), else the end the report gave it.
-fn state_after(shared: &Shared, task: TaskId, succeeded: bool) -> String {
-    match shared.sched.task(task) {
-        Some(t) => t.state.as_str().to_owned(),
-        None if succeeded => "succeeded".to_owned(),
-        None => "dead".to_owned(),
+/// The state a report left its task in (`succeeded`, `dead`, or
+/// `scheduled` for a retry), as the core's last transition of it says.
+fn state_after(settled: &Settled, task: TaskId) -> Option<String> {
+    settled
+        .transition(task)
+        .map(|t| t.state.as_str().to_owned())
+}
+
+/// The answer to one report: accepted, with the state it left the task in,
+/// or refused (409: not leased to `worker` any more).
+fn result_status(
+    sent: String,
+    accepted: bool,
+    settled: &Settled,
+    task: TaskId,
+    worker: &str,
+) -> ResultStatus {
+    if accepted {
+        ResultStatus {
+            state: state_after(settled, task),
+            task_id: sent,
+            status: 200,
+            detail: None,
+        }
+    } else {
+        ResultStatus {
+            detail: Some(format!("task {sent} is not leased to worker {worker}")),
+            task_id: sent,
+            status: 409,
+            state: None,
+        }
     }
 }
 
@@ -225,20 +196,11 @@ async fn report_one(
 ) -> Result<Response, ApiError> {
     let task =
         parse_task_id("id", &id).map_err(|_| ApiError::not_found(format_args!("task {id:?}")))?;
-    let succeeded = matches!(outcome, Outcome::Succeeded(_));
-    let (ack, state) = {
-        let mut shared = app.lock();
-        let ack = report(&app, &mut shared, task, worker.0, outcome)
-            .map_err(|_| not_leased(&id, &worker.1))?;
-        (ack, state_after(&shared, task, succeeded))
-    };
-    acked(ack).await?;
-    let answer = ResultStatus {
-        task_id: id,
-        status: 200,
-        state: Some(state),
-        detail: None,
-    };
+    let ((), mut settled) = app
+        .try_apply(|step| step.report(task, worker.0, outcome))
+        .map_err(|_| not_leased(&id, &worker.1))?;
+    settled.committed().await?;
+    let answer = result_status(id, true, &settled, task, &worker.1);
     Ok(json(StatusCode::OK, &answer))
 }
 
@@ -281,9 +243,9 @@ fn collect(
     let tasks = ids
         .iter()
         .filter_map(|id| shared.sched.task(*id))
-        .map(PolledTask::new)
+        .map(crate::wire::polled_task)
         .collect();
-    let ack = app.flush(shared, None);
+    let ack = app.flush(shared);
     let cancel = shared.sched.worker(w)?.cancel_notices().to_vec();
     Some((tasks, cancel, ack))
 }
@@ -296,7 +258,7 @@ pub(crate) async fn poll(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
-    OptionalJsonBody(req): OptionalJsonBody<PollRequest>,
+    OptionalJsonBody(mut req): OptionalJsonBody<PollRequest>,
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
     let held = dispatch_proto::running_ids(req.running.as_deref())?;
@@ -306,7 +268,7 @@ pub(crate) async fn poll(
     let mut reports = Vec::new();
     for (i, r) in req
         .results
-        .clone()
+        .take()
         .unwrap_or_default()
         .into_iter()
         .enumerate()
@@ -317,52 +279,41 @@ pub(crate) async fn poll(
             .map_err(|e| e.within(&format!("results[{i}]")))?;
         reports.push((task, sent, outcome));
     }
-    let (statuses, ack, max, wait_ms) = {
-        let mut shared = app.lock();
-        let capacity = shared
-            .sched
-            .worker(w)
-            .map(|x| x.spec.capacity)
-            .ok_or_else(|| lease_lost(&id))?;
-        let (max, wait_ms) = req.limits(capacity)?;
-        let mut statuses = Vec::with_capacity(reports.len());
-        let mut ack = None;
-        for (task, sent, outcome) in reports {
-            let succeeded = matches!(outcome, Outcome::Succeeded(_));
-            let status = match report(&app, &mut shared, task, w, outcome) {
-                Ok(a) => {
-                    ack = a.or(ack);
-                    ResultStatus {
-                        state: Some(state_after(&shared, task, succeeded)),
-                        task_id: sent,
-                        status: 200,
-                        detail: None,
-                    }
-                }
-                Err(_) => ResultStatus {
-                    detail: Some(format!("task {sent} is not leased to worker {id}")),
-                    task_id: sent,
-                    status: 409,
-                    state: None,
-                },
-            };
-            statuses.push(status);
-        }
-        // What it still runs, once its reports are in: a task kept on it
-        // across a takeover that it does not name goes back.
-        if let Some(held) = &held {
-            shared.sched.claim_running(w, held, now_ms());
-            ack = app.flush(&mut shared, None).or(ack);
-        }
-        (statuses, ack, max, wait_ms)
+    let capacity = |shared: &Shared| {
+        let worker = shared.sched.worker(w).ok_or_else(|| lease_lost(&id))?;
+        Ok::<_, ApiError>(worker.spec.capacity)
     };
-    // Reports are acknowledged only once durable, and nothing is handed
-    // over before: a poll answered with an error has taken no task.
-    acked(ack).await?;
+    let (statuses, max, wait_ms) = if reports.is_empty() && held.is_none() {
+        let (max, wait_ms) = req.limits(capacity(&app.lock())?)?;
+        (Vec::new(), max, wait_ms)
+    } else {
+        let ((applied, max, wait_ms), mut settled) = app.try_apply(|step| {
+            let (max, wait_ms) = req.limits(capacity(step.shared)?)?;
+            let applied: Vec<_> = reports
+                .into_iter()
+                .map(|(task, sent, outcome)| (task, sent, step.report(task, w, outcome).is_ok()))
+                .collect();
+            // What it still runs, once its reports are in: a task kept on
+            // it across a takeover that it does not name goes back.
+            if let Some(held) = &held {
+                step.shared.sched.claim_running(w, held, step.now);
+            }
+            Ok::<_, ApiError>((applied, max, wait_ms))
+        })?;
+        // Reports are acknowledged only once durable, and nothing is
+        // handed over before: a poll answered with an error has taken no
+        // task.
+        settled.committed().await?;
+        let statuses = applied
+            .into_iter()
+            .map(|(task, sent, accepted)| result_status(sent, accepted, &settled, task, &id))
+            .collect();
+        (statuses, max, wait_ms)
+    };
 
     let (waker, heard, room) = {
         let mut shared = app.lock();
-        let _ = app.settle(&mut shared, now_ms(), None);
+        let _ = app.settle(&mut shared, now_ms());
         let worker = shared.sched.worker(w).ok_or_else(|| lease_lost(&id))?;
         let (heard, room) = (worker.cancel_notices().len(), worker.room());
         (app.waker(&mut shared, w), heard, room)

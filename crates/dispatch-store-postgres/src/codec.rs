@@ -555,7 +555,9 @@ pub(crate) fn pg_error(doing: &str) -> impl FnOnce(tokio_postgres::Error) -> Sto
 /// - The server is away or refusing work now (connection errors, class 08;
 ///   too many connections and out of resources, 53; shutdown or
 ///   cancellation, 57; system errors, 58; a serialization failure or a
-///   deadlock, 40; a lock not available, 55): `Unavailable`, retry later.
+///   deadlock, 40; a lock not available, 55; a password refused, 28, or a
+///   database missing, 3D, which an operator fixes without restarting
+///   Dispatch): `Unavailable`, retry later.
 /// - An integrity constraint (a task id stored twice, 23) or a value the
 ///   database refuses (a NUL character in text, 22): `Conflict`, a bug of
 ///   the caller.
@@ -564,7 +566,7 @@ pub(crate) fn pg_error(doing: &str) -> impl FnOnce(tokio_postgres::Error) -> Sto
 pub(crate) fn kind_of(e: &tokio_postgres::Error) -> ErrorKind {
     if let Some(db) = e.as_db_error() {
         return match &db.code().code()[..2] {
-            "08" | "53" | "57" | "58" | "40" | "55" | "XX" => ErrorKind::Unavailable,
+            "08" | "53" | "57" | "58" | "40" | "55" | "28" | "3D" => ErrorKind::Unavailable,
             "23" | "22" => ErrorKind::Conflict,
             _ => ErrorKind::Corrupt,
         };

@@ -383,7 +383,7 @@ fn a_takeover_fences_the_old_leaders_batches_from_another_handle() {
         id: "b".into(),
         url: "http://b.invalid".into(),
     };
-    let lease = a.claim_lease("default", &ra, 100).expect("claim");
+    let lease = a.claim_lease("default", &ra, 60_000).expect("claim");
     assert!(lease.held);
     a.apply(&[
         Write::Fence {
@@ -394,7 +394,10 @@ fn a_takeover_fences_the_old_leaders_batches_from_another_handle() {
     ])
     .expect("the leader writes");
     assert!(!b.claim_lease("default", &rb, 60_000).expect("claim").held);
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // The leader's last renewal is short, and runs out.
+    let renewed = a.claim_lease("default", &ra, 1).expect("renew");
+    assert_eq!(renewed.epoch, lease.epoch);
+    std::thread::sleep(std::time::Duration::from_millis(50));
     let taken = b.claim_lease("default", &rb, 60_000).expect("claim");
     assert!(taken.held);
     assert_eq!(taken.epoch, lease.epoch + 1);
@@ -589,4 +592,80 @@ fn a_postgres_restart_under_load_heals_without_reopening_the_store() {
         acked.len(),
         failures.load(Ordering::SeqCst)
     );
+}
+
+/// The server reserves ids from its async handlers (once per range): the
+/// store blocks the task for the call, but does not panic, even on a
+/// runtime of one thread.
+#[tokio::test(flavor = "current_thread")]
+async fn it_serves_an_async_task_directly() {
+    let store = fresh();
+    let first = store.reserve_ids(10).expect("reserve");
+    store
+        .apply(&[Write::Insert(vec![sample(first.0, "email")])])
+        .expect("insert");
+    assert!(store.get_task(first).expect("get").is_some());
+    tokio::task::spawn_blocking(move || drop(store))
+        .await
+        .expect("drop");
+}
+
+/// A leader writing fenced batches without pause while a standby takes
+/// the lease over: every batch of the old term that commits does so
+/// before the takeover, none after (the takeover waits for the batch in
+/// progress; later ones see the new epoch).
+#[test]
+fn no_batch_of_the_old_term_commits_after_a_takeover() {
+    let (a, b) = two_handles();
+    let ra = Replica {
+        id: "a".into(),
+        url: "http://a.invalid".into(),
+    };
+    let rb = Replica {
+        id: "b".into(),
+        url: "http://b.invalid".into(),
+    };
+    let lease = a.claim_lease("default", &ra, 200).expect("claim");
+    assert!(lease.held);
+    let leader = {
+        let a = Arc::clone(&a);
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for id in 1u64.. {
+                let batch = [
+                    Write::Fence {
+                        partition: "default".into(),
+                        epoch: lease.epoch,
+                    },
+                    Write::Insert(vec![sample(id, "email")]),
+                ];
+                match a.apply(&batch) {
+                    Ok(_) => acked.push(id),
+                    Err(e) => {
+                        assert_eq!(e.kind, ErrorKind::Fenced, "{e}");
+                        return acked;
+                    }
+                }
+            }
+            unreachable!()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let taken = loop {
+        let l = b.claim_lease("default", &rb, 60_000).expect("claim");
+        if l.held {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "never taken over");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(taken.epoch, lease.epoch + 1);
+    let at_takeover = b.max_task_id().expect("max").map_or(0, |t| t.0);
+    let acked = leader.join().expect("the old leader");
+    assert!(
+        !acked.is_empty(),
+        "the old leader wrote before the takeover"
+    );
+    assert_eq!(acked.last().copied(), Some(at_takeover), "nothing after");
+    assert_eq!(all(&*b).len(), acked.len());
 }

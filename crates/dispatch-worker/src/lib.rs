@@ -35,6 +35,10 @@
 //! Both speak TLS to an `https://` URL, trusting the system's certificate
 //! authorities, or also a private CA given with [`WorkerBuilder::trust`].
 //!
+//! With the `generic` feature, `generic` is the generic worker: a TOML file
+//! maps each task type to a shell command or an HTTP endpoint, and one
+//! worker of this SDK runs them (`dispatch worker --config` is that).
+//!
 //! ```no_run
 //! use dispatch_worker::{TaskContext, TaskError, Worker};
 //! use serde::Deserialize;
@@ -58,6 +62,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "generic")]
+pub mod generic;
 mod grpc;
 mod handler;
 mod run;

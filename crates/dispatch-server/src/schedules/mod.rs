@@ -22,91 +22,30 @@
 //! in-memory map changed: a fire is never written after its schedule's
 //! delete.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dispatch_core::{Millis, TaskId};
-use dispatch_cron::MisfirePolicy;
-use dispatch_proto::{
-    CreateSchedule, ScheduleJson, ScheduleList, ScheduleParts, SubmitTask, fire_task,
-    parse_schedule_name, schedule_json,
-};
-use dispatch_store::{FireOutcome, ScheduleRecord, StoreError, TaskRecord, Write, WriteOutcome};
-use tokio::sync::Notify;
+use dispatch_proto::{CreateSchedule, ScheduleList, SubmitTask, fire_task, parse_schedule_name};
+use dispatch_store::{FireOutcome, StoreError, TaskRecord, Write, WriteOutcome};
 
-use crate::app::{Ack, App, acked, now_ms, wall_ms};
-use crate::http::{ApiError, JsonBody, json};
+use crate::api::{ApiError, JsonBody, json};
+use crate::app::{Ack, App, acked};
+use crate::clock::{now_ms, wall_ms};
+use crate::wire::schedule_record;
 
-/// How late the latest due fire may run and still count as on time.
-pub(crate) const MISFIRE_GRACE_MS: Millis = 60_000;
+pub(crate) mod table;
+
+use table::{Entry, Schedules, rewind, schedule_footprint};
 
 /// The longest the loop sleeps, so that a wall clock that moved is noticed.
 const MAX_SLEEP_MS: Millis = 60_000;
 
 /// How long the loop waits before retrying fires the store refused.
 const RETRY_MS: Millis = 1_000;
-
-/// One schedule in memory.
-struct Entry {
-    record: ScheduleRecord,
-    /// `None` when the stored schedule no longer validates: it is listed
-    /// but never fires.
-    parts: Option<ScheduleParts>,
-    /// Every fire at or before this was run or dropped.
-    decided: Millis,
-    /// The next fire after `decided`.
-    next: Option<Millis>,
-    /// Created but not yet committed: holds the name, invisible otherwise.
-    pending: bool,
-    /// What it takes of `--max-memory-mb` (its template twice over: as
-    /// text and parsed), given back when it is deleted.
-    _charge: Option<crate::budget::Charge>,
-}
-
-impl Entry {
-    fn new(
-        record: ScheduleRecord,
-        parts: Option<ScheduleParts>,
-        pending: bool,
-        charge: Option<crate::budget::Charge>,
-    ) -> Entry {
-        let decided = record.last_fire_at.unwrap_or(record.created_at);
-        let next = parts.as_ref().and_then(|p| p.cron.next_after(decided));
-        Entry {
-            record,
-            parts,
-            decided,
-            next,
-            pending,
-            _charge: charge,
-        }
-    }
-
-    fn json(&self) -> ScheduleJson {
-        let next = if self.record.paused { None } else { self.next };
-        schedule_json(&self.record, next)
-    }
-
-    fn policy(&self, parts: &ScheduleParts) -> MisfirePolicy {
-        MisfirePolicy {
-            misfire: parts.misfire,
-            catch_up_limit: self.record.catch_up_limit as usize,
-            grace_ms: MISFIRE_GRACE_MS,
-        }
-    }
-}
-
-/// Every schedule, by name, and the loop's wake-up.
-#[derive(Default)]
-pub(crate) struct Schedules {
-    entries: Mutex<BTreeMap<String, Entry>>,
-    /// Notified when a schedule was added or removed.
-    changed: Notify,
-}
 
 /// A fire written to the store, waiting for its commit.
 struct SentFire {
@@ -118,137 +57,76 @@ struct SentFire {
     reserved: crate::budget::Charge,
 }
 
-impl Schedules {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
-        // Entries are replaced whole; any state a panic left is consistent.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes the stored schedules at start-up; they are charged to
-    /// `budget` whatever it says, like recovered tasks.
-    pub(crate) fn load(
-        &self,
-        records: Vec<ScheduleRecord>,
-        budget: &std::sync::Arc<crate::budget::MemoryBudget>,
-    ) {
-        let mut entries = self.lock();
-        for r in records {
-            let parts = match ScheduleParts::of(&r) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::error!(schedule = %r.name, error = %e, "a stored schedule does not validate; it will not fire");
-                    None
+/// Decides every schedule's due fires at `now` and writes each one with
+/// its task. Returns the writes sent and whether all could be sent.
+fn send_due(schedules: &Schedules, app: &App, now: Millis) -> (Vec<SentFire>, bool) {
+    let mut sent = Vec::new();
+    let mut healthy = true;
+    let mut entries = schedules.lock();
+    for (name, e) in entries.iter_mut() {
+        if e.pending || e.record.paused || e.next.is_none_or(|n| n > now) {
+            continue;
+        }
+        let Some(parts) = e.parts.as_ref() else {
+            continue;
+        };
+        let due = parts.cron.due_fires(e.decided, now, &e.policy(parts));
+        if due.missed {
+            tracing::warn!(
+                schedule = %name,
+                misfire = %parts.misfire,
+                running = due.fires.len(),
+                "fires were missed; the misfire policy decides which run"
+            );
+        }
+        // A wall clock that stepped back must not undecide fires.
+        e.decided = e.decided.max(now);
+        e.next = due.next;
+        for fire_at in due.fires {
+            let task = match new_fire_task(app, &parts.template, name, fire_at, now) {
+                Ok(Ok(t)) => t,
+                Ok(Err(err)) => {
+                    tracing::error!(schedule = %name, error = %err, "cannot build a fire's task; skipping the fire");
+                    continue;
+                }
+                Err(err) => {
+                    // No id for its task: the fire is due again.
+                    tracing::warn!(schedule = %name, error = %err, "cannot reserve a task id; the fire waits");
+                    rewind(e, fire_at);
+                    healthy = false;
+                    break;
                 }
             };
-            let charge = budget.charge(schedule_footprint(&r));
-            entries.insert(r.name.clone(), Entry::new(r, parts, false, Some(charge)));
-        }
-        tracing::info!(schedules = entries.len(), "loaded cron schedules");
-        drop(entries);
-        self.changed.notify_one();
-    }
-
-    /// The earliest next fire of an active schedule.
-    fn earliest(&self) -> Option<Millis> {
-        self.lock()
-            .values()
-            .filter(|e| !e.pending && !e.record.paused)
-            .filter_map(|e| e.next)
-            .min()
-    }
-
-    /// Decides every schedule's due fires at `now` and writes each one with
-    /// its task. Returns the writes sent and whether all could be sent.
-    fn send_due(&self, app: &App, now: Millis) -> (Vec<SentFire>, bool) {
-        let mut sent = Vec::new();
-        let mut healthy = true;
-        let mut entries = self.lock();
-        for (name, e) in entries.iter_mut() {
-            if e.pending || e.record.paused || e.next.is_none_or(|n| n > now) {
-                continue;
-            }
-            let Some(parts) = e.parts.as_ref() else {
-                continue;
+            let reserved = match crate::tasks::check_capacity(app, std::slice::from_ref(&task)) {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::warn!(schedule = %name, fire_at, reason = %err, "overloaded; skipping the fire");
+                    continue;
+                }
             };
-            let due = parts.cron.due_fires(e.decided, now, &e.policy(parts));
-            if due.missed {
-                tracing::warn!(
-                    schedule = %name,
-                    misfire = %parts.misfire,
-                    running = due.fires.len(),
-                    "fires were missed; the misfire policy decides which run"
-                );
-            }
-            // A wall clock that stepped back must not undecide fires.
-            e.decided = e.decided.max(now);
-            e.next = due.next;
-            for fire_at in due.fires {
-                let task = match new_fire_task(app, &parts.template, name, fire_at, now) {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(err)) => {
-                        tracing::error!(schedule = %name, error = %err, "cannot build a fire's task; skipping the fire");
-                        continue;
-                    }
-                    Err(err) => {
-                        // No id for its task: the fire is due again.
-                        tracing::warn!(schedule = %name, error = %err, "cannot reserve a task id; the fire waits");
-                        rewind(e, fire_at);
-                        healthy = false;
-                        break;
-                    }
-                };
-                let reserved = match crate::tasks::check_capacity(app, std::slice::from_ref(&task))
-                {
-                    Ok(r) => r,
-                    Err(err) => {
-                        tracing::warn!(schedule = %name, fire_at, reason = %err, "overloaded; skipping the fire");
-                        continue;
-                    }
-                };
-                let w = Write::Fire {
+            let w = Write::Fire {
+                schedule: name.clone(),
+                fire_at,
+                task: task.clone(),
+            };
+            match app.write(w) {
+                Ok(ack) => sent.push(SentFire {
                     schedule: name.clone(),
                     fire_at,
-                    task: task.clone(),
-                };
-                match app.write(w) {
-                    Ok(ack) => sent.push(SentFire {
-                        schedule: name.clone(),
-                        fire_at,
-                        task,
-                        ack,
-                        reserved,
-                    }),
-                    Err(err) => {
-                        tracing::error!(schedule = %name, error = %err, "cannot write a fire");
-                        rewind(e, fire_at);
-                        healthy = false;
-                        break;
-                    }
+                    task,
+                    ack,
+                    reserved,
+                }),
+                Err(err) => {
+                    tracing::error!(schedule = %name, error = %err, "cannot write a fire");
+                    rewind(e, fire_at);
+                    healthy = false;
+                    break;
                 }
             }
         }
-        (sent, healthy)
     }
-
-    /// Records a committed fire.
-    fn fired(&self, schedule: &str, fire_at: Millis) {
-        if let Some(e) = self.lock().get_mut(schedule) {
-            e.record.last_fire_at = e.record.last_fire_at.max(Some(fire_at));
-        }
-    }
-
-    /// Makes a fire the store refused due again.
-    fn retry(&self, schedule: &str, fire_at: Millis) {
-        if let Some(e) = self.lock().get_mut(schedule) {
-            rewind(e, fire_at);
-        }
-    }
-}
-
-/// Undecides `fire_at` and everything after it.
-fn rewind(e: &mut Entry, fire_at: Millis) {
-    e.decided = e.decided.min(fire_at.saturating_sub(1));
-    e.next = Some(e.next.map_or(fire_at, |n| n.min(fire_at)));
+    (sent, healthy)
 }
 
 /// The stored record of the task of one fire.
@@ -269,7 +147,7 @@ fn new_fire_task(
         Err(e) => return Ok(Err(e)),
     };
     let id = TaskId(app.reserve_ids(1)?);
-    Ok(Ok(crate::tasks::new_record(id, valid, now)))
+    Ok(Ok(crate::wire::new_record(id, valid, now)))
 }
 
 /// Waits for the fires' commits, then hands the created tasks to the core.
@@ -318,7 +196,7 @@ pub(crate) async fn schedule_loop(app: Arc<App>) {
         // is stored once (unique on schedule and time), so a clock stepped
         // back cannot fire it twice.
         let now = wall_ms();
-        let (sent, sent_all) = app.schedules.send_due(&app, now);
+        let (sent, sent_all) = send_due(&app.schedules, &app, now);
         let stored_all = settle_fires(&app, sent).await;
         let wait = app
             .schedules
@@ -345,11 +223,12 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let valid = req.validate(now_ms())?;
     crate::queues::check_template(&app.config.queue_settings, &valid.parts.template)?;
-    let name = valid.record.name.clone();
+    let name = valid.name.clone();
+    let record = schedule_record(&valid);
     // A schedule is held in memory like a task: charged to the budget.
     let charge = app
         .budget
-        .reserve(schedule_footprint(&valid.record), 0)
+        .reserve(schedule_footprint(&record), 0)
         .map_err(|e| ApiError::overloaded(e.to_string()))?;
     let ack = {
         let mut entries = app.schedules.lock();
@@ -358,10 +237,10 @@ pub(crate) async fn create(
                 "a schedule named {name:?} already exists; delete it first"
             )));
         }
-        let ack = app.write(Write::UpsertSchedule(valid.record.clone()))?;
+        let ack = app.write(Write::UpsertSchedule(record.clone()))?;
         entries.insert(
             name.clone(),
-            Entry::new(valid.record, Some(valid.parts), true, Some(charge)),
+            Entry::new(record, Some(valid.parts), true, Some(charge)),
         );
         ack
     };
@@ -386,13 +265,6 @@ pub(crate) async fn create(
             Err(e.into())
         }
     }
-}
-
-/// What a schedule is charged: its strings, its template twice over (kept
-/// as text and parsed) and a fixed share for its entry.
-fn schedule_footprint(r: &ScheduleRecord) -> u64 {
-    let strings = r.name.len() + r.cron.len() + r.timezone.len() + r.misfire.len();
-    (1_024 + strings + 2 * r.task.len()) as u64
 }
 
 /// `GET /v1/schedules`: every schedule, by name.
