@@ -7,13 +7,16 @@
 //! start of the task's next attempt, the worker running it was SIGKILLed,
 //! or the server was. A server kill counts from [`DELIVERY_SLACK_US`] before
 //! the start: a task handed out just before the kill starts just after it.
-//! Anything else is *unexplained* (a bug).
+//! With replicas, a SIGKILL or SIGSTOP of the leader explains a duplicate
+//! the same way, but only on a gRPC worker: its stream ends with the old
+//! leader and the new one requeues its tasks, whereas an HTTP worker keeps
+//! its tasks across a takeover. Anything else is *unexplained* (a bug).
 //!
 //! A succeeded task's result names the process and attempt that produced
 //! it; a result with no matching `D` line is *unlogged* (also a bug: the
 //! server kept a result no handler produced).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
@@ -29,6 +32,10 @@ pub(crate) struct Kills {
     pub(crate) workers: HashMap<u32, u64>,
     /// SIGKILL times of the server.
     pub(crate) server: Vec<u64>,
+    /// SIGKILL and SIGSTOP times of the leading replica.
+    pub(crate) leader: Vec<u64>,
+    /// The pids of the gRPC worker processes.
+    pub(crate) grpc_workers: HashSet<u32>,
 }
 
 /// A task as the server finally reports it.
@@ -60,6 +67,9 @@ pub(crate) struct Findings {
     pub(crate) explained_worker_kill: u64,
     /// Duplicates with a server SIGKILL in the window (and no worker kill).
     pub(crate) explained_server_kill: u64,
+    /// Duplicates on a gRPC worker with a leader SIGKILL or SIGSTOP in the
+    /// window (and no other kill).
+    pub(crate) explained_leader_kill: u64,
     /// Duplicates with no kill to explain them, described.
     pub(crate) unexplained: Vec<String>,
     /// Succeeded tasks whose result matches no finished execution.
@@ -124,10 +134,18 @@ pub(crate) fn analyse(
                 .any(|t| (start.saturating_sub(DELIVERY_SLACK_US)..=next).contains(t))
             {
                 f.explained_server_kill += 1;
+            } else if kills.grpc_workers.contains(&done.pid)
+                && kills
+                    .leader
+                    .iter()
+                    .any(|t| (start.saturating_sub(DELIVERY_SLACK_US)..=next).contains(t))
+            {
+                f.explained_leader_kill += 1;
             } else {
                 let nearest = kills
                     .server
                     .iter()
+                    .chain(&kills.leader)
                     .chain(kills.workers.get(&done.pid))
                     .map(|t| *t as i64 - *start as i64)
                     .min_by_key(|d| d.unsigned_abs());
@@ -211,6 +229,7 @@ mod tests {
         let kills = Kills {
             workers: HashMap::from([(10, 200)]),
             server: vec![250],
+            ..Kills::default()
         };
         let tasks = HashMap::from([
             ("t1".to_owned(), succeeded(20, 2)),
@@ -229,6 +248,36 @@ mod tests {
         assert_eq!(f.unexplained.len(), 1);
         assert!(f.unexplained[0].starts_with("task t3:"));
         assert!(f.unlogged.is_empty());
+    }
+
+    #[test]
+    fn a_leader_kill_explains_a_duplicate_only_on_a_grpc_worker() {
+        let records = vec![
+            // t1: on gRPC worker 30 when the leader is killed.
+            rec(Mark::Start, "t1", 1, 30, 100),
+            rec(Mark::Done, "t1", 1, 30, 150),
+            rec(Mark::Start, "t1", 1, 40, 400),
+            rec(Mark::Done, "t1", 1, 40, 410),
+            // t2: on HTTP worker 50 at the same time: it keeps its task.
+            rec(Mark::Start, "t2", 1, 50, 100),
+            rec(Mark::Done, "t2", 1, 50, 150),
+            rec(Mark::Start, "t2", 2, 40, 400),
+            rec(Mark::Done, "t2", 2, 40, 410),
+        ];
+        let kills = Kills {
+            leader: vec![200],
+            grpc_workers: HashSet::from([30, 40]),
+            ..Kills::default()
+        };
+        let tasks = HashMap::from([
+            ("t1".to_owned(), succeeded(40, 1)),
+            ("t2".to_owned(), succeeded(40, 2)),
+        ]);
+        let f = analyse(&records, &kills, &tasks);
+        assert_eq!(f.duplicates, 2);
+        assert_eq!(f.explained_leader_kill, 1);
+        assert_eq!(f.unexplained.len(), 1);
+        assert!(f.unexplained[0].starts_with("task t2:"));
     }
 
     #[test]

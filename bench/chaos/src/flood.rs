@@ -150,6 +150,8 @@ pub(crate) async fn run(args: &FloodArgs) -> Result<FloodReport> {
         .tempdir()
         .context("cannot create a temporary folder")?;
     let mut server_args = vec![
+        "--data".to_owned(),
+        dir.path().join("data").display().to_string(),
         "--durability".to_owned(),
         args.durability.clone(),
         "--max-live-tasks".to_owned(),
@@ -157,9 +159,9 @@ pub(crate) async fn run(args: &FloodArgs) -> Result<FloodReport> {
     ];
     server_args.extend(args.server_args.iter().cloned());
     let mut server = Server::start(ServerSpec {
+        name: "dispatch server".to_owned(),
         bin: dispatch,
         port: procs::free_port()?,
-        data: dir.path().join("data"),
         log: dir.path().join("server.log"),
         args: server_args,
     })

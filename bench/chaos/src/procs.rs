@@ -1,5 +1,6 @@
-//! Child processes: the `dispatch server` (killed and restarted on the same
-//! data folder and port) and the worker processes. Every child is stopped
+//! Child processes: the `dispatch server` or its replicas (killed, or
+//! stopped and continued, and restarted on the same store and port) and the
+//! worker processes. Every child is stopped
 //! when its guard is dropped, on success, error or Ctrl-C alike.
 
 use std::fs::{File, OpenOptions};
@@ -64,6 +65,16 @@ impl Proc {
         }
     }
 
+    /// SIGSTOP: the process freezes where it stands.
+    pub(crate) fn sigstop(&self) {
+        self.signal(Signal::STOP);
+    }
+
+    /// SIGCONT: a frozen process goes on.
+    pub(crate) fn sigcont(&self) {
+        self.signal(Signal::CONT);
+    }
+
     /// SIGKILL, then reap. Returns the time of the kill.
     pub(crate) fn sigkill(&mut self) -> Result<u64> {
         if let Some(status) = self.exited()? {
@@ -82,6 +93,8 @@ impl Proc {
             return;
         }
         if self.graceful {
+            // A frozen child would not act on SIGTERM.
+            self.signal(Signal::CONT);
             self.signal(Signal::TERM);
             let deadline = Instant::now() + GRACE;
             while Instant::now() < deadline {
@@ -102,17 +115,18 @@ impl Drop for Proc {
     }
 }
 
-/// How to start `dispatch server`, again and again on the same folder.
+/// How to start `dispatch server`, again and again on the same store.
 pub(crate) struct ServerSpec {
+    /// What to call it in messages (`dispatch server`, `replica 2`).
+    pub(crate) name: String,
     /// The `dispatch` binary.
     pub(crate) bin: PathBuf,
     /// The loopback port, the same across restarts.
     pub(crate) port: u16,
-    /// The data folder, the same across restarts.
-    pub(crate) data: PathBuf,
     /// Where its stdout and stderr are appended.
     pub(crate) log: PathBuf,
-    /// Every other argument (`--durability`, `--lease-ms`, ...).
+    /// Every other argument: the store (`--data DIR` or `--store URL`),
+    /// `--durability`, `--lease-ms`, ...
     pub(crate) args: Vec<String>,
 }
 
@@ -152,13 +166,11 @@ impl Server {
         let mut cmd = Command::new(&self.spec.bin);
         cmd.arg("server")
             .args(["--listen", &format!("127.0.0.1:{}", self.spec.port)])
-            .arg("--data")
-            .arg(&self.spec.data)
             .args(&self.spec.args)
             .stdout(log.try_clone()?)
             .stderr(log);
         self.starts += 1;
-        let proc = Proc::spawn("dispatch server", cmd, true)
+        let proc = Proc::spawn(&self.spec.name, cmd, true)
             .with_context(|| format!("(binary {})", self.spec.bin.display()))?;
         self.proc = Some(proc);
         self.wait_healthy().await
@@ -174,12 +186,31 @@ impl Server {
             }
             if Instant::now() >= limit {
                 bail!(
-                    "dispatch server (start {}) did not answer /healthz within 60 s\nserver log:\n{}",
+                    "{} (start {}) did not answer /healthz within 60 s\nserver log:\n{}",
+                    self.spec.name,
                     self.starts,
                     self.log_tail()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGSTOPs the server; returns the time of the stop.
+    pub(crate) fn sigstop(&self) -> Result<u64> {
+        let proc = self
+            .proc
+            .as_ref()
+            .ok_or_else(|| anyhow!("{} is not running", self.spec.name))?;
+        let at = epoch_us();
+        proc.sigstop();
+        Ok(at)
+    }
+
+    /// SIGCONTs a server SIGSTOPped.
+    pub(crate) fn sigcont(&self) {
+        if let Some(proc) = &self.proc {
+            proc.sigcont();
         }
     }
 
@@ -206,7 +237,8 @@ impl Server {
             && let Some(status) = proc.exited()?
         {
             bail!(
-                "dispatch server exited: {status}\nserver log:\n{}",
+                "{} exited: {status}\nserver log:\n{}",
+                self.spec.name,
                 self.log_tail()
             );
         }

@@ -2,8 +2,14 @@
 //! concurrent submitters, and SIGKILLs of workers and of the server on a
 //! seeded schedule; then the check that every acknowledged task ended and
 //! that every task run twice was run twice for a reason.
+//!
+//! With `--store postgres` the run starts its own PostgreSQL cluster and
+//! `--replicas` servers on it; the workers are given every replica's URL,
+//! and instead of server kills the leader is struck, alternately SIGKILLed
+//! (then restarted on its port) and SIGSTOPped past its lease (then
+//! SIGCONTed). Each takeover is timed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -16,9 +22,11 @@ use dispatch_proto::ListTasks;
 
 use crate::analysis::{self, FinalTask, Kills, ResultMark};
 use crate::execlog;
+use crate::pgcluster::PgCluster;
 use crate::plan::{self, Target};
-use crate::procs::{self, Proc, Server, ServerSpec};
-use crate::report::Report;
+use crate::procs::{self, Proc, ServerSpec};
+use crate::report::{Replicas, Report};
+use crate::servers::{Servers, Strike};
 use crate::submit;
 use crate::worker::TASK_TYPE;
 
@@ -42,6 +50,22 @@ pub(crate) struct ChaosArgs {
     /// Server SIGKILLs (each restarted on the same data and port).
     #[arg(long, default_value_t = 3)]
     server_kills: u32,
+    /// The store: `embedded` (one server on its data folder) or `postgres`
+    /// (a throwaway PostgreSQL cluster the run starts, and `--replicas`
+    /// servers on it, whose leader is struck instead of server kills).
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "postgres"])]
+    store: String,
+    /// With `--store postgres`: the replicas of `dispatch server`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    replicas: u64,
+    /// With `--store postgres`: strikes of the leader, alternately SIGKILL
+    /// (restarted on its port) and SIGSTOP for twice its lease (then
+    /// SIGCONT).
+    #[arg(long, default_value_t = 5)]
+    leader_kills: u32,
+    /// With `--store postgres`: the replicas' `--leader-lease-ms`.
+    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(300..))]
+    leader_lease_ms: u64,
     /// Seed of the kill schedule and the tasks' work.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -66,7 +90,8 @@ pub(crate) struct ChaosArgs {
     /// How long the server stays down after each SIGKILL, in ms.
     #[arg(long, default_value_t = 500)]
     server_down_ms: u64,
-    /// The loopback port (default: a free one, kept across restarts).
+    /// The loopback port (default: a free one, kept across restarts); the
+    /// replicas take the ports from it up.
     #[arg(long)]
     port: Option<u16>,
     /// Give up (and clean up) after this many seconds in all.
@@ -75,6 +100,10 @@ pub(crate) struct ChaosArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Keep the temporary folder (servers' logs, execution logs), whatever
+    /// the outcome, and print where it is.
+    #[arg(long)]
+    keep: bool,
     /// Stop (and clean up) when standard input closes: a parent that
     /// holds the other end dies, and takes the run with it.
     #[arg(long, hide = true)]
@@ -94,6 +123,8 @@ struct Fleet {
     concurrency: u64,
     slots: Vec<Proc>,
     started: u32,
+    /// The pids of every gRPC worker started.
+    grpc_pids: HashSet<u32>,
 }
 
 impl Fleet {
@@ -118,7 +149,11 @@ impl Fleet {
             .arg(self.logs.join(format!("{name}.log")))
             .stdout(err.try_clone()?)
             .stderr(err);
-        Proc::spawn(&name, cmd, false)
+        let p = Proc::spawn(&name, cmd, false)?;
+        if Fleet::transport(slot) == "grpc" {
+            self.grpc_pids.insert(p.pid());
+        }
+        Ok(p)
     }
 
     fn start(&mut self, n: usize) -> Result<()> {
@@ -159,52 +194,110 @@ impl Fleet {
 pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
     let dispatch = procs::dispatch_binary(args.dispatch.as_deref())?;
     // Declared first, dropped last: after every process using it.
-    let dir = tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix("dispatch-chaos-")
         .tempdir()
         .context("cannot create a temporary folder")?;
+    if args.keep {
+        dir.disable_cleanup(true);
+        progress(&format!("keeping {}", dir.path().display()));
+    }
     let logs = dir.path().join("exec");
     std::fs::create_dir(&logs)?;
-    let port = match args.port {
-        Some(p) => p,
-        None => procs::free_port()?,
+    let postgres = args.store == "postgres";
+    if args.replicas > 1 && !postgres {
+        bail!("--replicas needs --store postgres");
+    }
+    let replicas = if postgres { args.replicas as usize } else { 1 };
+    let ports = ports(args.port, replicas)?;
+    // Dropped after the servers, before the folder it lives in.
+    let pg = if postgres {
+        progress("starting a throwaway PostgreSQL cluster");
+        Some(PgCluster::start(&dir.path().join("postgres"))?)
+    } else {
+        None
+    };
+    let mut common = vec![
+        "--durability".to_owned(),
+        args.durability.clone(),
+        "--lease-ms".to_owned(),
+        args.lease_ms.to_string(),
+    ];
+    let specs: Vec<ServerSpec> = match &pg {
+        Some(pg) => {
+            common.extend([
+                "--store".to_owned(),
+                pg.url(),
+                "--leader-lease-ms".to_owned(),
+                args.leader_lease_ms.to_string(),
+            ]);
+            (0..replicas)
+                .map(|i| ServerSpec {
+                    name: format!("replica {i}"),
+                    bin: dispatch.clone(),
+                    port: ports[i],
+                    log: dir.path().join(format!("replica-{i}.log")),
+                    args: common.clone(),
+                })
+                .collect()
+        }
+        None => {
+            common.extend([
+                "--data".to_owned(),
+                dir.path().join("data").display().to_string(),
+            ]);
+            vec![ServerSpec {
+                name: "dispatch server".to_owned(),
+                bin: dispatch.clone(),
+                port: ports[0],
+                log: dir.path().join("server.log"),
+                args: common,
+            }]
+        }
     };
     progress(&format!(
-        "starting {} on 127.0.0.1:{port} ({} mode, lease {} ms)",
+        "starting {} {} on 127.0.0.1:{ports:?} ({} store, {} mode, lease {} ms)",
+        replicas,
         dispatch.display(),
+        args.store,
         args.durability,
         args.lease_ms
     ));
-    let mut server = Server::start(ServerSpec {
-        bin: dispatch,
-        port,
-        data: dir.path().join("data"),
-        log: dir.path().join("server.log"),
-        args: vec![
-            "--durability".into(),
-            args.durability.clone(),
-            "--lease-ms".into(),
-            args.lease_ms.to_string(),
-        ],
-    })
-    .await?;
-    let client = Client::new(server.url())?;
+    let mut servers = Servers::start(specs, postgres, deadline).await?;
+    let client = Client::new(&servers.urls())?;
     let workers = args.workers as usize;
     let mut fleet = Fleet {
         exe: std::env::current_exe().context("cannot locate this binary")?,
-        url: server.url().to_owned(),
+        url: servers.urls(),
         logs: logs.clone(),
         stderr: dir.path().join("workers.txt"),
         concurrency: args.concurrency,
         slots: Vec::new(),
         started: 0,
+        grpc_pids: HashSet::new(),
     };
     fleet.start(workers)?;
-    let schedule = plan::schedule(args.seed, args.worker_kills, args.server_kills, workers);
+    let strikes = if postgres {
+        args.leader_kills
+    } else {
+        args.server_kills
+    };
+    let schedule = plan::schedule(args.seed, args.worker_kills, strikes, workers);
     progress(&format!(
-        "{} tasks, {workers} workers of {} slots, {} worker and {} server SIGKILLs (seed {})",
-        args.tasks, args.concurrency, args.worker_kills, args.server_kills, args.seed
+        "{} tasks, {workers} workers of {} slots, {} worker SIGKILLs and {strikes} {} (seed {})",
+        args.tasks,
+        args.concurrency,
+        args.worker_kills,
+        if postgres {
+            "leader SIGKILLs/SIGSTOPs"
+        } else {
+            "server SIGKILLs"
+        },
+        args.seed
     ));
+    let stop_for = Duration::from_millis(2 * args.leader_lease_ms);
+    let mut takeovers = Vec::new();
+    let (mut leader_sigkills, mut leader_sigstops) = (0u32, 0u32);
 
     let started = Instant::now();
     let (acks, mut submitters) = submit::spawn(
@@ -232,11 +325,9 @@ pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
             submit_time = Some(started.elapsed());
             progress(&format!("{acked} tasks acknowledged"));
         }
-        server.check_alive()?;
+        servers.check_alive()?;
         fleet.check()?;
-        if let Ok(Ok(h)) = tokio::time::timeout(Duration::from_secs(2), client.health()).await
-            && let Some(n) = h["live_tasks"].as_u64()
-        {
+        if let Some(n) = servers.live_tasks().await {
             live = n;
         }
         let done = plan::progress(args.tasks, acked, acked.saturating_sub(live));
@@ -248,16 +339,43 @@ pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
                     worker_kills += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                Target::Server if postgres => {
+                    // Alternately: SIGKILL, SIGSTOP, SIGKILL, ...
+                    let how = if leader_sigkills <= leader_sigstops {
+                        leader_sigkills += 1;
+                        Strike::Kill
+                    } else {
+                        leader_sigstops += 1;
+                        Strike::Stop(stop_for)
+                    };
+                    let struck = servers.strike_leader(how, deadline).await?;
+                    kills.leader.push(struck.at);
+                    progress(&format!(
+                        "leader {} at {:.0}% ({acked} acknowledged, {live} live); {}",
+                        if how == Strike::Kill {
+                            "SIGKILLed, restarted"
+                        } else {
+                            "SIGSTOPped, continued"
+                        },
+                        done * 100.0,
+                        struck
+                            .takeover
+                            .map_or("no takeover while it was frozen".to_owned(), |t| {
+                                format!("a replica led {} ms later", t.as_millis())
+                            })
+                    ));
+                    takeovers.push(struck.takeover);
+                }
                 Target::Server => {
-                    let at = server.sigkill()?;
+                    let at = servers
+                        .kill_server(Duration::from_millis(args.server_down_ms))
+                        .await?;
                     kills.server.push(at);
                     server_kills += 1;
                     progress(&format!(
-                        "server SIGKILLed at {:.0}% ({acked} acknowledged, {live} live); restarting",
+                        "server SIGKILLed at {:.0}% ({acked} acknowledged, {live} live); restarted",
                         done * 100.0
                     ));
-                    tokio::time::sleep(Duration::from_millis(args.server_down_ms)).await;
-                    server.restart().await?;
                 }
             }
             continue;
@@ -268,9 +386,10 @@ pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
         if Instant::now() >= deadline {
             bail!(
                 "not drained in time: {acked} of {} acknowledged, {live} live, {worker_kills} worker \
-                 and {server_kills} server kills done\nserver log:\n{}",
+                 and {} server kills done\nserver log:\n{}",
                 args.tasks,
-                server.log_tail()
+                server_kills + leader_sigkills + leader_sigstops,
+                servers.log_tail()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -297,8 +416,10 @@ pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    kills.grpc_workers = std::mem::take(&mut fleet.grpc_pids);
     drop(fleet);
-    drop(server);
+    drop(servers);
+    drop(pg);
     let records = execlog::read_dir(&logs)?;
     let findings = analysis::analyse(&records, &kills, &finals);
     Ok(Report {
@@ -314,9 +435,32 @@ pub(crate) async fn run(args: &ChaosArgs, deadline: Instant) -> Result<Report> {
         findings,
         worker_kills,
         server_kills,
+        replicas: postgres.then_some(Replicas {
+            count: replicas,
+            leader_lease_ms: args.leader_lease_ms,
+            sigkills: leader_sigkills,
+            sigstops: leader_sigstops,
+            stop_ms: stop_for.as_millis() as u64,
+            takeovers,
+        }),
         submit_time: submit_time.unwrap_or(drain_time),
         drain_time,
     })
+}
+
+/// `n` loopback ports: from `first` up, or free ones, all different.
+fn ports(first: Option<u16>, n: usize) -> Result<Vec<u16>> {
+    if let Some(p) = first {
+        return Ok((0..n).map(|i| p + i as u16).collect());
+    }
+    let mut out: Vec<u16> = Vec::new();
+    while out.len() < n {
+        let p = procs::free_port()?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// Every chaos task the server holds, by id.

@@ -17,6 +17,13 @@
 //! this worker held, so the attempts in hand are stopped, and the worker
 //! connects and registers again with backoff. Attempts run through
 //! `run::attempt`, the same code as over HTTP.
+//!
+//! The worker may be given several replicas (comma-separated URLs, as for
+//! the client). One that cannot be reached, or refuses the stream, passes
+//! the turn to the next at once; the backoff applies once every URL has
+//! failed. A standby refuses the stream `UNAVAILABLE` with the leader's URL
+//! in the `dispatch-leader` metadata: the worker connects to that leader
+//! next, without waiting.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,9 +55,35 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a leaving worker waits for the scheduler to confirm.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// gRPC metadata in which a standby names the leader.
+const LEADER_METADATA: &str = "dispatch-leader";
+
+/// The replicas a gRPC worker may connect to, in the order given.
+pub(crate) struct Targets {
+    /// Each URL and its connection settings.
+    listed: Vec<(String, Endpoint)>,
+    /// The roots for a leader's `https://` URL learnt from a standby.
+    tls: Option<TrustStore>,
+}
+
+impl Targets {
+    /// The comma-separated URLs of `servers`.
+    pub(crate) fn new(servers: &str, tls: Option<&TrustStore>) -> Result<Targets, WorkerError> {
+        let listed = servers
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/'))
+            .map(|s| Ok((s.to_owned(), endpoint(s, tls)?)))
+            .collect::<Result<Vec<_>, WorkerError>>()?;
+        Ok(Targets {
+            listed,
+            tls: tls.cloned(),
+        })
+    }
+}
+
 /// The connection settings for the scheduler at `server`; `tls` holds the
 /// roots to verify an `https://` scheduler with.
-pub(crate) fn endpoint(server: &str, tls: Option<&TrustStore>) -> Result<Endpoint, WorkerError> {
+fn endpoint(server: &str, tls: Option<&TrustStore>) -> Result<Endpoint, WorkerError> {
     let mut endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| WorkerError::Config(format!("{server:?} is not a usable URL: {e}")))?;
     if let Some(trust) = tls {
@@ -79,18 +112,52 @@ enum SessionEnd {
     Dropped {
         /// Whether the scheduler had accepted the registration.
         registered: bool,
+        /// The leader a standby named when it refused the stream.
+        leader: Option<String>,
     },
 }
 
 pub(crate) async fn run(w: Worker, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Backoff::new();
+    let listed = &w.targets.listed;
+    // The listed URL tried next, and the leader a standby named, tried
+    // before it.
+    let mut at = 0;
+    let mut named: Option<(String, Endpoint)> = None;
     loop {
-        match session(&w, shutdown.as_mut()).await? {
+        let following = named.take();
+        let (url, target) = following.as_ref().unwrap_or(&listed[at]);
+        match session(&w, url, target, shutdown.as_mut()).await? {
             SessionEnd::Shutdown => return Ok(()),
-            SessionEnd::Dropped { registered } => {
+            SessionEnd::Dropped { registered, leader } => {
                 if registered {
                     backoff = Backoff::new();
+                }
+                // Follow a standby to its leader at once, but not from one
+                // leader named to the next: that is a takeover under way,
+                // which the backoff waits out.
+                if let Some(leader) = leader
+                    && following.is_none()
+                {
+                    match endpoint(&leader, w.targets.tls.as_ref()) {
+                        Ok(e) => {
+                            tracing::info!(standby = %url, leader = %leader, "connecting to the leader");
+                            named = Some((leader, e));
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(leader = %leader, error = %e, "cannot use the leader's URL")
+                        }
+                    }
+                }
+                // A listed URL that failed before registering passes the
+                // turn to the next one; the backoff waits once all failed.
+                if !registered && following.is_none() {
+                    at = (at + 1) % listed.len();
+                    if at != 0 {
+                        continue;
+                    }
                 }
                 let delay = backoff.next();
                 tokio::select! {
@@ -118,10 +185,22 @@ enum OpenError {
     Refused(String),
     /// Try again later.
     Retry(String),
+    /// A standby: the leader is at this URL.
+    Standby(String),
 }
 
 impl From<Status> for OpenError {
     fn from(s: Status) -> Self {
+        let leader = s
+            .metadata()
+            .get(LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty());
+        if s.code() == Code::Unavailable
+            && let Some(leader) = leader
+        {
+            return OpenError::Standby(leader.to_owned());
+        }
         match s.code() {
             Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated => {
                 OpenError::Refused(s.message().to_owned())
@@ -139,10 +218,10 @@ impl From<Status> for OpenError {
 /// Connects, registers and waits for `Registered`.
 async fn open(
     w: &Worker,
+    endpoint: &Endpoint,
     outbound: mpsc::Receiver<pb::WorkerMessage>,
 ) -> Result<(Streaming<pb::SchedulerMessage>, pb::Registered), OpenError> {
-    let channel = w
-        .endpoint
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| OpenError::Retry(format!("cannot connect: {e}")))?;
@@ -162,16 +241,19 @@ async fn open(
     }
 }
 
-/// One registration, from connecting to the end of the stream.
+/// One registration with the scheduler at `url`, from connecting to the
+/// end of the stream.
 async fn session(
     w: &Worker,
+    url: &str,
+    endpoint: &Endpoint,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<SessionEnd, WorkerError> {
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     // The queue is new and empty: this cannot fail.
     let _ = tx.try_send(pb::WorkerMessage::register(registration(w)));
     let opened = tokio::select! {
-        r = tokio::time::timeout(OPEN_TIMEOUT, open(w, rx)) => {
+        r = tokio::time::timeout(OPEN_TIMEOUT, open(w, endpoint, rx)) => {
             r.unwrap_or_else(|_| Err(OpenError::Retry("no answer to Register".into())))
         }
         _ = shutdown.as_mut() => return Ok(SessionEnd::Shutdown),
@@ -180,11 +262,20 @@ async fn session(
         Ok(x) => x,
         Err(OpenError::Refused(why)) => return Err(WorkerError::Refused(why)),
         Err(OpenError::Retry(why)) => {
-            tracing::warn!(error = %why, "cannot open a gRPC session; retrying");
-            return Ok(SessionEnd::Dropped { registered: false });
+            tracing::warn!(server = %url, error = %why, "cannot open a gRPC session; retrying");
+            return Ok(SessionEnd::Dropped {
+                registered: false,
+                leader: None,
+            });
+        }
+        Err(OpenError::Standby(leader)) => {
+            return Ok(SessionEnd::Dropped {
+                registered: false,
+                leader: Some(leader),
+            });
         }
     };
-    tracing::info!(worker = %registered.worker_id, types = ?w.types(), "registered over gRPC");
+    tracing::info!(worker = %registered.worker_id, server = %url, types = ?w.types(), "registered over gRPC");
     let credit = u32::try_from(w.concurrency).unwrap_or(u32::MAX);
     let _ = tx.send(pb::WorkerMessage::credit(credit)).await;
     let session = Session {
@@ -408,7 +499,10 @@ impl Session<'_> {
         if self.stopping {
             SessionEnd::Shutdown
         } else {
-            SessionEnd::Dropped { registered: true }
+            SessionEnd::Dropped {
+                registered: true,
+                leader: None,
+            }
         }
     }
 }

@@ -199,10 +199,10 @@ impl WorkerBuilder {
             }
             None => None,
         };
-        let endpoint = grpc::endpoint(&self.server, tls.then_some(&trust))?;
+        let targets = grpc::Targets::new(&self.server, tls.then_some(&trust))?;
         Ok(Worker {
             client,
-            endpoint,
+            targets,
             bearer,
             transport: self.transport,
             name: self.name,
@@ -217,7 +217,8 @@ impl WorkerBuilder {
 /// A configured worker; [`Worker::run`] runs it.
 pub struct Worker {
     client: Client,
-    endpoint: tonic::transport::Endpoint,
+    /// The replicas for the gRPC stream.
+    targets: grpc::Targets,
     /// `authorization` metadata for the gRPC stream.
     bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     transport: Transport,
@@ -230,7 +231,9 @@ pub struct Worker {
 
 impl Worker {
     /// Starts building a worker for the scheduler at `server`
-    /// (e.g. `http://127.0.0.1:7070`).
+    /// (e.g. `http://127.0.0.1:7070`), or for several replicas,
+    /// comma-separated: a worker moves on to the next when one cannot be
+    /// reached, and a gRPC worker follows a standby to its leader.
     pub fn builder(server: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             server: server.into(),
