@@ -441,6 +441,24 @@ async fn a_frozen_leader_is_fenced_and_steps_down_when_it_wakes() {
     assert_eq!(status, 201, "{task}");
     let id = task["id"].as_str().expect("id").to_owned();
 
+    // Frozen under load: most likely in the middle of a write
+    // transaction, holding its fence's lock on the lease row.
+    let load = {
+        let (client, url) = (c.clone(), urls[leader].clone());
+        tokio::spawn(async move {
+            loop {
+                let tasks: Vec<Value> = (0..50)
+                    .map(|n| json!({"type": "load", "payload": n}))
+                    .collect();
+                let _ = client
+                    .post(format!("{url}/v1/tasks/batch"))
+                    .json(&json!({"tasks": tasks}))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     r.servers[leader].signal("STOP");
     let others: Vec<String> = (0..3)
         .filter(|&i| i != leader)
@@ -506,6 +524,7 @@ async fn a_frozen_leader_is_fenced_and_steps_down_when_it_wakes() {
         "{done}"
     );
 
+    load.abort();
     r.servers[leader].signal("CONT");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
