@@ -1,91 +1,17 @@
 //! A streaming worker cannot run ahead of the disk: while two of its
 //! report batches wait for their commit, the server pushes it nothing new,
 //! whatever credit it grants; once they are durable, pushing resumes. A
-//! real server on loopback over a store whose commits the test holds.
+//! real server on loopback over a store whose commits the test holds
+//! (`Faults::hold_writes`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{TaskId, TaskState};
 use dispatch_grpc::{WorkerServiceClient, pb};
 use dispatch_proto::SubmitTask;
 use dispatch_server::ServerConfig;
-use dispatch_store::{
-    Lease, MemoryStore, Replica, ReplicaRecord, ScheduleRecord, Store, StoreError, TaskQuery,
-    TaskRecord, WorkerRecord, Write, WriteOutcome,
-};
+use dispatch_store::{FaultyStore, MemoryStore};
 use serde_json::value::RawValue;
-
-/// A store whose commits wait while the gate is closed.
-struct Gated {
-    inner: MemoryStore,
-    closed: AtomicBool,
-    gate: (Mutex<()>, Condvar),
-}
-
-impl Gated {
-    fn set(&self, closed: bool) {
-        let _held = self.gate.0.lock().expect("gate");
-        self.closed.store(closed, Ordering::SeqCst);
-        self.gate.1.notify_all();
-    }
-}
-
-impl Store for Gated {
-    fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut held = self.gate.0.lock().expect("gate");
-        while self.closed.load(Ordering::SeqCst) {
-            held = self.gate.1.wait(held).expect("gate");
-        }
-        drop(held);
-        self.inner.apply(writes)
-    }
-    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.inner.get_task(id)
-    }
-    fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
-        self.inner.list_tasks(query)
-    }
-    fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        self.inner.load_live()
-    }
-    fn max_task_id(&self) -> Result<Option<TaskId>, StoreError> {
-        self.inner.max_task_id()
-    }
-    fn list_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
-        self.inner.list_schedules()
-    }
-    fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
-        self.inner.get_schedule(name)
-    }
-    fn list_queue_settings(&self) -> Result<Vec<(String, bool)>, StoreError> {
-        self.inner.list_queue_settings()
-    }
-    fn count_by_queue_state(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
-        self.inner.count_by_queue_state()
-    }
-    fn claim_lease(
-        &self,
-        partition: &str,
-        me: &Replica,
-        lease_ms: u64,
-    ) -> Result<Lease, StoreError> {
-        self.inner.claim_lease(partition, me, lease_ms)
-    }
-    fn release_lease(&self, partition: &str, me: &Replica, epoch: u64) -> Result<(), StoreError> {
-        self.inner.release_lease(partition, me, epoch)
-    }
-    fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
-        self.inner.list_replicas()
-    }
-    fn load_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        self.inner.load_workers()
-    }
-    fn reserve_ids(&self, n: u64) -> Result<TaskId, StoreError> {
-        self.inner.reserve_ids(n)
-    }
-}
 
 /// Reads scheduler messages until `want` task ids were pushed; returns them.
 async fn pushed(inbound: &mut tonic::Streaming<pb::SchedulerMessage>, want: usize) -> Vec<String> {
@@ -106,13 +32,9 @@ async fn pushed(inbound: &mut tonic::Streaming<pb::SchedulerMessage>, want: usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_pushed_while_two_report_batches_wait_for_the_disk() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = Arc::new(Gated {
-        inner: MemoryStore::new(),
-        closed: AtomicBool::new(false),
-        gate: (Mutex::new(()), Condvar::new()),
-    });
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
     let config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), "gated memory store");
-    let server = dispatch_server::start(config, store.clone())
+    let server = dispatch_server::start(config, Arc::new(store))
         .await
         .expect("start");
     let url = format!("http://{}", server.local_addr());
@@ -149,7 +71,7 @@ async fn nothing_is_pushed_while_two_report_batches_wait_for_the_disk() {
     let first = pushed(&mut inbound, 4).await;
 
     // The disk stalls; two report batches of two tasks each wait for it.
-    store.set(true);
+    faults.hold_writes(true);
     let ok = RawValue::from_string("true".into()).expect("json");
     for pair in first.chunks(2) {
         let reports = pair
@@ -180,7 +102,7 @@ async fn nothing_is_pushed_while_two_report_batches_wait_for_the_disk() {
     );
 
     // The disk is back: the batches commit and pushing resumes.
-    store.set(false);
+    faults.hold_writes(false);
     let next = pushed(&mut inbound, 4).await;
     assert!(
         next.iter().all(|id| !first.contains(id)),

@@ -18,6 +18,9 @@ pub struct Faults {
     writes: AtomicBool,
     reads: AtomicBool,
     refused: AtomicU64,
+    /// While true, write batches wait (a disk that stalls).
+    held: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
 }
 
 impl Faults {
@@ -29,6 +32,20 @@ impl Faults {
     /// While `on`, every read fails as an unreachable database would.
     pub fn fail_reads(&self, on: bool) {
         self.reads.store(on, Ordering::SeqCst);
+    }
+
+    /// While `on`, every write batch waits, as on a stalled disk, and
+    /// goes through once it is turned off.
+    pub fn hold_writes(&self, on: bool) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        self.released.notify_all();
+    }
+
+    fn wait_while_held(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while *held {
+            held = self.released.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Write batches refused so far.
@@ -82,6 +99,7 @@ impl<S: Store> FaultyStore<S> {
 
 impl<S: Store> Store for FaultyStore<S> {
     fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.faults.wait_while_held();
         self.faults.write()?;
         self.inner.apply(writes)
     }

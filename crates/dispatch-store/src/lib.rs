@@ -12,7 +12,8 @@
 //! - With the `testing` feature only, so that production builds do not
 //!   compile them: `MemoryStore`, an in-memory double for tests (not
 //!   durable, never used by the server); `FaultyStore`, which wraps any
-//!   store and fails its reads or writes on demand (`Faults`), to test
+//!   store and fails its reads or writes, or holds its writes, on demand
+//!   (`Faults`), to test
 //!   behaviour under a full disk or a lost database; and `conformance`,
 //!   the suite every backend must pass, instantiated with
 //!   `store_conformance_tests!`.
