@@ -251,31 +251,11 @@ async fn a_cancel_reaches_a_worker_that_only_polls_until_it_reports() {
 
 #[tokio::test]
 async fn a_grpc_worker_that_grants_no_credit_is_given_nothing() {
-    use dispatch_grpc::{WorkerServiceClient, pb};
+    use dispatch_grpc::pb;
     let server = Server::start().await;
     let api = server.api();
     let kind = unique_type("no-credit");
-    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut grpc = WorkerServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::WorkerMessage::register(pb::Register {
-        name: Some("silent".into()),
-        types: vec![kind.clone()],
-        labels: Default::default(),
-        capacity: 100,
-        weight: None,
-    }))
-    .await
-    .expect("send");
-    let mut inbound = grpc
-        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("connect")
-        .into_inner();
+    let (tx, mut inbound) = grpc_worker(&server, "silent", &kind, 100, None).await;
     let registered = inbound.message().await.expect("read").expect("a message");
     assert!(
         matches!(
@@ -317,32 +297,11 @@ async fn a_grpc_worker_that_grants_no_credit_is_given_nothing() {
 /// counted (the next worker runs attempt 1 again).
 #[tokio::test]
 async fn a_grpc_half_close_requeues_held_tasks_without_counting_the_attempt() {
-    use dispatch_grpc::{WorkerServiceClient, pb};
+    use dispatch_grpc::pb;
     let server = Server::start().await;
     let api = server.api();
     let kind = unique_type("half-close");
-    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut grpc = WorkerServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::WorkerMessage::register(pb::Register {
-        name: Some("leaver".into()),
-        types: vec![kind.clone()],
-        labels: Default::default(),
-        capacity: 2,
-        weight: None,
-    }))
-    .await
-    .expect("send");
-    tx.send(pb::WorkerMessage::credit(2)).await.expect("send");
-    let mut inbound = grpc
-        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("connect")
-        .into_inner();
+    let (tx, mut inbound) = grpc_worker(&server, "leaver", &kind, 2, Some(2)).await;
     let ids = api
         .submit_batch(vec![
             json!({"type": kind, "max_attempts": 1}),
@@ -385,4 +344,47 @@ async fn a_grpc_half_close_requeues_held_tasks_without_counting_the_attempt() {
     let http = api.register(&[&kind], 10).await;
     let got = api.poll_n(&http, 2, WITHIN).await;
     assert!(got.iter().all(|t| t["attempt"] == 1), "{got:?}");
+}
+
+/// Opens a gRPC worker stream on `server`: registers `name` for `kind`
+/// with `capacity`, granting `credit` when given. Returns the sending half
+/// (dropping it half-closes the stream) and the scheduler's messages.
+async fn grpc_worker(
+    server: &Server,
+    name: &str,
+    kind: &str,
+    capacity: u32,
+    credit: Option<u32>,
+) -> (
+    tokio::sync::mpsc::Sender<dispatch_grpc::pb::WorkerMessage>,
+    tonic::Streaming<dispatch_grpc::pb::SchedulerMessage>,
+) {
+    use dispatch_grpc::{WorkerServiceClient, pb};
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = WorkerServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WorkerMessage::register(pb::Register {
+        name: Some(name.into()),
+        types: vec![kind.to_owned()],
+        labels: Default::default(),
+        capacity,
+        weight: None,
+    }))
+    .await
+    .expect("send");
+    if let Some(slots) = credit {
+        tx.send(pb::WorkerMessage::credit(slots))
+            .await
+            .expect("send");
+    }
+    let inbound = grpc
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("connect")
+        .into_inner();
+    (tx, inbound)
 }
