@@ -113,6 +113,15 @@ impl Replicas {
     }
 }
 
+/// A poll for up to `max` tasks, waiting for them up to 5 s.
+fn take(max: i64) -> PollRequest {
+    PollRequest {
+        max: Some(max),
+        wait_ms: Some(5_000),
+        ..PollRequest::default()
+    }
+}
+
 fn task(kind: &str) -> SubmitTask {
     SubmitTask::new(
         kind,
@@ -152,15 +161,7 @@ async fn any_replica_serves_everything() {
         .await
         .expect("register via the other standby");
     let polled = worker_side
-        .poll(
-            &reg.id,
-            &PollRequest {
-                max: Some(1),
-                wait_ms: Some(5_000),
-                results: None,
-                running: None,
-            },
-        )
+        .poll(&reg.id, &take(1))
         .await
         .expect("poll via a standby");
     assert_eq!(polled.tasks.len(), 1);
@@ -351,18 +352,7 @@ async fn a_running_task_stays_with_its_worker_across_a_takeover() {
     // A second task is handed over too, but (as if the answer had been
     // lost with the old leader) the worker never names it.
     let (lost, _) = client.submit(&task("job")).await.expect("submit");
-    let polled = client
-        .poll(
-            &reg.id,
-            &PollRequest {
-                max: Some(2),
-                wait_ms: Some(5_000),
-                results: None,
-                running: None,
-            },
-        )
-        .await
-        .expect("poll");
+    let polled = client.poll(&reg.id, &take(2)).await.expect("poll");
     assert_eq!(polled.tasks.len(), 2);
 
     r.servers[leader].take().expect("running").shutdown().await;
@@ -401,15 +391,7 @@ async fn a_running_task_stays_with_its_worker_across_a_takeover() {
     assert_eq!((done.state.as_str(), done.attempts), ("succeeded", 1));
     // It takes work from the new leader too: first the task it never got.
     let polled = client
-        .poll(
-            &reg.id,
-            &PollRequest {
-                max: Some(1),
-                wait_ms: Some(5_000),
-                results: None,
-                running: None,
-            },
-        )
+        .poll(&reg.id, &take(1))
         .await
         .expect("poll the new leader");
     assert_eq!(polled.tasks[0].id, lost.id);
