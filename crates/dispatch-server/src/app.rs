@@ -273,64 +273,65 @@ impl App {
         let mut ended_here: HashMap<TaskId, TaskState> = HashMap::new();
         for r in &live {
             // Still running on a worker that is kept: it stays there.
-            if r.state == TaskState::Running
-                && let Some(w) = r.worker
-                && sched.worker(w).is_some()
-            {
-                let body = Body::new(r.body.clone(), budget.charge(footprint(r)));
-                match sched.restore_running(r.id, r.spec.clone(), body, r.attempts, w, now) {
-                    Ok(()) => {
-                        adopted += 1;
-                        for event in sched.drain_events() {
-                            if let Event::Transition(t) = event {
-                                let _ = writer.write_detached(Write::Update(TaskUpdate::from(t)));
-                            }
+            let holder = r
+                .worker
+                .filter(|&w| r.state == TaskState::Running && sched.worker(w).is_some());
+            let kept = match holder {
+                Some(w) => {
+                    let body = Body::new(r.body.clone(), budget.charge(footprint(r)));
+                    match sched.restore_running(r.id, r.spec.clone(), body, r.attempts, w, now) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(task = %r.id, error = %e, "requeueing a task its worker cannot hold");
+                            false
                         }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(task = %r.id, error = %e, "requeueing a task its worker cannot hold")
                     }
                 }
-            }
-            // An attempt cut short by a scheduler stop is not the task's
-            // fault: it does not count.
-            let attempts = if r.state == TaskState::Running {
-                requeued += 1;
-                r.attempts.saturating_sub(1)
-            } else {
-                r.attempts
+                None => false,
             };
-            // Recovered tasks are held whatever the budget says.
-            let body = Body::new(r.body.clone(), budget.charge(footprint(r)));
-            if let Err(e) =
-                sched.restore(r.id, r.spec.clone(), body, attempts, r.error.clone(), now)
-            {
-                tracing::error!(task = %r.id, error = %e, "skipping a task at recovery");
-                continue;
-            }
-            // Parents have lower ids, so live ones are restored already;
-            // the others ended, and the store says how.
-            if r.state == TaskState::Scheduled && !r.body.depends_on.is_empty() {
-                match sched.hold_for_parents(r.id, &r.body.depends_on) {
-                    Ok(ended) => {
-                        for p in ended {
-                            let state = match ended_here.get(&p) {
-                                Some(&st) => Some(st),
-                                None => store.get_task(p)?.map(|x| x.state),
-                            };
-                            match state {
-                                Some(st) if st.is_terminal() => {
-                                    sched.parent_ended(r.id, p, st, now)
-                                }
-                                None => sched.parent_ended(r.id, p, TaskState::Cancelled, now),
-                                other => {
-                                    tracing::error!(task = %r.id, parent = %p, ?other, "a parent is neither live nor ended")
+            adopted += usize::from(kept);
+            if !kept {
+                // An attempt cut short by a scheduler stop is not the task's
+                // fault: it does not count.
+                let attempts = if r.state == TaskState::Running {
+                    requeued += 1;
+                    r.attempts.saturating_sub(1)
+                } else {
+                    r.attempts
+                };
+                // Recovered tasks are held whatever the budget says.
+                let body = Body::new(r.body.clone(), budget.charge(footprint(r)));
+                if let Err(e) =
+                    sched.restore(r.id, r.spec.clone(), body, attempts, r.error.clone(), now)
+                {
+                    tracing::error!(task = %r.id, error = %e, "skipping a task at recovery");
+                    continue;
+                }
+                // Parents have lower ids, so live ones are restored already;
+                // the others ended, and the store says how.
+                if r.state == TaskState::Scheduled && !r.body.depends_on.is_empty() {
+                    match sched.hold_for_parents(r.id, &r.body.depends_on) {
+                        Ok(ended) => {
+                            for p in ended {
+                                let state = match ended_here.get(&p) {
+                                    Some(&st) => Some(st),
+                                    None => store.get_task(p)?.map(|x| x.state),
+                                };
+                                match state {
+                                    Some(st) if st.is_terminal() => {
+                                        sched.parent_ended(r.id, p, st, now)
+                                    }
+                                    None => sched.parent_ended(r.id, p, TaskState::Cancelled, now),
+                                    other => {
+                                        tracing::error!(task = %r.id, parent = %p, ?other, "a parent is neither live nor ended")
+                                    }
                                 }
                             }
                         }
+                        Err(e) => {
+                            tracing::error!(task = %r.id, error = %e, "cannot hold for parents")
+                        }
                     }
-                    Err(e) => tracing::error!(task = %r.id, error = %e, "cannot hold for parents"),
                 }
             }
             for event in sched.drain_events() {
