@@ -323,9 +323,7 @@ impl Model {
                 if shape.timeout_ms.is_some() {
                     self.timed.insert(id);
                 }
-                let start = if !parents.is_empty() {
-                    TaskState::Scheduled
-                } else if delay_ms > 0 {
+                let start = if !parents.is_empty() || delay_ms > 0 {
                     TaskState::Scheduled
                 } else {
                     TaskState::Queued
