@@ -376,7 +376,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Pause or resume a queue.
+    /// Pause, resume or change a queue.
     Queue {
         #[command(subcommand)]
         action: QueueAction,
@@ -487,6 +487,33 @@ pub(crate) enum QueueAction {
     Resume {
         /// The queue.
         name: String,
+    },
+    /// Change a queue's settings at once, for good (stored: the config
+    /// file no longer decides them). Each value may be `none` to clear it.
+    Set {
+        /// The queue.
+        name: String,
+        /// Share of the workers under saturation (1 to 1000; none: 1).
+        #[arg(long)]
+        weight: Option<String>,
+        /// Most of its tasks running at once.
+        #[arg(long)]
+        max_running: Option<String>,
+        /// Most of its tasks started per second.
+        #[arg(long)]
+        rate_per_sec: Option<String>,
+        /// Starts the rate limit allows at once.
+        #[arg(long)]
+        burst: Option<String>,
+        /// Most of its tasks running at once per routing key.
+        #[arg(long)]
+        max_per_key: Option<String>,
+        /// Most of its tasks waiting before submissions get 429.
+        #[arg(long)]
+        max_depth: Option<String>,
+        /// Routing strategy of its tasks that name none.
+        #[arg(long)]
+        strategy: Option<String>,
     },
 }
 

@@ -11,6 +11,22 @@ use dispatch_proto::{BulkFilter, CreateSchedule, ListTasks, SubmitTask};
 use crate::cli::{BulkArgs, ClientOpts, Command, QueueAction, ScheduleAction};
 use crate::output;
 
+/// A setting given on the command line as JSON: `none` clears it, a
+/// number is a number, anything else a string (the server names what it
+/// refuses).
+fn setting_value(v: &str) -> serde_json::Value {
+    if v == "none" {
+        return serde_json::Value::Null;
+    }
+    if let Ok(n) = v.parse::<u64>() {
+        return n.into();
+    }
+    match v.parse::<f64>() {
+        Ok(f) if f.is_finite() => f.into(),
+        _ => v.into(),
+    }
+}
+
 /// Runs a client command with the options in force.
 pub(crate) async fn run(command: Command, opts: &ClientOpts) -> Result<()> {
     let server = opts
@@ -208,6 +224,38 @@ async fn dispatch(client: &Client, command: Command, json: bool) -> Result<()> {
             let (q, verb) = match action {
                 QueueAction::Pause { name } => (client.pause_queue(&name).await?, "paused"),
                 QueueAction::Resume { name } => (client.resume_queue(&name).await?, "resumed"),
+                QueueAction::Set {
+                    name,
+                    weight,
+                    max_running,
+                    rate_per_sec,
+                    burst,
+                    max_per_key,
+                    max_depth,
+                    strategy,
+                } => {
+                    let mut changes = serde_json::Map::new();
+                    for (field, value) in [
+                        ("weight", weight),
+                        ("max_running", max_running),
+                        ("rate_per_sec", rate_per_sec),
+                        ("burst", burst),
+                        ("max_per_key", max_per_key),
+                        ("max_depth", max_depth),
+                        ("strategy", strategy),
+                    ] {
+                        if let Some(v) = value {
+                            changes.insert(field.to_owned(), setting_value(&v));
+                        }
+                    }
+                    if changes.is_empty() {
+                        anyhow::bail!(
+                            "nothing to change: give at least one of --weight, --max-running, \
+                             --rate-per-sec, --burst, --max-per-key, --max-depth, --strategy"
+                        );
+                    }
+                    (client.update_queue(&name, &changes).await?, "updated")
+                }
             };
             show(json, &q, |q| {
                 let c = &q.counts;

@@ -462,6 +462,21 @@ impl Client {
         Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
     }
 
+    /// Changes a queue's settings: each member of `changes` is one of
+    /// `weight`, `max_running`, `rate_per_sec`, `burst`, `max_per_key`,
+    /// `max_depth`, `strategy`, with a value or null (clears it).
+    pub async fn update_queue(
+        &self,
+        name: &str,
+        changes: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<QueueJson, ClientError> {
+        let path = format!("/v1/queues/{}", encode(name));
+        Ok(self
+            .call(Method::PATCH, &path, Some(changes), None)
+            .await?
+            .1)
+    }
+
     /// Resumes a paused queue.
     pub async fn resume_queue(&self, name: &str) -> Result<QueueJson, ClientError> {
         let path = format!("/v1/queues/{}/resume", encode(name));

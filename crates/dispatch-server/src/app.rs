@@ -167,6 +167,9 @@ pub(crate) struct App {
     /// before the next starts, so the core ends in the state the store has
     /// last.
     pub(crate) pause_order: tokio::sync::Mutex<()>,
+    /// The queue and type settings in force: the config file's, with the
+    /// queues changed through the API replaced (`PATCH /v1/queues`).
+    queue_settings: std::sync::RwLock<Arc<crate::queues::QueueSettings>>,
 }
 
 /// The full record of a live task, as the API shows it.
@@ -241,9 +244,13 @@ impl App {
             ..dispatch_core::Config::default()
         };
         let mut sched = Scheduler::new(core_config, seed());
-        config
+        // The config file gives the defaults; settings changed through the
+        // API were stored and win.
+        let queue_settings = config
             .queue_settings
-            .apply(&mut sched, &store.list_queue_settings()?);
+            .clone()
+            .with_stored(store.list_queue_configs()?);
+        queue_settings.apply(&mut sched, &store.list_queue_settings()?);
         // A leading replica keeps its HTTP workers in the store; the next
         // leader restores them, with their leases starting now, so that a
         // takeover leaves the tasks they run with them.
@@ -392,6 +399,7 @@ impl App {
             audit,
             owners: Default::default(),
             pause_order: Default::default(),
+            queue_settings: std::sync::RwLock::new(Arc::new(queue_settings)),
         };
         {
             let mut shared = app.lock();
@@ -403,6 +411,23 @@ impl App {
             }
         }
         Ok((Arc::new(app), writer_thread))
+    }
+
+    /// The queue and type settings in force.
+    pub(crate) fn queue_settings(&self) -> Arc<crate::queues::QueueSettings> {
+        self.queue_settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the settings in force (after the store has committed the
+    /// change).
+    pub(crate) fn set_queue_settings(&self, settings: crate::queues::QueueSettings) {
+        *self
+            .queue_settings
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }
 
     /// Takes the lock. A panic elsewhere never leaves it unusable: the

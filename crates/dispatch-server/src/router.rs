@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use dispatch_proto::{FieldError, Problem};
 
 use crate::api::ApiError;
@@ -161,6 +161,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             get(schedules::get_one).delete(schedules::delete),
         )
         .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{name}", patch(queues::patch))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
         .route("/metrics", get(metrics::prometheus))
