@@ -1,0 +1,393 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Dispatch\Tests;
+
+use Dispatch\ForbiddenException;
+use Dispatch\Tests\Support\Server;
+use Dispatch\Tests\Support\TestCase;
+use Dispatch\UnauthorizedException;
+use Dispatch\ValidationException;
+use Dispatch\Worker;
+
+/**
+ * Workers end to end: each runs as a process of its own against a real
+ * server, with handlers that leave files in the test's folder (their
+ * process ids, when they started and ended) for the assertions.
+ */
+final class WorkerTest extends TestCase
+{
+    public function testTheSeedExampleRunsAsWritten(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $task = $client->submit('email.send', ['to' => 'ada@example.com']);
+        $code = <<<'PHP'
+class SendEmail implements Dispatch\TaskInterface { public function execute(array $params): mixed { /* ... */ return ['sent' => true]; } }
+$worker = new Dispatch\Worker('http://127.0.0.1:7070', ['name' => 'php-1', 'concurrency' => 4]);
+$worker->register('email.send', new SendEmail());
+$worker->run();
+PHP;
+        $worker = $this->php(str_replace('http://127.0.0.1:7070', $server->url, $code), $server);
+        $done = $this->finished($client, $task['id'], $worker);
+        self::assertSame('succeeded', $done['state'], $worker->output());
+        self::assertSame(['sent' => true], $done['result']);
+        $registered = $client->workers();
+        self::assertSame('php-1', $registered[0]['name']);
+        self::assertSame(4, $registered[0]['capacity']);
+    }
+
+    public function testTasksRunConcurrentlyEachInAProcessOfItsOwn(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $ids = [];
+        for ($i = 0; $i < 8; $i++) {
+            $ids[] = $client->submit('work.slow', ['i' => $i])['id'];
+        }
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['concurrency' => 4]);
+$worker->register('work.slow', function (array $payload, Dispatch\Context $ctx) use ($dir) {
+    $start = microtime(true);
+    usleep(800_000);
+    file_put_contents("$dir/span-{$ctx->id}", json_encode([$start, microtime(true), getmypid()]));
+    return ['i' => $payload['i'], 'attempt' => $ctx->attempt, 'type' => $ctx->type];
+});
+$worker->run();
+PHP, $server);
+        $spans = [];
+        foreach ($ids as $n => $id) {
+            $done = $this->finished($client, $id, $worker);
+            self::assertSame('succeeded', $done['state'], $worker->output());
+            self::assertSame(['i' => $n, 'attempt' => 1, 'type' => 'work.slow'], $done['result']);
+            $spans[] = json_decode(file_get_contents("{$this->dir}/span-$id"), true);
+        }
+        // The most tasks running at one moment: at a task's start, count the
+        // tasks that started before and had not ended.
+        $most = 0;
+        foreach ($spans as [$start]) {
+            $most = max($most, count(array_filter($spans, static fn ($s) => $s[0] <= $start && $s[1] > $start)));
+        }
+        self::assertGreaterThan(1, $most, 'no two tasks ever ran at once');
+        self::assertLessThanOrEqual(4, $most, 'more tasks ran at once than the concurrency');
+        $pids = array_unique(array_column($spans, 2));
+        self::assertCount(8, $pids, 'each task runs in a process of its own');
+        self::assertNotContains($worker->pid, $pids);
+    }
+
+    public function testAbortTaskEndsTheTaskWithoutRetryAndOtherErrorsRetry(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $abort = $client->submit('fail.abort', ['why' => 'no such user'], ['max_attempts' => 5]);
+        $boom = $client->submit('fail.boom', null, ['max_attempts' => 2, 'backoff' => ['initial_ms' => 10, 'max_ms' => 10]]);
+        $worker = $this->php(<<<'PHP'
+final class Refuse implements Dispatch\TaskInterface
+{
+    public function execute(array $params): mixed
+    {
+        throw new Dispatch\AbortTask($params['why']);
+    }
+}
+$worker = new Dispatch\Worker($url, ['concurrency' => 2]);
+$worker->register('fail.abort', new Refuse());
+$worker->register('fail.boom', fn () => throw new RuntimeException('boom'));
+$worker->run();
+PHP, $server);
+        $dead = $this->finished($client, $abort['id'], $worker);
+        self::assertSame('dead', $dead['state']);
+        self::assertSame(1, $dead['attempts'], 'an aborted task is not retried');
+        self::assertSame('no such user', $dead['error']);
+        $failed = $this->finished($client, $boom['id'], $worker);
+        self::assertSame('dead', $failed['state']);
+        self::assertSame(2, $failed['attempts'], 'a failed attempt is retried while attempts are left');
+        self::assertSame('RuntimeException: boom', $failed['error']);
+    }
+
+    public function testRetryTaskRetriesAfterItsDelay(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $task = $client->submit('flaky', null, ['max_attempts' => 3]);
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url);
+$worker->register('flaky', function ($payload, Dispatch\Context $ctx) use ($dir) {
+    file_put_contents("$dir/attempt-{$ctx->attempt}", (string) microtime(true));
+    if ($ctx->attempt === 1) {
+        throw new Dispatch\RetryTask(1500, 'rate limited');
+    }
+    return 'done on attempt ' . $ctx->attempt;
+});
+$worker->run();
+PHP, $server);
+        $this->eventually(fn () => is_file("{$this->dir}/attempt-1"), 'the first attempt', $worker);
+        $between = $this->eventually(function () use ($client, $task) {
+            $t = $client->get($task['id']);
+            return $t['attempts'] === 1 && $t['state'] !== 'running' ? $t : null;
+        }, 'the first attempt to be reported', $worker);
+        self::assertSame('rate limited', $between['error']);
+        $done = $this->finished($client, $task['id'], $worker);
+        self::assertSame('succeeded', $done['state'], $worker->output());
+        self::assertSame('done on attempt 2', $done['result']);
+        $gap = (float) file_get_contents("{$this->dir}/attempt-2") - (float) file_get_contents("{$this->dir}/attempt-1");
+        self::assertGreaterThanOrEqual(1.4, $gap, 'the retry came before its delay');
+    }
+
+    public function testATaskPastItsTimeoutIsKilledAndReported(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $task = $client->submit('hang', null, ['timeout_ms' => 1500, 'max_attempts' => 1]);
+        $worker = $this->php(self::HANG, $server);
+        $pid = (int) $this->eventually(fn () => @file_get_contents("{$this->dir}/pid-{$task['id']}"), 'the handler to start', $worker);
+        $done = $this->finished($client, $task['id'], $worker);
+        self::assertSame('dead', $done['state']);
+        self::assertStringContainsString('timeout', $done['error']);
+        $this->eventually(fn () => !self::alive($pid), "the handler's process $pid to be killed", $worker);
+        self::assertFileDoesNotExist("{$this->dir}/finished-{$task['id']}");
+        // The slot is free again.
+        $next = $client->submit('hang', ['quick' => true]);
+        self::assertSame('succeeded', $this->finished($client, $next['id'], $worker)['state']);
+    }
+
+    public function testACancelledTaskIsKilled(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $task = $client->submit('hang');
+        $worker = $this->php(self::HANG, $server);
+        $pid = (int) $this->eventually(fn () => @file_get_contents("{$this->dir}/pid-{$task['id']}"), 'the handler to start', $worker);
+        self::assertTrue(self::alive($pid));
+        self::assertSame('cancelled', $client->cancel($task['id'])['state']);
+        $this->eventually(fn () => !self::alive($pid), "the handler's process $pid to be killed", $worker);
+        self::assertFileDoesNotExist("{$this->dir}/finished-{$task['id']}");
+        self::assertSame('cancelled', $client->get($task['id'])['state']);
+        $next = $client->submit('hang', ['quick' => true]);
+        self::assertSame('succeeded', $this->finished($client, $next['id'], $worker)['state'], $worker->output());
+    }
+
+    public function testSigtermFinishesTheRunningTaskTakesNoOtherAndLeaves(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $first = $client->submit('slow');
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['concurrency' => 1]);
+$worker->register('slow', function ($payload, Dispatch\Context $ctx) use ($dir) {
+    touch("$dir/started-{$ctx->id}");
+    sleep(2);
+    touch("$dir/finished-{$ctx->id}");
+    return 'finished';
+});
+$worker->run();
+echo "run returned\n";
+PHP, $server);
+        $this->eventually(fn () => is_file("{$this->dir}/started-{$first['id']}"), 'the task to start', $worker);
+        $second = $client->submit('slow');
+        $worker->signal(SIGTERM);
+        self::assertSame(0, $worker->wait(self::PATIENCE), 'the worker did not exit: ' . $worker->output());
+        self::assertStringContainsString('run returned', $worker->output());
+        $done = $client->get($first['id']);
+        self::assertSame('succeeded', $done['state'], $worker->output());
+        self::assertSame('finished', $done['result']);
+        self::assertFileExists("{$this->dir}/finished-{$first['id']}");
+        self::assertFileDoesNotExist("{$this->dir}/started-{$second['id']}");
+        self::assertSame('queued', $client->get($second['id'])['state']);
+        self::assertSame([], $client->workers(), 'the worker did not leave');
+    }
+
+    public function testASecondSignalStopsTheRunningTasks(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $task = $client->submit('hang', null, ['max_attempts' => 3]);
+        $worker = $this->php(self::HANG, $server);
+        $pid = (int) $this->eventually(fn () => @file_get_contents("{$this->dir}/pid-{$task['id']}"), 'the handler to start', $worker);
+        $worker->signal(SIGINT);
+        $this->eventually(fn () => str_contains($worker->output(), 'stopping'), 'the worker to hear the signal', $worker);
+        $worker->signal(SIGINT);
+        self::assertSame(0, $worker->wait(self::PATIENCE), 'the worker did not exit: ' . $worker->output());
+        self::assertFalse(self::alive($pid), 'the running task was not stopped');
+        $t = $client->get($task['id']);
+        self::assertSame(1, $t['attempts']);
+        self::assertStringContainsString('stopped', (string) $t['error']);
+        self::assertContains($t['state'], ['scheduled', 'queued']);
+        self::assertSame([], $client->workers());
+    }
+
+    public function testHeartbeatsKeepALongTaskPastTheLease(): void
+    {
+        $server = $this->server(['--lease-ms', '1500']);
+        $client = $this->client($server);
+        $task = $client->submit('long');
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url);
+$worker->register('long', function () { sleep(4); return 'kept'; });
+$worker->run();
+PHP, $server);
+        $done = $this->finished($client, $task['id'], $worker);
+        self::assertSame('succeeded', $done['state'], $worker->output());
+        self::assertSame('kept', $done['result']);
+        self::assertSame(1, $done['attempts'], 'the lease was lost during the task: ' . $worker->output());
+    }
+
+    public function testADeadFirstServerIsPassedOver(): void
+    {
+        $server = $this->server();
+        $dead = 'http://127.0.0.1:' . Server::freePort();
+        $client = $this->client("$dead,{$server->url}");
+        $task = $client->submit('echo', ['hello' => 'world']);
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker(getenv('TEST_URLS'));
+$worker->register('echo', fn ($payload) => $payload);
+$worker->run();
+PHP, $server, ['TEST_URLS' => "$dead,{$server->url}"]);
+        $done = $this->finished($client, $task['id'], $worker);
+        self::assertSame('succeeded', $done['state'], $worker->output());
+        self::assertSame(['hello' => 'world'], $done['result']);
+    }
+
+    public function testTokens(): void
+    {
+        $file = "{$this->dir}/tokens";
+        $submit = Server::createToken($file, 'submit', 'client');
+        $work = Server::createToken($file, 'work', 'workers');
+        $server = $this->server(['--tokens', $file]);
+        $client = $this->client($server, ['token' => $submit]);
+        $task = $client->submit('echo', [1, 2, 3]);
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['token' => getenv('TEST_TOKEN')]);
+$worker->register('echo', fn ($payload) => $payload);
+$worker->run();
+PHP, $server, ['TEST_TOKEN' => $work]);
+        $done = $this->finished($client, $task['id'], $worker);
+        self::assertSame('succeeded', $done['state'], $worker->output());
+        self::assertSame([1, 2, 3], $done['result']);
+
+        try {
+            $this->client($server)->submit('echo');
+            self::fail('a submission without a token was accepted');
+        } catch (UnauthorizedException $e) {
+            self::assertSame(401, $e->getStatus());
+        }
+        $quiet = ['logger' => static function (): void {
+        }];
+        try {
+            (new Worker($server->url, ['token' => $submit] + $quiet))->register('echo', fn ($p) => $p)->run();
+            self::fail('a worker with a submit token registered');
+        } catch (ForbiddenException $e) {
+            self::assertSame(403, $e->getStatus());
+            self::assertStringContainsString('work', $e->getDetail());
+        }
+        try {
+            (new Worker($server->url, $quiet))->register('echo', fn ($p) => $p)->run();
+            self::fail('a worker without a token registered');
+        } catch (UnauthorizedException $e) {
+            self::assertSame(401, $e->getStatus());
+        }
+    }
+
+    public function testARefusedRegistrationRaisesTheProblem(): void
+    {
+        $server = $this->server();
+        $worker = new Worker($server->url, ['labels' => [str_repeat('x', 300) => 'v'], 'logger' => static function (): void {
+        }]);
+        $worker->register('echo', fn ($p) => $p);
+        try {
+            $worker->run();
+            self::fail('a label name of 300 bytes was accepted');
+        } catch (ValidationException $e) {
+            self::assertSame(422, $e->getStatus());
+            self::assertStringStartsWith('labels', (string) $e->getField());
+        }
+    }
+
+    public function testOptionsAndTypesAreChecked(): void
+    {
+        try {
+            new Worker('http://127.0.0.1:7070', ['concurency' => 4]);
+            self::fail('a misspelt option was accepted');
+        } catch (\InvalidArgumentException $e) {
+            self::assertStringContainsString('concurency', $e->getMessage());
+        }
+        $this->expectException(\InvalidArgumentException::class);
+        (new Worker('http://127.0.0.1:7070'))->register('no spaces', fn () => null);
+    }
+
+    public function testInProcessHandlersRenewTheLeaseAndHearCancellation(): void
+    {
+        $server = $this->server(['--lease-ms', '1500']);
+        $client = $this->client($server);
+        $quick = $client->submit('where');
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['fork' => false, 'concurrency' => 1]);
+$worker->register('where', fn () => getmypid());
+$worker->register('wait.cancel', function ($payload, Dispatch\Context $ctx) use ($dir) {
+    touch("$dir/started-{$ctx->id}");
+    $until = microtime(true) + 60;
+    while (microtime(true) < $until) {
+        if ($ctx->cancelled()) {
+            touch("$dir/saw-cancel-{$ctx->id}");
+            return 'stopped';
+        }
+        usleep(100_000);
+    }
+    return 'never cancelled';
+});
+$worker->run();
+PHP, $server);
+        $done = $this->finished($client, $quick['id'], $worker);
+        self::assertSame($worker->pid, $done['result'], 'the task did not run in the worker process');
+
+        $task = $client->submit('wait.cancel');
+        $this->eventually(fn () => is_file("{$this->dir}/started-{$task['id']}"), 'the task to start', $worker);
+        // Past the lease: cancelled() renewed it.
+        sleep(3);
+        self::assertSame('running', $client->get($task['id'])['state'], $worker->output());
+        self::assertSame(1, $client->get($task['id'])['attempts']);
+        $client->cancel($task['id']);
+        $this->eventually(fn () => is_file("{$this->dir}/saw-cancel-{$task['id']}"), 'the handler to see the cancellation', $worker);
+        self::assertSame('cancelled', $client->get($task['id'])['state']);
+    }
+
+    public function testAWorkerThatLostItsLeaseRegistersAgain(): void
+    {
+        $server = $this->server(['--lease-ms', '1000']);
+        $client = $this->client($server);
+        $task = $client->submit('sleepy', null, ['max_attempts' => 3]);
+        // In the worker's process, a handler that never asks whether it was
+        // cancelled holds up everything: the lease runs out under it.
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['fork' => false]);
+$worker->register('sleepy', function ($payload, Dispatch\Context $ctx) {
+    if ($ctx->attempt === 1) {
+        sleep(3);
+        return 'late';
+    }
+    return 'attempt ' . $ctx->attempt;
+});
+$worker->run();
+PHP, $server);
+        $done = $this->finished($client, $task['id'], $worker);
+        self::assertSame('succeeded', $done['state'], $worker->output());
+        self::assertSame('attempt 2', $done['result']);
+        self::assertStringContainsString('lease', $worker->output());
+        self::assertSame(2, substr_count($worker->output(), 'registered as'));
+    }
+
+    /** A worker whose `hang` handler writes its pid and sleeps a minute (unless the payload says quick). */
+    private const HANG = <<<'PHP'
+$worker = new Dispatch\Worker($url, ['concurrency' => 2]);
+$worker->register('hang', function ($payload, Dispatch\Context $ctx) use ($dir) {
+    if ($payload['quick'] ?? false) {
+        return 'quick';
+    }
+    file_put_contents("$dir/pid-{$ctx->id}", (string) getmypid());
+    sleep(60);
+    touch("$dir/finished-{$ctx->id}");
+    return 'slept';
+});
+$worker->run();
+PHP;
+}
