@@ -37,6 +37,9 @@ final class Session
     private const MAX_BACKOFF = 5.0;
 
     private \CurlMultiHandle $multi;
+    // Task ids key the arrays below: PHP turns the numeric ones into
+    // integers, so each is cast back to a string where it is read.
+
     /** @var array<string, Child> running tasks by id */
     private array $children = [];
     /** @var array<string, string> finished tasks' reports, by task id, not yet sent */
@@ -130,10 +133,11 @@ final class Session
     /** Collects the reports of the processes that ended. */
     private function reap(): void
     {
-        foreach ($this->children as $id => $child) {
+        foreach ($this->children as $child) {
             if (!$child->poll()) {
                 continue;
             }
+            $id = $child->id;
             unset($this->children[$id]);
             $report = match ($child->killed) {
                 null => $child->report(),
@@ -152,9 +156,9 @@ final class Session
     private function expire(): void
     {
         $now = microtime(true);
-        foreach ($this->children as $id => $child) {
+        foreach ($this->children as $child) {
             if ($child->killed === null && $child->deadline !== null && $now >= $child->deadline) {
-                ($this->log)('warning', "task $id ran past its timeout_ms: killing it");
+                ($this->log)('warning', "task {$child->id} ran past its timeout_ms: killing it");
                 $child->kill('timeout');
             }
         }
@@ -236,7 +240,7 @@ final class Session
             ($this->log)('warning', 'poll refused: ' . $e->getMessage() . '; reporting its results one by one');
             foreach ($flight['results'] as $id => $report) {
                 unset($this->pending[$id]);
-                $this->reportAlone($id, $report);
+                $this->reportAlone((string) $id, $report);
             }
             return;
         }
