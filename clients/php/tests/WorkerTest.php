@@ -248,6 +248,26 @@ PHP, $server, ['TEST_URLS' => "$dead,{$server->url}"]);
         self::assertSame(['hello' => 'world'], $done['result']);
     }
 
+    public function testAWorkerRidesOutAServerRestart(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['concurrency' => 2]);
+$worker->register('echo', fn ($payload) => $payload);
+$worker->run();
+PHP, $server);
+        $first = $client->submit('echo', 1);
+        self::assertSame(1, $this->finished($client, $first['id'], $worker)['result']);
+        $server = $this->restart($server);
+        $second = $client->submit('echo', 2);
+        $done = $this->finished($client, $second['id'], $worker);
+        self::assertSame('succeeded', $done['state'], $worker->output());
+        self::assertSame(2, $done['result']);
+        self::assertStringContainsString('trying again', $worker->output());
+        self::assertTrue($worker->running());
+    }
+
     public function testTokens(): void
     {
         $file = "{$this->dir}/tokens";

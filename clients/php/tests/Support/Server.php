@@ -19,15 +19,20 @@ final class Server
     public readonly string $dir;
     private readonly string $log;
 
-    /** @param list<string> $args extra `dispatch server` arguments */
-    private function __construct(array $args)
+    /**
+     * @param list<string> $args extra `dispatch server` arguments
+     * @param int|null $port the port to listen on (a restart), else a free one
+     */
+    private function __construct(private readonly array $args, ?int $port = null, ?string $dir = null)
     {
-        $this->dir = self::tempDir('dispatch-php-server');
+        $this->dir = $dir ?? self::tempDir('dispatch-php-server');
         $this->log = $this->dir . '/server.log';
         for ($try = 0; ; $try++) {
-            $port = self::freePort();
+            $port ??= self::freePort();
             $listen = "127.0.0.1:$port";
-            $cmd = array_merge([self::binary(), 'server', '--listen', $listen, '--data', $this->dir . '/data'], $args);
+            // A replica on PostgreSQL has no data folder.
+            $data = in_array('--store', $args, true) ? [] : ['--data', $this->dir . '/data'];
+            $cmd = array_merge([self::binary(), 'server', '--listen', $listen], $data, $args);
             $env = ['RUST_LOG' => 'warn', 'NO_COLOR' => '1', 'PATH' => getenv('PATH') ?: '/usr/bin:/bin'];
             $this->process = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['file', $this->log, 'a'], 2 => ['file', $this->log, 'a']], $pipes, null, $env);
             if (!is_resource($this->process)) {
@@ -42,8 +47,9 @@ final class Server
                 if (!proc_get_status($this->process)['running']) {
                     proc_close($this->process);
                     $this->process = null;
-                    if ((str_contains($log, 'in use') || str_contains($log, 'cannot listen')) && $try < 5) {
+                    if ((str_contains($log, 'in use') || str_contains($log, 'cannot listen')) && $try < 5 && $dir === null) {
                         file_put_contents($this->log, '');
+                        $port = null;
                         continue 2;
                     }
                     throw new \RuntimeException("dispatch server exited at start:\n$log");
@@ -129,14 +135,61 @@ final class Server
         return (string) @file_get_contents($this->log);
     }
 
-    /** Kills the server (SIGKILL) and removes its folder. */
-    public function stop(): void
+    /** Kills the server (SIGKILL) and keeps its folder. */
+    public function kill(): void
     {
         if (is_resource($this->process)) {
             proc_terminate($this->process, 9);
             proc_close($this->process);
             $this->process = null;
         }
+    }
+
+    /**
+     * A server started again on this one's port and data, once this one
+     * was killed.
+     */
+    public function restart(): self
+    {
+        $this->kill();
+        $port = (int) substr($this->url, strrpos($this->url, ':') + 1);
+        return new self($this->args, $port, $this->dir);
+    }
+
+    /** Kills the server (SIGKILL) and removes its folder. */
+    public function stop(): void
+    {
+        $this->kill();
         self::remove($this->dir);
+    }
+
+    /** `/healthz` as the server answers it, or null when it does not. */
+    public function health(): ?array
+    {
+        $context = stream_context_create(['http' => ['timeout' => 5, 'ignore_errors' => true]]);
+        $body = @file_get_contents($this->url . '/healthz', false, $context);
+        $health = is_string($body) ? json_decode($body, true) : null;
+        return is_array($health) ? $health : null;
+    }
+
+    /**
+     * A new, empty PostgreSQL database on the server of the test script
+     * (`DISPATCH_TEST_POSTGRES`, set by ./scripts/test and
+     * ./scripts/with-postgres), and its URL.
+     */
+    public static function freshDatabase(): string
+    {
+        $server = getenv('DISPATCH_TEST_POSTGRES');
+        if (!$server) {
+            throw new \RuntimeException('DISPATCH_TEST_POSTGRES is not set: run the tests with ./scripts/test, or ../../scripts/with-postgres phpunit, which start a throwaway PostgreSQL');
+        }
+        $db = 'dispatch_php_' . getmypid() . '_' . bin2hex(random_bytes(4));
+        $process = proc_open(['psql', $server, '-v', 'ON_ERROR_STOP=1', '-q', '-c', "CREATE DATABASE $db"], [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+        stream_get_contents($pipes[1]);
+        $err = stream_get_contents($pipes[2]);
+        if (proc_close($process) !== 0) {
+            throw new \RuntimeException("cannot create a database: $err");
+        }
+        return substr($server, 0, strrpos($server, '/')) . '/' . $db;
     }
 }

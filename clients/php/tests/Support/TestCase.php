@@ -52,6 +52,14 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
         return $server;
     }
 
+    /** Kills a server and starts it again on its port and data. */
+    protected function restart(Server $server): Server
+    {
+        $again = $server->restart();
+        $this->servers = array_map(static fn (Server $s) => $s === $server ? $again : $s, $this->servers);
+        return $again;
+    }
+
     protected function client(Server|string $server, array $options = []): Client
     {
         return new Client($server instanceof Server ? $server->url : $server, $options);
