@@ -268,6 +268,25 @@ PHP, $server);
         self::assertTrue($worker->running());
     }
 
+    public function testAResultTheServerRefusesFailsItsTaskAlone(): void
+    {
+        $server = $this->server(['--max-body-bytes', '4096']);
+        $client = $this->client($server);
+        $big = $client->submit('size', ['bytes' => 10_000], ['max_attempts' => 1]);
+        $small = $client->submit('size', ['bytes' => 10], ['max_attempts' => 1]);
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['concurrency' => 2]);
+$worker->register('size', fn (array $p) => str_repeat('x', $p['bytes']));
+$worker->run();
+PHP, $server);
+        $done = $this->finished($client, $small['id'], $worker);
+        self::assertSame(str_repeat('x', 10), $done['result'], $worker->output());
+        $refused = $this->finished($client, $big['id'], $worker);
+        self::assertSame('dead', $refused['state'], $worker->output());
+        self::assertStringContainsString('the server refused the result', $refused['error']);
+        self::assertStringContainsString('too large', $refused['error']);
+    }
+
     public function testTokens(): void
     {
         $file = "{$this->dir}/tokens";
