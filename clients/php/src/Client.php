@@ -26,9 +26,12 @@ use Dispatch\Internal\Servers;
  * `$url` may name several servers, comma-separated: the replicas of one
  * cluster. A request that cannot reach one, or that one answers 503 (a
  * standby cut off from the leader), goes to the next. Requests that were
- * not served (no server could be reached, or each answered 503) are tried
- * again with a backoff for `retry_ms`, so that a takeover between
- * replicas or a restart is waited out.
+ * not served (no server could be reached, or each answered 503 or 429)
+ * are tried again with a backoff for `retry_ms`, so that a takeover
+ * between replicas or a restart is waited out. A request that reached a
+ * server and got no answer (a timeout, a cut connection) is tried again
+ * only when doing it twice is harmless: a read, or a submission with an
+ * `idempotency_key`; otherwise it throws, since it may have been acted on.
  */
 final class Client
 {
@@ -74,7 +77,8 @@ final class Client
      *     sent as `[]`; use `new stdClass()` for `{}`)
      * @param array<string, mixed> $options any field `POST /v1/tasks` takes:
      *     `queue`, `priority` (-100 to 100), `run_at` (RFC 3339 text or a
-     *     DateTimeInterface), `delay_ms`, `timeout_ms`, `max_attempts`,
+     *     DateTimeInterface), `delay_ms` (or `delay`: seconds, or a
+     *     DateInterval), `timeout_ms`, `max_attempts`,
      *     `backoff` (`['initial_ms', 'max_ms', 'multiplier', 'jitter']`),
      *     `idempotency_key`, `routing_key`, `strategy`, `labels`
      *     (name => value), `depends_on` (task ids), `shards`. The server
@@ -83,7 +87,8 @@ final class Client
      */
     public function submit(string $type, mixed $payload = null, array $options = []): array
     {
-        return $this->call('POST', '/v1/tasks', self::submission($type, $payload, $options));
+        $body = self::submission($type, $payload, $options);
+        return $this->call('POST', '/v1/tasks', $body, null, [], isset($body['idempotency_key']));
     }
 
     /**
@@ -98,6 +103,7 @@ final class Client
     public function submitBatch(array $tasks, bool $minimal = false): array
     {
         $body = [];
+        $repeatable = $tasks !== [];
         foreach (array_values($tasks) as $i => $task) {
             if (!is_array($task) || !is_string($task['type'] ?? null)) {
                 throw new \InvalidArgumentException("tasks[$i] must be an array with a string type");
@@ -105,10 +111,11 @@ final class Client
             $type = $task['type'];
             $payload = array_key_exists('payload', $task) ? $task['payload'] : null;
             unset($task['type'], $task['payload']);
-            $body[] = self::submission($type, $payload, $task);
+            $body[] = $submission = self::submission($type, $payload, $task);
+            $repeatable = $repeatable && isset($submission['idempotency_key']);
         }
         $headers = $minimal ? ['Prefer: return=minimal'] : [];
-        return $this->call('POST', '/v1/tasks/batch', ['tasks' => $body], null, $headers)['tasks'];
+        return $this->call('POST', '/v1/tasks/batch', ['tasks' => $body], null, $headers, $repeatable)['tasks'];
     }
 
     /**
@@ -257,6 +264,60 @@ final class Client
     }
 
     /**
+     * Creates a cron schedule: every time `$cron` fires (5 fields, or 6
+     * with seconds first), a task is submitted from `$task`.
+     *
+     * @param array<string, mixed> $task `type`, `payload` and any option of {@see submit()}
+     * @param array{timezone?: string, misfire?: string, catch_up_limit?: int, paused?: bool} $options
+     *     `timezone` (IANA, default UTC), `misfire` (`skip`, `fire_once`,
+     *     `catch_up`), `catch_up_limit`, `paused`
+     * @return array<string, mixed> the schedule, with `next_fire_at`
+     * @throws ConflictException when the name exists
+     */
+    public function createSchedule(string $name, string $cron, array $task, array $options = []): array
+    {
+        if (!is_string($task['type'] ?? null)) {
+            throw new \InvalidArgumentException('the task of a schedule needs a string type');
+        }
+        $type = $task['type'];
+        $payload = array_key_exists('payload', $task) ? $task['payload'] : null;
+        unset($task['type'], $task['payload']);
+        $body = ['name' => $name, 'cron' => $cron, 'task' => self::submission($type, $payload, $task)] + $options;
+        return $this->call('POST', '/v1/schedules', $body);
+    }
+
+    /**
+     * Every cron schedule, by name.
+     *
+     * @return list<array<string, mixed>>
+     */
+    public function schedules(): array
+    {
+        return $this->call('GET', '/v1/schedules')['schedules'];
+    }
+
+    /**
+     * One cron schedule.
+     *
+     * @return array<string, mixed>
+     * @throws NotFoundException
+     */
+    public function schedule(string $name): array
+    {
+        return $this->call('GET', '/v1/schedules/' . Servers::segment($name));
+    }
+
+    /**
+     * Deletes a cron schedule; the tasks of its past fires stay.
+     *
+     * @throws NotFoundException
+     */
+    public function deleteSchedule(string $name): void
+    {
+        $this->call('DELETE', '/v1/schedules/' . Servers::segment($name));
+    }
+
+    /**
      * The registered workers.
      *
      * @return list<array<string, mixed>>
@@ -282,7 +343,7 @@ final class Client
      * @param array<string, mixed>|object|null $body
      * @param list<string> $headers
      */
-    private function call(string $method, string $path, array|object|null $body = null, ?float $timeout = null, array $headers = []): mixed
+    private function call(string $method, string $path, array|object|null $body = null, ?float $timeout = null, array $headers = [], bool $repeatable = false): mixed
     {
         $giveUp = microtime(true) + $this->retryMs / 1000;
         $delay = 0.1;
@@ -290,12 +351,15 @@ final class Client
             try {
                 return $this->servers->send($method, $path, $body, $timeout, $headers);
             } catch (ConnectionException $e) {
-                if ($e->wasSent()) {
+                // A request that reached a server and got no answer may have
+                // been acted on: only one that does the same the second time
+                // goes again.
+                if ($e->wasSent() && !($repeatable || $method === 'GET')) {
                     throw $e;
                 }
                 $wait = $delay;
-            } catch (UnavailableException $e) {
-                if ($e->getStatus() !== 503) {
+            } catch (UnavailableException|RateLimitedException $e) {
+                if ($e->getStatus() !== 503 && $e->getStatus() !== 429) {
                     throw $e;
                 }
                 $wait = max($delay, ($e->getRetryAfterMs() ?? 0) / 1000);
@@ -319,6 +383,18 @@ final class Client
         $body = ['type' => $type];
         if ($payload !== null) {
             $body['payload'] = $payload;
+        }
+        if (array_key_exists('delay', $options)) {
+            $delay = $options['delay'];
+            unset($options['delay']);
+            if ($delay instanceof \DateInterval) {
+                $now = new \DateTimeImmutable();
+                $delay = (float) $now->add($delay)->format('U.u') - (float) $now->format('U.u');
+            }
+            if (!is_int($delay) && !is_float($delay)) {
+                throw new \InvalidArgumentException('option delay must be a number of seconds or a DateInterval');
+            }
+            $body['delay_ms'] = (int) round($delay * 1000);
         }
         foreach ($options as $name => $value) {
             $body[$name] = match ($name) {

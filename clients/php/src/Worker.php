@@ -34,13 +34,14 @@ use Dispatch\Internal\Session;
  *
  * **Stopping.** SIGTERM or SIGINT (with pcntl), or `stop()` from a handler
  * or a signal handler of yours: it takes no more tasks, lets the running
- * ones finish and reports them, then leaves the scheduler. A second
- * signal kills the running tasks (reported as failed, to be retried) and
- * leaves.
+ * ones finish (for `grace` seconds) and reports them, then leaves the
+ * scheduler. A second signal, or the end of the grace, kills the tasks
+ * still running; leaving gives them back to the scheduler, which requeues
+ * them without counting the attempt.
  */
 final class Worker
 {
-    private const OPTIONS = ['name', 'concurrency', 'labels', 'token', 'ca', 'timeout', 'weight', 'poll_wait_ms', 'fork', 'logger'];
+    private const OPTIONS = ['name', 'concurrency', 'labels', 'token', 'ca', 'timeout', 'weight', 'poll_wait_ms', 'grace', 'fork', 'logger'];
 
     private readonly Servers $servers;
     private readonly string $name;
@@ -50,6 +51,7 @@ final class Worker
     private readonly ?int $weight;
     private readonly int $pollWaitMs;
     private readonly bool $fork;
+    private readonly ?float $grace;
     private readonly \Closure $log;
     /** @var array<string, TaskInterface|callable> */
     private array $handlers = [];
@@ -71,6 +73,9 @@ final class Worker
      *     - `weight`: 1 to 1000, for `weighted_round_robin`
      *     - `poll_wait_ms`: how long a poll waits for work (default 20000;
      *       the server holds it at most half its lease)
+     *     - `grace`: seconds a stop lets the running tasks finish (default
+     *       30; false for no limit); those still running then are killed
+     *       and given back to the scheduler
      *     - `fork`: run each task in a process of its own (default: when
      *       pcntl and posix are there)
      *     - `logger`: `callable(string $level, string $message)`, or an
@@ -108,6 +113,12 @@ final class Worker
             throw new \InvalidArgumentException('option poll_wait_ms must be an integer from 0 to 60000');
         }
         $this->pollWaitMs = $wait;
+
+        $grace = $options['grace'] ?? 30;
+        if ($grace !== false && ((!is_int($grace) && !is_float($grace)) || $grace < 0)) {
+            throw new \InvalidArgumentException('option grace must be a non-negative number of seconds, or false for no limit');
+        }
+        $this->grace = $grace === false ? null : (float) $grace;
 
         $canFork = function_exists('pcntl_fork') && function_exists('posix_kill');
         $fork = $options['fork'] ?? $canFork;
@@ -185,6 +196,7 @@ final class Worker
                     $this->concurrency,
                     $this->pollWaitMs,
                     $this->fork,
+                    $this->grace,
                     $this->handlers,
                     fn (): int => $this->stopping,
                     $this->log,
@@ -203,9 +215,10 @@ final class Worker
 
     /**
      * Asks {@see run()} to return: no more tasks are taken, the running
-     * ones finish and are reported, then the worker leaves. Safe to call
-     * from a handler (in-process) or a signal handler. A second call stops
-     * the running tasks.
+     * ones finish (for `grace` seconds) and are reported, then the worker
+     * leaves. Safe to call from a handler (in-process) or a signal
+     * handler. A second call kills the running tasks, which leaving gives
+     * back.
      */
     public function stop(): void
     {
@@ -291,7 +304,7 @@ final class Worker
                 $this->stop();
                 ($this->log)('info', $this->stopping === 1
                     ? 'stopping: finishing the running tasks (signal again to stop them now)'
-                    : 'stopping now: killing the running tasks');
+                    : 'stopping now: killing the running tasks, to be given back');
             });
         }
         return static function () use ($async, $previous): void {

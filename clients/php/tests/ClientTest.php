@@ -126,6 +126,40 @@ final class ClientTest extends TestCase
         self::assertSame('ok', $client->health()['status']);
     }
 
+    public function testDelayAndSchedules(): void
+    {
+        $client = $this->client($this->server());
+        $before = time();
+        $task = $client->submit('later', null, ['delay' => 3600]);
+        $runAt = (new \DateTimeImmutable($task['run_at']))->getTimestamp();
+        self::assertGreaterThanOrEqual($before + 3599, $runAt);
+        self::assertLessThanOrEqual(time() + 3601, $runAt);
+        $interval = $client->submit('later', null, ['delay' => new \DateInterval('PT2H')]);
+        self::assertGreaterThanOrEqual($before + 7199, (new \DateTimeImmutable($interval['run_at']))->getTimestamp());
+
+        $schedule = $client->createSchedule('nightly.report', '30 6 * * *', ['type' => 'report.build', 'payload' => ['kind' => 'daily'], 'max_attempts' => 2], ['timezone' => 'Europe/Paris']);
+        self::assertSame('nightly.report', $schedule['name']);
+        self::assertNotNull($schedule['next_fire_at']);
+        self::assertSame('Europe/Paris', $client->schedule('nightly.report')['timezone']);
+        self::assertSame(['nightly.report'], array_column($client->schedules(), 'name'));
+        try {
+            $client->createSchedule('nightly.report', '30 6 * * *', ['type' => 'report.build']);
+            self::fail('a second schedule of one name was created');
+        } catch (ConflictException $e) {
+            self::assertSame(409, $e->getStatus());
+        }
+        try {
+            $client->createSchedule('bad', 'not a cron', ['type' => 'report.build']);
+            self::fail('a bad cron expression was accepted');
+        } catch (ValidationException $e) {
+            self::assertSame('cron', $e->getField());
+        }
+        $client->deleteSchedule('nightly.report');
+        self::assertSame([], $client->schedules());
+        $this->expectException(NotFoundException::class);
+        $client->schedule('nightly.report');
+    }
+
     public function testWaitReturnsTheTaskAsLastSeenWhenTimeIsUp(): void
     {
         $client = $this->client($this->server());

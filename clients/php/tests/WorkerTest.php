@@ -210,10 +210,40 @@ PHP, $server);
         self::assertSame(0, $worker->wait(self::PATIENCE), 'the worker did not exit: ' . $worker->output());
         self::assertFalse(self::alive($pid), 'the running task was not stopped');
         $t = $client->get($task['id']);
-        self::assertSame(1, $t['attempts']);
-        self::assertStringContainsString('stopped', (string) $t['error']);
-        self::assertContains($t['state'], ['scheduled', 'queued']);
+        self::assertSame('queued', $t['state'], 'the task was not given back: ' . json_encode($t));
         self::assertSame([], $client->workers());
+    }
+
+    public function testTasksStillRunningAfterTheGraceAreGivenBack(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $slow = $client->submit('hang', null, ['max_attempts' => 3]);
+        $quick = $client->submit('slow');
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['concurrency' => 2, 'grace' => 2]);
+$worker->register('hang', function ($payload, Dispatch\Context $ctx) use ($dir) {
+    file_put_contents("$dir/pid-{$ctx->id}", (string) getmypid());
+    sleep(60);
+    return 'slept';
+});
+$worker->register('slow', function ($payload, Dispatch\Context $ctx) use ($dir) {
+    touch("$dir/started-{$ctx->id}");
+    usleep(500_000);
+    return 'in time';
+});
+$worker->run();
+PHP, $server);
+        $pid = (int) $this->eventually(fn () => @file_get_contents("{$this->dir}/pid-{$slow['id']}"), 'the slow task to start', $worker);
+        $this->eventually(fn () => is_file("{$this->dir}/started-{$quick['id']}"), 'the quick task to start', $worker);
+        $worker->signal(SIGTERM);
+        self::assertSame(0, $worker->wait(self::PATIENCE), 'the worker did not exit: ' . $worker->output());
+        self::assertStringContainsString('grace', $worker->output());
+        self::assertFalse(self::alive($pid), 'the task past the grace was not stopped');
+        self::assertSame('queued', $client->get($slow['id'])['state']);
+        $done = $client->get($quick['id']);
+        self::assertSame('succeeded', $done['state'], 'the task that ended within the grace was not reported');
+        self::assertSame('in time', $done['result']);
     }
 
     public function testHeartbeatsKeepALongTaskPastTheLease(): void

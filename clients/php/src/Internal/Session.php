@@ -58,10 +58,12 @@ final class Session
     private array $cancelled = [];
     private bool $lost = false;
     private bool $forced = false;
+    private ?float $stoppingSince = null;
     /** @var list<array<string, mixed>> tasks handed over, to start */
     private array $handed = [];
 
     /**
+     * @param float|null $grace seconds a stop lets the running tasks finish (null: no limit)
      * @param array<string, TaskInterface|callable> $handlers by task type
      * @param \Closure(): int $stopping 0 to go on, 1 to drain, 2 to stop the running tasks
      * @param \Closure(string, string): void $log
@@ -74,6 +76,7 @@ final class Session
         private readonly int $concurrency,
         private readonly int $pollWaitMs,
         private readonly bool $fork,
+        private readonly ?float $grace,
         private readonly array $handlers,
         private readonly \Closure $stopping,
         private readonly \Closure $log,
@@ -83,9 +86,10 @@ final class Session
     }
 
     /**
-     * Runs until a stop (`stopped`: every task finished and reported) or
-     * a lost lease (`lost`: the running tasks were killed, the scheduler
-     * requeued them).
+     * Runs until a stop (`stopped`: every task finished and reported, or,
+     * past the grace or at a second stop, was killed, to be given back by
+     * leaving) or a lost lease (`lost`: the running tasks were killed, the
+     * scheduler requeued them).
      */
     public function run(): string
     {
@@ -102,6 +106,13 @@ final class Session
                     return 'lost';
                 }
                 $stopping = ($this->stopping)();
+                if ($stopping > 0) {
+                    $this->stoppingSince ??= microtime(true);
+                    if ($this->grace !== null && microtime(true) - $this->stoppingSince >= $this->grace && $this->children && !$this->forced) {
+                        ($this->log)('warning', sprintf('%d task(s) still running after the grace of %g s: giving them back', count($this->children), $this->grace));
+                        $stopping = 2;
+                    }
+                }
                 if ($stopping > 0 && $this->fetch !== null) {
                     // A poll cut short may have had tasks handed over:
                     // leaving requeues them. Its results go again.
@@ -143,7 +154,8 @@ final class Session
                 null => $child->report(),
                 'timeout' => Attempt::failure($id, sprintf("timeout after %d ms (the task's timeout_ms)", $child->task['timeout_ms'] ?? 0)),
                 'cancel' => Attempt::failure($id, 'cancelled'),
-                'stop' => Attempt::failure($id, 'the worker stopped before the task finished'),
+                // 'lost': the scheduler requeued it; 'stop': leaving gives it
+                // back, the attempt not counted.
                 default => null,
             };
             if ($report !== null) {
