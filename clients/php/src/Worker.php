@@ -210,6 +210,7 @@ final class Worker
             $restore();
             $this->running = false;
             $this->id = null;
+            $this->stopping = 0;
         }
     }
 
