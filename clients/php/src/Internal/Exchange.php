@@ -84,7 +84,14 @@ final class Exchange
      */
     private static function notSent(int $errno, \CurlHandle $curl): bool
     {
-        if (in_array($errno, [CURLE_COULDNT_RESOLVE_PROXY, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_CONNECT, CURLE_SSL_CONNECT_ERROR], true)) {
+        // The connection failed, or its TLS handshake did (a certificate
+        // not trusted, no cipher in common): nothing was sent.
+        $before = [
+            CURLE_COULDNT_RESOLVE_PROXY, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_CONNECT,
+            CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER, CURLE_SSL_CACERT,
+            CURLE_SSL_CACERT_BADFILE, CURLE_SSL_PINNEDPUBKEYNOTMATCH,
+        ];
+        if (in_array($errno, $before, true)) {
             return true;
         }
         // A timeout before the connection was made (curl counts the

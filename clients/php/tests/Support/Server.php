@@ -41,7 +41,7 @@ final class Server
             $deadline = microtime(true) + self::START_TIMEOUT;
             while (true) {
                 $log = (string) @file_get_contents($this->log);
-                if (str_contains($log, "dispatch server listening on") && str_contains($log, $listen)) {
+                if (str_contains($log, 'dispatch server listening on') && str_contains($log, $listen)) {
                     break;
                 }
                 if (!proc_get_status($this->process)['running']) {
@@ -60,7 +60,7 @@ final class Server
                 }
                 usleep(20_000);
             }
-            $this->url = "http://$listen";
+            $this->url = (in_array('--tls-cert', $args, true) ? 'https' : 'http') . "://$listen";
             return;
         }
     }
