@@ -28,8 +28,13 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
 
     protected function tearDown(): void
     {
+        $complaints = [];
         foreach ($this->processes as $process) {
             $process->kill();
+            // PHP's own complaints: the library must raise none.
+            if (preg_match('/^(PHP )?(Warning|Notice|Deprecated|Fatal error|Parse error):.*$/m', $process->output(), $m)) {
+                $complaints[] = $m[0];
+            }
         }
         // Handlers write their process ids to pid-*: none may outlive the test.
         foreach (glob($this->dir . '/pid-*') ?: [] as $file) {
@@ -42,6 +47,7 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
             $server->stop();
         }
         Server::remove($this->dir);
+        self::assertSame([], $complaints, 'PHP complained in a process of the test');
     }
 
     /** @param list<string> $args */
