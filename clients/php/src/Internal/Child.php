@@ -82,6 +82,7 @@ final class Child
         });
         pcntl_signal(SIGINT, static function (): void {
         });
+        pcntl_signal(SIGCHLD, SIG_DFL);
         $reported = false;
         register_shutdown_function(static function () use (&$reported, $socket, $ctx): void {
             if ($reported) {

@@ -59,6 +59,8 @@ final class Session
     private bool $lost = false;
     private bool $forced = false;
     private ?float $stoppingSince = null;
+    /** Set by SIGCHLD: a process ended since the last wait. */
+    private bool $childEnded = false;
     /** @var list<array<string, mixed>> tasks handed over, to start */
     private array $handed = [];
 
@@ -93,6 +95,15 @@ final class Session
      */
     public function run(): string
     {
+        // A process that ends interrupts the wait for answers (curl's poll
+        // has no place for its socket): its report goes out at once.
+        $chld = null;
+        if ($this->fork && function_exists('pcntl_signal')) {
+            $chld = pcntl_signal_get_handler(SIGCHLD);
+            pcntl_signal(SIGCHLD, function (): void {
+                $this->childEnded = true;
+            }, false);
+        }
         try {
             while (true) {
                 $this->reap();
@@ -132,6 +143,9 @@ final class Session
                 $this->idle();
             }
         } finally {
+            if ($chld !== null) {
+                pcntl_signal(SIGCHLD, $chld);
+            }
             foreach ([$this->fetch, $this->report] as $flight) {
                 if ($flight !== null) {
                     curl_multi_remove_handle($this->multi, $flight['exchange']->curl);
@@ -517,13 +531,27 @@ final class Session
         $this->handed = [];
     }
 
-    /** Sleeps until something may have happened: an answer, a task's end, a deadline. */
+    /**
+     * Sleeps until something may have happened: an answer, a task's end
+     * (SIGCHLD interrupts the wait), a deadline, or a stop (checked at
+     * least five times a second).
+     */
     private function idle(): void
     {
-        $timeout = $this->children ? 0.02 : 0.2;
+        if ($this->childEnded) {
+            // It ended before the wait began, so it cannot interrupt it.
+            $this->childEnded = false;
+            return;
+        }
+        $timeout = 0.2;
         $now = microtime(true);
         if ($this->notBefore > $now) {
             $timeout = min($timeout, $this->notBefore - $now);
+        }
+        foreach ($this->children as $child) {
+            if ($child->deadline !== null && $child->killed === null) {
+                $timeout = min($timeout, max(0.001, $child->deadline - $now));
+            }
         }
         if ($this->fetch !== null || $this->report !== null) {
             if (curl_multi_select($this->multi, $timeout) === -1) {
