@@ -420,6 +420,35 @@ PHP, $server);
         self::assertSame('cancelled', $client->get($task['id'])['state']);
     }
 
+    public function testWithoutPcntlTasksRunOneAtATimeInTheWorkersProcess(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $first = $client->submit('where');
+        $worker = $this->php(<<<'PHP'
+echo function_exists('pcntl_fork') || function_exists('pcntl_signal') ? "pcntl is there\n" : "no pcntl\n";
+$worker = new Dispatch\Worker($url, ['concurrency' => 4]);
+$worker->register('where', fn () => getmypid());
+$worker->register('stop', function () use ($worker) {
+    $worker->stop();
+    return 'stopping';
+});
+$worker->run();
+echo "run returned\n";
+PHP, $server, [], ['-d', 'disable_functions=pcntl_fork,pcntl_signal,pcntl_async_signals,pcntl_signal_get_handler,posix_kill']);
+        $done = $this->finished($client, $first['id'], $worker);
+        self::assertSame($worker->pid, $done['result'], $worker->output());
+        self::assertStringContainsString('no pcntl', $worker->output());
+        self::assertStringContainsString('one at a time', $worker->output());
+        self::assertSame(1, $client->workers()[0]['capacity']);
+        // Without signals, stop() from a handler ends run().
+        $stop = $client->submit('stop');
+        self::assertSame(0, $worker->wait(self::PATIENCE), $worker->output());
+        self::assertSame('stopping', $client->get($stop['id'])['result']);
+        self::assertStringContainsString('run returned', $worker->output());
+        self::assertSame([], $client->workers());
+    }
+
     public function testAWorkerThatLostItsLeaseRegistersAgain(): void
     {
         $server = $this->server(['--lease-ms', '1000']);

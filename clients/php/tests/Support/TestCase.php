@@ -72,9 +72,9 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
     }
 
     /** Runs PHP code (a worker, say) as a process of its own; see {@see WorkerProcess::php()}. */
-    protected function php(string $code, Server|string $server, array $env = []): WorkerProcess
+    protected function php(string $code, Server|string $server, array $env = [], array $phpArgs = []): WorkerProcess
     {
-        $process = WorkerProcess::php($code, $this->dir, $server instanceof Server ? $server->url : $server, $env);
+        $process = WorkerProcess::php($code, $this->dir, $server instanceof Server ? $server->url : $server, $env, $phpArgs);
         $this->processes[] = $process;
         return $process;
     }

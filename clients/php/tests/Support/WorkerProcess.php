@@ -42,12 +42,12 @@ final class WorkerProcess
      * Runs PHP code with the library loaded; `$dir` (a folder for the
      * test's files) and `$url` (the server) are set for it.
      */
-    public static function php(string $code, string $dir, string $url, array $env = []): self
+    public static function php(string $code, string $dir, string $url, array $env = [], array $phpArgs = []): self
     {
         $file = $dir . '/program-' . bin2hex(random_bytes(3)) . '.php';
         $autoload = var_export(realpath(__DIR__ . '/../../autoload.php'), true);
         file_put_contents($file, "<?php\ndeclare(strict_types=1);\nrequire $autoload;\n\$dir = getenv('TEST_DIR');\n\$url = getenv('TEST_URL');\n$code\n");
-        return new self([PHP_BINARY, $file], $dir, ['TEST_DIR' => $dir, 'TEST_URL' => $url] + $env);
+        return new self(array_merge([PHP_BINARY], $phpArgs, [$file]), $dir, ['TEST_DIR' => $dir, 'TEST_URL' => $url] + $env);
     }
 
     /** Sends a signal to the process. */
