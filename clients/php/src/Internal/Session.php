@@ -61,7 +61,7 @@ final class Session
     private ?float $stoppingSince = null;
     /** Set by SIGCHLD: a process ended since the last wait. */
     private bool $childEnded = false;
-    /** @var list<array<string, mixed>> tasks handed over, to start */
+    /** @var array<string, array<string, mixed>> tasks handed over, to start, by id */
     private array $handed = [];
 
     /**
@@ -109,7 +109,9 @@ final class Session
                 $this->reap();
                 $this->expire();
                 $this->receive();
-                while (!$this->lost && ($task = array_shift($this->handed)) !== null) {
+                while (!$this->lost && ($id = array_key_first($this->handed)) !== null) {
+                    $task = $this->handed[$id];
+                    unset($this->handed[$id]);
                     $this->start($task);
                 }
                 if ($this->lost) {
@@ -288,13 +290,13 @@ final class Session
                 ($this->log)('debug', "task $id: " . ($r['state'] ?? 'reported'));
             }
         }
-        foreach ($reply['cancel'] ?? [] as $id) {
-            $this->cancel((string) $id);
-        }
         foreach ($reply['tasks'] ?? [] as $task) {
             if (is_array($task)) {
-                $this->handed[] = $task;
+                $this->handed[(string) ($task['id'] ?? '')] = $task;
             }
+        }
+        foreach ($reply['cancel'] ?? [] as $id) {
+            $this->cancel((string) $id);
         }
     }
 
@@ -311,6 +313,8 @@ final class Session
         if (isset($this->pending[$id]) || isset($this->fetch['results'][$id]) || isset($this->report['results'][$id])) {
             return; // its report is on the way; it ends the notices
         }
+        // Handed over and cancelled before it started: it never will.
+        unset($this->handed[$id]);
         $now = microtime(true);
         foreach ($this->cancelled as $done => $at) {
             if ($at < $now - 60) {
