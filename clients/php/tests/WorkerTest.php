@@ -111,6 +111,30 @@ PHP, $server);
         self::assertSame('rate limited', $spent['error']);
     }
 
+    public function testAHandlerThatExitsOrDiesFailsItsTaskOnly(): void
+    {
+        $server = $this->server();
+        $client = $this->client($server);
+        $exit = $client->submit('exit', null, ['max_attempts' => 1]);
+        $fatal = $client->submit('fatal', null, ['max_attempts' => 1]);
+        $worker = $this->php(<<<'PHP'
+$worker = new Dispatch\Worker($url, ['concurrency' => 2]);
+$worker->register('exit', function () { exit(3); });
+$worker->register('fatal', function () { ini_set('memory_limit', '16M'); return strlen(str_repeat('x', 64 << 20)); });
+$worker->register('echo', fn ($p) => $p);
+$worker->run();
+PHP, $server, [], ['-d', 'display_errors=0', '-d', 'log_errors=0']);
+        $exited = $this->finished($client, $exit['id'], $worker);
+        self::assertSame('dead', $exited['state']);
+        self::assertStringContainsString('exit', $exited['error']);
+        $died = $this->finished($client, $fatal['id'], $worker);
+        self::assertSame('dead', $died['state']);
+        self::assertStringContainsString('Allowed memory size', $died['error']);
+        // The worker goes on.
+        $after = $client->submit('echo', 'still here');
+        self::assertSame('still here', $this->finished($client, $after['id'], $worker)['result'], $worker->output());
+    }
+
     public function testRetryTaskRetriesAfterItsDelay(): void
     {
         $server = $this->server();
