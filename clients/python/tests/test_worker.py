@@ -203,15 +203,17 @@ def test_a_stop_past_its_grace_gives_the_task_back(
 ) -> None:
     worker = Worker(server.url, grace=0.3, **worker_kwargs(server))
     seen: Dict[str, Any] = {}
+    started = threading.Event()
 
     @worker.task("forever")
     def forever(payload: None, ctx: TaskContext) -> None:
+        started.set()
         seen["cancelled"] = ctx.wait(120)
         seen["reason"] = ctx.reason
 
     running = start_worker(worker)
     task = client.submit("forever")
-    wait_for(lambda: client.get(task["id"])["state"] == "running", message="running")
+    assert started.wait(30)
     running.stop()
     wait_for(lambda: "reason" in seen, message="the handler to be told")
     assert seen["cancelled"] is True
