@@ -266,6 +266,42 @@ def test_the_worker_waits_for_a_server_that_starts_late(
     assert client.wait(task["id"], timeout=60)["result"] == 7
 
 
+def test_a_worker_that_lost_its_lease_registers_again(
+    server: Server, client: Client, start_worker: Callable[[Worker], RunningWorker]
+) -> None:
+    worker = Worker(server.url, **worker_kwargs(server))
+    seen: Dict[str, Any] = {}
+    started = threading.Event()
+
+    @worker.task("held")
+    def held(payload: str, ctx: TaskContext) -> str:
+        if payload == "first" and not started.is_set():
+            started.set()
+            seen["cancelled"] = ctx.wait(60)
+            seen["reason"] = ctx.reason
+        return payload
+
+    start_worker(worker)
+    first = client.submit("held", "first", max_attempts=1)
+    assert started.wait(30)
+    old_id = worker.id
+    assert old_id is not None
+    # Removed by an operator: the scheduler requeues its task, and its next
+    # poll finds the lease lost.
+    client.remove_worker(old_id)
+    wait_for(lambda: "reason" in seen, message="the running handler to be told")
+    assert seen["cancelled"] is True and "lease" in str(seen["reason"])
+    wait_for(lambda: worker.id != old_id, message="a new registration")
+    second = client.submit("held", "second")
+    assert client.wait(second["id"], timeout=60)["result"] == "second"
+    # The requeued task ran again, on the new registration (the removal
+    # did not count its attempt).
+    again = client.wait(first["id"], timeout=60)
+    assert again["state"] == "succeeded" and again["attempts"] == 1
+    (registered,) = client.workers()
+    assert registered["id"] == worker.id == again["worker_id"]
+
+
 def test_run_refuses_a_worker_without_handlers(server: Server) -> None:
     with pytest.raises(ValueError):
         Worker(server.url).run(signals=False)

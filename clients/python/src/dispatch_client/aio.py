@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import signal
 import threading
 from typing import Any, Awaitable, Callable, List, Optional
@@ -46,7 +47,7 @@ class AsyncWorker(Worker):
 
     def register(self, type: str, handler: Any) -> None:
         """Handles tasks of ``type`` with ``await handler(payload, ctx)``."""
-        if not asyncio.iscoroutinefunction(handler):
+        if not inspect.iscoroutinefunction(handler):
             raise TypeError(f"the handler of {type!r} must be an async def function")
         super().register(type, handler)
 

@@ -294,6 +294,12 @@ class Client:
         """The registered workers."""
         return cast(List[Worker], self._get("/v1/workers")["workers"])
 
+    def remove_worker(self, id: str) -> None:
+        """Removes a registered worker (admin scope, or the worker's own
+        token): its running tasks are requeued, and its next poll finds its
+        lease lost."""
+        self._http.request("DELETE", f"/v1/workers/{_id(id)}", idempotent=True)
+
     def queues(self) -> List[Queue]:
         """Every queue with its settings and counts."""
         return cast(List[Queue], self._get("/v1/queues")["queues"])
