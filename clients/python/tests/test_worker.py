@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from conftest import RunningWorker, Server, free_port, wait_for, worker_kwargs
-from dispatch_client import Abort, Client, RetryAfter, TaskContext, Worker
+from dispatch_client import Abort, Client, InvalidRequest, RetryAfter, TaskContext, Worker
 
 
 def test_tasks_run_end_to_end_with_concurrency(
@@ -307,3 +307,12 @@ def test_run_refuses_a_worker_without_handlers(server: Server) -> None:
         Worker(server.url).run(signals=False)
     with pytest.raises(ValueError):
         Worker(server.url, concurrency=0)
+
+
+def test_a_worker_the_server_refuses_raises_the_problem(server: Server) -> None:
+    worker = Worker(server.url, **worker_kwargs(server))
+    worker.register("bad type!", lambda payload, ctx: None)
+    with pytest.raises(InvalidRequest) as e:
+        worker.run(signals=False)
+    assert e.value.status == 422
+    assert e.value.field == "types[0]"
