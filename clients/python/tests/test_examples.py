@@ -81,3 +81,19 @@ def test_sigterm_lets_the_running_task_finish(make_server: Callable[..., Server]
     done = client.get(task["id"])
     assert done["state"] == "succeeded" and done["result"] == "done"
     assert wait_for(lambda: client.workers() == [], message="the worker to leave")
+
+
+def test_the_readme_asyncio_worker_runs_as_written(make_server: Callable[..., Server]) -> None:
+    server = make_server(tokens=False)
+    (code,) = [b for b in python_blocks() if "AsyncWorker" in b]
+    worker = run_python(code, server)
+    try:
+        client = Client(server.url)
+        task = client.submit("page.fetch", {"url": "https://example.com/"})
+        done = client.wait(task["id"], timeout=60)
+        assert done["state"] == "succeeded" and done["result"] == {"url": "https://example.com/"}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert Client(server.url).workers() == []
