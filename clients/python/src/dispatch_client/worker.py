@@ -158,8 +158,12 @@ def _outcome(att: _Attempt, run: Callable[[], Any]) -> Dict[str, Any]:
         return {"task_id": att.ctx.id, "error": _error_text(e)}
 
 
-class _LeaseLost(Exception):
-    pass
+def _delay(backoff: float, e: DispatchError) -> float:
+    """The wait before trying again: the backoff, or the server's
+    ``Retry-After`` when longer (at most a minute)."""
+    if isinstance(e, ApiError) and e.retry_after:
+        return max(backoff, min(e.retry_after, 60.0))
+    return backoff
 
 
 class Worker:
@@ -331,8 +335,9 @@ class Worker:
             except DispatchError as e:
                 if isinstance(e, ApiError) and 400 <= e.status < 500 and e.status != 429:
                     raise
-                log.warning("cannot register (%s); retrying in %.1f s", e, backoff)
-            if self._sleep(backoff):
+                delay = _delay(backoff, e)
+                log.warning("cannot register (%s); retrying in %.1f s", e, delay)
+            if self._sleep(delay):
                 return None
             backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -427,8 +432,9 @@ class Worker:
                     self._outbox[:0] = results
                     aborted = handle is not None and handle.aborted
                 if not aborted:
-                    log.warning("poll failed (%s); retrying in %.1f s", e, backoff)
-                    self._sleep(backoff)
+                    delay = _delay(backoff, e)
+                    log.warning("poll failed (%s); retrying in %.1f s", e, delay)
+                    self._sleep(delay)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             with self._cond:
@@ -578,7 +584,7 @@ class Worker:
                     self._outbox[:0] = results
                     self._cond.notify_all()
                 log.warning("report failed (%s); the next poll carries it", e)
-                time.sleep(backoff)
+                time.sleep(_delay(backoff, e))
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             backoff = FIRST_BACKOFF
