@@ -441,11 +441,11 @@ class Worker:
                 self._long_poll = None
             backoff = FIRST_BACKOFF
             last_contact = time.monotonic()
-            self._answer(reply, results)
+            self._answer(reply)
             self._cancel(reply.get("cancel", []))
             tasks = reply.get("tasks", [])
             self._start(worker_id, tasks)
-            if hold > 0 and not tasks and last_contact - sent_at < hold / 4:
+            if hold > 0 and not tasks and not reply.get("cancel") and last_contact - sent_at < hold / 4:
                 # Answered early with nothing (the server counts a slot
                 # busy that is free here): do not spin.
                 self._sleep_unless_done(min(1.0, hold))
@@ -460,8 +460,10 @@ class Worker:
         return limit
 
     def _sleep_unless_done(self, seconds: float) -> None:
+        """Waits ``seconds``, or until a task finishes or the worker stops."""
         with self._cond:
-            self._cond.wait(seconds)
+            if not self._outbox and not self._stopping:
+                self._cond.wait(seconds)
 
     def _expire(self) -> None:
         """Ends the attempts past their deadline (called with the lock)."""
@@ -487,7 +489,7 @@ class Worker:
         if not keep_reports:
             self._outbox.clear()
 
-    def _answer(self, reply: Mapping[str, Any], results: List[Dict[str, Any]]) -> None:
+    def _answer(self, reply: Mapping[str, Any]) -> None:
         for status in reply.get("results", []):
             if status.get("status") == 409:
                 log.info("report of task %s refused: %s", status.get("task_id"), status.get("detail"))
@@ -591,7 +593,7 @@ class Worker:
             with self._cond:
                 self._reporting = False
                 self._cond.notify_all()
-            self._answer(reply, results)
+            self._answer(reply)
             self._cancel(reply.get("cancel", []))
 
     def _report_singly(self, worker_id: str, results: List[Dict[str, Any]]) -> None:
@@ -605,7 +607,7 @@ class Worker:
                     _, reply = self._http.request(
                         "POST", f"/v1/workers/{worker_id}/poll", body, idempotent=True, retry_for=10.0
                     )
-                    self._answer(reply, [attempt])
+                    self._answer(reply)
                     break
                 except InvalidRequest as e:
                     log.warning("the server refused the report of task %s: %s", r["task_id"], e)
