@@ -302,6 +302,62 @@ def test_a_worker_that_lost_its_lease_registers_again(
     assert registered["id"] == worker.id == again["worker_id"]
 
 
+def test_polls_keep_the_lease_of_a_worker_whose_slots_are_all_busy(
+    make_server: Callable[..., Server], start_worker: Callable[[Worker], RunningWorker]
+) -> None:
+    server = make_server(["--lease-ms", "1500"])
+    client = Client(server.url, token=server.admin)
+    worker = Worker(server.url, concurrency=1, **worker_kwargs(server))
+
+    @worker.task("long")
+    def long(payload: None, ctx: TaskContext) -> str:
+        # Three leases without a free slot: only the report-only polls
+        # keep the worker alive.
+        return "cancelled" if ctx.wait(4.5) else "done"
+
+    start_worker(worker)
+    task = client.submit("long", max_attempts=1)
+    done = client.wait(task["id"], timeout=60)
+    assert done["state"] == "succeeded" and done["result"] == "done"
+    assert done["attempts"] == 1
+
+
+def test_a_result_goes_out_while_a_long_poll_waits(
+    make_server: Callable[..., Server], start_worker: Callable[[Worker], RunningWorker]
+) -> None:
+    # A long lease: the worker's long poll waits 20 s for work.
+    server = make_server(["--lease-ms", "60000"])
+    client = Client(server.url, token=server.admin)
+    worker = Worker(server.url, concurrency=3, **worker_kwargs(server))
+    release = threading.Event()
+
+    @worker.task("blocker")
+    def blocker(payload: None, ctx: TaskContext) -> str:
+        release.wait(60)
+        return "released"
+
+    @worker.task("quick")
+    def quick(payload: None, ctx: TaskContext) -> str:
+        # Long enough for the worker to open its next long poll (a slot
+        # is still free) before this ends.
+        time.sleep(0.5)
+        return "quick"
+
+    start_worker(worker)
+    held = client.submit("blocker")
+    wait_for(lambda: client.get(held["id"])["state"] == "running", message="the blocker to run")
+    # A slot stays free, so a long poll is open when the quick task ends;
+    # its result must not wait for that poll to end.
+    fast = client.submit("quick")
+    try:
+        done = client.wait(fast["id"], timeout=10)
+        assert done["state"] == "succeeded"
+        assert client.get(held["id"])["state"] == "running"
+    finally:
+        release.set()
+    assert client.wait(held["id"], timeout=60)["result"] == "released"
+
+
 def test_run_refuses_a_worker_without_handlers(server: Server) -> None:
     with pytest.raises(ValueError):
         Worker(server.url).run(signals=False)
