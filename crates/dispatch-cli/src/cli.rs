@@ -394,7 +394,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Create or delete a cron schedule.
+    /// Create, change, pause, resume, trigger or delete a cron schedule.
     Schedule {
         #[command(subcommand)]
         action: ScheduleAction,
@@ -559,6 +559,41 @@ pub(crate) enum ScheduleAction {
     },
     /// Delete a schedule; the tasks of its past fires stay.
     Delete {
+        /// Its name.
+        name: String,
+    },
+    /// Change a schedule; what is not given stays.
+    Set {
+        /// Its name.
+        name: String,
+        /// A new cron expression.
+        #[arg(long)]
+        cron: Option<String>,
+        /// A new IANA time zone.
+        #[arg(long)]
+        timezone: Option<String>,
+        /// A new task template, as a JSON object (replaces the old one).
+        #[arg(long)]
+        task: Option<String>,
+        /// A new misfire policy: skip, fire_once or catch_up.
+        #[arg(long)]
+        misfire: Option<String>,
+        /// A new catch-up limit.
+        #[arg(long)]
+        catch_up_limit: Option<i64>,
+    },
+    /// Stop a schedule's fires until it is resumed.
+    Pause {
+        /// Its name.
+        name: String,
+    },
+    /// Fire again; fires missed while paused follow the misfire policy.
+    Resume {
+        /// Its name.
+        name: String,
+    },
+    /// Fire once now, whatever the expression (even when paused).
+    Trigger {
         /// Its name.
         name: String,
     },

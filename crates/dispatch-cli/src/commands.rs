@@ -310,6 +310,74 @@ async fn dispatch(client: &Client, command: Command, json: bool) -> Result<()> {
             })
         }
         Command::Schedule {
+            action:
+                ScheduleAction::Set {
+                    name,
+                    cron,
+                    timezone,
+                    task,
+                    misfire,
+                    catch_up_limit,
+                },
+            ..
+        } => {
+            let task = task
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .context("--task is not a JSON task template")?;
+            let req = dispatch_proto::PatchSchedule {
+                cron,
+                timezone,
+                task,
+                misfire,
+                catch_up_limit,
+                ..Default::default()
+            };
+            let s = client
+                .update_schedule(&name, &req)
+                .await
+                .map_err(about(format!("schedule {name}")))?;
+            show(json, &s, |s| println!("changed schedule {}", s.name))
+        }
+        Command::Schedule {
+            action: ScheduleAction::Pause { name },
+            ..
+        } => {
+            let s = client
+                .pause_schedule(&name)
+                .await
+                .map_err(about(format!("schedule {name}")))?;
+            show(json, &s, |s| println!("paused schedule {}", s.name))
+        }
+        Command::Schedule {
+            action: ScheduleAction::Resume { name },
+            ..
+        } => {
+            let s = client
+                .resume_schedule(&name)
+                .await
+                .map_err(about(format!("schedule {name}")))?;
+            show(json, &s, |s| {
+                let next = s
+                    .next_fire_at
+                    .as_deref()
+                    .map_or("-".to_owned(), |at| output::fire_time(at, &s.timezone));
+                println!("resumed schedule {}; next fire {next}", s.name)
+            })
+        }
+        Command::Schedule {
+            action: ScheduleAction::Trigger { name },
+            ..
+        } => {
+            let t = client
+                .trigger_schedule(&name)
+                .await
+                .map_err(about(format!("schedule {name}")))?;
+            show(json, &t, |t| {
+                println!("triggered schedule {name}: task {} ({})", t.id, t.state)
+            })
+        }
+        Command::Schedule {
             action: ScheduleAction::Delete { name },
             ..
         } => {

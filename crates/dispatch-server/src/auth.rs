@@ -141,6 +141,10 @@ const TABLE: &[(&str, &str, Need)] = {
         ("POST", "/v1/queues/{name}/resume", S(Admin)),
         ("POST", "/v1/schedules", S(Admin)),
         ("DELETE", "/v1/schedules/{name}", S(Admin)),
+        ("PATCH", "/v1/schedules/{name}", S(Admin)),
+        ("POST", "/v1/schedules/{name}/pause", S(Admin)),
+        ("POST", "/v1/schedules/{name}/resume", S(Admin)),
+        ("POST", "/v1/schedules/{name}/trigger", S(Admin)),
         // Reads for any valid token.
         ("GET", "/v1/workers", AnyToken),
         ("GET", "/v1/queues", AnyToken),
@@ -166,6 +170,10 @@ const AUDITED: &[(&str, &str, &str)] = &[
     ("POST", "/v1/queues/{name}/resume", "queue.resume"),
     ("POST", "/v1/schedules", "schedule.create"),
     ("DELETE", "/v1/schedules/{name}", "schedule.delete"),
+    ("PATCH", "/v1/schedules/{name}", "schedule.update"),
+    ("POST", "/v1/schedules/{name}/pause", "schedule.pause"),
+    ("POST", "/v1/schedules/{name}/resume", "schedule.resume"),
+    ("POST", "/v1/schedules/{name}/trigger", "schedule.trigger"),
 ];
 
 /// The audit action of a request, if it is one.

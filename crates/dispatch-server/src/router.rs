@@ -158,8 +158,13 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/v1/schedules/{name}",
-            get(schedules::get_one).delete(schedules::delete),
+            get(schedules::get_one)
+                .delete(schedules::delete)
+                .patch(schedules::patch),
         )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/v1/schedules/{name}/trigger", post(schedules::trigger))
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{name}", patch(queues::patch))
         .route("/v1/queues/{name}/pause", post(queues::pause))

@@ -37,7 +37,10 @@ use crate::app::{Ack, App, acked};
 use crate::clock::{now_ms, wall_ms};
 use crate::wire::schedule_record;
 
+mod changes;
 pub(crate) mod table;
+
+pub(crate) use changes::{patch, pause, resume, trigger};
 
 use table::{Entry, Schedules, rewind, schedule_footprint};
 
