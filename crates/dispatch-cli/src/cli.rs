@@ -478,6 +478,26 @@ pub(crate) enum TokenAction {
         #[arg(long)]
         tokens: PathBuf,
     },
+    /// List the tokens of a token file: names, scopes and creation times,
+    /// never the secrets (the file holds only their digests).
+    List {
+        /// The token file.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// One JSON object per token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the tokens named NAME from a token file. A running server
+    /// refuses them once it has read the file again (it does within a
+    /// second of the change, and on SIGHUP).
+    Revoke {
+        /// The token's name.
+        name: String,
+        /// The token file.
+        #[arg(long)]
+        tokens: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

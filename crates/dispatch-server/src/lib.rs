@@ -54,6 +54,7 @@ mod grpc;
 mod metrics;
 mod owners;
 mod queues;
+mod reload;
 mod router;
 mod schedules;
 mod serve;
@@ -286,7 +287,12 @@ pub async fn start(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, StartError> {
     check_exposure(&config)?;
-    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::ReloadableAcceptor::load)
+        .transpose()?
+        .map(Arc::new);
     let audit = match &config.audit_log {
         Some(path) => Some(
             audit::AuditLog::open(path, config.audit_log_max_bytes).map_err(|source| {
@@ -320,6 +326,11 @@ pub async fn start(
             source,
         })?;
     let router = node.router();
+    tokio::spawn(reload::reload_loop(
+        config.tokens.clone(),
+        tls.clone(),
+        node.stopping(),
+    ));
     let mut stopped = node.stopping();
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
