@@ -316,10 +316,14 @@ pub(crate) enum Command {
     },
     /// Submit a task, or many with --batch.
     Submit(Box<SubmitArgs>),
-    /// Show one task with every field.
+    /// Show one task with every field (or, with --attempts, its attempts).
     Task {
         /// Task id.
         id: String,
+        /// List the task's attempts instead: number, worker, times,
+        /// outcome, error and retry delay.
+        #[arg(long)]
+        attempts: bool,
         #[command(flatten)]
         client: ClientOpts,
     },

@@ -163,6 +163,32 @@ fn bulk_filter(f: BulkArgs) -> BulkFilter {
 async fn dispatch(client: &Client, command: Command, json: bool) -> Result<()> {
     match command {
         Command::Submit(args) => crate::submit::run(client, *args, json).await,
+        Command::Task {
+            id, attempts: true, ..
+        } => {
+            let list = client
+                .attempts(&id)
+                .await
+                .map_err(about(format!("task {id}")))?;
+            show(json, &list, |l| {
+                println!(
+                    "{:<8} {:<20} {:<24} {:<24} {:<10} {:<8} ERROR",
+                    "ATTEMPT", "WORKER", "COLLECTED", "FINISHED", "OUTCOME", "RETRY_MS"
+                );
+                for a in &l.attempts {
+                    println!(
+                        "{:<8} {:<20} {:<24} {:<24} {:<10} {:<8} {}",
+                        a.attempt,
+                        a.worker_name,
+                        a.collected_at,
+                        a.finished_at.as_deref().unwrap_or("-"),
+                        a.outcome.as_deref().unwrap_or("running"),
+                        a.retry_delay_ms.map_or("-".to_owned(), |d| d.to_string()),
+                        a.error.as_deref().unwrap_or(""),
+                    );
+                }
+            })
+        }
         Command::Task { id, .. } => {
             let task = client
                 .task(&id)
