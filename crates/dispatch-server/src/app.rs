@@ -145,6 +145,8 @@ pub(crate) struct App {
     /// Whether registered HTTP workers are kept in the store (a replica
     /// that leads), for the next leader.
     pub(crate) keeps_workers: bool,
+    /// The term this app leads in, for a replica; `None` for a lone server.
+    pub(crate) epoch: Option<u64>,
     ids: Ids,
     /// Woken when a timer earlier than the timer loop's current sleep may
     /// have been added.
@@ -371,6 +373,7 @@ impl App {
         let app = App {
             config,
             keeps_workers: epoch.is_some(),
+            epoch,
             shared: Mutex::new(Shared {
                 sched,
                 stored_workers: kept_workers.iter().map(|w| w.id).collect(),
@@ -567,10 +570,12 @@ impl App {
     fn persist(&self, shared: &mut Shared, watch: &mut Watch) -> Option<Ack> {
         let mut last = None;
         let mut new_timer = false;
+        let mut second = crate::throughput::Second::default();
         for event in shared.sched.drain_events() {
             match event {
                 Event::Transition(t) => {
                     self.metrics.transition(t.state);
+                    second.count(&t);
                     new_timer |= t.state == TaskState::Scheduled;
                     if t.state.is_terminal() {
                         for waiter in shared.task_waiters.remove(&t.task).unwrap_or_default() {
@@ -621,6 +626,7 @@ impl App {
         if new_timer {
             self.timer_wake.notify_one();
         }
+        self.metrics.throughput.add(now_ms(), second);
         last
     }
 

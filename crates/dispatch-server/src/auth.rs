@@ -299,6 +299,13 @@ impl Tokens {
         found
     }
 
+    /// Who `token` is (as [`Tokens::who`] names it) and whether it has the
+    /// admin scope, when it is a known token: the dashboard's sign-in.
+    pub(crate) fn identify(&self, token: &str) -> Option<(String, bool)> {
+        let admin = self.scopes_of(token)?.contains(&Scope::Admin);
+        Some((self.who(token), admin))
+    }
+
     /// The caller `token` makes, when it is a known token.
     fn caller(&self, token: &str) -> Option<Caller> {
         let digest = sha256(token);

@@ -57,7 +57,9 @@ mod router;
 mod schedules;
 mod serve;
 mod tasks;
+mod throughput;
 mod tls;
+mod ui;
 mod wire;
 mod workers;
 
