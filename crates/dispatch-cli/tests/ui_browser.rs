@@ -308,12 +308,21 @@ async fn every_page_renders_and_clicks_act_through_the_api() {
         &b,
         &base,
         &format!("/ui/tasks/{}", seeded.ok[0]),
-        "pre.json",
+        "tr[data-attempt='1']",
         "task",
     )
     .await;
     let body = b.find(By::Css("main")).await.unwrap().text().await.unwrap();
     assert!(body.contains("48213"), "the result is shown: {body}");
+    let attempt = wait_for(&b, "tr[data-attempt='1']")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        attempt.contains("render-1") && attempt.contains("succeeded"),
+        "{attempt}"
+    );
     visit(&b, &base, "/ui/workers", "meter", "workers").await;
     let workers = b.find(By::Css("main")).await.unwrap().text().await.unwrap();
     for expected in ["render-1", "HTTP", "zone=eu-west", "1/4"] {

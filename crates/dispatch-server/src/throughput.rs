@@ -9,7 +9,7 @@
 
 use std::sync::Mutex;
 
-use dispatch_core::{Millis, TaskState, Transition};
+use dispatch_core::{AttemptOutcome, Millis, TaskState, Transition};
 
 /// Seconds the ring covers: 15 minutes.
 pub(crate) const SECONDS: usize = 900;
@@ -24,19 +24,19 @@ pub(crate) struct Second {
 }
 
 impl Second {
-    /// Counts one transition.
+    /// Counts one transition: a collection starts an attempt; the attempt
+    /// it ends, if any, succeeded or failed (an error, a timeout, a lost
+    /// worker; a cancel is neither).
     pub(crate) fn count(&mut self, t: &Transition) {
-        match t.state {
-            TaskState::Running => self.started += 1,
-            TaskState::Succeeded => self.succeeded += 1,
-            TaskState::Dead => self.failed += 1,
-            // A failed attempt that will be retried (a backoff, or at once
-            // after a lost worker or a timeout) carries its error; a dead
-            // task requeued by a retry starts with none and no attempts.
-            TaskState::Scheduled | TaskState::Queued if t.error.is_some() && t.attempts > 0 => {
+        if t.state == TaskState::Running {
+            self.started += 1;
+        }
+        match t.ended.as_ref().map(|e| e.outcome) {
+            Some(AttemptOutcome::Succeeded) => self.succeeded += 1,
+            Some(AttemptOutcome::Failed | AttemptOutcome::Timeout | AttemptOutcome::Lost) => {
                 self.failed += 1
             }
-            _ => {}
+            Some(AttemptOutcome::Cancelled) | None => {}
         }
     }
 
@@ -130,27 +130,38 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_failed_attempts_not_retries_by_request() {
-        let tr = |state, attempts, error: Option<&str>| Transition {
+    fn failures_are_failed_attempts_not_cancels() {
+        let tr = |state, outcome: Option<AttemptOutcome>| Transition {
             task: dispatch_core::TaskId(1),
             state,
-            attempts,
+            attempts: 1,
             worker: None,
             started_at: None,
             finished_at: None,
             ready_at: None,
-            error: error.map(str::to_owned),
+            error: None,
+            ended: outcome.map(|outcome| {
+                Box::new(dispatch_core::AttemptEnd {
+                    attempt: 1,
+                    worker: dispatch_core::WorkerId::new(1).unwrap(),
+                    worker_name: "w".into(),
+                    collected_at: 0,
+                    finished_at: 1,
+                    outcome,
+                    retry_delay_ms: None,
+                })
+            }),
         };
         let mut s = Second::default();
-        s.count(&tr(TaskState::Running, 1, None));
-        s.count(&tr(TaskState::Scheduled, 1, Some("boom")));
-        s.count(&tr(TaskState::Queued, 2, Some("worker lost")));
-        s.count(&tr(TaskState::Dead, 3, Some("boom")));
-        s.count(&tr(TaskState::Succeeded, 1, None));
-        // A dead task requeued by a retry, a delayed submission.
-        s.count(&tr(TaskState::Queued, 0, None));
-        s.count(&tr(TaskState::Scheduled, 0, None));
-        s.count(&tr(TaskState::Cancelled, 0, Some("cancelled by request")));
+        s.count(&tr(TaskState::Running, None));
+        s.count(&tr(TaskState::Scheduled, Some(AttemptOutcome::Failed)));
+        s.count(&tr(TaskState::Queued, Some(AttemptOutcome::Lost)));
+        s.count(&tr(TaskState::Dead, Some(AttemptOutcome::Timeout)));
+        s.count(&tr(TaskState::Succeeded, Some(AttemptOutcome::Succeeded)));
+        // A dead task requeued by a retry, a delayed submission, a cancel.
+        s.count(&tr(TaskState::Queued, None));
+        s.count(&tr(TaskState::Scheduled, None));
+        s.count(&tr(TaskState::Cancelled, Some(AttemptOutcome::Cancelled)));
         assert_eq!(s, second(1, 1, 3));
     }
 }

@@ -629,19 +629,80 @@ pub(crate) async fn detail(
     ui.render(&look, page)
 }
 
-/// The attempt history of a task.
-async fn attempts_section(_ui: &Ui, r: &TaskRecord) -> String {
-    let mut s = String::from("<section><h2>Attempts</h2>");
-    if r.attempts == 0 {
-        s.push_str("<p class=muted>No attempt has started.</p>");
-    } else {
+/// The attempt history of a task, as `GET /v1/tasks/{id}/attempts`
+/// answers it (its handler, called directly: a read-only viewer sees it
+/// whatever scopes the API asks).
+async fn attempts_section(ui: &Ui, r: &TaskRecord) -> String {
+    let mut s = format!(
+        "<section><h2>Attempts <span class=muted>({} of {} started)</span></h2>",
+        r.attempts, r.spec.max_attempts
+    );
+    let answer = crate::attempts::list(State(ui.app.clone()), Path(r.id.to_string())).await;
+    let list = match answer {
+        Ok(resp) => match axum::body::to_bytes(resp.into_body(), 16 << 20).await {
+            Ok(bytes) => serde_json::from_slice::<dispatch_proto::AttemptList>(&bytes)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(format!("{e:?}")),
+    };
+    let attempts = match list {
+        Ok(l) => l.attempts,
+        Err(e) => {
+            let _ = write!(
+                s,
+                "<p class=error>Cannot read the attempts: {}</p></section>",
+                esc(&e)
+            );
+            return s;
+        }
+    };
+    if attempts.is_empty() {
+        s.push_str("<p class=muted>No attempt has started.</p></section>");
+        return s;
+    }
+    s.push_str(
+        "<table class=attempts><thead><tr><th class=num>#</th><th>Worker</th><th>Collected</th>\
+         <th>Finished</th><th>Outcome</th><th>Error</th><th class=num>Retry after</th></tr>\
+         </thead><tbody>",
+    );
+    let now = now_ms();
+    let at = |t: &Option<String>| {
+        time_cell(
+            t.as_deref()
+                .and_then(|t| dispatch_proto::time::parse_rfc3339(t).ok()),
+            now,
+        )
+    };
+    for a in &attempts {
+        let outcome = a.outcome.as_deref().map_or_else(
+            || state_badge("running"),
+            |o| {
+                let class = match o {
+                    "succeeded" => "succeeded",
+                    "cancelled" => "cancelled",
+                    _ => "dead",
+                };
+                format!("<span class=\"badge s-{class}\">{}</span>", esc(o))
+            },
+        );
         let _ = write!(
             s,
-            "<p>{} of {} attempts started.</p>",
-            r.attempts, r.spec.max_attempts
+            "<tr data-attempt=\"{n}\"><td class=num>{n}</td><td>{name} <span class=\"muted mono\">{id}</span></td>\
+             <td>{collected}</td><td>{finished}</td><td>{outcome}</td><td class=error-text>{error}</td>\
+             <td class=num>{delay}</td></tr>",
+            n = a.attempt,
+            name = esc(&a.worker_name),
+            id = esc(&a.worker_id),
+            collected = at(&Some(a.collected_at.clone())),
+            finished = at(&a.finished_at),
+            error = esc(a.error.as_deref().unwrap_or("")),
+            delay = a
+                .retry_delay_ms
+                .map_or_else(String::new, |d| format!("{} ms", count(d))),
         );
     }
-    s.push_str("</section>");
+    s.push_str("</tbody></table></section>");
     s
 }
 
