@@ -411,8 +411,14 @@ async fn every_page_renders_and_clicks_act_through_the_api() {
     b.screenshot(&screenshots().join("retry-confirmation.png"))
         .await
         .unwrap();
+    // The confirmation answers a POST: it is not refreshed away.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        wait_for(&b, "#retry-count").await.text().await.unwrap(),
+        "1"
+    );
     wait_for(&b, "#confirm-retry").await.click().await.unwrap();
-    flash(&b, "Requeued 1 dead tasks").await;
+    flash(&b, "Requeued 1 dead task in queue mail").await;
     until(&api, &seeded.dead[1], "requeued", |t| t["state"] != "dead").await;
 
     // Pause a queue.

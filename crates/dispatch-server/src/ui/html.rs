@@ -111,6 +111,11 @@ pub(crate) fn count(n: u64) -> String {
     out
 }
 
+/// `n` and a noun, singular or plural: `1 task`, `2 tasks`.
+pub(crate) fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", count(n), if n == 1 { one } else { many })
+}
+
 /// A state as a coloured badge.
 pub(crate) fn state_badge(state: &str) -> String {
     format!("<span class=\"badge s-{0}\">{0}</span>", esc(state))
@@ -157,6 +162,7 @@ pub(crate) fn page(
     flash: Option<&str>,
     intro: &str,
     live: &str,
+    refresh: bool,
 ) -> String {
     let mut h = Html::default();
     h.raw("<!doctype html><html lang=en><head><meta charset=utf-8>")
@@ -191,7 +197,10 @@ pub(crate) fn page(
         h.raw("<p class=flash role=status>").text(msg).raw("</p>");
     }
     h.raw("<h1>").text(title).raw("</h1>").raw(intro);
-    h.raw("<div id=live>").raw(live).raw("</div>");
+    // A page answering a POST (a confirmation) is not fetched again.
+    h.raw(if refresh { "<div id=live>" } else { "<div>" })
+        .raw(live)
+        .raw("</div>");
     h.raw("<p class=stamp id=stamp></p></main></body></html>");
     h.0
 }

@@ -163,6 +163,8 @@ pub(crate) struct Page {
     intro: String,
     live: String,
     status: StatusCode,
+    /// Whether the script fetches the live part again every 2 s.
+    refresh: bool,
 }
 
 impl Page {
@@ -173,6 +175,7 @@ impl Page {
             intro: String::new(),
             live: String::new(),
             status: StatusCode::OK,
+            refresh: true,
         }
     }
 }
@@ -243,6 +246,7 @@ impl Ui {
             look.flash.as_deref(),
             &page.intro,
             &page.live,
+            page.refresh,
         );
         let mut resp = html_response(page.status, body);
         if look.flash.is_some()

@@ -18,7 +18,7 @@ use axum::response::Response;
 use dispatch_core::{Millis, TaskId, TaskState};
 use dispatch_store::{TaskQuery, TaskRecord};
 
-use super::html::{button_form, count, esc, state_badge, time_cell, url};
+use super::html::{button_form, count, counted, esc, state_badge, time_cell, url};
 use super::{Look, Page, Ui, act_and_return, posted};
 use crate::clock::now_ms;
 
@@ -817,7 +817,7 @@ pub(crate) async fn retry_matching(State(ui): State<Arc<Ui>>, req: Request) -> R
             &back,
             move |v| {
                 let n = v.get("count").and_then(|c| c.as_u64()).unwrap_or(0);
-                format!("Requeued {} dead tasks {what}.", count(n))
+                format!("Requeued {} {what}.", counted(n, "dead task", "dead tasks"))
             },
         )
         .await;
@@ -834,6 +834,7 @@ pub(crate) async fn retry_matching(State(ui): State<Arc<Ui>>, req: Request) -> R
         flash: None,
     };
     let mut page = Page::new("Retry dead tasks", "/ui/tasks");
+    page.refresh = false;
     page.live = match counted {
         Err(e) => format!(
             "<p class=error>Cannot count the dead tasks: {}</p>",
@@ -845,19 +846,21 @@ pub(crate) async fn retry_matching(State(ui): State<Arc<Ui>>, req: Request) -> R
             esc(&back)
         ),
         Ok((n, more)) => {
-            let n_text = if more {
-                format!("more than {}", count(n as u64))
+            let (n_text, noun) = if more {
+                (format!("more than {}", count(n as u64)), "tasks")
+            } else if n == 1 {
+                (count(1), "task")
             } else {
-                count(n as u64)
+                (count(n as u64), "tasks")
             };
             format!(
-                "<p class=confirm>Retry <b id=retry-count>{n_text}</b> dead tasks {what}? Each is \
+                "<p class=confirm>Retry <b id=retry-count>{n_text}</b> dead {noun} {what}? Each is \
                  queued again with a fresh set of attempts.</p>\
                  <form method=post action=\"/ui/tasks/retry\" class=inline>\
                  <input type=hidden name=csrf value=\"{csrf}\">\
                  <input type=hidden name=type value=\"{k}\"><input type=hidden name=queue value=\"{q}\">\
                  <input type=hidden name=confirmed value=1>\
-                 <button type=submit class=primary id=confirm-retry>Retry {n_text} tasks</button></form> \
+                 <button type=submit class=primary id=confirm-retry>Retry {n_text} {noun}</button></form> \
                  <a class=button href=\"{back}\">Cancel</a>",
                 what = esc(&what),
                 csrf = esc(&look.viewer.csrf),
