@@ -147,6 +147,10 @@ pub(crate) struct App {
     pub(crate) keeps_workers: bool,
     /// The term this app leads in, for a replica; `None` for a lone server.
     pub(crate) epoch: Option<u64>,
+    /// This term's mark in the `handout` of poll answers: a worker's
+    /// `last_handout` from another scheduler (before a restart, or another
+    /// leader's) is told apart and ignored.
+    pub(crate) handout_mark: u32,
     ids: Ids,
     /// Woken when a timer earlier than the timer loop's current sleep may
     /// have been added.
@@ -375,6 +379,7 @@ impl App {
             config,
             keeps_workers: epoch.is_some(),
             epoch,
+            handout_mark: handout_mark(),
             shared: Mutex::new(Shared {
                 sched,
                 stored_workers: kept_workers.iter().map(|w| w.id).collect(),
@@ -878,5 +883,17 @@ pub(crate) async fn timer_loop(app: Arc<App>) {
             _ = app.timer_wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// A mark for this term's poll answers, unlike the previous terms' (random:
+/// one chance in 2^32 that a worker's stale `last_handout` counts here,
+/// which could give back a task whose answer is still on its way).
+fn handout_mark() -> u32 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u32::from_le_bytes(bytes),
+        // Without randomness, the time differs from any earlier term's.
+        Err(_) => now_ms() as u32,
     }
 }

@@ -140,7 +140,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     let rest = rest_router(app.clone());
     rest.clone()
         .merge(grpc::router(app.clone()))
-        .merge(crate::ui::router(app, rest))
+        .merge(crate::ui::router(app, rest).layer(
+            tower_http::catch_panic::CatchPanicLayer::custom(panic_response),
+        ))
 }
 
 /// The REST routes with their middleware.

@@ -541,9 +541,11 @@ async fn logout(State(ui): State<Arc<Ui>>, req: Request) -> Response {
 }
 
 /// Records a sign-in or sign-out in the audit log, when there is one.
+/// A refused sign-in is limited like the API's refusals, so that nobody
+/// fills the disk by guessing.
 fn audit(ui: &Ui, action: &str, who: Option<String>, remote: Option<SocketAddr>, ok: bool) {
     if let Some(log) = &ui.app.audit {
-        log.record(&crate::audit::Entry {
+        let entry = crate::audit::Entry {
             at: dispatch_proto::time::format_rfc3339(crate::clock::now_ms()),
             action,
             target: None,
@@ -552,6 +554,11 @@ fn audit(ui: &Ui, action: &str, who: Option<String>, remote: Option<SocketAddr>,
             remote,
             method: None,
             path: None,
-        });
+        };
+        if ok {
+            log.record(&entry);
+        } else {
+            log.record_denied(&entry);
+        }
     }
 }
