@@ -145,6 +145,8 @@ pub(crate) struct App {
     /// Whether registered HTTP workers are kept in the store (a replica
     /// that leads), for the next leader.
     pub(crate) keeps_workers: bool,
+    /// The term this app leads in, for a replica; `None` for a lone server.
+    pub(crate) epoch: Option<u64>,
     /// This term's mark in the `handout` of poll answers: a worker's
     /// `last_handout` from another scheduler (before a restart, or another
     /// leader's) is told apart and ignored.
@@ -383,6 +385,7 @@ impl App {
         let app = App {
             config,
             keeps_workers: epoch.is_some(),
+            epoch,
             handout_mark: handout_mark(),
             shared: Mutex::new(Shared {
                 sched,
@@ -598,10 +601,12 @@ impl App {
     fn persist(&self, shared: &mut Shared, watch: &mut Watch) -> Option<Ack> {
         let mut last = None;
         let mut new_timer = false;
+        let mut second = crate::throughput::Second::default();
         for event in shared.sched.drain_events() {
             match event {
                 Event::Transition(t) => {
                     self.metrics.transition(t.state);
+                    second.count(&t);
                     new_timer |= t.state == TaskState::Scheduled;
                     if t.state.is_terminal() {
                         for waiter in shared.task_waiters.remove(&t.task).unwrap_or_default() {
@@ -652,6 +657,7 @@ impl App {
         if new_timer {
             self.timer_wake.notify_one();
         }
+        self.metrics.throughput.add(now_ms(), second);
         last
     }
 

@@ -24,7 +24,10 @@
 //! **Invariant:** [`required`] is the only place that maps a route and a
 //! method to what it needs. Handlers never check scopes themselves; the
 //! middleware [`require`] wraps the whole router (REST and gRPC), so a new
-//! route without a row in the table needs at least a valid token.
+//! route without a row in the table needs at least a valid token. The
+//! dashboard (`/ui`) is the one part outside it: its pages check a sign-in
+//! session, and its actions are REST requests with the session's token,
+//! which pass through this middleware.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -379,6 +382,13 @@ impl Tokens {
             }
         }
         found
+    }
+
+    /// Who `token` is (as [`Tokens::who`] names it) and whether it has the
+    /// admin scope, when it is a known token: the dashboard's sign-in.
+    pub(crate) fn identify(&self, token: &str) -> Option<(String, bool)> {
+        let admin = self.scopes_of(token)?.contains(&Scope::Admin);
+        Some((self.who(token), admin))
     }
 
     /// The caller `token` makes, when it is a known token.

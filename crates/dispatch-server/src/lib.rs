@@ -32,6 +32,9 @@
 //!   of SHA-256 digests) and the one table of what each route needs,
 //!   enforced by one middleware around REST and gRPC alike; `owners`:
 //!   which token registered each worker.
+//! - `ui`: the dashboard under `/ui` (pages rendered here, assets compiled
+//!   in; sign-in sessions and CSRF), whose actions are requests to the REST
+//!   router; `throughput`: the per-second counts of its chart.
 //! - `serve`: the connection loop — a cap on open connections, header and
 //!   idle timeouts for HTTP/1.1, keep-alive pings for HTTP/2.
 //! - `tls`: HTTPS on the same listener ([`TlsFiles`], `--tls-cert` and
@@ -59,7 +62,9 @@ mod router;
 mod schedules;
 mod serve;
 mod tasks;
+mod throughput;
 mod tls;
+mod ui;
 mod wire;
 mod workers;
 

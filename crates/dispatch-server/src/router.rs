@@ -133,9 +133,20 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::new(500, "internal error").into_response()
 }
 
-/// Every route of the contract served by this version: the REST routes
-/// and the gRPC worker service.
+/// Every route of the contract served by this version: the REST routes,
+/// the gRPC worker service and the dashboard (whose actions are requests
+/// to the REST routes, through their middleware).
 pub(crate) fn router(app: Arc<App>) -> Router {
+    let rest = rest_router(app.clone());
+    rest.clone()
+        .merge(grpc::router(app.clone()))
+        .merge(crate::ui::router(app, rest).layer(
+            tower_http::catch_panic::CatchPanicLayer::custom(panic_response),
+        ))
+}
+
+/// The REST routes with their middleware.
+fn rest_router(app: Arc<App>) -> Router {
     let limit = app.config.max_body_bytes;
     Router::new()
         .route("/v1/tasks", post(tasks::submit).get(tasks::list))
@@ -186,6 +197,5 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
-        .with_state(app.clone())
-        .merge(grpc::router(app))
+        .with_state(app)
 }
