@@ -355,6 +355,7 @@ impl App {
                     finished_at: None,
                     ready_at: t.ready_at,
                     error: t.last_error.as_deref().map(String::from),
+                    ended: None,
                 });
                 let _ = writer.write_detached(Write::Update(update));
             }

@@ -43,6 +43,7 @@
 
 mod api;
 mod app;
+mod attempts;
 mod audit;
 pub mod auth;
 mod budget;
