@@ -82,6 +82,9 @@ pub struct Worker {
     /// must be told to stop; repeated until the worker reports the task or
     /// goes.
     pub(crate) cancel_notices: Vec<TaskId>,
+    /// How many polls handed it tasks: each such answer carries its number
+    /// (see [`crate::Scheduler::reconcile`]).
+    pub handouts: u32,
     /// Tasks completed over its lifetime.
     pub completed: u64,
     /// Tasks failed over its lifetime.
@@ -92,6 +95,12 @@ impl Worker {
     /// Tasks it holds right now.
     pub fn in_flight(&self) -> u32 {
         self.running.len() as u32
+    }
+
+    /// True for a worker that takes tasks only against the credit it
+    /// granted (the gRPC stream), false for one that polls (HTTP).
+    pub fn streaming(&self) -> bool {
+        self.demand.is_some()
     }
 
     /// Slots it has free for new tasks, and asks to fill now.

@@ -31,10 +31,10 @@ mod decode;
 pub use attempt::{AttemptJson, AttemptList};
 pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
 pub use problem::{FieldError, Problem};
-pub use queue::{QueueCounts, QueueJson, QueueList, parse_queue_name};
+pub use queue::{Change, QueueCounts, QueueJson, QueueList, QueueSettingsPatch, parse_queue_name};
 pub use schedule::{
-    CreateSchedule, ScheduleJson, ScheduleList, ScheduleParts, ValidSchedule, fire_key, fire_task,
-    parse_schedule_name,
+    CreateSchedule, PatchSchedule, ScheduleJson, ScheduleList, ScheduleParts, ValidSchedule,
+    fire_key, fire_task, parse_schedule_name,
 };
 pub use task::{
     BackoffJson, BulkCount, BulkFilter, ListTasks, RequestDigest, SubmitBatch, SubmitTask,
@@ -44,5 +44,5 @@ pub use task::{
 pub use worker::{
     CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, MAX_RUNNING_IDS, Outcome, PollReply,
     PollRequest, PolledTask, RegisterReply, RegisterWorker, ReportResult, ResultStatus, WorkerJson,
-    WorkerList, parse_worker_id, running_ids,
+    WorkerList, handout_number, handout_token, parse_worker_id, running_ids,
 };
