@@ -429,39 +429,58 @@ async fn every_page_renders_and_clicks_act_through_the_api() {
     assert!(queue_paused(&api, "default").await);
     wait_for(&b, "tr[data-queue='default'] .s-paused").await;
 
-    // Edit a schedule (through `PATCH /v1/schedules/{name}`, where this
-    // version of the API has it).
-    let patch = api
-        .send(
-            "PATCH",
-            "/v1/schedules/nightly-report",
-            common::Body::Json(json!({})),
-        )
-        .await;
-    if patch.status == 405 {
-        eprintln!("PATCH /v1/schedules/{{name}} is not served: the schedule edit is not clicked");
-    } else {
-        b.goto(format!("{base}/ui/schedules")).await.unwrap();
-        wait_for(&b, "tr[data-schedule='nightly-report'] summary")
-            .await
-            .click()
-            .await
-            .unwrap();
-        let cron = wait_for(&b, "tr[data-schedule='nightly-report'] input[name=cron]").await;
-        cron.clear().await.unwrap();
-        cron.send_keys("30 4 * * *").await.unwrap();
-        wait_for(
-            &b,
-            "tr[data-schedule='nightly-report'] form[action$='/edit'] button",
-        )
+    // Edit a queue's settings: the cap is in force in the API.
+    b.goto(format!("{base}/ui/queues")).await.unwrap();
+    wait_for(&b, "tr[data-queue='mail'] summary")
         .await
         .click()
         .await
         .unwrap();
-        flash(&b, "Schedule nightly-report saved").await;
-        let s = api.get("/v1/schedules/nightly-report").await.expect(200);
-        assert_eq!(s["cron"], "30 4 * * *");
-    }
+    let cap = wait_for(&b, "tr[data-queue='mail'] input[name=max_running]").await;
+    cap.clear().await.unwrap();
+    cap.send_keys("7").await.unwrap();
+    wait_for(&b, "tr[data-queue='mail'] form[action$='/edit'] button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    flash(&b, "Queue mail saved").await;
+    let queues = api.get("/v1/queues").await.expect(200);
+    let mail = queues["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["name"] == "mail")
+        .cloned()
+        .expect("queue mail listed");
+    assert_eq!(mail["max_running"], 7, "{mail}");
+
+    // Edit a schedule, then pause it, by clicking.
+    b.goto(format!("{base}/ui/schedules")).await.unwrap();
+    wait_for(&b, "tr[data-schedule='nightly-report'] summary")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let cron = wait_for(&b, "tr[data-schedule='nightly-report'] input[name=cron]").await;
+    cron.clear().await.unwrap();
+    cron.send_keys("30 4 * * *").await.unwrap();
+    wait_for(
+        &b,
+        "tr[data-schedule='nightly-report'] form[action$='/edit'] button",
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    flash(&b, "Schedule nightly-report saved").await;
+    let s = api.get("/v1/schedules/nightly-report").await.expect(200);
+    assert_eq!(s["cron"], "30 4 * * *");
+    b.goto(format!("{base}/ui/schedules")).await.unwrap();
+    click_action(&b, "tr[data-schedule='nightly-report']", "/pause").await;
+    flash(&b, "Schedule nightly-report paused").await;
+    let s = api.get("/v1/schedules/nightly-report").await.expect(200);
+    assert_eq!(s["paused"], true, "{s}");
 
     // The live updates pause and resume.
     let toggle = wait_for(&b, "#live-toggle").await;

@@ -18,8 +18,8 @@
 //! (long polls and worker streams end with it), as soon as its writes are
 //! refused for a stale epoch, or when it could not renew for five sixths of
 //! the lease: before the lease can run out under it, whatever its clock
-//! says. `/healthz` and `GET /v1/cluster` are answered by every replica
-//! itself.
+//! says. `/healthz`, `GET /v1/cluster` and the gRPC health and reflection
+//! services (`grpc_tools`) are answered by every replica itself.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -346,14 +346,15 @@ impl Node {
         }
     }
 
-    /// The router every request goes through: `/healthz` and
-    /// `/v1/cluster` here, the rest by role.
+    /// The router every request goes through: `/healthz`, `/v1/cluster`
+    /// and the gRPC health and reflection services here, the rest by role.
     pub(crate) fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route(
                 "/healthz",
                 axum::routing::get(|State(node): State<Arc<Node>>| async move { node.healthz() }),
             )
+            .merge(crate::grpc_tools::router(self.clone()))
             .route(
                 "/v1/cluster",
                 axum::routing::get(|State(node): State<Arc<Node>>, req: Request| async move {
@@ -561,6 +562,30 @@ impl Node {
                 "replicas": list,
             }),
         )
+    }
+}
+
+impl crate::grpc_tools::Readiness for Node {
+    /// Like `/healthz`'s status: leading, with a store that takes writes.
+    fn serving(&self) -> bool {
+        if *self.stop_tx.borrow() {
+            return false;
+        }
+        match self.role() {
+            Role::Leader(term) => {
+                let health = term.app.store_health();
+                !health.is_failing() && !health.is_fenced()
+            }
+            Role::TakingOver { .. } | Role::Standby { .. } => false,
+        }
+    }
+
+    fn role_changes(&self) -> watch::Receiver<u64> {
+        self.role_changes.subscribe()
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop_tx.subscribe()
     }
 }
 

@@ -18,10 +18,10 @@ use super::{Look, Page, Ui, act_and_return, posted};
 use crate::clock::{now_ms, wall_ms};
 
 /// The queues as the core counts them, by name, with the strategy and
-/// depth limit of the config file.
+/// depth limit in force (the config file's, or the API's once changed).
 fn queue_rows(ui: &Ui) -> Vec<(QueueInfo, Option<String>, Option<u64>)> {
     let infos = ui.app.lock().sched.queues();
-    let settings = &ui.app.config.queue_settings;
+    let settings = ui.app.queue_settings();
     infos
         .into_iter()
         .map(|q| {
