@@ -701,3 +701,72 @@ async fn the_task_of_a_lost_poll_answer_goes_back_once_a_later_answer_is_acknowl
     .expect(200);
     assert_eq!(api.task(&handed).await["state"], "running");
 }
+
+/// A worker of one slot whose long poll's answer was lost: its slot is
+/// taken on the scheduler's books, so no later answer could ever be
+/// acknowledged. Its next long poll says it read or abandoned every
+/// earlier answer: the lost task goes back and comes to it again, as the
+/// same attempt. The registration gives the first `last_handout`.
+#[tokio::test]
+async fn a_long_poll_gives_back_what_an_abandoned_answer_handed() {
+    let server = Server::start().await;
+    let api = server.api();
+    let kind = unique_type("one-slot");
+    let reg = api
+        .post(
+            "/v1/workers",
+            json!({"name": "one-slot", "types": [kind], "capacity": 1}),
+        )
+        .await
+        .expect(201);
+    let w = reg["id"].as_str().expect("id").to_owned();
+    let first = reg["handout"].clone();
+    assert!(first.as_str().is_some_and(|h| h.ends_with(".0")), "{reg}");
+
+    let a = api.submit_id(&kind, json!("a")).await;
+    let lost = api
+        .poll_raw(
+            &w,
+            json!({"max": 1, "wait_ms": 5_000, "running": [], "last_handout": first}),
+        )
+        .await;
+    assert_eq!(lost["tasks"][0]["id"], json!(a), "{lost}");
+
+    // A heartbeat acknowledging only the registration judges nothing it
+    // has not acknowledged: the answer may still be on its way.
+    api.post(
+        &format!("/v1/workers/{w}/heartbeat"),
+        json!({"running": [], "last_handout": first}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(api.task(&a).await["state"], "running");
+
+    // The next long poll: the first answer was abandoned.
+    let again = api
+        .poll_raw(
+            &w,
+            json!({"max": 1, "wait_ms": 5_000, "running": [], "last_handout": first}),
+        )
+        .await;
+    assert_eq!(again["tasks"][0]["id"], json!(a), "{again}");
+    assert_eq!(again["tasks"][0]["attempt"], 1, "{again}");
+    let t = api.task(&a).await;
+    assert_eq!(
+        (t["state"].clone(), t["attempts"].clone()),
+        (json!("running"), json!(1)),
+        "{t}"
+    );
+
+    // What it names, a long poll leaves alone.
+    let b = api.submit_id(&kind, json!("b")).await;
+    let held = api
+        .poll_raw(
+            &w,
+            json!({"max": 1, "wait_ms": 200, "running": [a], "last_handout": again["handout"]}),
+        )
+        .await;
+    assert_eq!(held["tasks"], json!([]), "no room: {held}");
+    assert_eq!(api.task(&a).await["state"], "running");
+    assert_eq!(api.task(&b).await["state"], "queued");
+}

@@ -42,7 +42,8 @@ pub use task::{
     ValidTask, parse_task_id, stored_json, validate_name,
 };
 pub use worker::{
-    CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, MAX_RUNNING_IDS, Outcome, PollReply,
-    PollRequest, PolledTask, RegisterReply, RegisterWorker, ReportResult, ResultStatus, WorkerJson,
-    WorkerList, handout_number, handout_token, parse_worker_id, running_ids,
+    CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, LastHandout, MAX_RUNNING_IDS,
+    Outcome, PollReply, PollRequest, PolledTask, RegisterReply, RegisterWorker, ReportResult,
+    ResultStatus, WorkerJson, WorkerList, handout_number, handout_token, parse_worker_id,
+    running_ids,
 };

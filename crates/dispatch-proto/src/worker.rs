@@ -158,6 +158,10 @@ pub struct RegisterReply {
     pub lease_ms: u64,
     /// How often to heartbeat when not polling.
     pub heartbeat_ms: u64,
+    /// The worker's first `last_handout` (hand-out number 0: nothing
+    /// handed yet), until a poll answer gives a later one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handout: Option<String>,
 }
 
 /// Most task ids a worker may name in `running` (a heartbeat's or a
@@ -181,27 +185,36 @@ pub struct HeartbeatRequest {
     pub last_handout: Option<String>,
 }
 
-/// The `handout` a poll answer carries: this scheduler's mark (a new one
-/// each time a scheduler starts leading) and the worker's hand-out number.
+/// The `handout` a poll answer (or a registration, number 0) carries: this
+/// scheduler's mark (a new one each time a scheduler starts leading) and
+/// the worker's hand-out number.
 pub fn handout_token(mark: u32, number: u32) -> String {
     format!("{mark:08x}.{number}")
 }
 
-/// The hand-out number of a worker's `last_handout`, when this scheduler
-/// (of mark `mark`) gave that answer; `None` when the field is absent or
-/// came from another scheduler (before a restart or a takeover), which
-/// knows nothing of this one's numbers.
-pub fn handout_number(token: Option<&str>, mark: u32) -> Result<Option<u32>, FieldError> {
+/// What a worker's `last_handout` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastHandout {
+    /// It received this scheduler's answers up to this hand-out number.
+    Ours(u32),
+    /// A mark of another scheduler (before a restart or a takeover): it
+    /// received none of this one's answers.
+    Other,
+}
+
+/// A worker's `last_handout`, read against this scheduler's mark; `None`
+/// when the field is absent.
+pub fn handout_number(token: Option<&str>, mark: u32) -> Result<Option<LastHandout>, FieldError> {
     let Some(token) = token else {
         return Ok(None);
     };
     let parsed = token.split_once('.').and_then(|(m, n)| {
         let m = (m.len() == 8).then(|| u32::from_str_radix(m, 16).ok())??;
-        let n = n.parse::<u32>().ok().filter(|n| *n > 0)?;
-        Some((m, n))
+        Some((m, n.parse::<u32>().ok()?))
     });
     match parsed {
-        Some((m, n)) => Ok((m == mark).then_some(n)),
+        Some((m, n)) if m == mark => Ok(Some(LastHandout::Ours(n))),
+        Some(_) => Ok(Some(LastHandout::Other)),
         None => Err(FieldError::new(
             "last_handout",
             "is not the `handout` of a poll answer",

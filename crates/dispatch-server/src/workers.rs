@@ -12,8 +12,8 @@ use dispatch_core::{TaskId, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::worker::parse_worker_id;
 use dispatch_proto::{
-    CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, Outcome, PollReply, PollRequest,
-    PolledTask, RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
+    CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, LastHandout, Outcome, PollReply,
+    PollRequest, PolledTask, RegisterReply, RegisterWorker, ResultStatus, WorkerJson, WorkerList,
 };
 
 use crate::api::{ApiError, JsonBody, OptionalJsonBody, json};
@@ -81,6 +81,7 @@ pub(crate) async fn register(
         id: id.to_string(),
         lease_ms,
         heartbeat_ms: (lease_ms / 3).max(1),
+        handout: Some(dispatch_proto::handout_token(app.handout_mark, 0)),
     };
     Ok(json(StatusCode::CREATED, &reply))
 }
@@ -117,7 +118,7 @@ pub(crate) async fn heartbeat(
                 let sched = &mut step.shared.sched;
                 let cancel = sched.heartbeat(w, step.now).map_err(|_| lease_lost(&id))?;
                 sched.claim_running(w, &held, step.now);
-                if let Some(seen) = seen {
+                if let Some(LastHandout::Ours(seen)) = seen {
                     sched.reconcile(w, seen, &held, step.now);
                 }
                 Ok::<_, ApiError>(cancel)
@@ -312,10 +313,17 @@ pub(crate) async fn poll(
                 .map(|(task, sent, outcome)| (task, sent, step.report(task, w, outcome).is_ok()))
                 .collect();
             // What it still runs, once its reports are in: a task kept on
-            // it across a takeover, or handed in an answer it acknowledges,
-            // that it does not name goes back.
+            // it across a takeover, or handed in an answer it received or
+            // lost, that it does not name goes back. A long poll comes
+            // after the answer to the previous one was read or abandoned:
+            // every earlier answer is judged.
             if let Some(held) = &held {
                 step.shared.sched.claim_running(w, held, step.now);
+                let seen = match seen {
+                    Some(_) if max > 0 => Some(u32::MAX),
+                    Some(LastHandout::Ours(n)) => Some(n),
+                    _ => None,
+                };
                 if let Some(seen) = seen {
                     step.shared.sched.reconcile(w, seen, held, step.now);
                 }

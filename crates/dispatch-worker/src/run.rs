@@ -44,9 +44,8 @@ enum SessionEnd {
 
 /// What a session holds: the cancel switches of its running tasks (each
 /// until its report is acknowledged), and the `handout` of the last poll
-/// answer whose tasks are all among them. Both are read under one lock, so
+/// answer whose tasks are all among them (the registration's at first). Both are read under one lock, so
 /// the scheduler is never told of an answer whose tasks are not named.
-#[derive(Default)]
 struct Held {
     tasks: HashMap<String, watch::Sender<bool>>,
     last_handout: Option<String>,
@@ -104,7 +103,11 @@ pub(crate) async fn run(w: Worker, shutdown: impl Future<Output = ()>) -> Result
         backoff = Backoff::new();
         tracing::info!(worker = %reply.id, types = ?w.types(), "registered");
         let heartbeat = Duration::from_millis(reply.heartbeat_ms.max(1));
-        match session(&w, &reply.id, heartbeat, shutdown.as_mut()).await {
+        let held = Held {
+            tasks: HashMap::new(),
+            last_handout: reply.handout.clone(),
+        };
+        match session(&w, &reply.id, heartbeat, held, shutdown.as_mut()).await {
             SessionEnd::Shutdown => {
                 if let Err(e) = w.client.leave(&reply.id).await {
                     tracing::warn!(error = %e, "could not leave cleanly; the lease will expire");
@@ -125,10 +128,11 @@ async fn session(
     w: &Worker,
     id: &str,
     heartbeat: Duration,
+    held: Held,
     shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> SessionEnd {
     let slots = Arc::new(Semaphore::new(w.concurrency));
-    let running: Running = Arc::default();
+    let running: Running = Arc::new(Mutex::new(held));
     let (lost_tx, mut lost) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
