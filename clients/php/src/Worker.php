@@ -200,6 +200,7 @@ final class Worker
                     $this->handlers,
                     fn (): int => $this->stopping,
                     $this->log,
+                    is_string($reply['handout'] ?? null) ? $reply['handout'] : null,
                 );
                 if ($session->run() === 'stopped') {
                     $this->leave();

@@ -78,6 +78,7 @@ final class Session
      * @param array<string, TaskInterface|callable> $handlers by task type
      * @param \Closure(): int $stopping 0 to go on, 1 to drain, 2 to stop the running tasks
      * @param \Closure(string, string): void $log
+     * @param string|null $handout the registration's `handout`, acknowledged until a poll gives a later one
      */
     public function __construct(
         private readonly Servers $servers,
@@ -91,7 +92,11 @@ final class Session
         private readonly array $handlers,
         private readonly \Closure $stopping,
         private readonly \Closure $log,
+        ?string $handout = null,
     ) {
+        // The registration's mark (nothing handed yet) until a long poll's
+        // answer gives a later one.
+        $this->lastHandout = $handout;
         $this->multi = curl_multi_init();
         $this->contact = microtime(true);
     }

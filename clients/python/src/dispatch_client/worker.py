@@ -319,7 +319,10 @@ class Worker:
                 self._session_over = False
                 self._lease_lost = False
                 self._in_flight.clear()
-                self._last_handout = None
+                # The registration's mark (nothing handed yet) until a long
+                # poll's answer gives a later one.
+                first = reply.get("handout")
+                self._last_handout = first if isinstance(first, str) else None
             reporter = threading.Thread(target=self._reporter, name="dispatch-reporter", daemon=True)
             reporter.start()
             try:
