@@ -214,7 +214,10 @@ def test_a_task_whose_answer_was_lost_goes_back_and_runs_once(
     for p in sent:
         if "last_handout" in p["body"]:
             assert "running" in p["body"], p
-            assert p["body"]["last_handout"] in handouts
+            # An answer that reached it, or its registration's mark (number
+            # 0: nothing handed yet).
+            mark = p["body"]["last_handout"]
+            assert mark in handouts or mark.endswith(".0"), p
 
 
 @pytest.mark.parametrize("flavour", ["thread", "asyncio"])
