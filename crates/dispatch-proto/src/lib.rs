@@ -11,12 +11,15 @@
 //! - [`queue`]: queues as `GET /v1/queues` shows them ([`QueueJson`]).
 //! - [`schedule`]: cron schedules ([`CreateSchedule`], [`ScheduleJson`]) and
 //!   the task each fire makes from a schedule's template.
+//! - [`health`]: the server's health and its replicas ([`HealthJson`],
+//!   [`ClusterJson`]).
 //! - [`problem`]: `application/problem+json` bodies and [`FieldError`].
 //! - [`time`]: RFC 3339 timestamps to and from [`dispatch_core::Millis`].
 //!
 //! Validation lives here, next to the types, so that every transport and the
 //! CLI reject the same input with the same message.
 
+pub mod health;
 pub mod problem;
 pub mod queue;
 pub mod schedule;
@@ -27,6 +30,7 @@ pub mod worker;
 mod decode;
 
 pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
+pub use health::{ClusterJson, HealthJson, ReplicaJson, StoreFailureJson};
 pub use problem::{FieldError, Problem};
 pub use queue::{QueueCounts, QueueJson, QueueList, parse_queue_name};
 pub use schedule::{

@@ -113,7 +113,7 @@ pub(crate) const GRPC_PREFIX: &str = "/dispatch.v1.WorkerService/";
 
 /// THE scope table: (method, route pattern) -> what it needs. Anything not
 /// listed (unknown routes, other methods) needs a valid token.
-const TABLE: &[(&str, &str, Need)] = {
+pub(crate) const TABLE: &[(&str, &str, Need)] = {
     use Need::{AnyToken, Open, Scope as S};
     use Scope::{Admin, Submit, Work};
     &[
@@ -149,6 +149,7 @@ const TABLE: &[(&str, &str, Need)] = {
         ("GET", "/metrics", AnyToken),
         // Open.
         ("GET", "/healthz", Open),
+        ("GET", "/openapi.json", Open),
     ]
 };
 

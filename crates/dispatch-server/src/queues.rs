@@ -187,12 +187,32 @@ async fn all_queues(app: &Arc<App>) -> Result<Vec<QueueJson>, ApiError> {
 }
 
 /// `GET /v1/queues`.
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    summary = "List queues",
+    description = "Every queue named by a task, configured, or paused once, with its settings and its tasks counted by state.",
+    tag = "queues",
+    responses((status = 200, description = "Every queue, by name, with its settings and counts.", body = QueueList)),
+)]
 pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let queues = all_queues(&app).await?;
     Ok(json(StatusCode::OK, &QueueList { queues }))
 }
 
 /// `POST /v1/queues/{name}/pause`: 200 with the queue.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/pause",
+    summary = "Pause a queue",
+    description = "No task of the queue starts until it is resumed; running tasks go on. Stored: it survives a restart.",
+    tag = "queues",
+    params(("name" = String, Path, description = "The queue's name (a queue exists once named).")),
+    responses(
+        (status = 200, description = "Paused: nothing more starts from it; the queue.", body = QueueJson),
+        (status = 422, description = "The name is not a valid queue name."),
+    ),
+)]
 pub(crate) async fn pause(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -201,6 +221,18 @@ pub(crate) async fn pause(
 }
 
 /// `POST /v1/queues/{name}/resume`: 200 with the queue.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/resume",
+    summary = "Resume a queue",
+    description = "Its tasks are dispatched again at once.",
+    tag = "queues",
+    params(("name" = String, Path, description = "The queue's name (a queue exists once named).")),
+    responses(
+        (status = 200, description = "Resumed: its tasks are dispatched again; the queue.", body = QueueJson),
+        (status = 422, description = "The name is not a valid queue name."),
+    ),
+)]
 pub(crate) async fn resume(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,

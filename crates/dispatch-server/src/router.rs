@@ -71,7 +71,7 @@ async fn problem_bodies(req: Request, next: axum::middleware::Next) -> Response 
 /// none included: `/healthz`, `/metrics`, every `POST`), is refused by
 /// [`refuse_unknown_query`] with 400 naming it, before the handler runs. The
 /// handlers decode the listed ones with their own types.
-const QUERY_PARAMS: &[(&str, &str, &[&str])] = &[
+pub(crate) const QUERY_PARAMS: &[(&str, &str, &[&str])] = &[
     (
         "GET",
         "/v1/tasks",
