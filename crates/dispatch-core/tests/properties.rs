@@ -5,14 +5,107 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Ledger, Registered, check_safety};
+use common::{Ledger, Registered, cases, check_safety};
 use dispatch_core::{
-    Config, CoreError, Event, Millis, Scheduler, TaskId, TaskSpec, TaskState, WorkerId, WorkerSpec,
+    Config, CoreError, Event, Millis, QueueConfig, Scheduler, Strategy as Route, TaskId, TaskSpec,
+    TaskState, WorkerId, WorkerSpec,
 };
 use proptest::prelude::*;
 
 const LEASE: u64 = 5_000;
 const TYPES: [&str; 3] = ["email", "resize", "pdf"];
+/// The queues inputs choose from, each with limits of its own (see
+/// [`configure_queues`]).
+const QUEUES: [&str; 3] = ["default", "bulk", "urgent"];
+/// Every strategy the core routes by itself (broadcast and sharding are
+/// expanded into pinned copies and joins by the shell).
+const ROUTES: [Route; 6] = [
+    Route::RoundRobin,
+    Route::WeightedRoundRobin,
+    Route::Random,
+    Route::LeastLoaded,
+    Route::ConsistentHash,
+    Route::Failover,
+];
+/// Values of the `zone` label a task may require and a worker may carry.
+const ZONES: [&str; 2] = ["a", "b"];
+
+/// `bulk` runs two at a time and one per key; `urgent` weighs four times
+/// `default` and starts at most five a second.
+fn configure_queues<B>(s: &mut Scheduler<B>) {
+    s.configure_queue(
+        "bulk",
+        QueueConfig {
+            max_running: Some(2),
+            max_per_key: Some(1),
+            ..QueueConfig::default()
+        },
+    );
+    s.configure_queue(
+        "urgent",
+        QueueConfig {
+            weight: 4,
+            rate_per_sec: Some(5.0),
+            burst: Some(2),
+            ..QueueConfig::default()
+        },
+    );
+}
+
+/// How a generated task is routed and limited, beyond its type.
+#[derive(Clone, Debug)]
+struct Shape {
+    queue: usize,
+    route: usize,
+    /// The `zone` it requires, if any.
+    zone: Option<usize>,
+    timeout_ms: Option<u64>,
+    /// Its routing key (hashing, per-key limits), if any.
+    key: Option<u8>,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    (
+        prop_oneof![2 => Just(0usize), 1 => 1..QUEUES.len()],
+        prop_oneof![2 => Just(0usize), 1 => 1..ROUTES.len()],
+        proptest::option::weighted(0.25, 0..ZONES.len()),
+        proptest::option::weighted(0.25, 200..3_000u64),
+        proptest::option::weighted(0.5, 0u8..3),
+    )
+        .prop_map(|(queue, route, zone, timeout_ms, key)| Shape {
+            queue,
+            route,
+            zone,
+            timeout_ms,
+            key,
+        })
+}
+
+impl Shape {
+    fn spec(&self, kind: &str) -> TaskSpec {
+        TaskSpec {
+            queue: QUEUES[self.queue].into(),
+            strategy: ROUTES[self.route],
+            labels: self
+                .zone
+                .map(|z| [("zone".to_string(), ZONES[z].to_string())].into())
+                .unwrap_or_default(),
+            timeout_ms: self.timeout_ms,
+            routing_key: self.key.map(|k| format!("key-{k}").into()),
+            ..TaskSpec::new(kind)
+        }
+    }
+}
+
+/// A worker spec: its types, capacity, `zone` label and weight.
+fn worker_spec(types: u8, capacity: u32, zone: Option<usize>, weight: u32) -> WorkerSpec {
+    let mut spec = WorkerSpec::new("w", type_names(types), capacity);
+    if let Some(z) = zone {
+        spec.labels.insert("zone".into(), ZONES[z].into());
+    }
+    spec.weight = weight;
+    spec
+}
 
 /// One input to the scheduler. Worker and task choices are indices resolved
 /// against the state at the time, so they stay meaningful while shrinking.
@@ -23,6 +116,9 @@ enum Op {
         priority: i8,
         max_attempts: u32,
         delay_ms: u64,
+        shape: Shape,
+        /// Earlier submissions it waits for (indices, resolved at the time).
+        parents: Vec<usize>,
     },
     /// A task read back from the store with some attempts already used.
     Restore {
@@ -33,6 +129,8 @@ enum Op {
     Register {
         types: u8,
         capacity: u32,
+        zone: Option<usize>,
+        weight: u32,
     },
     Poll {
         worker: usize,
@@ -61,6 +159,16 @@ enum Op {
     Deregister {
         worker: usize,
     },
+    /// A worker that crashed: its lease is given up at once.
+    Lose {
+        worker: usize,
+    },
+    Pause {
+        queue: usize,
+    },
+    Resume {
+        queue: usize,
+    },
     Cancel {
         task: usize,
     },
@@ -72,13 +180,20 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let delay = prop_oneof![3 => Just(0u64), 1 => 1..3_000u64];
     prop_oneof![
-        4 => (0..TYPES.len(), -100i8..=100, 1u32..=4, delay).prop_map(
-            |(kind, priority, max_attempts, delay_ms)| Op::Submit { kind, priority, max_attempts, delay_ms }
+        4 => (
+            (0..TYPES.len(), -100i8..=100, 1u32..=4, delay),
+            shape(),
+            prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(any::<usize>(), 1..3)],
+        ).prop_map(
+            |((kind, priority, max_attempts, delay_ms), shape, parents)| Op::Submit {
+                kind, priority, max_attempts, delay_ms, shape, parents,
+            }
         ),
         1 => (0..TYPES.len(), 1u32..=4, 0u32..4).prop_map(
             |(kind, max_attempts, used)| Op::Restore { kind, max_attempts, used: used % max_attempts }
         ),
-        2 => (1u8..8, 1u32..=4).prop_map(|(types, capacity)| Op::Register { types, capacity }),
+        2 => (1u8..8, 1u32..=4, proptest::option::weighted(0.5, 0..ZONES.len()), 1u32..=3)
+            .prop_map(|(types, capacity, zone, weight)| Op::Register { types, capacity, zone, weight }),
         3 => (any::<usize>(), 1usize..4).prop_map(|(worker, max)| Op::Poll { worker, max }),
         3 => (any::<usize>(), any::<usize>()).prop_map(|(worker, task)| Op::Complete { worker, task }),
         2 => (any::<usize>(), any::<usize>(), any::<bool>(), proptest::option::of(0..2_000u64))
@@ -86,6 +201,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(|worker| Op::Heartbeat { worker }),
         2 => (any::<usize>(), 0u32..6, 0u8..3).prop_map(|(worker, slots, how)| Op::Demand { worker, slots, how }),
         1 => any::<usize>().prop_map(|worker| Op::Deregister { worker }),
+        1 => any::<usize>().prop_map(|worker| Op::Lose { worker }),
+        1 => (0..QUEUES.len()).prop_map(|queue| Op::Pause { queue }),
+        1 => (0..QUEUES.len()).prop_map(|queue| Op::Resume { queue }),
         2 => any::<usize>().prop_map(|task| Op::Cancel { task }),
         // Mostly small steps, sometimes a jump past the lease.
         3 => prop_oneof![6 => 0..1_000u64, 1 => LEASE..2 * LEASE].prop_map(|ms| Op::Advance { ms }),
@@ -112,23 +230,28 @@ struct Model {
     /// Each handed-over task with the worker and attempt it was handed for,
     /// to catch a poll handing the same assignment over twice.
     handed: BTreeMap<TaskId, (WorkerId, u32)>,
+    /// Tasks submitted with a timeout.
+    timed: BTreeSet<TaskId>,
 }
 
 impl Model {
     fn new(seed: u64) -> Self {
+        let mut s = Scheduler::new(
+            Config {
+                lease_ms: LEASE,
+                ..Config::default()
+            },
+            seed,
+        );
+        configure_queues(&mut s);
         Model {
-            s: Scheduler::new(
-                Config {
-                    lease_ms: LEASE,
-                    ..Config::default()
-                },
-                seed,
-            ),
+            s,
             now: 0,
             registered: Registered::new(),
             submitted: Vec::new(),
             ledger: Ledger::default(),
             handed: BTreeMap::new(),
+            timed: BTreeSet::new(),
         }
     }
 
@@ -180,22 +303,38 @@ impl Model {
                 priority,
                 max_attempts,
                 delay_ms,
+                ref shape,
+                ref parents,
             } => {
                 let id = TaskId(self.submitted.len() as u64 + 1);
                 let spec = TaskSpec {
                     priority,
                     max_attempts,
                     run_at: Some(now + delay_ms),
-                    ..TaskSpec::new(TYPES[kind])
+                    ..shape.spec(TYPES[kind])
                 };
                 self.s.submit(id, spec, (), now).unwrap();
+                let parents: Vec<TaskId> = parents
+                    .iter()
+                    .filter_map(|&i| self.submitted.get(i % self.submitted.len().max(1)))
+                    .copied()
+                    .collect();
                 self.submitted.push(id);
-                let start = if delay_ms > 0 {
+                if shape.timeout_ms.is_some() {
+                    self.timed.insert(id);
+                }
+                let start = if !parents.is_empty() || delay_ms > 0 {
                     TaskState::Scheduled
                 } else {
                     TaskState::Queued
                 };
                 self.ledger.submitted(id, start);
+                // Parents that already ended are told as the shell tells
+                // them: with the state the store kept.
+                for p in self.s.hold_for_parents(id, &parents).unwrap() {
+                    let ended = self.ledger.terminal[&p].state;
+                    self.s.parent_ended(id, p, ended, now);
+                }
                 None
             }
             Op::Restore {
@@ -215,11 +354,16 @@ impl Model {
                 self.ledger.submitted(id, TaskState::Queued);
                 None
             }
-            Op::Register { types, capacity } => {
+            Op::Register {
+                types,
+                capacity,
+                zone,
+                weight,
+            } => {
                 let names = type_names(types);
                 let w = self
                     .s
-                    .register_worker(WorkerSpec::new("w", names.iter().copied(), capacity), now);
+                    .register_worker(worker_spec(types, capacity, zone, weight), now);
                 self.registered
                     .insert(w, names.iter().map(|t| t.to_string()).collect());
                 None
@@ -270,10 +414,16 @@ impl Model {
                 let w = self.pick_worker(worker);
                 match self.s.heartbeat(w, now) {
                     Ok(stop) => {
-                        // Only cancelled tasks are announced, and never while still live.
+                        // Only attempts that ended without the worker are
+                        // announced: cancelled, or past their timeout. The
+                        // worker no longer holds them.
                         for t in stop {
-                            let cancelled = self.ledger.terminal.get(&t).map(|tr| tr.state);
-                            prop_assert_eq!(cancelled, Some(TaskState::Cancelled));
+                            let cancelled = self.ledger.terminal.get(&t).map(|tr| tr.state)
+                                == Some(TaskState::Cancelled);
+                            let timed = self.timed.contains(&t);
+                            prop_assert!(cancelled || timed, "stop notice for {}", t);
+                            let held = self.s.task(t).is_some_and(|x| x.worker == Some(w));
+                            prop_assert!(!held, "stop notice for {} which {} holds again", t, w);
                         }
                         None
                     }
@@ -290,6 +440,18 @@ impl Model {
             Op::Deregister { worker } => {
                 let w = self.pick_worker(worker);
                 self.s.deregister(w, now).err()
+            }
+            Op::Lose { worker } => {
+                let w = self.pick_worker(worker);
+                self.s.lose_worker(w, now).err()
+            }
+            Op::Pause { queue } => {
+                self.s.pause_queue(QUEUES[queue]);
+                None
+            }
+            Op::Resume { queue } => {
+                self.s.resume_queue(QUEUES[queue]);
+                None
             }
             Op::Cancel { task } => {
                 // Half the time a running task, the case with the most to undo.
@@ -352,7 +514,7 @@ impl Model {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(200)))]
 
     #[test]
     fn random_inputs_keep_leases_safe(seed in any::<u64>(), ops in prop::collection::vec(op(), 1..150)) {
@@ -370,6 +532,10 @@ struct Job {
     priority: i8,
     max_attempts: u32,
     delay_ms: u64,
+    shape: Shape,
+    /// An earlier job it waits for (an index, kept only when that job is
+    /// submitted no later than this one).
+    parent: Option<usize>,
     /// How many of its attempts the worker fails before completing one.
     failures: u32,
     /// The step at which it is submitted.
@@ -380,20 +546,30 @@ struct Job {
 
 fn job() -> impl Strategy<Value = Job> {
     (
-        0..TYPES.len(),
-        -100i8..=100,
-        1u32..=4,
+        (0..TYPES.len(), -100i8..=100, 1u32..=4),
         prop_oneof![2 => Just(0u64), 1 => 1..3_000u64],
+        shape(),
+        proptest::option::weighted(0.2, any::<usize>()),
         0u32..=4,
         0usize..30,
         proptest::option::weighted(0.1, 0usize..60),
     )
         .prop_map(
-            |(kind, priority, max_attempts, delay_ms, failures, submit_at, cancel_at)| Job {
+            |(
+                (kind, priority, max_attempts),
+                delay_ms,
+                shape,
+                parent,
+                failures,
+                submit_at,
+                cancel_at,
+            )| Job {
                 kind,
                 priority,
                 max_attempts,
                 delay_ms,
+                shape,
+                parent,
                 failures,
                 submit_at,
                 cancel_at,
@@ -401,89 +577,180 @@ fn job() -> impl Strategy<Value = Job> {
         )
 }
 
+/// A worker of the liveness property: its types, capacity, `zone` and
+/// weight, and the step at which it crashes, if it does.
+#[derive(Clone, Debug)]
+struct Crew {
+    types: u8,
+    capacity: u32,
+    zone: Option<usize>,
+    weight: u32,
+    crash_at: Option<usize>,
+}
+
+fn crew() -> impl Strategy<Value = Crew> {
+    (
+        1u8..8,
+        1u32..=4,
+        proptest::option::weighted(0.5, 0..ZONES.len()),
+        1u32..=3,
+        proptest::option::weighted(0.5, 0usize..30),
+    )
+        .prop_map(|(types, capacity, zone, weight, crash_at)| Crew {
+            types,
+            capacity,
+            zone,
+            weight,
+            crash_at,
+        })
+}
+
 /// Each step is this long; workers heartbeat every step, far within the lease.
 const STEP_MS: u64 = 100;
-/// Enough steps for the last submission (30), its delay (30) and its full
-/// default backoff (1 + 2 + 4 + 8 s = 150 steps), with room to spare.
-const MAX_STEPS: usize = 400;
+/// A crashed worker's replacement registers this many steps later, once
+/// the crashed one's lease has run out.
+const RESTART_STEPS: usize = (LEASE / STEP_MS) as usize + 5;
+/// Enough steps for the last submission (30), its delay (30), a crash (30)
+/// and its restart (55), the lease of the crashed worker, and a full
+/// default backoff (1 + 2 + 4 + 8 s = 150 steps) twice over.
+const MAX_STEPS: usize = 800;
+
+/// What the test did to a task: the attempts it failed on purpose, those a
+/// crash took with it, and whether it completed one.
+#[derive(Default)]
+struct Done {
+    failed: u32,
+    lost: u32,
+    completed: bool,
+}
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(100)))]
 
     #[test]
     fn diligent_workers_bring_every_task_to_one_terminal_state(
         seed in any::<u64>(),
-        workers in prop::collection::vec((1u8..8, 1u32..=4), 1..=4),
+        crews in prop::collection::vec(crew(), 1..=4),
         jobs in prop::collection::vec(job(), 1..60),
     ) {
         let mut s: Scheduler<()> = Scheduler::new(Config { lease_ms: LEASE, ..Config::default() }, seed);
+        configure_queues(&mut s);
         let mut registered = Registered::new();
         let mut ledger = Ledger::default();
-        let ids: Vec<WorkerId> = workers
+        // Live workers by crew, and the crews that crashed, with the step
+        // their replacement registers.
+        let mut crew_of: BTreeMap<WorkerId, usize> = BTreeMap::new();
+        let mut restart_at: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut crashed: BTreeSet<WorkerId> = BTreeSet::new();
+        let register = |s: &mut Scheduler<()>, registered: &mut Registered, c: &Crew, now: Millis| {
+            let w = s.register_worker(worker_spec(c.types, c.capacity, c.zone, c.weight), now);
+            registered.insert(w, type_names(c.types).iter().map(|t| t.to_string()).collect());
+            w
+        };
+        for (i, c) in crews.iter().enumerate() {
+            let w = register(&mut s, &mut registered, c, 0);
+            crew_of.insert(w, i);
+        }
+        // Only types some worker runs, and zones one of them carries, or
+        // the task could never finish.
+        let covered: Vec<usize> = (0..TYPES.len())
+            .filter(|&k| crews.iter().any(|c| c.types & (1 << k) != 0))
+            .collect();
+        let plan: Vec<(TaskSpec, Option<TaskId>)> = jobs
             .iter()
-            .map(|&(mask, capacity)| {
-                let names = type_names(mask);
-                let w = s.register_worker(WorkerSpec::new("w", names.iter().copied(), capacity), 0);
-                registered.insert(w, names.iter().map(|t| t.to_string()).collect());
-                w
+            .enumerate()
+            .map(|(i, j)| {
+                let kind = covered[j.kind % covered.len()];
+                let mut shape = j.shape.clone();
+                let zoned = |z: usize| crews.iter().any(|c| c.types & (1 << kind) != 0 && c.zone == Some(z));
+                shape.zone = shape.zone.filter(|&z| zoned(z));
+                let parent = j
+                    .parent
+                    .map(|p| p % i.max(1))
+                    .filter(|&p| p < i && jobs[p].submit_at <= j.submit_at)
+                    .map(|p| TaskId(p as u64 + 1));
+                let spec = TaskSpec {
+                    priority: j.priority,
+                    max_attempts: j.max_attempts,
+                    ..shape.spec(TYPES[kind])
+                };
+                (spec, parent)
             })
             .collect();
-        // Only types some worker runs, or the task could never finish.
-        let covered: Vec<&str> = TYPES
-            .iter()
-            .copied()
-            .filter(|t| registered.values().any(|ts| ts.contains(*t)))
-            .collect();
-        let mut failed: BTreeMap<TaskId, u32> = BTreeMap::new();
+        let mut done: BTreeMap<TaskId, Done> = BTreeMap::new();
         // The tasks this test cancelled while they were live.
-        let mut cancelled_here: std::collections::BTreeSet<TaskId> = Default::default();
-        let mut in_hand: BTreeMap<WorkerId, BTreeSet<TaskId>> = BTreeMap::new();
+        let mut cancelled_here: BTreeSet<TaskId> = BTreeSet::new();
 
         let mut step = 0;
         while step < MAX_STEPS && ledger.terminal.len() < jobs.len() {
             let now = step as u64 * STEP_MS;
             for (i, j) in jobs.iter().enumerate() {
-                let id = TaskId(i as u64 + 1);
-                if j.submit_at == step {
-                    let spec = TaskSpec {
-                        priority: j.priority,
-                        max_attempts: j.max_attempts,
-                        run_at: Some(now + j.delay_ms),
-                        ..TaskSpec::new(covered[j.kind % covered.len()])
-                    };
-                    s.submit(id, spec, (), now).unwrap();
-                    let start = if j.delay_ms > 0 { TaskState::Scheduled } else { TaskState::Queued };
-                    ledger.submitted(id, start);
+                if j.submit_at != step {
+                    continue;
                 }
+                let id = TaskId(i as u64 + 1);
+                let (spec, parent) = &plan[i];
+                let spec = TaskSpec { run_at: Some(now + j.delay_ms), ..spec.clone() };
+                s.submit(id, spec, (), now).unwrap();
+                let start = if parent.is_some() || j.delay_ms > 0 { TaskState::Scheduled } else { TaskState::Queued };
+                ledger.submitted(id, start);
+                // A parent that already ended is told with its end, as the
+                // shell does from the store.
+                for p in s.hold_for_parents(id, parent.as_slice()).unwrap() {
+                    s.parent_ended(id, p, ledger.terminal[&p].state, now);
+                }
+                // It may have ended at once (its parent had failed), and be
+                // the parent of the next one.
+                ledger.apply(&s.drain_events()).map_err(TestCaseError::fail)?;
+            }
+            for (i, j) in jobs.iter().enumerate() {
+                let id = TaskId(i as u64 + 1);
                 if j.cancel_at == Some(step) && s.task(id).is_some() {
                     s.cancel(id, "client".into(), now).unwrap();
                     cancelled_here.insert(id);
                 }
             }
+            for (&c, _) in restart_at.iter().filter(|(_, at)| **at == step) {
+                let w = register(&mut s, &mut registered, &crews[c], now);
+                crew_of.insert(w, c);
+            }
             s.tick(now);
-            for &w in &ids {
-                let hand = in_hand.entry(w).or_default();
+            let ids: Vec<WorkerId> = crew_of.keys().copied().collect();
+            for w in ids {
+                let crew = crew_of[&w];
                 for t in s.heartbeat(w, now).unwrap() {
-                    prop_assert!(hand.remove(&t), "stop notice for {} which {} does not hold", t, w);
+                    prop_assert!(false, "stop notice for {} which {} does not hold", t, w);
                 }
-                hand.extend(s.poll(w, usize::MAX, now).unwrap());
+                let hand = s.poll(w, usize::MAX, now).unwrap();
+                if crews[crew].crash_at == Some(step) && !restart_at.contains_key(&crew) {
+                    // It dies holding what it just took: each is an attempt lost.
+                    for t in hand {
+                        done.entry(t).or_default().lost += 1;
+                    }
+                    crew_of.remove(&w);
+                    crashed.insert(w);
+                    restart_at.insert(crew, step + RESTART_STEPS);
+                    continue;
+                }
                 // Finish everything in hand within the step.
-                for t in std::mem::take(hand) {
+                for t in hand {
                     let job = &jobs[t.0 as usize - 1];
-                    let n = failed.entry(t).or_default();
-                    if *n < job.failures {
-                        *n += 1;
-                        s.fail(t, w, format!("failure {n}"), None, false, now).unwrap();
+                    let d = done.entry(t).or_default();
+                    if d.failed < job.failures {
+                        d.failed += 1;
+                        s.fail(t, w, format!("failure {}", d.failed), None, false, now).unwrap();
                     } else {
+                        d.completed = true;
                         s.complete(t, w, now).unwrap();
                     }
                 }
             }
             let events = s.drain_events();
-            prop_assert!(
-                !events.iter().any(|e| matches!(e, Event::WorkerLost { .. })),
-                "a heartbeating worker was lost"
-            );
+            for e in &events {
+                if let Event::WorkerLost { worker, .. } = e {
+                    prop_assert!(crashed.contains(worker), "heartbeating worker {} was lost", worker);
+                }
+            }
             ledger.apply(&events).map_err(TestCaseError::fail)?;
             ledger.check_against(&s).map_err(TestCaseError::fail)?;
             s.check_invariants().map_err(TestCaseError::fail)?;
@@ -492,21 +759,27 @@ proptest! {
         }
         prop_assert_eq!(ledger.terminal.len(), jobs.len(), "not drained after {} steps", MAX_STEPS);
         prop_assert_eq!(s.live_tasks(), 0);
-        let (succeeded, dead, cancelled) = ledger.tally();
-        prop_assert_eq!(succeeded + dead + cancelled, jobs.len());
-        // Each outcome is the one the plan implies.
+        // Each outcome is the one the test's own actions imply, never what
+        // the task became: parents first, as a child's end follows theirs.
+        let mut expected: BTreeMap<TaskId, TaskState> = BTreeMap::new();
         for (i, j) in jobs.iter().enumerate() {
             let id = TaskId(i as u64 + 1);
-            let t = &ledger.terminal[&id];
-            // From what the test did, never from what the task became.
-            let expected = if cancelled_here.contains(&id) {
+            let d = done.remove(&id).unwrap_or_default();
+            let parent_failed = plan[i].1.is_some_and(|p| expected[&p] != TaskState::Succeeded);
+            let e = if cancelled_here.contains(&id) || parent_failed {
                 TaskState::Cancelled
-            } else if j.failures >= j.max_attempts {
+            } else if d.completed {
+                TaskState::Succeeded
+            } else if d.failed + d.lost >= j.max_attempts {
                 TaskState::Dead
             } else {
-                TaskState::Succeeded
+                return Err(TestCaseError::fail(format!(
+                    "task {id} ended {:?} with attempts to spare: {} failed, {} lost, plan {:?}",
+                    ledger.terminal[&id], d.failed, d.lost, j
+                )));
             };
-            prop_assert_eq!(t.state, expected, "task {}: {:?} for plan {:?}", i + 1, t, j);
+            prop_assert_eq!(ledger.terminal[&id].state, e, "task {}: plan {:?}", id, j);
+            expected.insert(id, e);
         }
     }
 }

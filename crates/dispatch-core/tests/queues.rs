@@ -2,9 +2,12 @@
 //! simulated; every step ends with the scheduler's own invariant check,
 //! which includes "no limit is ever exceeded".
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use common::cases;
 use dispatch_core::{
     Config, Event, QueueConfig, Scheduler, TaskId, TaskSpec, TaskState, TypeConfig, WorkerId,
     WorkerSpec,
@@ -227,15 +230,6 @@ fn concurrency_caps_hold_per_queue_per_type_and_per_key() {
         "key a is free again; the queue is at its cap"
     );
     s.check_invariants().unwrap();
-}
-
-/// The case count of a property: `PROPTEST_CASES` when set (for longer
-/// local runs), else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 proptest! {

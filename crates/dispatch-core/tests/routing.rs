@@ -1,7 +1,10 @@
 //! Routing strategies, each against the bound it promises.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 
+use common::cases;
 use dispatch_core::{
     Config, Event, Scheduler, Strategy, TaskId, TaskSpec, TaskState, WorkerId, WorkerSpec,
 };
@@ -61,15 +64,6 @@ fn counts(assigned: &BTreeMap<TaskId, WorkerId>) -> HashMap<WorkerId, usize> {
         *c.entry(*w).or_insert(0) += 1;
     }
     c
-}
-
-/// The case count of a property: `PROPTEST_CASES` when set (for longer
-/// local runs), else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 proptest! {

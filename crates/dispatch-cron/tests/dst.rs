@@ -1,8 +1,11 @@
 //! Fire times across daylight-saving changes: the New York changes of 2026
 //! as examples, and property tests over several time zones.
 
+mod common;
+
 use chrono::{DateTime, NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
+use common::config;
 use dispatch_cron::{CronSchedule, Millis};
 use proptest::prelude::*;
 
@@ -144,7 +147,7 @@ const ZONES: [&str; 9] = [
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(config(48))]
 
     /// A wall-clock daily job runs exactly once on every local day of a
     /// year, DST changes or not, at its time or just after a gap.

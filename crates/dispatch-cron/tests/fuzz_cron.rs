@@ -9,17 +9,11 @@
 //! order; `due_fires` answers within its policy's bounds. Case counts are
 //! fixed, so a run takes a few seconds and replays.
 
+mod common;
+
+use common::config;
 use dispatch_cron::{CronSchedule, Millis, Misfire, MisfirePolicy};
 use proptest::prelude::*;
-
-/// `cases` cases, or `PROPTEST_CASES` when set, for a longer run.
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig::with_cases(cases)
-}
 
 /// Zones whose rules stress the searches: half-hour and 30-minute shifts,
 /// negative DST, skipped days, two-hour DST, DST tied to a calendar.

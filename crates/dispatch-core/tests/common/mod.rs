@@ -3,9 +3,20 @@
 //! They recompute the safety properties from the public API alone, so that a
 //! bug in `Scheduler::check_invariants` cannot hide a bug in the scheduler.
 
+#![allow(dead_code)] // Each test binary uses its own part of it.
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use dispatch_core::{Event, Scheduler, TaskId, TaskState, Transition, WorkerId};
+
+/// The case count of a property: `PROPTEST_CASES` when set (for longer
+/// local runs), else `default`.
+pub(crate) fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// The task types each worker declared, as the test registered them.
 pub(crate) type Registered = BTreeMap<WorkerId, BTreeSet<String>>;
