@@ -175,6 +175,25 @@ fn security_follows_the_scope_table() {
 }
 
 #[test]
+fn the_query_table_names_every_operation_once() {
+    let documented = doc_operations(&doc());
+    let rows: Vec<(String, String)> = crate::router::QUERY_PARAMS
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    let table: BTreeSet<(String, String)> = rows.iter().cloned().collect();
+    assert_eq!(
+        table.len(),
+        rows.len(),
+        "a route named twice in QUERY_PARAMS"
+    );
+    assert_eq!(
+        table, documented,
+        "router.rs's QUERY_PARAMS and the document differ"
+    );
+}
+
+#[test]
 fn query_parameters_follow_the_query_table() {
     let doc = doc();
     for (method, path) in doc_operations(&doc) {
@@ -192,7 +211,7 @@ fn query_parameters_follow_the_query_table() {
             .iter()
             .find(|(m, p, _)| *m == method && *p == path)
             .map(|(_, _, ps)| ps.iter().copied().collect())
-            .unwrap_or_default();
+            .unwrap_or_else(|| panic!("{method} {path} has no row in router.rs's QUERY_PARAMS"));
         assert_eq!(documented, taken, "{method} {path}: query parameters");
     }
 }
