@@ -143,6 +143,11 @@ pub(crate) struct ServerArgs {
     /// A worker silent for this long is declared dead.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) lease_ms: u64,
+    /// The longest the scheduler's timer sleeps when nothing is due. Run
+    /// times, backoffs, leases and timeouts wake it when they fall due;
+    /// this tick is a safety net, and the tests raise it to prove so.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) idle_tick_ms: u64,
     /// An HTTP worker must collect (poll) a task assigned to it within this
     /// long; otherwise every task assigned to it and not collected goes
     /// back to the queue, no attempt spent, and it is given nothing until

@@ -323,6 +323,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     }
     config.lease_ms = args.lease_ms;
     config.collect_ms = args.collect_timeout_ms;
+    config.idle_tick_ms = args.idle_tick_ms;
     config.retention_ms = args.retention_ms;
     config.max_body_bytes = args.max_body_bytes;
     let server = dispatch_server::start(config, opened.store.clone()).await?;

@@ -414,7 +414,9 @@ async fn heartbeat_until_cancelled(
 
 #[tokio::test]
 async fn an_attempt_past_its_timeout_is_stopped_retried_then_dead() {
-    let server = Server::start().await;
+    // The timer's idle tick is ten minutes: only the deadline itself can
+    // stop the attempt within the bounds below.
+    let server = Server::with_args(&["--idle-tick-ms", "600000"]).await;
     let api = server.api();
     let kind = unique_type("slow");
     let w = api.register(&[&kind], 1).await;
@@ -437,7 +439,7 @@ async fn an_attempt_past_its_timeout_is_stopped_retried_then_dead() {
         assert_eq!(got["attempt"], attempt);
         assert_eq!(got["timeout_ms"], 300);
         // The worker only heartbeats; the scheduler stops it.
-        let after = heartbeat_until_cancelled(&api, &w, &id, polled, Duration::from_secs(3)).await;
+        let after = heartbeat_until_cancelled(&api, &w, &id, polled, Duration::from_secs(60)).await;
         assert!(
             after >= at_least(Duration::from_millis(300)),
             "attempt {attempt} was stopped {after:?} after the poll, before its timeout"
@@ -469,11 +471,12 @@ async fn an_attempt_past_its_timeout_is_stopped_retried_then_dead() {
         "{t}"
     );
 
-    // Enforced on time, not at the next periodic tick of the scheduler.
+    // Enforced at the deadline, not at the timer's next idle tick (ten
+    // minutes away), however loaded the machine.
     assert!(
         stopped_after
             .iter()
-            .all(|after| *after <= Duration::from_millis(700)),
+            .all(|after| *after <= Duration::from_secs(30)),
         "attempts with timeout_ms 300 were stopped only {stopped_after:?} after their polls"
     );
 }

@@ -82,7 +82,9 @@ fn queue_of(t: &Value) -> &str {
 
 #[tokio::test]
 async fn a_paused_queue_holds_its_tasks_across_a_crash_until_resumed() {
-    let server = Server::start().await;
+    // The timer's idle tick is ten minutes: a resume must dispatch by
+    // itself, not wait for the next tick.
+    let server = Server::with_args(&["--idle-tick-ms", "600000"]).await;
     let api = server.api();
     let q = api.post_empty("/v1/queues/bulk/pause").await.expect(200);
     assert_eq!(
@@ -143,11 +145,9 @@ async fn a_paused_queue_holds_its_tasks_across_a_crash_until_resumed() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let q = api.post_empty("/v1/queues/bulk/resume").await.expect(200);
     assert_eq!(q["paused"], json!(false));
+    // Answered within the poll's 5 s, where the idle tick is ten minutes.
     let (got, took) = waiting.await.expect("poll task");
-    assert!(
-        !got.is_empty() && took < Duration::from_secs(3),
-        "{got:?} after {took:?}"
-    );
+    assert!(!got.is_empty(), "nothing after {took:?}");
     let mut got = got;
     got.extend(
         api.poll_n(&worker, 3 - got.len(), Duration::from_secs(2))

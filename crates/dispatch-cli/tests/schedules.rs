@@ -349,8 +349,10 @@ async fn an_every_second_schedule_fires_once_a_second() {
         got[0].fire_at > created,
         "fired before it was created: {got:?}"
     );
+    // Created at its fire time: a few seconds of slack for a loaded
+    // machine, far from the minutes of a schedule that waits for a tick.
     for f in &got {
-        assert!(f.lag() < 1_000, "fired late: {f:?}");
+        assert!(f.lag() < 3_000, "fired late: {f:?}");
     }
     let t = api.task(&got[0].id.to_string()).await;
     assert_eq!(t["type"], json!(kind));

@@ -345,6 +345,13 @@ impl Client {
         Ok(self.call::<(), _>(Method::GET, &path, None, None).await?.1)
     }
 
+    /// A task's attempts, oldest first (the one running now last, with no
+    /// outcome).
+    pub async fn attempts(&self, id: &str) -> Result<dispatch_proto::AttemptList, ClientError> {
+        let path = format!("/v1/tasks/{}/attempts", encode(id));
+        Ok(self.call::<(), _>(Method::GET, &path, None, None).await?.1)
+    }
+
     /// Waits until a task is terminal or `timeout` passes (the server holds
     /// each request up to `wait_ms`); returns it as last seen.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<TaskJson, ClientError> {

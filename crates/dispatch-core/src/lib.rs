@@ -39,7 +39,7 @@ mod worker;
 pub use backoff::Backoff;
 pub use queues::{QueueConfig, QueueInfo, TypeConfig};
 pub use routing::Strategy;
-pub use scheduler::{Config, CoreError, Event, Scheduler, Transition};
+pub use scheduler::{AttemptEnd, AttemptOutcome, Config, CoreError, Event, Scheduler, Transition};
 pub use task::{Task, TaskSpec, TaskState};
 pub use worker::{Worker, WorkerSpec, WorkerState};
 

@@ -4,8 +4,8 @@
 //! times and ends by asking it to check its own invariants.
 
 use dispatch_core::{
-    Backoff, Config, CoreError, Event, Millis, Scheduler, TaskId, TaskSpec, TaskState, Transition,
-    WorkerId, WorkerSpec,
+    AttemptEnd, AttemptOutcome, Backoff, Config, CoreError, Event, Millis, Scheduler, TaskId,
+    TaskSpec, TaskState, Transition, WorkerId, WorkerSpec,
 };
 
 const LEASE: u64 = 10_000;
@@ -863,6 +863,7 @@ fn assignment_and_completion_events_carry_exact_fields() {
             finished_at: None,
             ready_at: None,
             error: None,
+            ended: None,
         })]
     );
     s.complete(t, w, 250).unwrap();
@@ -877,9 +878,87 @@ fn assignment_and_completion_events_carry_exact_fields() {
             finished_at: Some(250),
             ready_at: None,
             error: None,
+            ended: Some(Box::new(AttemptEnd {
+                attempt: 1,
+                worker: w,
+                worker_name: "w".into(),
+                collected_at: 100,
+                finished_at: 250,
+                outcome: AttemptOutcome::Succeeded,
+                retry_delay_ms: None,
+            })),
         })]
     );
     assert_eq!(s.worker(w).unwrap().completed, 1);
+    ok(&s);
+}
+
+/// The attempts ended by the events drained so far: (number, outcome,
+/// collected, finished, retry delay).
+fn ended(s: &mut Scheduler<()>) -> Vec<(u32, AttemptOutcome, Millis, Millis, Option<u64>)> {
+    s.drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Transition(t) => t.ended,
+            _ => None,
+        })
+        .map(|e| {
+            (
+                e.attempt,
+                e.outcome,
+                e.collected_at,
+                e.finished_at,
+                e.retry_delay_ms,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_counted_attempt_ends_in_one_event_with_its_outcome() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 1, 0);
+    let mut sp = spec("email");
+    sp.max_attempts = 5;
+    sp.timeout_ms = Some(1_000);
+    let t = submit(&mut s, 1, sp, 0);
+    s.tick(0);
+    s.poll(w, 1, 10).unwrap();
+    s.fail(t, w, "boom".into(), Some(40), false, 30).unwrap();
+    assert_eq!(
+        ended(&mut s),
+        [(1, AttemptOutcome::Failed, 10, 30, Some(40))]
+    );
+    s.tick(70);
+    s.poll(w, 1, 80).unwrap();
+    s.tick(1_080);
+    assert_eq!(ended(&mut s)[0].1, AttemptOutcome::Timeout);
+    s.stop_heard(w, t);
+    let at = s.task(t).unwrap().ready_at.unwrap_or(1_080);
+    s.tick(at);
+    s.poll(w, 1, at).unwrap();
+    let _ = s.drain_events();
+    s.lose_worker(w, at + 5).unwrap();
+    assert_eq!(
+        ended(&mut s),
+        [(3, AttemptOutcome::Lost, at, at + 5, Some(0))]
+    );
+    let w2 = worker(&mut s, &["email"], 1, at + 5);
+    s.tick(at + 5);
+    s.poll(w2, 1, at + 6).unwrap();
+    s.cancel(t, "no longer wanted".into(), at + 7).unwrap();
+    assert_eq!(
+        ended(&mut s),
+        [(4, AttemptOutcome::Cancelled, at + 6, at + 7, None)]
+    );
+    // An attempt cut short by a graceful leave does not count, and is not
+    // reported.
+    let t2 = submit(&mut s, 2, spec("email"), at + 8);
+    s.tick(at + 8);
+    s.poll(w2, 1, at + 9).unwrap();
+    s.deregister(w2, at + 10).unwrap();
+    assert!(ended(&mut s).is_empty());
+    assert_eq!(s.task(t2).unwrap().attempts, 0);
     ok(&s);
 }
 

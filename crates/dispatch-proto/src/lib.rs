@@ -11,6 +11,7 @@
 //! - [`queue`]: queues as `GET /v1/queues` shows them ([`QueueJson`]).
 //! - [`schedule`]: cron schedules ([`CreateSchedule`], [`ScheduleJson`]) and
 //!   the task each fire makes from a schedule's template.
+//! - [`attempt`]: a task's attempt history ([`AttemptList`]).
 //! - [`health`]: the server's health and its replicas ([`HealthJson`],
 //!   [`ClusterJson`]).
 //! - [`problem`]: `application/problem+json` bodies and [`FieldError`].
@@ -19,6 +20,7 @@
 //! Validation lives here, next to the types, so that every transport and the
 //! CLI reject the same input with the same message.
 
+pub mod attempt;
 pub mod health;
 pub mod problem;
 pub mod queue;
@@ -29,6 +31,7 @@ pub mod worker;
 
 mod decode;
 
+pub use attempt::{AttemptJson, AttemptList};
 pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
 pub use health::{ClusterJson, HealthJson, ReplicaJson, StoreFailureJson};
 pub use problem::{FieldError, Problem};

@@ -355,6 +355,7 @@ impl App {
                     finished_at: None,
                     ready_at: t.ready_at,
                     error: t.last_error.as_deref().map(String::from),
+                    ended: None,
                 });
                 let _ = writer.write_detached(Write::Update(update));
             }
@@ -854,9 +855,10 @@ pub(crate) async fn purge_loop(app: Arc<App>) {
 }
 
 /// Ticks the core when its next deadline (a timer or a lease) comes, or at
-/// least every second, until the server stops.
+/// least every `idle_tick_ms` (a second by default), until the server stops.
 pub(crate) async fn timer_loop(app: Arc<App>) {
     let mut stop = app.stopping.clone();
+    let idle = app.config.idle_tick_ms.max(1);
     loop {
         let now = now_ms();
         let next = {
@@ -864,7 +866,7 @@ pub(crate) async fn timer_loop(app: Arc<App>) {
             let _ = app.settle(&mut shared, now);
             shared.sched.next_deadline()
         };
-        let wait = next.map_or(1_000, |at| at.saturating_sub(now).clamp(1, 1_000));
+        let wait = next.map_or(idle, |at| at.saturating_sub(now).clamp(1, idle));
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
             _ = app.timer_wake.notified() => {}

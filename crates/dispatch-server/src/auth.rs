@@ -122,6 +122,7 @@ pub(crate) const TABLE: &[(&str, &str, Need)] = {
         ("GET", "/v1/tasks", S(Submit)),
         ("POST", "/v1/tasks/batch", S(Submit)),
         ("GET", "/v1/tasks/{id}", S(Submit)),
+        ("GET", "/v1/tasks/{id}/attempts", S(Submit)),
         ("POST", "/v1/tasks/{id}/cancel", S(Submit)),
         // The worker protocols.
         ("POST", "/v1/workers", S(Work)),

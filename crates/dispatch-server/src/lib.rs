@@ -45,6 +45,7 @@
 
 mod api;
 mod app;
+mod attempts;
 mod audit;
 pub mod auth;
 mod budget;
@@ -93,6 +94,10 @@ pub struct ServerConfig {
     /// An HTTP worker must collect a task assigned to it within this long,
     /// or everything assigned to it goes back to the queue.
     pub collect_ms: u64,
+    /// The longest the scheduler's timer sleeps when nothing is due.
+    /// Timers, leases and timeouts wake it when they fall due whatever
+    /// this is; the idle tick is only a safety net.
+    pub idle_tick_ms: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// How long finished tasks (and their results) are kept.
@@ -149,6 +154,7 @@ impl ServerConfig {
             cluster: None,
             lease_ms: 10_000,
             collect_ms: 3_000,
+            idle_tick_ms: 1_000,
             max_body_bytes: 10 * 1024 * 1024,
             retention_ms: 7 * 24 * 3_600_000,
             queue_settings: QueueSettings::default(),

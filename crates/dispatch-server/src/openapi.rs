@@ -23,7 +23,7 @@ use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::auth::{Need, required};
-use crate::{cluster, metrics, queues, schedules, tasks, workers};
+use crate::{attempts, cluster, metrics, queues, schedules, tasks, workers};
 
 /// The media type of every error body.
 pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
@@ -51,6 +51,7 @@ pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
         tasks::retry,
         tasks::retry_matching,
         tasks::cancel_matching,
+        attempts::list,
         workers::register,
         workers::list,
         workers::heartbeat,

@@ -15,7 +15,7 @@ use dispatch_proto::{FieldError, Problem};
 
 use crate::api::ApiError;
 use crate::app::App;
-use crate::{grpc, metrics, queues, schedules, tasks, workers};
+use crate::{attempts, grpc, metrics, queues, schedules, tasks, workers};
 
 async fn not_found() -> ApiError {
     ApiError::new(404, "no such endpoint; see the README for the API")
@@ -84,6 +84,7 @@ pub(crate) const QUERY_PARAMS: &[(&str, &str, &[&str])] = &[
     ("POST", "/v1/tasks/retry", &[]),
     ("POST", "/v1/tasks/cancel", &[]),
     ("GET", "/v1/tasks/{id}", &["wait_ms"]),
+    ("GET", "/v1/tasks/{id}/attempts", &[]),
     ("POST", "/v1/tasks/{id}/cancel", &[]),
     ("POST", "/v1/tasks/{id}/retry", &[]),
     ("POST", "/v1/tasks/{id}/complete", &[]),
@@ -174,6 +175,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/tasks/retry", post(tasks::retry_matching))
         .route("/v1/tasks/cancel", post(tasks::cancel_matching))
         .route("/v1/tasks/{id}", get(tasks::get_one))
+        .route("/v1/tasks/{id}/attempts", get(attempts::list))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/v1/tasks/{id}/complete", post(workers::complete))

@@ -779,6 +779,7 @@ async fn requeue_dead(app: &Arc<App>, mut record: TaskRecord) -> Result<TaskReco
         run_at: None,
         result: None,
         error: None,
+        attempt: None,
     };
     acked(Some(app.write(Write::Update(update))?)).await?;
     record.spec.run_at = None;

@@ -9,7 +9,7 @@ use dispatch_proto::{
     BackoffJson, FieldError, PolledTask, ScheduleJson, ScheduleParts, TaskJson, TaskRef,
     ValidListTasks, ValidSchedule, ValidTask, stored_json,
 };
-use dispatch_store::{ScheduleRecord, TaskBody, TaskQuery, TaskRecord};
+use dispatch_store::{AttemptRecord, ScheduleRecord, TaskBody, TaskQuery, TaskRecord};
 
 use crate::budget::Body;
 
@@ -38,6 +38,20 @@ pub(crate) fn new_record(id: TaskId, v: ValidTask, now: Millis) -> TaskRecord {
         result: None,
         error: None,
         request_digest: v.digest,
+    }
+}
+
+/// The API view of an ended attempt.
+pub(crate) fn attempt_json(a: &AttemptRecord) -> dispatch_proto::AttemptJson {
+    dispatch_proto::AttemptJson {
+        attempt: a.attempt,
+        worker_id: a.worker.to_string(),
+        worker_name: a.worker_name.clone(),
+        collected_at: format_rfc3339(a.collected_at),
+        finished_at: Some(format_rfc3339(a.finished_at)),
+        outcome: Some(a.outcome.as_str().to_owned()),
+        error: a.error.clone(),
+        retry_delay_ms: a.retry_delay_ms,
     }
 }
 

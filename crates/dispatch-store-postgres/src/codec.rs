@@ -238,6 +238,8 @@ pub(crate) struct UpdateColumns {
     run_at: Vec<Option<i64>>,
     result: Vec<Option<String>>,
     error: Vec<Option<String>>,
+    /// The attempts the updates end.
+    ended: crate::attempts::AttemptColumns,
 }
 
 impl UpdateColumns {
@@ -257,12 +259,15 @@ impl UpdateColumns {
         self.run_at.push(run_at);
         self.result.push(u.result.as_deref().map(str::to_owned));
         self.error.push(u.error.clone());
+        if let Some(a) = &u.attempt {
+            self.ended.push(a)?;
+        }
         Ok(id)
     }
 
     /// The parameters of the update statement.
     pub(crate) fn into_params(self) -> Vec<Param> {
-        vec![
+        let mut params: Vec<Param> = vec![
             Box::new(self.id),
             Box::new(self.state),
             Box::new(self.attempts),
@@ -272,7 +277,9 @@ impl UpdateColumns {
             Box::new(self.run_at),
             Box::new(self.result),
             Box::new(self.error),
-        ]
+        ];
+        params.extend(self.ended.into_params());
+        params
     }
 }
 

@@ -105,6 +105,7 @@
 //! # Ok::<(), dispatch_store::StoreError>(())
 //! ```
 
+mod attempts;
 mod codec;
 mod lease;
 mod schema;
@@ -660,6 +661,17 @@ impl Store for PgStore {
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p).collect();
         self.read_tasks(&sql, &refs, "listing tasks")
+    }
+
+    fn list_attempts(
+        &self,
+        task: TaskId,
+    ) -> Result<Vec<dispatch_store::AttemptRecord>, StoreError> {
+        let Ok(id) = i64::try_from(task.0) else {
+            return Ok(Vec::new());
+        };
+        let rows = self.read(attempts::LIST_SQL, &[&id], "listing attempts")?;
+        rows.iter().map(attempts::decode).collect()
     }
 
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {

@@ -10,7 +10,10 @@ use tokio_postgres::Client;
 
 use crate::codec::pg_error;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_tasks.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_tasks.sql"),
+    include_str!("../migrations/0002_attempts.sql"),
+];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

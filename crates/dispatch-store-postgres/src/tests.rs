@@ -417,6 +417,7 @@ fn a_takeover_fences_the_old_leaders_batches_from_another_handle() {
                 run_at: None,
                 result: None,
                 error: None,
+                attempt: None,
             }),
         ])
         .expect_err("fenced");

@@ -49,8 +49,9 @@ pub(crate) struct WriterStatements {
 
 /// Many updates in one statement, each of a different task. A terminal
 /// task takes no update but a retry: a `dead` task set `queued` with no
-/// attempts ("a stale writer cannot bring a finished task back"). Answers
-/// the ids it changed.
+/// attempts ("a stale writer cannot bring a finished task back"). The
+/// attempts the applied updates end are stored by the same statement.
+/// Answers the ids it changed.
 fn update_sql() -> String {
     let terminal: Vec<String> = TaskState::ALL
         .into_iter()
@@ -58,7 +59,7 @@ fn update_sql() -> String {
         .map(|s| format!("'{}'", s.as_str()))
         .collect();
     format!(
-        "UPDATE tasks AS t SET state = u.state, attempts = u.attempts, \
+        "WITH changed AS (UPDATE tasks AS t SET state = u.state, attempts = u.attempts, \
              worker_id = u.worker_id, started_at = u.started_at, \
              finished_at = u.finished_at, run_at = u.run_at, \
              result = COALESCE(u.result, t.result), error = u.error \
@@ -67,10 +68,13 @@ fn update_sql() -> String {
              AS u(id, state, attempts, worker_id, started_at, finished_at, run_at, result, error) \
          WHERE t.id = u.id AND (t.state NOT IN ({}) \
              OR (t.state = '{}' AND u.state = '{}' AND u.attempts = 0)) \
-         RETURNING t.id",
+         RETURNING t.id), \
+         stored AS ({}) \
+         SELECT id FROM changed",
         terminal.join(", "),
         TaskState::Dead.as_str(),
         TaskState::Queued.as_str(),
+        crate::attempts::INSERT_CHANGED,
     )
 }
 

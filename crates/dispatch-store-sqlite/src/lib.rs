@@ -84,6 +84,7 @@
 //! # Ok::<(), dispatch_store::StoreError>(())
 //! ```
 
+mod attempts;
 mod checkpoint;
 mod codec;
 mod folder_lock;
@@ -365,6 +366,13 @@ impl Store for SqliteStore {
         })
     }
 
+    fn list_attempts(
+        &self,
+        task: TaskId,
+    ) -> Result<Vec<dispatch_store::AttemptRecord>, StoreError> {
+        self.readers.with(|conn| attempts::list(conn, task))
+    }
+
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.readers.with(|conn| {
             let mut stmt = conn
@@ -499,7 +507,13 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
                     .collect::<Result<_, _>>()
                     .map(WriteOutcome::Inserted),
             },
-            Write::Update(u) => stmts.update(u).map(WriteOutcome::Updated),
+            Write::Update(u) => {
+                let applied = stmts.update(u)?;
+                if applied && let Some(a) = &u.attempt {
+                    attempts::insert(conn, a)?;
+                }
+                Ok(WriteOutcome::Updated(applied))
+            }
             Write::UpsertSchedule(r) => {
                 let existed = schedule_exists(conn, &r.name)?;
                 let mut upsert = conn

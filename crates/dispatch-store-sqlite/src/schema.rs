@@ -150,7 +150,31 @@ CREATE TABLE workers (
 ) STRICT;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+/// Version 8: attempt history. One row per ended attempt that counted,
+/// keyed by (task, number); `worker_id` is the worker id's bit pattern,
+/// `outcome` one of `succeeded`, `failed`, `timeout`, `lost`, `cancelled`.
+/// The trigger deletes a task's attempts with it (purge).
+const V8: &str = "
+CREATE TABLE attempts (
+    task_id        INTEGER NOT NULL,
+    attempt        INTEGER NOT NULL,
+    worker_id      INTEGER NOT NULL,
+    worker_name    TEXT    NOT NULL,
+    collected_at   INTEGER NOT NULL,
+    finished_at    INTEGER NOT NULL,
+    outcome        TEXT    NOT NULL,
+    error          TEXT,
+    retry_delay_ms INTEGER,
+    PRIMARY KEY (task_id, attempt)
+) STRICT, WITHOUT ROWID;
+
+CREATE TRIGGER tasks_delete_attempts AFTER DELETE ON tasks
+BEGIN
+    DELETE FROM attempts WHERE task_id = OLD.id;
+END;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

@@ -32,6 +32,12 @@ impl Store for TempStore {
     fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
         self.store.list_tasks(query)
     }
+    fn list_attempts(
+        &self,
+        task: TaskId,
+    ) -> Result<Vec<dispatch_store::AttemptRecord>, StoreError> {
+        self.store.list_attempts(task)
+    }
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.store.load_live()
     }
@@ -125,6 +131,7 @@ fn data_survives_closing_and_reopening() {
                     run_at: None,
                     result: Some("\"done\"".into()),
                     error: None,
+                    attempt: None,
                 })])
                 .expect("update");
             all(&store)
@@ -321,6 +328,7 @@ fn values_beyond_i64_are_refused_and_store_nothing() {
             run_at: None,
             result: None,
             error: None,
+            attempt: None,
         })])
         .expect("update");
     assert_eq!(out, vec![WriteOutcome::Updated(false)]);
@@ -410,6 +418,7 @@ fn a_version_1_file_migrates_and_keeps_its_tasks() {
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          ALTER TABLE tasks DROP COLUMN request_digest; \
          DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
+         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; \
          PRAGMA user_version = 1;",
     )
     .expect("downgrade");
@@ -453,6 +462,7 @@ fn a_version_2_file_migrates_and_keeps_its_tasks_and_schedules() {
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          ALTER TABLE tasks DROP COLUMN request_digest; \
          DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
+         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; \
          PRAGMA user_version = 2;",
     )
     .expect("downgrade");
@@ -490,6 +500,7 @@ fn a_version_4_file_migrates_and_its_keys_match_any_request() {
     // Turn the file back into what version 4 wrote: no digests.
     let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
     raw.execute_batch("ALTER TABLE tasks DROP COLUMN request_digest; DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
+         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; \
          PRAGMA user_version = 4;")
         .expect("downgrade");
     drop(raw);

@@ -111,6 +111,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.read()?;
         self.inner.list_tasks(query)
     }
+    fn list_attempts(&self, task: TaskId) -> Result<Vec<crate::AttemptRecord>, StoreError> {
+        self.faults.read()?;
+        self.inner.list_attempts(task)
+    }
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.faults.read()?;
         self.inner.load_live()

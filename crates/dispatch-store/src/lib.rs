@@ -4,6 +4,9 @@
 //!   transaction, read a task, list tasks, load the live ones at start-up,
 //!   read cron schedules, read the queues' pause states and count tasks per
 //!   queue and state.
+//! - Each ended attempt of a task ([`AttemptRecord`]) rides on the
+//!   [`Write::Update`] of the transition that ends it, so the history costs
+//!   no write of its own; [`Store::list_attempts`] reads it back.
 //! - [`StoreError`] / [`ErrorKind`]: what can go wrong, classified so that the
 //!   server can answer 503 for an unavailable store and 500 for a bug.
 //! - [`GroupCommitWriter`]: the single writer thread in front of a store. It
@@ -47,8 +50,8 @@ pub use lease::{DEFAULT_PARTITION, Lease, Replica, ReplicaRecord};
 #[cfg(feature = "testing")]
 pub use memory::MemoryStore;
 pub use record::{
-    FireOutcome, InsertOutcome, RequestDigest, ScheduleRecord, TaskBody, TaskQuery, TaskRecord,
-    TaskUpdate, WorkerRecord, Write, WriteOutcome,
+    AttemptRecord, FireOutcome, InsertOutcome, RequestDigest, ScheduleRecord, TaskBody, TaskQuery,
+    TaskRecord, TaskUpdate, WorkerRecord, Write, WriteOutcome,
 };
 pub use writer::{GroupCommitWriter, StoreHealth, WriterClosed};
 
@@ -103,6 +106,10 @@ pub trait Store: Send + Sync + 'static {
     /// Tasks matching `query`, newest (highest id) first, starting below
     /// `query.before`.
     fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// The ended attempts of a task, by number (none for a task unknown or
+    /// purged).
+    fn list_attempts(&self, task: dispatch_core::TaskId) -> Result<Vec<AttemptRecord>, StoreError>;
 
     /// Every task that is not terminal, oldest first: what the scheduler
     /// rebuilds its state from at start-up.
@@ -169,6 +176,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
         (**self).list_tasks(query)
+    }
+    fn list_attempts(&self, task: dispatch_core::TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        (**self).list_attempts(task)
     }
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
         (**self).load_live()

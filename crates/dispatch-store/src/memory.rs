@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use dispatch_core::{Millis, TaskId, TaskState};
 
 use crate::{
-    ErrorKind, FireOutcome, InsertOutcome, Lease, Replica, ReplicaRecord, RequestDigest,
-    ScheduleRecord, Store, StoreError, TaskQuery, TaskRecord, Write, WriteOutcome,
+    AttemptRecord, ErrorKind, FireOutcome, InsertOutcome, Lease, Replica, ReplicaRecord,
+    RequestDigest, ScheduleRecord, Store, StoreError, TaskQuery, TaskRecord, Write, WriteOutcome,
 };
 
 /// A [`Store`] in a `BTreeMap`. Loses everything when dropped: only for tests.
@@ -32,6 +32,8 @@ struct Inner {
     /// The next task id [`Store::reserve_ids`] hands out, at least.
     next_id: u64,
     workers: BTreeMap<dispatch_core::WorkerId, crate::WorkerRecord>,
+    /// Ended attempts by task and number.
+    attempts: BTreeMap<(TaskId, u32), AttemptRecord>,
 }
 
 #[derive(Debug)]
@@ -224,6 +226,11 @@ impl Store for MemoryStore {
                 Write::Update(u) => match next.tasks.get_mut(&u.id) {
                     Some(r) if r.accepts(u) => {
                         r.apply(u);
+                        if let Some(a) = &u.attempt {
+                            next.attempts
+                                .entry((a.task, a.attempt))
+                                .or_insert_with(|| AttemptRecord::clone(a));
+                        }
                         WriteOutcome::Updated(true)
                     }
                     _ => WriteOutcome::Updated(false),
@@ -264,6 +271,14 @@ impl Store for MemoryStore {
                         .take(*limit)
                         .collect();
                     for id in &doomed {
+                        let ended: Vec<(TaskId, u32)> = next
+                            .attempts
+                            .range((*id, 0)..=(*id, u32::MAX))
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in ended {
+                            next.attempts.remove(&k);
+                        }
                         if let Some(r) = next.tasks.remove(id)
                             && let Some(k) = r.body.idempotency_key
                         {
@@ -294,6 +309,15 @@ impl Store for MemoryStore {
             .filter(|r| r.matches(query))
             .take(query.limit)
             .cloned()
+            .collect())
+    }
+
+    fn list_attempts(&self, task: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .attempts
+            .range((task, 0)..=(task, u32::MAX))
+            .map(|(_, a)| a.clone())
             .collect())
     }
 

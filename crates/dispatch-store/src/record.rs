@@ -1,6 +1,6 @@
 //! The records a store keeps and the writes it applies.
 
-use dispatch_core::{Millis, TaskId, TaskSpec, TaskState, WorkerId};
+use dispatch_core::{AttemptOutcome, Millis, TaskId, TaskSpec, TaskState, WorkerId};
 
 /// Everything about a task that the scheduling core does not need: kept by
 /// the server beside the core's [`dispatch_core::Task`], and stored.
@@ -83,10 +83,51 @@ pub struct TaskUpdate {
     pub result: Option<Box<str>>,
     /// Last error.
     pub error: Option<String>,
+    /// The attempt this change ends, stored in the same transaction.
+    pub attempt: Option<Box<AttemptRecord>>,
+}
+
+/// One ended attempt of a task, kept with the task and purged with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRecord {
+    /// The task.
+    pub task: TaskId,
+    /// Its number, from 1; unique per task.
+    pub attempt: u32,
+    /// The worker that collected it.
+    pub worker: WorkerId,
+    /// That worker's name.
+    pub worker_name: String,
+    /// When the worker collected it.
+    pub collected_at: Millis,
+    /// When it ended.
+    pub finished_at: Millis,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// Its error (or a cancellation's reason).
+    pub error: Option<String>,
+    /// The wait before the next attempt, when one followed.
+    pub retry_delay_ms: Option<u64>,
 }
 
 impl From<dispatch_core::Transition> for TaskUpdate {
     fn from(t: dispatch_core::Transition) -> Self {
+        let attempt = t.ended.map(|e| {
+            Box::new(AttemptRecord {
+                task: t.task,
+                attempt: e.attempt,
+                worker: e.worker,
+                worker_name: e.worker_name,
+                collected_at: e.collected_at,
+                finished_at: e.finished_at,
+                outcome: e.outcome,
+                error: match e.outcome {
+                    AttemptOutcome::Succeeded => None,
+                    _ => t.error.clone(),
+                },
+                retry_delay_ms: e.retry_delay_ms,
+            })
+        });
         TaskUpdate {
             id: t.task,
             state: t.state,
@@ -97,6 +138,7 @@ impl From<dispatch_core::Transition> for TaskUpdate {
             run_at: t.ready_at,
             result: None,
             error: t.error,
+            attempt,
         }
     }
 }
@@ -114,7 +156,9 @@ pub enum Write {
     /// nothing of the insert is stored and the outcome is
     /// [`WriteOutcome::KeyConflict`].
     Insert(Vec<TaskRecord>),
-    /// A state change of an existing task.
+    /// A state change of an existing task, with the attempt it ends. The
+    /// attempt is stored when the update is applied (an attempt already
+    /// stored under that number is left as it was).
     Update(TaskUpdate),
     /// Creates a schedule, or replaces the one of that name.
     UpsertSchedule(ScheduleRecord),
@@ -133,7 +177,7 @@ pub enum Write {
         task: TaskRecord,
     },
     /// Deletes up to `limit` terminal tasks that finished before
-    /// `finished_before` (the retention period). The task with the highest
+    /// `finished_before` (the retention period), with their attempts. The task with the highest
     /// id is always kept, so that ids are never reused.
     Purge {
         /// Only tasks finished before this time.

@@ -25,6 +25,7 @@ fn update(id: u64, state: TaskState, attempts: u32) -> Write {
         run_at: None,
         result: None,
         error: None,
+        attempt: None,
     })
 }
 
@@ -186,6 +187,12 @@ impl<S: Store> Store for Gated<S> {
     }
     fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
         self.inner.list_tasks(query)
+    }
+    fn list_attempts(
+        &self,
+        task: TaskId,
+    ) -> Result<Vec<dispatch_store::AttemptRecord>, StoreError> {
+        self.inner.list_attempts(task)
     }
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.inner.load_live()

@@ -70,6 +70,72 @@ pub struct Transition {
     pub ready_at: Option<Millis>,
     /// The error of the last failed attempt, or the reason for cancellation.
     pub error: Option<String>,
+    /// The attempt this transition ends, when it ends one that counts (a
+    /// report, a timeout, a cancel of a collected task, a lost worker).
+    /// Attempts that do not count (a graceful leave, a restart) are not
+    /// reported.
+    pub ended: Option<Box<AttemptEnd>>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The worker reported a result.
+    Succeeded,
+    /// The worker reported an error.
+    Failed,
+    /// It ran past the task's `timeout_ms`.
+    Timeout,
+    /// Its worker missed its lease or its stream broke.
+    Lost,
+    /// The task was cancelled while the worker held it.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// Every outcome, in declaration order.
+    pub const ALL: [AttemptOutcome; 5] = [
+        AttemptOutcome::Succeeded,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Timeout,
+        AttemptOutcome::Lost,
+        AttemptOutcome::Cancelled,
+    ];
+
+    /// The outcome's name on the wire and in stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Lost => "lost",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The outcome of that name.
+    pub fn parse(s: &str) -> Option<AttemptOutcome> {
+        AttemptOutcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// One attempt that ended, carried by the transition that ends it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptEnd {
+    /// Its number, from 1.
+    pub attempt: u32,
+    /// The worker that collected it.
+    pub worker: WorkerId,
+    /// That worker's name.
+    pub worker_name: String,
+    /// When the worker collected it.
+    pub collected_at: Millis,
+    /// When it ended.
+    pub finished_at: Millis,
+    /// How.
+    pub outcome: AttemptOutcome,
+    /// The wait before the next attempt, when one follows.
+    pub retry_delay_ms: Option<u64>,
 }
 
 /// Something the caller must persist or act on.

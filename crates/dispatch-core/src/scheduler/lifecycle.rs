@@ -12,6 +12,54 @@ impl<B> Scheduler<B> {
         }
     }
 
+    /// Notes that the collected attempt of `task` ends now, and how; the
+    /// next transition of the task carries it ([`Transition::ended`]).
+    pub(super) fn end_attempt_as(&mut self, task: TaskId, outcome: AttemptOutcome, now: Millis) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        let (Some(worker), Some(collected_at), TaskState::Running) =
+            (t.worker, t.started_at, t.state)
+        else {
+            return;
+        };
+        let worker_name = self
+            .workers
+            .get(&worker)
+            .map(|w| w.spec.name.clone())
+            .unwrap_or_default();
+        self.ending = Some((
+            task,
+            AttemptEnd {
+                attempt: t.attempts,
+                worker,
+                worker_name,
+                collected_at,
+                finished_at: now,
+                outcome,
+                retry_delay_ms: None,
+            },
+        ));
+    }
+
+    /// The attempt that `task`'s transition being emitted ends, if any.
+    fn take_ending(&mut self, task: TaskId) -> Option<Box<AttemptEnd>> {
+        match &self.ending {
+            Some((t, _)) if *t == task => self.ending.take().map(|(_, e)| Box::new(e)),
+            _ => None,
+        }
+    }
+
+    /// Records the wait before the retry that follows the attempt being
+    /// ended.
+    fn note_retry_delay(&mut self, task: TaskId, delay: u64) {
+        if let Some((t, end)) = &mut self.ending
+            && *t == task
+        {
+            end.retry_delay_ms = Some(delay);
+        }
+    }
+
     /// Decides what follows a failed attempt: a retry after `retry_after_ms`
     /// or the backoff, or `Dead` when aborted or out of attempts.
     pub(super) fn attempt_failed(
@@ -30,6 +78,7 @@ impl<B> Scheduler<B> {
                 let unit = self.rng.next_f64();
                 t.spec.backoff.delay(t.attempts, unit)
             });
+            self.note_retry_delay(task, delay);
             self.retry(task, error, now.saturating_add(delay), now);
         }
     }
@@ -359,6 +408,7 @@ impl<B> Scheduler<B> {
         if let Some(e) = error {
             t.last_error = Some(e.into_boxed_str());
         }
+        let ended = self.take_ending(id);
         self.events.push(Event::Transition(Transition {
             task: id,
             state,
@@ -368,12 +418,14 @@ impl<B> Scheduler<B> {
             finished_at: Some(now),
             ready_at: None,
             error: t.last_error.map(String::from),
+            ended,
         }));
         true
     }
 
     /// Records the current state of a live task as an event.
     pub(super) fn emit(&mut self, id: TaskId, finished_at: Option<Millis>) {
+        let ended = self.take_ending(id);
         let t = &self.tasks[&id];
         self.events.push(Event::Transition(Transition {
             task: id,
@@ -384,6 +436,7 @@ impl<B> Scheduler<B> {
             finished_at,
             ready_at: t.ready_at,
             error: t.last_error.as_deref().map(String::from),
+            ended,
         }));
     }
 
@@ -407,6 +460,7 @@ impl<B> Scheduler<B> {
             }
             let worker = self.tasks.get(&id).and_then(|t| t.worker);
             let limit = self.tasks.get(&id).and_then(|t| t.spec.timeout_ms);
+            self.end_attempt_as(id, AttemptOutcome::Timeout, now);
             self.release(id);
             if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
                 notify_stop(w, id);

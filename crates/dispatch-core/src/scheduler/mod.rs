@@ -26,7 +26,7 @@ mod invariants;
 mod lifecycle;
 mod workers;
 
-pub use events::{CoreError, Event, Transition};
+pub use events::{AttemptEnd, AttemptOutcome, CoreError, Event, Transition};
 use workers::notify_stop;
 
 /// Scheduler settings.
@@ -167,6 +167,9 @@ pub struct Scheduler<B> {
     /// Free slots summed over every worker: when none is left, dispatch
     /// stops without looking at a lane.
     free_slots: u64,
+    /// The attempt being ended, until the transition that ends it is
+    /// emitted (see [`Scheduler::end_attempt_as`]).
+    ending: Option<(TaskId, AttemptEnd)>,
     events: Vec<Event>,
 }
 
@@ -193,6 +196,7 @@ impl<B> Scheduler<B> {
             next_seq: 0,
             lease_check_at: Millis::MAX,
             free_slots: 0,
+            ending: None,
             events: Vec::new(),
         }
     }
@@ -372,6 +376,7 @@ impl<B> Scheduler<B> {
         now: Millis,
     ) -> Result<(), CoreError> {
         self.end_attempt(task, worker, true, now)?;
+        self.end_attempt_as(task, AttemptOutcome::Succeeded, now);
         self.finish(task, TaskState::Succeeded, None, now);
         Ok(())
     }
@@ -389,6 +394,7 @@ impl<B> Scheduler<B> {
         now: Millis,
     ) -> Result<(), CoreError> {
         self.end_attempt(task, worker, false, now)?;
+        self.end_attempt_as(task, AttemptOutcome::Failed, now);
         self.attempt_failed(task, error, retry_after_ms, abort, now);
         Ok(())
     }
@@ -443,6 +449,9 @@ impl<B> Scheduler<B> {
     pub fn cancel(&mut self, task: TaskId, reason: String, now: Millis) -> Result<(), CoreError> {
         let t = self.tasks.get(&task).ok_or(CoreError::UnknownTask(task))?;
         if let Some(worker) = t.worker {
+            if t.state == TaskState::Running {
+                self.end_attempt_as(task, AttemptOutcome::Cancelled, now);
+            }
             let undelivered = self.release(task);
             if undelivered {
                 self.tasks.get_mut(&task).expect("live").worker = None;

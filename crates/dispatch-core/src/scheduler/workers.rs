@@ -371,6 +371,15 @@ impl<B> Scheduler<B> {
                 }
                 Interruption::WorkerLost => {
                     let error = format!("worker {id} lost");
+                    let retried = t.attempts < t.spec.max_attempts;
+                    self.end_attempt_as(task, AttemptOutcome::Lost, now);
+                    if let Some((_, end)) = &mut self.ending {
+                        // The worker is gone from the table already.
+                        end.worker_name = w.spec.name.clone();
+                        // A lost attempt is retried at once.
+                        end.retry_delay_ms = (retried).then_some(0);
+                    }
+                    let t = self.tasks.get_mut(&task).expect("running task is live");
                     if t.attempts >= t.spec.max_attempts {
                         self.finish(task, TaskState::Dead, Some(error), now);
                     } else {

@@ -17,6 +17,9 @@
 
 use std::collections::BTreeMap;
 
+mod admin;
+pub use admin::*;
+
 use dispatch_core::{Backoff, Strategy, TaskId, TaskSpec, TaskState, WorkerId};
 
 use crate::{
@@ -101,6 +104,10 @@ macro_rules! store_conformance_tests {
             a_finished_task_is_not_brought_back_by_a_stale_update,
             a_dead_task_is_brought_back_by_a_retry,
             workers_round_trip_are_replaced_and_deleted,
+            attempts_ride_on_their_updates_and_list_by_number,
+            an_attempt_of_a_refused_update_is_not_stored,
+            an_attempt_stored_twice_keeps_the_first,
+            attempts_are_purged_with_their_task,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -158,7 +165,7 @@ fn full(id: u64) -> TaskRecord {
 }
 
 /// An update that moves task `id` to `state` with distinctive values.
-fn update(id: u64, state: TaskState, attempts: u32) -> TaskUpdate {
+pub(crate) fn update(id: u64, state: TaskState, attempts: u32) -> TaskUpdate {
     TaskUpdate {
         id: TaskId(id),
         state,
@@ -169,10 +176,11 @@ fn update(id: u64, state: TaskState, attempts: u32) -> TaskUpdate {
         run_at: None,
         result: None,
         error: None,
+        attempt: None,
     }
 }
 
-fn insert(store: &impl Store, records: Vec<TaskRecord>) -> Vec<InsertOutcome> {
+pub(crate) fn insert(store: &impl Store, records: Vec<TaskRecord>) -> Vec<InsertOutcome> {
     match store.apply(&[Write::Insert(records)]).expect("insert") {
         mut outcomes if outcomes.len() == 1 => match outcomes.remove(0) {
             WriteOutcome::Inserted(out) => out,
@@ -182,7 +190,7 @@ fn insert(store: &impl Store, records: Vec<TaskRecord>) -> Vec<InsertOutcome> {
     }
 }
 
-fn get(store: &impl Store, id: u64) -> Option<TaskRecord> {
+pub(crate) fn get(store: &impl Store, id: u64) -> Option<TaskRecord> {
     store.get_task(TaskId(id)).expect("get_task")
 }
 
@@ -253,6 +261,7 @@ pub fn update_changes_state_attempts_worker_times_and_error(store: impl Store) {
         run_at: Some(1_900_000_001_000),
         result: Some(r#"{"partial":[1,2]}"#.into()),
         error: Some("exit status 3".into()),
+        attempt: None,
     };
     assert_eq!(
         store.apply(&[Write::Update(u.clone())]).expect("update"),
@@ -273,6 +282,7 @@ pub fn update_changes_state_attempts_worker_times_and_error(store: impl Store) {
         run_at: None,
         result: None,
         error: None,
+        attempt: None,
     };
     store
         .apply(&[Write::Update(cleared.clone())])
@@ -1785,6 +1795,7 @@ pub fn a_dead_task_is_brought_back_by_a_retry(store: impl Store) {
         run_at: None,
         result: None,
         error: None,
+        attempt: None,
     };
     let out = store.apply(&[Write::Update(retry)]).expect("retry");
     assert_eq!(out, vec![WriteOutcome::Updated(true)]);
