@@ -232,6 +232,7 @@ async fn work(client: Client, id: String, stop: Arc<AtomicBool>) {
             wait_ms: Some(if running.is_empty() { 200 } else { 0 }),
             results: (!done.is_empty()).then(|| std::mem::take(&mut done)),
             running: None,
+            last_handout: None,
         };
         match client.poll(&id, &req).await {
             Ok(reply) => {

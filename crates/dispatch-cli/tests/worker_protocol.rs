@@ -611,3 +611,93 @@ async fn a_task_that_died_with_its_worker_reads_as_dead_at_once() {
         );
     }
 }
+
+/// A poll answer that never reached its worker: the worker acknowledges a
+/// later answer (`last_handout`) and names what it runs; the task of the
+/// lost answer goes back to its queue at once, no attempt spent, and is
+/// handed over again. What it names stays; an unacknowledged answer's
+/// tasks stay; a `last_handout` from before a restart is ignored; a
+/// malformed one is refused naming the field.
+#[tokio::test]
+async fn the_task_of_a_lost_poll_answer_goes_back_once_a_later_answer_is_acknowledged() {
+    let server = Server::start().await;
+    let api = server.api();
+    let kind = unique_type("lost-answer");
+    let w = api.register(&[&kind], 2).await;
+    let poll = |body: Value| {
+        let api = api.clone();
+        let w = w.clone();
+        async move { api.poll_raw(&w, body).await }
+    };
+
+    // Answer 1 hands A, and the worker never hears of it.
+    let a = api.submit_id(&kind, json!("a")).await;
+    let lost = poll(json!({"max": 1, "wait_ms": 5_000})).await;
+    assert_eq!(lost["tasks"][0]["id"], json!(a), "{lost}");
+    assert!(lost["handout"].is_string(), "{lost}");
+    // An answer that hands nothing has no handout.
+    let empty = poll(json!({"max": 1, "wait_ms": 0})).await;
+    assert_eq!(empty["tasks"], json!([]));
+    assert!(empty.get("handout").is_none(), "{empty}");
+
+    // Answer 2 hands B; the worker names B but does not yet acknowledge
+    // answer 2: A stays where it is.
+    let b = api.submit_id(&kind, json!("b")).await;
+    let second = poll(json!({"max": 1, "wait_ms": 5_000})).await;
+    assert_eq!(second["tasks"][0]["id"], json!(b), "{second}");
+    let handout = second["handout"].clone();
+    poll(json!({"max": 0, "running": [b]})).await;
+    assert_eq!(api.task(&a).await["state"], "running");
+
+    // A malformed acknowledgement is refused and changes nothing.
+    api.post(
+        &format!("/v1/workers/{w}/poll"),
+        json!({"max": 0, "running": [b], "last_handout": "answer 2"}),
+    )
+    .await
+    .problem(422, Some("last_handout"));
+    assert_eq!(api.task(&a).await["state"], "running");
+
+    // It acknowledges answer 2 in a heartbeat: A never reached it.
+    let hb = api
+        .post(
+            &format!("/v1/workers/{w}/heartbeat"),
+            json!({"running": [b], "last_handout": handout}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(hb["cancel"], json!([]), "{hb}");
+    let t = api.task(&a).await;
+    assert_eq!(t["state"], "queued", "{t}");
+    assert_eq!(t["attempts"], 0, "the attempt never ran: {t}");
+    assert_eq!(api.task(&b).await["state"], "running");
+
+    // Handed over again, as attempt 1.
+    let again = poll(json!({"max": 1, "wait_ms": 5_000, "running": [b]})).await;
+    assert_eq!(again["tasks"][0]["id"], json!(a), "{again}");
+    assert_eq!(again["tasks"][0]["attempt"], 1, "{again}");
+
+    // After a restart the server's answers are numbered anew: a
+    // `last_handout` from before it does not count, though its number (2)
+    // is above the new answer's (1).
+    let server = server.crash_and_restart().await;
+    let api = server.api();
+    let w = api.register(&[&kind], 2).await;
+    // A and B were requeued with the worker gone; one of them comes now.
+    let got = api.poll_raw(&w, json!({"max": 1, "wait_ms": 5_000})).await;
+    assert_eq!(
+        got["handout"],
+        json!(format!(
+            "{}.1",
+            &got["handout"].as_str().expect("handout")[..8]
+        ))
+    );
+    let handed = got["tasks"][0]["id"].as_str().expect("a task").to_owned();
+    api.post(
+        &format!("/v1/workers/{w}/heartbeat"),
+        json!({"running": [], "last_handout": handout}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(api.task(&handed).await["state"], "running");
+}

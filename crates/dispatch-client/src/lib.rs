@@ -494,15 +494,19 @@ impl Client {
     }
 
     /// Renews a worker's lease, naming every task it runs (so that after a
-    /// scheduler takeover it keeps them, and those it never got go back).
+    /// scheduler takeover it keeps them, and those it never got go back)
+    /// and the `handout` of the last poll answer whose tasks are among
+    /// them (so that tasks of an answer that was lost go back too).
     pub async fn heartbeat_running(
         &self,
         worker: &str,
         running: Vec<String>,
+        last_handout: Option<String>,
     ) -> Result<HeartbeatReply, ClientError> {
         let path = format!("/v1/workers/{}/heartbeat", encode(worker));
         let body = HeartbeatRequest {
             running: Some(running),
+            last_handout,
         };
         Ok(self
             .call(Method::POST, &path, Some(&body), Some(HEARTBEAT_TIMEOUT))

@@ -100,6 +100,7 @@ mod tests {
             waiting_on: 0,
             deadline: None,
             seq: id,
+            handout: 0,
             rank: 0,
         })
     }

@@ -150,6 +150,10 @@ pub struct Task<B> {
     pub deadline: Option<Millis>,
     /// Submission order, the tie-breaker between equal ranks.
     pub(crate) seq: u64,
+    /// The worker's hand-out number of the poll that collected the current
+    /// attempt; 0 when it was not collected by a poll (a stream, a task
+    /// restored on its worker).
+    pub(crate) handout: u32,
     /// Position in its ready lane while `Queued` (see `Config::aging_ms`).
     pub(crate) rank: i64,
 }

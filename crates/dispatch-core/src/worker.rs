@@ -82,6 +82,9 @@ pub struct Worker {
     /// must be told to stop; repeated until the worker reports the task or
     /// goes.
     pub(crate) cancel_notices: Vec<TaskId>,
+    /// How many polls handed it tasks: each such answer carries its number
+    /// (see [`crate::Scheduler::reconcile`]).
+    pub handouts: u32,
     /// Tasks completed over its lifetime.
     pub completed: u64,
     /// Tasks failed over its lifetime.

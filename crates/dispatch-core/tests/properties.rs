@@ -163,6 +163,13 @@ enum Op {
     Lose {
         worker: usize,
     },
+    /// A worker acknowledges poll answers up to `behind` before its last
+    /// and names the tasks of `held` (a mask over what it runs).
+    Reconcile {
+        worker: usize,
+        behind: u32,
+        held: u64,
+    },
     Pause {
         queue: usize,
     },
@@ -202,6 +209,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), 0u32..6, 0u8..3).prop_map(|(worker, slots, how)| Op::Demand { worker, slots, how }),
         1 => any::<usize>().prop_map(|worker| Op::Deregister { worker }),
         1 => any::<usize>().prop_map(|worker| Op::Lose { worker }),
+        1 => (any::<usize>(), 0u32..3, any::<u64>())
+            .prop_map(|(worker, behind, held)| Op::Reconcile { worker, behind, held }),
         1 => (0..QUEUES.len()).prop_map(|queue| Op::Pause { queue }),
         1 => (0..QUEUES.len()).prop_map(|queue| Op::Resume { queue }),
         2 => any::<usize>().prop_map(|task| Op::Cancel { task }),
@@ -422,8 +431,12 @@ impl Model {
                                 == Some(TaskState::Cancelled);
                             let timed = self.timed.contains(&t);
                             prop_assert!(cancelled || timed, "stop notice for {}", t);
-                            let held = self.s.task(t).is_some_and(|x| x.worker == Some(w));
-                            prop_assert!(!held, "stop notice for {} which {} holds again", t, w);
+                            // Assigned to it again is fine: collecting it
+                            // again withdraws the notice.
+                            let held = self.s.task(t).is_some_and(|x| {
+                                x.worker == Some(w) && x.state == TaskState::Running
+                            });
+                            prop_assert!(!held, "stop notice for {} which {} runs again", t, w);
                         }
                         None
                     }
@@ -444,6 +457,42 @@ impl Model {
             Op::Lose { worker } => {
                 let w = self.pick_worker(worker);
                 self.s.lose_worker(w, now).err()
+            }
+            Op::Reconcile {
+                worker,
+                behind,
+                held,
+            } => {
+                let w = self.pick_worker(worker);
+                let Some(wk) = self.s.worker(w) else {
+                    return Ok(());
+                };
+                let seen = wk.handouts.saturating_sub(behind);
+                let held: Vec<TaskId> = wk
+                    .running
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| held & (1 << (i % 64)) != 0)
+                    .map(|(_, t)| *t)
+                    .collect();
+                let before: Vec<TaskId> = wk.running.iter().copied().collect();
+                self.s.reconcile(w, seen, &held, now);
+                // A task given back may be handed to it again, same attempt.
+                for t in before {
+                    if self.s.task(t).is_none_or(|x| x.worker != Some(w)) {
+                        self.handed.remove(&t);
+                    }
+                }
+                // What it names, it keeps.
+                for t in &held {
+                    prop_assert!(
+                        self.s.task(*t).is_some_and(|x| x.worker == Some(w)),
+                        "{} named by {} was taken away",
+                        t,
+                        w
+                    );
+                }
+                None
             }
             Op::Pause { queue } => {
                 self.s.pause_queue(QUEUES[queue]);

@@ -1221,3 +1221,54 @@ fn an_unclaimed_task_goes_back_after_a_lease() {
     assert!(s.worker(w).is_some(), "the worker itself is fine");
     ok(&s);
 }
+
+/// A poll answer that never reached its worker: once the worker says it
+/// received a later answer and does not name the tasks of the lost one,
+/// they go back to their queue, no attempt counted. The tasks of answers
+/// it has not acknowledged yet, and those it names, stay.
+#[test]
+fn tasks_of_a_lost_poll_answer_go_back_once_a_later_one_is_acknowledged() {
+    let mut s = scheduler();
+    let w = worker(&mut s, &["email"], 4, 0);
+    for id in 1..=3 {
+        submit(&mut s, id, spec("email"), 0);
+    }
+    s.tick(0);
+    // Answer 1 hands task 1 (and is lost on the way), answer 2 task 2.
+    assert_eq!(s.poll(w, 1, 10).unwrap(), vec![TaskId(1)]);
+    assert_eq!(s.worker(w).unwrap().handouts, 1);
+    assert_eq!(s.poll(w, 1, 20).unwrap(), vec![TaskId(2)]);
+    assert_eq!(s.worker(w).unwrap().handouts, 2);
+    // An answer that hands nothing has no number.
+    assert_eq!(s.poll(w, 0, 25).unwrap(), vec![]);
+    assert_eq!(s.worker(w).unwrap().handouts, 2);
+    s.drain_events();
+
+    // Before it acknowledges anything, nothing moves.
+    s.reconcile(w, 0, &[], 30);
+    assert_eq!(state(&s, TaskId(1)), Some(TaskState::Running));
+    // It got answer 2 only: task 1 goes back, task 2 stays.
+    s.reconcile(w, 2, &[TaskId(2)], 40);
+    let back = s.task(TaskId(1)).unwrap();
+    assert_eq!(
+        (back.state, back.attempts, back.worker),
+        (TaskState::Queued, 0, None)
+    );
+    assert_eq!(state(&s, TaskId(2)), Some(TaskState::Running));
+    assert_eq!(
+        states(&transitions(&mut s)),
+        vec![(TaskId(1), TaskState::Queued)]
+    );
+    ok(&s);
+
+    // Answer 3 hands task 3; a heartbeat built before it arrived
+    // acknowledges only answer 2 and does not name task 3: it stays.
+    s.tick(50);
+    let third = s.poll(w, 2, 60).unwrap();
+    assert_eq!(s.worker(w).unwrap().handouts, 3);
+    s.reconcile(w, 2, &[TaskId(2)], 70);
+    for t in &third {
+        assert_eq!(state(&s, *t), Some(TaskState::Running), "{t}");
+    }
+    ok(&s);
+}

@@ -48,5 +48,5 @@ pub use task::{
 pub use worker::{
     CompleteTask, FailTask, HeartbeatReply, HeartbeatRequest, MAX_RUNNING_IDS, Outcome, PollReply,
     PollRequest, PolledTask, RegisterReply, RegisterWorker, ReportResult, ResultStatus, WorkerJson,
-    WorkerList, parse_worker_id, running_ids,
+    WorkerList, handout_number, handout_token, parse_worker_id, running_ids,
 };

@@ -180,6 +180,40 @@ pub struct HeartbeatRequest {
     /// goes back to its queue at once (it never reached the worker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<Vec<String>>,
+    /// The `handout` of the last poll answer that gave the worker tasks,
+    /// sent once those tasks are in `running`: with `running`, it tells
+    /// the scheduler that a task of that answer or an earlier one that the
+    /// worker does not name never reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handout: Option<String>,
+}
+
+/// The `handout` a poll answer carries: this scheduler's mark (a new one
+/// each time a scheduler starts leading) and the worker's hand-out number.
+pub fn handout_token(mark: u32, number: u32) -> String {
+    format!("{mark:08x}.{number}")
+}
+
+/// The hand-out number of a worker's `last_handout`, when this scheduler
+/// (of mark `mark`) gave that answer; `None` when the field is absent or
+/// came from another scheduler (before a restart or a takeover), which
+/// knows nothing of this one's numbers.
+pub fn handout_number(token: Option<&str>, mark: u32) -> Result<Option<u32>, FieldError> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    let parsed = token.split_once('.').and_then(|(m, n)| {
+        let m = (m.len() == 8).then(|| u32::from_str_radix(m, 16).ok())??;
+        let n = n.parse::<u32>().ok().filter(|n| *n > 0)?;
+        Some((m, n))
+    });
+    match parsed {
+        Some((m, n)) => Ok((m == mark).then_some(n)),
+        None => Err(FieldError::new(
+            "last_handout",
+            "is not the `handout` of a poll answer",
+        )),
+    }
 }
 
 /// The task ids of a `running` list, checked: each an id, at most
@@ -315,6 +349,9 @@ pub struct PollRequest {
     /// see `running` of a heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<Vec<String>>,
+    /// See [`HeartbeatRequest::last_handout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handout: Option<String>,
 }
 
 impl PollRequest {
@@ -400,6 +437,10 @@ pub struct PollReply {
     /// every reply until the worker reports them.
     #[serde(default)]
     pub cancel: Vec<String>,
+    /// Present when `tasks` is not empty: send it back as `last_handout`
+    /// (with `running`) once these tasks are in your hands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handout: Option<String>,
 }
 
 /// `POST /v1/tasks/{id}/complete`.

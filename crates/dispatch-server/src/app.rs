@@ -145,6 +145,10 @@ pub(crate) struct App {
     /// Whether registered HTTP workers are kept in the store (a replica
     /// that leads), for the next leader.
     pub(crate) keeps_workers: bool,
+    /// This term's mark in the `handout` of poll answers: a worker's
+    /// `last_handout` from another scheduler (before a restart, or another
+    /// leader's) is told apart and ignored.
+    pub(crate) handout_mark: u32,
     ids: Ids,
     /// Woken when a timer earlier than the timer loop's current sleep may
     /// have been added.
@@ -372,6 +376,7 @@ impl App {
         let app = App {
             config,
             keeps_workers: epoch.is_some(),
+            handout_mark: handout_mark(),
             shared: Mutex::new(Shared {
                 sched,
                 stored_workers: kept_workers.iter().map(|w| w.id).collect(),
@@ -872,5 +877,17 @@ pub(crate) async fn timer_loop(app: Arc<App>) {
             _ = app.timer_wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// A mark for this term's poll answers, unlike the previous terms' (random:
+/// one chance in 2^32 that a worker's stale `last_handout` counts here,
+/// which could give back a task whose answer is still on its way).
+fn handout_mark() -> u32 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u32::from_le_bytes(bytes),
+        // Without randomness, the time differs from any earlier term's.
+        Err(_) => now_ms() as u32,
     }
 }

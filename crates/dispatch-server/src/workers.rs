@@ -137,6 +137,7 @@ pub(crate) async fn heartbeat(
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
     let held = dispatch_proto::running_ids(req.running.as_deref())?;
+    let seen = dispatch_proto::handout_number(req.last_handout.as_deref(), app.handout_mark)?;
     app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
     let cancel = match held {
         None => app
@@ -144,13 +145,17 @@ pub(crate) async fn heartbeat(
             .sched
             .heartbeat(w, now_ms())
             .map_err(|_| lease_lost(&id))?,
-        // What it still runs: a task kept on it across a takeover that it
-        // does not name goes back.
+        // What it still runs: a task kept on it across a takeover, or
+        // handed in an answer it acknowledges, that it does not name goes
+        // back.
         Some(held) => {
             let (cancel, _) = app.try_apply(|step| {
                 let sched = &mut step.shared.sched;
                 let cancel = sched.heartbeat(w, step.now).map_err(|_| lease_lost(&id))?;
                 sched.claim_running(w, &held, step.now);
+                if let Some(seen) = seen {
+                    sched.reconcile(w, seen, &held, step.now);
+                }
                 Ok::<_, ApiError>(cancel)
             })?;
             cancel
@@ -314,21 +319,33 @@ pub(crate) async fn fail(
 /// Collects the tasks assigned to a worker (at most `max`), persists
 /// their start, and reads the notices of tasks it must stop; `None` when
 /// the worker is unknown.
-fn collect(
-    app: &App,
-    shared: &mut Shared,
-    w: WorkerId,
-    max: usize,
-) -> Option<(Vec<PolledTask>, Vec<TaskId>, Option<Ack>)> {
+/// What one pass of a poll collects: the tasks, the stop notices, the
+/// answer's `handout` (when it hands tasks) and the write to wait for.
+struct Collected {
+    tasks: Vec<PolledTask>,
+    cancel: Vec<TaskId>,
+    handout: Option<String>,
+    ack: Option<Ack>,
+}
+
+fn collect(app: &App, shared: &mut Shared, w: WorkerId, max: usize) -> Option<Collected> {
     let ids = shared.sched.poll(w, max, now_ms()).ok()?;
-    let tasks = ids
+    let tasks: Vec<PolledTask> = ids
         .iter()
         .filter_map(|id| shared.sched.task(*id))
         .map(crate::wire::polled_task)
         .collect();
     let ack = app.flush(shared);
-    let cancel = shared.sched.worker(w)?.cancel_notices().to_vec();
-    Some((tasks, cancel, ack))
+    let worker = shared.sched.worker(w)?;
+    let handout = (!tasks.is_empty())
+        .then(|| dispatch_proto::handout_token(app.handout_mark, worker.handouts));
+    let cancel = worker.cancel_notices().to_vec();
+    Some(Collected {
+        tasks,
+        cancel,
+        handout,
+        ack,
+    })
 }
 
 /// `POST /v1/workers/{id}/poll`: reports finished tasks (optional), then
@@ -358,6 +375,7 @@ pub(crate) async fn poll(
 ) -> Result<Response, ApiError> {
     let w = path_worker_id(&id)?;
     let held = dispatch_proto::running_ids(req.running.as_deref())?;
+    let seen = dispatch_proto::handout_number(req.last_handout.as_deref(), app.handout_mark)?;
     app.owners.check(caller.as_deref(), w, Act::AsWorker)?;
     // Validate every report before applying any; answer each under the
     // task id as the worker wrote it.
@@ -390,9 +408,13 @@ pub(crate) async fn poll(
                 .map(|(task, sent, outcome)| (task, sent, step.report(task, w, outcome).is_ok()))
                 .collect();
             // What it still runs, once its reports are in: a task kept on
-            // it across a takeover that it does not name goes back.
+            // it across a takeover, or handed in an answer it acknowledges,
+            // that it does not name goes back.
             if let Some(held) = &held {
                 step.shared.sched.claim_running(w, held, step.now);
+                if let Some(seen) = seen {
+                    step.shared.sched.reconcile(w, seen, held, step.now);
+                }
             }
             Ok::<_, ApiError>((applied, max, wait_ms))
         })?;
@@ -423,17 +445,21 @@ pub(crate) async fn poll(
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
     let mut stopping = app.stopping.clone();
-    let (tasks, cancel, handed) = loop {
+    let Collected {
+        tasks,
+        cancel,
+        handout,
+        ack: handed,
+    } = loop {
         {
             let mut shared = app.lock();
-            let (tasks, cancel, ack) =
-                collect(&app, &mut shared, w, max).ok_or_else(|| lease_lost(&id))?;
-            let done = !tasks.is_empty()
-                || cancel.len() != heard
+            let got = collect(&app, &mut shared, w, max).ok_or_else(|| lease_lost(&id))?;
+            let done = !got.tasks.is_empty()
+                || got.cancel.len() != heard
                 || tokio::time::Instant::now() >= deadline
                 || *app.stopping.borrow();
             if done {
-                break (tasks, cancel, ack);
+                break got;
             }
         }
         tokio::select! {
@@ -463,6 +489,7 @@ pub(crate) async fn poll(
         tasks,
         results: statuses,
         cancel: cancel.iter().map(ToString::to_string).collect(),
+        handout,
     };
     Ok(json(StatusCode::OK, &reply))
 }

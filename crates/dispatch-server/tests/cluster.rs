@@ -364,7 +364,7 @@ async fn a_running_task_stays_with_its_worker_across_a_takeover() {
         assert_eq!(seen.state, "running", "still running on its worker");
     }
     client
-        .heartbeat_running(&reg.id, vec![submitted.id.clone()])
+        .heartbeat_running(&reg.id, vec![submitted.id.clone()], None)
         .await
         .expect("the worker's lease goes on");
     let back = client.task(&lost.id).await.expect("get");

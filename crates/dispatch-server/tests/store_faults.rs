@@ -40,6 +40,7 @@ async fn poll_one(client: &Client, worker: &str) -> String {
         wait_ms: Some(5_000),
         results: None,
         running: None,
+        last_handout: None,
     };
     let reply = client.poll(worker, &req).await.expect("poll");
     assert_eq!(reply.tasks.len(), 1, "one task assigned");
@@ -230,6 +231,7 @@ async fn a_poll_answered_503_takes_no_task() {
             ..Default::default()
         }]),
         running: None,
+        last_handout: None,
     };
     assert_unavailable(&client.poll(&w, &req).await.expect_err("no store"));
     for id in &waiting {
@@ -250,6 +252,7 @@ async fn a_poll_answered_503_takes_no_task() {
                 wait_ms: Some(5_000),
                 results: None,
                 running: None,
+                last_handout: None,
             },
         )
         .await

@@ -42,10 +42,29 @@ enum SessionEnd {
     LeaseLost,
 }
 
-/// The cancel switches of the tasks running in one session.
-type Running = Arc<Mutex<HashMap<String, watch::Sender<bool>>>>;
+/// What a session holds: the cancel switches of its running tasks (each
+/// until its report is acknowledged), and the `handout` of the last poll
+/// answer whose tasks are all among them. Both are read under one lock, so
+/// the scheduler is never told of an answer whose tasks are not named.
+#[derive(Default)]
+struct Held {
+    tasks: HashMap<String, watch::Sender<bool>>,
+    last_handout: Option<String>,
+}
 
-fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
+impl Held {
+    /// The `running` and `last_handout` of a poll or heartbeat.
+    fn named(&self) -> (Vec<String>, Option<String>) {
+        (
+            self.tasks.keys().cloned().collect(),
+            self.last_handout.clone(),
+        )
+    }
+}
+
+type Running = Arc<Mutex<Held>>;
+
+fn lock(running: &Running) -> std::sync::MutexGuard<'_, Held> {
     running.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -130,7 +149,7 @@ async fn session(
     };
     if matches!(end, SessionEnd::LeaseLost) {
         // The scheduler requeued what we held: stop it.
-        for cancel in lock(&running).values() {
+        for cancel in lock(&running).tasks.values() {
             let _ = cancel.send(true);
         }
     }
@@ -159,11 +178,13 @@ async fn fetch_loop(
         };
         let free = 1 + slots.available_permits();
         drop(first);
+        let (held, last_handout) = lock(running).named();
         let req = PollRequest {
             max: Some(free as i64),
             wait_ms: Some(w.poll_wait.as_millis() as i64),
             results: None,
-            running: Some(lock(running).keys().cloned().collect()),
+            running: Some(held),
+            last_handout,
         };
         let reply = match w.client.poll(id, &req).await {
             Ok(r) => {
@@ -190,7 +211,7 @@ async fn fetch_loop(
                 return;
             };
             let (cancel_tx, cancel_rx) = watch::channel(false);
-            lock(running).insert(task.id.clone(), cancel_tx);
+            lock(running).tasks.insert(task.id.clone(), cancel_tx);
             let client = w.client.clone();
             let worker_id = id.to_owned();
             let running = running.clone();
@@ -202,13 +223,18 @@ async fn fetch_loop(
                 // id: only this attempt's switch is removed.
                 let mut running = lock(&running);
                 if running
+                    .tasks
                     .get(&task_id)
                     .is_some_and(|tx| tx.subscribe().same_channel(&mine))
                 {
-                    running.remove(&task_id);
+                    running.tasks.remove(&task_id);
                 }
                 drop(permit);
             });
+        }
+        // Every task of this answer is named from now on: it may be told.
+        if let Some(handout) = reply.handout {
+            lock(running).last_handout = Some(handout);
         }
     }
 }
@@ -340,12 +366,12 @@ async fn heartbeat_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let held: Vec<String> = lock(&running).keys().cloned().collect();
-        match client.heartbeat_running(&id, held).await {
+        let (held, last_handout) = lock(&running).named();
+        match client.heartbeat_running(&id, held, last_handout).await {
             Ok(reply) => {
                 let running = lock(&running);
                 for t in reply.cancel {
-                    if let Some(cancel) = running.get(&t) {
+                    if let Some(cancel) = running.tasks.get(&t) {
                         let _ = cancel.send(true);
                     }
                 }

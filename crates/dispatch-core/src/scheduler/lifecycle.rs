@@ -140,8 +140,9 @@ impl<B> Scheduler<B> {
         }
     }
 
-    /// A task kept on its worker across a takeover that the worker never
-    /// claimed goes back to its queue: the attempt did not run.
+    /// A task the worker never got (kept on it across a takeover and not
+    /// claimed, or in a poll answer that was lost) goes back to its queue:
+    /// the attempt did not run.
     pub(super) fn return_unclaimed(&mut self, task: TaskId, now: Millis) {
         if self
             .tasks

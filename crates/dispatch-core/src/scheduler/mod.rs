@@ -254,6 +254,7 @@ impl<B> Scheduler<B> {
             deadline: None,
             seq,
             rank: 0,
+            handout: 0,
         };
         let queue = task.spec.queue.clone();
         if let Some(w) = task.spec.pinned {

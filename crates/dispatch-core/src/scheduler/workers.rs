@@ -60,6 +60,7 @@ impl<B> Scheduler<B> {
                 stalled: false,
                 collect_by: None,
                 cancel_notices: Vec::new(),
+                handouts: 0,
                 completed: 0,
                 failed: 0,
             },
@@ -112,15 +113,52 @@ impl<B> Scheduler<B> {
         if !w.cancel_notices.is_empty() {
             w.cancel_notices.retain(|t| !handed.contains(t));
         }
+        // The answer's number, which a worker that names what it holds
+        // sends back once these tasks are in its hands.
+        let handout = if handed.is_empty() {
+            0
+        } else {
+            w.handouts = w.handouts.saturating_add(1);
+            w.handouts
+        };
         if w.stalled {
             // It polls again: it takes tasks again.
             self.change_worker(worker, |w| w.stalled = false);
         }
         for &id in &handed {
             self.collect(id, now);
+            if let Some(t) = self.tasks.get_mut(&id) {
+                t.handout = handout;
+            }
         }
         self.unwatch_if_caught_up(worker);
         Ok(handed)
+    }
+
+    /// A worker received every poll answer up to hand-out number `seen`
+    /// (see [`Worker::handouts`]) and holds `held` (with the tasks it
+    /// reports): a task one of those answers gave it that it does not hold
+    /// never reached it (that answer was lost on the way), and goes back to
+    /// its queue at once, no attempt counted. Tasks it got otherwise (a
+    /// stream, kept across a takeover) and later answers are left alone.
+    pub fn reconcile(&mut self, worker: WorkerId, seen: u32, held: &[TaskId], now: Millis) {
+        let Some(w) = self.workers.get(&worker) else {
+            return;
+        };
+        let lost: Vec<TaskId> = w
+            .running
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.tasks.get(t).is_some_and(|t| {
+                    t.state == TaskState::Running && (1..=seen).contains(&t.handout)
+                }) && !held.contains(t)
+                    && !self.claim_by.contains_key(t)
+            })
+            .collect();
+        for t in lost {
+            self.return_unclaimed(t, now);
+        }
     }
 
     /// Adds to the credit a worker granted (a stream's), up to its
