@@ -349,7 +349,7 @@ pub struct PollRequest {
     /// see `running` of a heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<Vec<String>>,
-    /// See [`HeartbeatRequest::last_handout`].
+    /// See `last_handout` of a heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handout: Option<String>,
 }
