@@ -8,17 +8,24 @@ Workloads (2 worker processes, SLOTS tasks at once in each, one payload
 ``{"sent_us", "sleep_ms"}`` for everyone):
 
 - W1 drain: N no-op tasks queued, then the workers start; tasks per second
-  from the first task's start to the last one's end.
+  from the first task's start to the last one's end, as the workers stamp
+  them, for every system, Dispatch included (the launch of the worker
+  processes is not counted).
 - W2 latency: open-loop submits at fixed rates from IN_FLIGHT sending
   threads; submit-to-start (the worker's start stamp minus the task's
   scheduled send time) p50/p99/p99.9; rates go up until the peer saturates.
-- W3: N tasks that sleep 1 ms; time against the ideal N x 1 ms / slots.
+- W3: N tasks that sleep 1 ms; time from the first start to the last end
+  against the ideal N x 1 ms / slots.
 - W4: one client submits a task and waits for its result, one at a time.
 
 Each peer and level: one warm-up run (smaller counts; it also sizes W1 and
 W3 for peers too slow to drain the full counts within the time budget),
 then RUNS measured runs, each on a fresh service and data folder, each with
 its own loopback round-trip and fsync calibration and load averages.
+
+The PostgreSQL-backed systems (graphile-worker, pg-boss, dispatch-postgres)
+share one throw-away PostgreSQL server (``peers/pg_service.py``), started at
+first use and stopped at the end, with a fresh database per workload.
 """
 
 import argparse
@@ -43,18 +50,27 @@ from peers.base import LEVELS
 from peers.celery_peer import CeleryPeer
 from peers.dramatiq_peer import DramatiqPeer
 from peers.gearman_peer import Gearman
+from peers import node_peers, pg_service
+from peers.node_peers import BullmqPeer, GraphilePeer, PgBossPeer
 from peers.rq_peer import RqPeer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = {
     "dispatch": None,
+    "dispatch-postgres": None,
     "beanstalkd": Beanstalk,
     "gearmand": Gearman,
     "celery": CeleryPeer,
     "rq": RqPeer,
     "dramatiq": DramatiqPeer,
     "apalis": ApalisPeer,
+    "bullmq": BullmqPeer,
+    "graphile-worker": GraphilePeer,
+    "pg-boss": PgBossPeer,
 }
+# Dispatch itself, measured by dispatch-bench: on SQLite, and on PostgreSQL.
+DISPATCH = ("dispatch", "dispatch-postgres")
+NODE_PEERS = ("bullmq", "graphile-worker", "pg-boss")
 WORKLOADS = ("W1", "W2", "W3", "W4")
 # W2 stops going up once the p99 passes this, or the senders fall behind.
 SATURATED_P99_MS = 1000.0
@@ -79,6 +95,8 @@ def parse_args():
     p.add_argument("--w4-tasks", type=int, default=10_000)
     p.add_argument("--rates", default="1000,5000,10000,20000")
     p.add_argument("--w2-seconds", type=int, default=3)
+    p.add_argument("--pg-replicas", type=int, default=1,
+                   help="dispatch-postgres: replicas on the database (one leads, the others stand by)")
     p.add_argument("--budget", type=float, default=15.0,
                    help="seconds of work per W1/W3/W4 run for slow peers (sized from the warm-up)")
     p.add_argument("--label", default="", help="a note on this run, shown in the report")
@@ -262,7 +280,29 @@ def python_peer_run(peer, level, args, sizes, warm):
 
 # -------------------------------------------------------------------- Dispatch
 
-def dispatch_run(level, args, sizes, warm):
+def dispatch_bench(level, args, postgres, **kw):
+    """One dispatch-bench invocation; on a fresh PostgreSQL database for
+    dispatch-postgres."""
+    if not postgres:
+        return dispatch_peer.run(level, **kw)
+    name, url = pg_service.SERVER.fresh_database(level)
+    try:
+        return dispatch_peer.run(level, store_url=url, replicas=args.pg_replicas, **kw)
+    finally:
+        pg_service.SERVER.drop_database(name)
+
+
+def first_start(phase, what):
+    """A dispatch-bench phase's time from the first task's start to the
+    last one's end."""
+    span = phase.get("from_first_start")
+    if not span:
+        raise RuntimeError(f"dispatch-bench reported no first start and last end for {what} "
+                           "(rebuild it: cargo build --release -p dispatch-bench)")
+    return span
+
+
+def dispatch_run(level, args, sizes, warm, postgres=False):
     if warm:
         # W1 and W3 as for every peer, and W4 to size it (a durable round
         # trip waits for the disk twice).
@@ -273,18 +313,22 @@ def dispatch_run(level, args, sizes, warm):
     wl = args.workloads
     common_args = dict(workers=args.workers, slots=args.slots, in_flight=args.in_flight)
     try:
-        first = dispatch_peer.run(
-            level, w1_tasks=sizes["W1"] if "W1" in wl else 0, rate=1, seconds=0,
+        first = dispatch_bench(
+            level, args, postgres, w1_tasks=sizes["W1"] if "W1" in wl else 0, rate=1, seconds=0,
             w3_tasks=sizes["W3"] if "W3" in wl else 0, w4_tasks=sizes["W4"] if "W4" in wl else 0, **common_args)
         if "W1" in wl:
             d = first["drain"]
-            record["W1"] = {"tasks": sizes["W1"], "done": sizes["W1"], "seconds": d["seconds"],
-                            "tasks_per_s": d["tasks_per_s"], "partial": False}
+            span = first_start(d, "the drain")
+            record["W1"] = {"tasks": sizes["W1"], "done": sizes["W1"], "seconds": span["seconds"],
+                            "tasks_per_s": span["tasks_per_s"], "partial": False,
+                            "seconds_from_launch": d["seconds"], "tasks_per_s_from_launch": d["tasks_per_s"]}
         if "W3" in wl and first.get("sleep"):
             s = first["sleep"]
-            record["W3"] = {"tasks": s["tasks"], "done": s["tasks"], "seconds": s["seconds"],
-                            "ideal_seconds": s["ideal_seconds"], "vs_ideal": s["seconds"] / s["ideal_seconds"],
-                            "tasks_per_s": s["tasks_per_s"], "partial": False}
+            span = first_start(s, "the sleep tasks")
+            record["W3"] = {"tasks": s["tasks"], "done": s["tasks"], "seconds": span["seconds"],
+                            "ideal_seconds": s["ideal_seconds"], "vs_ideal": span["seconds"] / s["ideal_seconds"],
+                            "tasks_per_s": span["tasks_per_s"], "partial": False,
+                            "seconds_from_resume": s["seconds"]}
         if "W4" in wl and first.get("roundtrip"):
             r = first["roundtrip"]
             record["W4"] = {"count": r["count"], "seconds": r["seconds"], "per_s": r["per_s"],
@@ -293,8 +337,8 @@ def dispatch_run(level, args, sizes, warm):
         if "W2" in wl:
             steps = []
             for rate in (args.rates[:1] if warm else args.rates):
-                rep = dispatch_peer.run(level, w1_tasks=0, rate=rate, seconds=args.w2_seconds,
-                                        w3_tasks=0, w4_tasks=0, **common_args)
+                rep = dispatch_bench(level, args, postgres, w1_tasks=0, rate=rate, seconds=args.w2_seconds,
+                                     w3_tasks=0, w4_tasks=0, **common_args)
                 lat = rep["latency"]
                 step = {"rate": rate, "sent": lat["sent"], "late": lat["late_sends"],
                         "seconds": lat["sent"] / max(lat["achieved_rate"], 1e-9),
@@ -339,7 +383,9 @@ def sized_from(warm, args, is_dispatch):
 
 def run_cell(name, level, args):
     """Warm-up plus measured runs of one peer at one level."""
-    is_dispatch = name == "dispatch"
+    is_dispatch = name in DISPATCH
+    if name in NODE_PEERS and node_peers.available():
+        raise RuntimeError(node_peers.available())
     runs = []
     sizes = warm_sizes(args)
     peer = None if is_dispatch else PEERS[name]()
@@ -348,7 +394,7 @@ def run_cell(name, level, args):
         log(f"{name} {level}: {'warm-up' if warm else f'run {i}/{args.runs}'} {sizes}")
         t0 = time.monotonic()
         if is_dispatch:
-            rec = dispatch_run(level, args, sizes, warm)
+            rec = dispatch_run(level, args, sizes, warm, postgres=name == "dispatch-postgres")
         else:
             rec = python_peer_run(peer, level, args, sizes, warm)
         rec["wall_seconds"] = time.monotonic() - t0
@@ -363,7 +409,13 @@ def versions(names):
     out = {}
     for name in names:
         try:
-            out.update(dispatch_peer.versions() if name == "dispatch" else PEERS[name]().versions())
+            if name == "dispatch-postgres":
+                out.update(dispatch_peer.versions())
+                out["postgresql"] = pg_service.SERVER.version()
+            elif name == "dispatch":
+                out.update(dispatch_peer.versions())
+            else:
+                out.update(PEERS[name]().versions())
         except Exception as e:  # a version we cannot read is not fatal
             out[name] = f"unknown ({e})"
     out["python"] = platform.python_version()
@@ -371,7 +423,7 @@ def versions(names):
 
 
 def na_reason(name, level, workload):
-    if name == "dispatch":
+    if name in DISPATCH:
         return dispatch_peer.LEVELS.get(level)
     cls = PEERS[name]
     return cls.levels.get(level) or cls.workloads_na.get(workload)
@@ -380,7 +432,30 @@ def na_reason(name, level, workload):
 def setting(name, level):
     if name == "dispatch":
         return dispatch_peer.SETTING.get(level, "")
+    if name == "dispatch-postgres":
+        return dispatch_peer.POSTGRES_SETTING.get(level, "")
     return PEERS[name].setting.get(level, "")
+
+
+def run_matrix(args, doc, path):
+    """Every peer at every level, each cell saved as soon as it is done."""
+    for name in args.only:
+        for level in args.levels:
+            reasons = {w: na_reason(name, level, w) for w in args.workloads}
+            cell = {"peer": name, "level": level, "setting": setting(name, level),
+                    "na": {w: r for w, r in reasons.items() if r}, "runs": []}
+            if all(reasons.values()):
+                log(f"{name} {level}: n/a")
+            else:
+                try:
+                    cell["runs"] = run_cell(name, level, args)
+                except Exception as e:
+                    log(f"{name} {level} failed: {e}")
+                    traceback.print_exc()
+                    cell["error"] = f"{type(e).__name__}: {e}"
+            doc["cells"].append(cell)
+            with open(path, "w") as f:
+                json.dump(doc, f, indent=1)
 
 
 def main():
@@ -419,23 +494,11 @@ def main():
         doc["invocations"].append(this)
     # SIGTERM from the wrapper (or Ctrl-C) stops the children via finally.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    for name in args.only:
-        for level in args.levels:
-            reasons = {w: na_reason(name, level, w) for w in args.workloads}
-            cell = {"peer": name, "level": level, "setting": setting(name, level),
-                    "na": {w: r for w, r in reasons.items() if r}, "runs": []}
-            if all(reasons.values()):
-                log(f"{name} {level}: n/a")
-            else:
-                try:
-                    cell["runs"] = run_cell(name, level, args)
-                except Exception as e:
-                    log(f"{name} {level} failed: {e}")
-                    traceback.print_exc()
-                    cell["error"] = f"{type(e).__name__}: {e}"
-            doc["cells"].append(cell)
-            with open(path, "w") as f:
-                json.dump(doc, f, indent=1)
+    try:
+        run_matrix(args, doc, path)
+    finally:
+        # The shared PostgreSQL server, if a peer started it.
+        pg_service.stop()
     if earlier:
         this["loadavg_end"] = common.loadavg()
         this["wall_seconds"] = time.time() - started

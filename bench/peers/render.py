@@ -19,6 +19,13 @@ LEVEL_TEXT = {
 }
 
 
+# Dispatch's own rows (on SQLite, and on PostgreSQL); every other row is a
+# peer.
+DISPATCH = ("dispatch", "dispatch-postgres")
+# The peers on PostgreSQL, compared with Dispatch on PostgreSQL.
+POSTGRES_PEERS = ("graphile-worker", "pg-boss")
+
+
 def med(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -98,11 +105,13 @@ def na_text(c, workload):
     return c["na"].get(workload)
 
 
-def best_peer(summaries, level, key, higher_better, any_level=False):
+def best_peer(summaries, level, key, higher_better, any_level=False, among=None):
     best = None
     for s in summaries:
         c = s["cell"]
-        if c["peer"] == "dispatch" or (not any_level and c["level"] != level):
+        if c["peer"] in DISPATCH or (not any_level and c["level"] != level):
+            continue
+        if among is not None and c["peer"] not in among:
             continue
         v = key(s)
         if v is None:
@@ -112,9 +121,9 @@ def best_peer(summaries, level, key, higher_better, any_level=False):
     return best
 
 
-def dispatch_at(summaries, level, key):
+def dispatch_at(summaries, level, key, name="dispatch"):
     for s in summaries:
-        if s["cell"]["peer"] == "dispatch" and s["cell"]["level"] == level:
+        if s["cell"]["peer"] == name and s["cell"]["level"] == level:
             return key(s)
     return None
 
@@ -128,6 +137,15 @@ def ratio_lines(summaries, levels, key, higher_better, unit_note):
             lines.append(f"- {level}: n/a (no figure for Dispatch or for any peer at this level)")
             continue
         lines.append(f"- {level}: Dispatch {fmt(d)} / best peer ({b[1]}) {fmt(b[0])} = **{d / b[0]:.2f}** {unit_note}")
+    # On PostgreSQL: Dispatch's PostgreSQL store against the PostgreSQL
+    # peers, on the same server (only when the run has them).
+    for level in levels:
+        d = dispatch_at(summaries, level, key, "dispatch-postgres")
+        b = best_peer(summaries, level, key, higher_better, among=POSTGRES_PEERS)
+        if d is None or b is None:
+            continue
+        lines.append(f"- {level}, on PostgreSQL: dispatch-postgres {fmt(d)} / best PostgreSQL peer ({b[1]}) "
+                     f"{fmt(b[0])} = **{d / b[0]:.2f}** {unit_note}")
     return lines
 
 
@@ -351,21 +369,33 @@ def render(doc, png_name):
     L.append("")
     L.append("## How it is measured")
     L.append("")
-    L.append("- `bench/peers/run` installs the Debian packages (beanstalkd, gearman-job-server, redis-server) "
-             "if missing, a virtual environment with the pinned `bench/peers/requirements.txt`, builds the "
-             "apalis peer (`bench/peers/apalis`, its own Cargo.lock) and Dispatch in release mode, then runs "
-             "`bench/peers/driver.py`.")
+    L.append("- `bench/peers/run` installs the Debian packages (beanstalkd, gearman-job-server, redis-server, "
+             "postgresql, nodejs) if missing, a virtual environment with the pinned "
+             "`bench/peers/requirements.txt`, the Node peers with `npm ci` from "
+             "`bench/peers/node/package-lock.json`, builds the apalis peer (`bench/peers/apalis`, its own "
+             "Cargo.lock) and Dispatch in release mode, then runs `bench/peers/driver.py`.")
     L.append("- Every service runs on a free 127.0.0.1 port with its own temporary data folder, is started "
-             "fresh for each workload of each run, and is stopped by PID (its process group) afterwards.")
+             "fresh for each workload of each run, and is stopped by PID (its process group) afterwards. "
+             "The exception is PostgreSQL: graphile-worker, pg-boss and dispatch-postgres share one "
+             "throw-away server (fsync on; `synchronous_commit=on` durable, `off` relaxed), with a fresh "
+             "database for each workload of each run, stopped at the end.")
     L.append("- Every worker process, whatever the peer, stamps each task's start and end and appends them "
              "to its own stats file; the driver counts and times from those files only. Dispatch is measured "
-             "by `dispatch-bench` (its workers stamp the same way; W1 counts from the workers' launch, which "
-             "is slightly against Dispatch).")
+             "by `dispatch-bench`, whose workers stamp the same way: W1 and W3 count, for every system, from "
+             "the first task's start to the last one's end (not from the worker processes' launch).")
     L.append("- Python clients and workers: beanstalkd through greenstalk, gearmand through a small "
              "raw-protocol client (`peers/gearman_peer.py`; the `gear` library is much slower), Celery with "
              "the threads pool, RQ with `SimpleWorker` (one job at a time per process; the default worker "
              "forks per job), Dramatiq with one process of N threads per worker. apalis and Dispatch "
              "workers are Rust; apalis polls its table every 10 ms (its default is 100 ms).")
+    if any(p in a["only"] for p in ("bullmq", "graphile-worker", "pg-boss")):
+        L.append("- Node peers (Node " + doc["versions"].get("node", "?") + "): BullMQ with one `Worker` of "
+                 "concurrency N per process, jobs removed on completion, round trips with "
+                 "`waitUntilFinished`; graphile-worker with its performance page's batching (local queue of 500, "
+                 "batched completions), new jobs woken by LISTEN/NOTIFY; pg-boss with N `work()` loops per "
+                 "process, batches of 16, polling every 0.5 s when idle (its minimum) and at once after a full "
+                 "batch. graphile-worker and pg-boss have no wait for a result: their round trips poll the job's "
+                 "row every 1 ms until it is complete.")
     L.append("- Dispatch's workers use the gRPC streaming protocol with a credit of "
              f"{a['slots']} tasks each (its own benchmark's default is 256, which drains faster).")
     L.append("")
@@ -383,7 +413,7 @@ def chart(sums, a):
                 continue
             c = s["cell"]
             out.append({"label": cell_label(c), "value": t[0], "min": t[1], "max": t[2],
-                        "dispatch": c["peer"] == "dispatch"})
+                        "dispatch": c["peer"] in DISPATCH})
         return out
 
     if "W1" in a["workloads"]:

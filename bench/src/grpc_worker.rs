@@ -11,7 +11,8 @@
 //! ends.
 //!
 //! Latency samples and the final JSON line are the same as the HTTP
-//! worker's; `polls` counts the `Tasks` messages received. It stops when
+//! worker's (with the first start and last end of the sleep tasks too);
+//! `polls` counts the `Tasks` messages received. It stops when
 //! its stdin is closed: it half-closes the stream (a graceful leave) and
 //! waits for the scheduler to end it.
 
@@ -26,7 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use crate::worker::{
-    LATENCY_TYPE, NOOP_TYPE, SLEEP_TYPE, WorkerArgs, sent_us, sleep_ms, stop_on_stdin_end,
+    LATENCY_TYPE, NOOP_TYPE, ROUNDTRIP_TYPE, SLEEP_TYPE, Span, WorkerArgs, sent_us, sleep_ms,
+    stop_on_stdin_end,
 };
 
 /// Runs the worker until its stdin closes.
@@ -47,6 +49,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
             NOOP_TYPE.to_owned(),
             LATENCY_TYPE.to_owned(),
             SLEEP_TYPE.to_owned(),
+            ROUNDTRIP_TYPE.to_owned(),
         ],
         labels: Default::default(),
         capacity,
@@ -67,8 +70,10 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
     tx.send(pb::WorkerMessage::credit(capacity)).await?;
     let mut tx = Some(tx);
     let mut tick = tokio::time::interval(heartbeat);
-    // Sleep tasks report here when their sleep ends.
-    let (slept_tx, mut slept_rx) = mpsc::unbounded_channel::<String>();
+    // Sleep tasks report here when their sleep ends, with the time it did.
+    let (slept_tx, mut slept_rx) = mpsc::unbounded_channel::<(String, u64)>();
+    let mut noop_span = Span::default();
+    let mut sleep_span = Span::default();
 
     let (mut sent_at_us, mut latency_us): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
     let (mut completed, mut conflicts, mut pushes) = (0u64, 0u64, 0u64);
@@ -85,13 +90,15 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                         pushes += 1;
                         noop_pushes += u64::from(batch.tasks.iter().any(|t| t.r#type == NOOP_TYPE));
                         let mut reports = Vec::with_capacity(batch.tasks.len());
+                        let mut noops = false;
                         for t in batch.tasks {
                             if t.r#type == SLEEP_TYPE {
+                                sleep_span.start(received);
                                 let pause = Duration::from_millis(sleep_ms(&t.payload_json));
                                 let done = slept_tx.clone();
                                 tokio::task::spawn_blocking(move || {
                                     std::thread::sleep(pause);
-                                    let _ = done.send(t.id);
+                                    let _ = done.send((t.id, crate::epoch_us()));
                                 });
                                 continue;
                             }
@@ -100,11 +107,17 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                                     sent_at_us.push(sent);
                                     latency_us.push(received.saturating_sub(sent));
                                 }
-                            } else {
+                            } else if t.r#type == NOOP_TYPE {
                                 noop_completed += 1;
+                                noops = true;
                             }
                             completed += 1;
                             reports.push(pb::Report { task_id: t.id, outcome: None });
+                        }
+                        if noops {
+                            // A no-op ends as soon as the batch is run.
+                            noop_span.start(received);
+                            noop_span.end(crate::epoch_us());
                         }
                         send_reports(tx.as_ref(), reports).await?;
                     }
@@ -114,9 +127,11 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                     _ => {}
                 }
             }
-            Some(id) = slept_rx.recv() => {
+            Some((id, ended)) = slept_rx.recv() => {
+                sleep_span.end(ended);
                 let mut reports = vec![pb::Report { task_id: id, outcome: None }];
-                while let Ok(id) = slept_rx.try_recv() {
+                while let Ok((id, ended)) = slept_rx.try_recv() {
+                    sleep_span.end(ended);
                     reports.push(pb::Report { task_id: id, outcome: None });
                 }
                 completed += reports.len() as u64;
@@ -140,6 +155,10 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         "busy_polls": pushes,
         "noop_polls": noop_pushes,
         "noop_completed": noop_completed,
+        "noop_first_start_us": noop_span.first_start_us,
+        "noop_last_end_us": noop_span.last_end_us,
+        "sleep_first_start_us": sleep_span.first_start_us,
+        "sleep_last_end_us": sleep_span.last_end_us,
         "sent_us": sent_at_us,
         "latency_us": latency_us,
     });

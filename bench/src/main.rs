@@ -10,8 +10,11 @@
 //! 2. **Drain** (the brief's W1): `--workers` worker processes (this binary,
 //!    `dispatch-bench worker`) speaking the HTTP worker protocol with batched
 //!    results (or, with `--transport grpc`, the gRPC streaming protocol with
-//!    credits) start on the full queue; tasks per second from their start
-//!    until the server has no live task.
+//!    credits) start on the full queue; tasks per second from their launch
+//!    until the server has no live task, and from the first task's start to
+//!    the last one's end as the workers stamp them (how the peer benchmark
+//!    counts every system; the launch of the worker processes is not in
+//!    it).
 //! 3. **Latency** (W2's shape): with the workers idle, tasks submitted one
 //!    per `POST /v1/tasks` at a fixed open-loop `--rate` for `--seconds`;
 //!    each payload carries the time it was meant to be sent, and the workers
@@ -22,7 +25,8 @@
 //!    workers only): with the default queue paused, N tasks that each hold
 //!    their slot for `--sleep-ms` are submitted in batches; the queue is
 //!    resumed and the time until none is live is compared with the ideal,
-//!    N x sleep / (workers x capacity).
+//!    N x sleep / (workers x capacity); so is the time from the first sleep
+//!    task's start to the last one's end.
 //! 5. **Round trip** (W4, with `--roundtrips N`): one client submits a
 //!    no-op task and waits for its result (`GET /v1/tasks/{id}?wait_ms`), N
 //!    times in a row; round trips per second and their p50, p99, p99.9.
@@ -58,7 +62,7 @@ use tokio::task::JoinSet;
 
 use crate::harness::{ChildGuard, Server};
 use crate::report::{Latency, Machine, Report, RoundTrips, SleepPhase, WorkerTotals};
-use crate::worker::{LATENCY_TYPE, NOOP_TYPE, SLEEP_TYPE};
+use crate::worker::{LATENCY_TYPE, NOOP_TYPE, ROUNDTRIP_TYPE, SLEEP_TYPE, Span};
 
 /// The queue tasks go to when they name none.
 const DEFAULT_QUEUE: &str = "default";
@@ -384,6 +388,7 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
 
     // Stop the workers and merge what they measured.
     let mut totals = WorkerTotals::default();
+    let (mut noop_span, mut sleep_span) = (Span::default(), Span::default());
     let mut samples: Vec<u64> = Vec::with_capacity(total as usize);
     let mut pairs: Vec<(u64, u64)> = Vec::new();
     for w in workers {
@@ -396,6 +401,12 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         let v: serde_json::Value =
             serde_json::from_str(line).context("a worker's report is not JSON")?;
         totals.add(&v);
+        let span = |first: &str, last: &str| Span {
+            first_start_us: v[first].as_u64(),
+            last_end_us: v[last].as_u64(),
+        };
+        noop_span.merge(span("noop_first_start_us", "noop_last_end_us"));
+        sleep_span.merge(span("sleep_first_start_us", "sleep_last_end_us"));
         let numbers = |k: &str| -> Vec<u64> {
             v[k].as_array()
                 .into_iter()
@@ -449,6 +460,7 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
         capacity: args.capacity,
         transport: args.transport.clone(),
         drain,
+        drain_active: noop_span.elapsed().filter(|_| args.tasks > 0),
         latency: Latency::new(
             args.rate,
             args.seconds,
@@ -461,6 +473,7 @@ async fn run(args: &RunArgs, deadline: Instant) -> Result<Report> {
             sleep_ms: args.sleep_ms,
             slots: args.workers * args.capacity,
             elapsed,
+            active: sleep_span.elapsed(),
         }),
         roundtrip,
         totals,
@@ -585,7 +598,7 @@ async fn wait_registered(client: &Client, n: u64, deadline: Instant) -> Result<(
 /// returns the round trips' durations.
 async fn roundtrips(client: &Client, n: u64) -> Result<RoundTrips> {
     let task = SubmitTask {
-        kind: Some(NOOP_TYPE.to_owned()),
+        kind: Some(ROUNDTRIP_TYPE.to_owned()),
         ..SubmitTask::default()
     };
     let mut samples = Vec::with_capacity(n as usize);

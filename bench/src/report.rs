@@ -113,6 +113,9 @@ pub(crate) struct SleepPhase {
     pub(crate) slots: u64,
     /// From the queue's resume until no task was live.
     pub(crate) elapsed: Duration,
+    /// From the first task's start to the last one's end, as the workers
+    /// stamped them.
+    pub(crate) active: Option<Duration>,
 }
 
 impl SleepPhase {
@@ -152,7 +155,11 @@ pub(crate) struct Report {
     pub(crate) capacity: u64,
     /// The workers' protocol: `http` or `grpc`.
     pub(crate) transport: String,
+    /// From the workers' launch until no drain task was live.
     pub(crate) drain: Duration,
+    /// From the first drain task's start to the last one's end, as the
+    /// workers stamped them.
+    pub(crate) drain_active: Option<Duration>,
     pub(crate) latency: Latency,
     pub(crate) sleep: Option<SleepPhase>,
     pub(crate) roundtrip: Option<RoundTrips>,
@@ -219,6 +226,19 @@ impl Report {
                 ),
             ),
             (
+                "  from first start",
+                self.drain_active.map_or_else(
+                    || "-".to_owned(),
+                    |d| {
+                        format!(
+                            "{:.0} tasks/s ({:.3} s from the first task's start to the last one's end)",
+                            per_sec(self.tasks, d),
+                            d.as_secs_f64()
+                        )
+                    },
+                ),
+            ),
+            (
                 "latency load",
                 format!(
                     "{} tasks/s for {} s, open loop, 1 task per POST, <= {} in flight",
@@ -266,12 +286,14 @@ impl Report {
             rows.push((
                 "sleep",
                 format!(
-                    "{} tasks of {} ms on {} slots: {:.3} s (ideal {:.3} s)",
+                    "{} tasks of {} ms on {} slots: {:.3} s (ideal {:.3} s; {} from the first start)",
                     s.tasks,
                     s.sleep_ms,
                     s.slots,
                     s.elapsed.as_secs_f64(),
-                    s.ideal().as_secs_f64()
+                    s.ideal().as_secs_f64(),
+                    s.active
+                        .map_or_else(|| "-".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()))
                 ),
             ));
         }
@@ -322,6 +344,10 @@ impl Report {
                 "transport": self.transport,
                 "seconds": self.drain.as_secs_f64(),
                 "tasks_per_s": self.drain_rate(),
+                "from_first_start": self.drain_active.map(|d| json!({
+                    "seconds": d.as_secs_f64(),
+                    "tasks_per_s": per_sec(self.tasks, d),
+                })),
             },
             "latency": {
                 "rate": l.rate,
@@ -351,6 +377,10 @@ impl Report {
                 "seconds": s.elapsed.as_secs_f64(),
                 "ideal_seconds": s.ideal().as_secs_f64(),
                 "tasks_per_s": per_sec(s.tasks, s.elapsed),
+                "from_first_start": s.active.map(|d| json!({
+                    "seconds": d.as_secs_f64(),
+                    "tasks_per_s": per_sec(s.tasks, d),
+                })),
             })),
             "roundtrip": self.roundtrip.as_ref().map(|r| json!({
                 "count": r.samples.len(),

@@ -23,6 +23,9 @@ use tokio::sync::watch;
 /// Task types the benchmark submits.
 pub(crate) const NOOP_TYPE: &str = "bench.noop";
 pub(crate) const LATENCY_TYPE: &str = "bench.latency";
+/// The round-trip phase's tasks: no-ops kept apart from the drain's, so that
+/// the drain's span ends with the drain.
+pub(crate) const ROUNDTRIP_TYPE: &str = "bench.roundtrip";
 /// Sleeps `sleep_ms` (payload) before succeeding; gRPC workers only.
 pub(crate) const SLEEP_TYPE: &str = "bench.sleep";
 
@@ -58,7 +61,11 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
 
     let reg = RegisterWorker {
         name: Some(args.name.clone()),
-        types: Some(vec![NOOP_TYPE.to_owned(), LATENCY_TYPE.to_owned()]),
+        types: Some(vec![
+            NOOP_TYPE.to_owned(),
+            LATENCY_TYPE.to_owned(),
+            ROUNDTRIP_TYPE.to_owned(),
+        ]),
         labels: None,
         capacity: Some(args.capacity),
         weight: None,
@@ -72,6 +79,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
     let (mut completed, mut conflicts, mut polls, mut busy_polls) = (0u64, 0u64, 0u64, 0u64);
     // Polls that brought no-op (drain) tasks, and those tasks.
     let (mut noop_polls, mut noop_completed) = (0u64, 0u64);
+    let mut noop_span = Span::default();
     let mut errors = 0u32;
     loop {
         let stopping = *stop.borrow();
@@ -121,13 +129,14 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         busy_polls += u64::from(!reply.tasks.is_empty());
         noop_polls += u64::from(reply.tasks.iter().any(|t| t.kind == NOOP_TYPE));
         conflicts += reply.results.iter().filter(|s| s.status != 200).count() as u64;
+        let noops = reply.tasks.iter().any(|t| t.kind == NOOP_TYPE);
         for t in reply.tasks {
             if t.kind == LATENCY_TYPE {
                 if let Some(sent) = sent_us(t.payload.get()) {
                     sent_at_us.push(sent);
                     latency_us.push(received.saturating_sub(sent));
                 }
-            } else {
+            } else if t.kind == NOOP_TYPE {
                 noop_completed += 1;
             }
             completed += 1;
@@ -135,6 +144,11 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                 task_id: t.id,
                 ..ReportResult::default()
             });
+        }
+        if noops {
+            // A no-op ends as soon as the poll's tasks are run.
+            noop_span.start(received);
+            noop_span.end(crate::epoch_us());
         }
     }
     let _ = client.leave(&id).await;
@@ -146,11 +160,51 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         "busy_polls": busy_polls,
         "noop_polls": noop_polls,
         "noop_completed": noop_completed,
+        "noop_first_start_us": noop_span.first_start_us,
+        "noop_last_end_us": noop_span.last_end_us,
         "sent_us": sent_at_us,
         "latency_us": latency_us,
     });
     println!("{report}");
     Ok(())
+}
+
+/// When a worker started the first task of a kind and ended the last one,
+/// in microseconds since the Unix epoch (None before any): the benchmark
+/// times the drain and sleep phases from the earliest start to the latest
+/// end over its workers, as the peer benchmark does for every peer.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Span {
+    pub(crate) first_start_us: Option<u64>,
+    pub(crate) last_end_us: Option<u64>,
+}
+
+impl Span {
+    pub(crate) fn start(&mut self, us: u64) {
+        self.first_start_us = Some(self.first_start_us.map_or(us, |f| f.min(us)));
+    }
+
+    pub(crate) fn end(&mut self, us: u64) {
+        self.last_end_us = Some(self.last_end_us.map_or(us, |l| l.max(us)));
+    }
+
+    /// The span of several workers' spans.
+    pub(crate) fn merge(&mut self, other: Span) {
+        if let Some(s) = other.first_start_us {
+            self.start(s);
+        }
+        if let Some(e) = other.last_end_us {
+            self.end(e);
+        }
+    }
+
+    /// From the first start to the last end (None unless both are known).
+    pub(crate) fn elapsed(&self) -> Option<std::time::Duration> {
+        match (self.first_start_us, self.last_end_us) {
+            (Some(s), Some(e)) => Some(std::time::Duration::from_micros(e.saturating_sub(s))),
+            _ => None,
+        }
+    }
 }
 
 /// Flips to true when stdin closes (the benchmark's signal to stop).

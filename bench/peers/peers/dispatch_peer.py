@@ -5,7 +5,20 @@ One invocation runs W1 (batch submit, then drain), W2 at one rate, W3 (sleep
 tasks queued behind a paused queue, then released) and W4 (submit, then a
 long-polling wait for the result). Dispatch has two durability modes,
 ``durable`` (fsync of each group commit before acknowledging) and
-``relaxed`` (fsync on a timer); it has no memory-only mode."""
+``relaxed`` (fsync on a timer); it has no memory-only mode.
+
+``dispatch-postgres`` is the same on the PostgreSQL store: ``dispatch
+server --store postgres://...`` on the throw-away PostgreSQL server that
+graphile-worker and pg-boss use (``pg_service``), a fresh database for each
+invocation, one replica by default (``--pg-replicas 2``: a leader and a
+standby). There ``durable`` keeps ``synchronous_commit`` on for the
+server's writer session and ``relaxed`` turns it off (a commit does not
+wait for its WAL flush).
+
+W1 and W3 are timed from the first task's start to the last one's end, as
+the workers stamp them (``from_first_start`` in dispatch-bench's report), as
+for every peer; dispatch-bench's own drain figure, from the workers' launch,
+is kept in the result as ``seconds_from_launch``."""
 
 import json
 import os
@@ -25,10 +38,16 @@ SETTING = {
     "relaxed": "--durability relaxed (group commit, fsync on a timer)",
     "durable": "--durability durable (group commit, fsync before acknowledging)",
 }
+POSTGRES_SETTING = {
+    "relaxed": "--store postgres, --durability relaxed (synchronous_commit=off on its writer)",
+    "durable": "--store postgres, --durability durable (synchronous_commit=on)",
+}
 
 
-def run(level, workers, slots, w1_tasks, rate, seconds, in_flight, w3_tasks, w4_tasks, timeout=900):
-    """One dispatch-bench invocation; returns its JSON report."""
+def run(level, workers, slots, w1_tasks, rate, seconds, in_flight, w3_tasks, w4_tasks, timeout=900,
+        store_url=None, replicas=1):
+    """One dispatch-bench invocation (on ``store_url``, a PostgreSQL
+    database, when given); returns its JSON report."""
     argv = [
         BENCH, "--dispatch", SERVER, "--durability", level, "--transport", "grpc",
         "--workers", str(workers), "--capacity", str(slots),
@@ -37,6 +56,8 @@ def run(level, workers, slots, w1_tasks, rate, seconds, in_flight, w3_tasks, w4_
         "--sleep-tasks", str(w3_tasks), "--sleep-ms", "1",
         "--roundtrips", str(w4_tasks), "--timeout-secs", str(timeout), "--json",
     ]
+    if store_url:
+        argv += ["--store-url", store_url, "--replicas", str(replicas)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30)
     if out.returncode != 0:
         raise RuntimeError(f"dispatch-bench failed: {out.stderr[-2000:]}")

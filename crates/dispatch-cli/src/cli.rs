@@ -316,10 +316,14 @@ pub(crate) enum Command {
     },
     /// Submit a task, or many with --batch.
     Submit(Box<SubmitArgs>),
-    /// Show one task with every field.
+    /// Show one task with every field (or, with --attempts, its attempts).
     Task {
         /// Task id.
         id: String,
+        /// List the task's attempts instead: number, worker, times,
+        /// outcome, error and retry delay.
+        #[arg(long)]
+        attempts: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -381,7 +385,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Pause or resume a queue.
+    /// Pause, resume or change a queue.
     Queue {
         #[command(subcommand)]
         action: QueueAction,
@@ -394,7 +398,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Create or delete a cron schedule.
+    /// Create, change, pause, resume, trigger or delete a cron schedule.
     Schedule {
         #[command(subcommand)]
         action: ScheduleAction,
@@ -478,6 +482,26 @@ pub(crate) enum TokenAction {
         #[arg(long)]
         tokens: PathBuf,
     },
+    /// List the tokens of a token file: names, scopes and creation times,
+    /// never the secrets (the file holds only their digests).
+    List {
+        /// The token file.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// One JSON object per token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the tokens named NAME from a token file. A running server
+    /// refuses them once it has read the file again (it does within a
+    /// second of the change, and on SIGHUP).
+    Revoke {
+        /// The token's name.
+        name: String,
+        /// The token file.
+        #[arg(long)]
+        tokens: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -492,6 +516,33 @@ pub(crate) enum QueueAction {
     Resume {
         /// The queue.
         name: String,
+    },
+    /// Change a queue's settings at once, for good (stored: the config
+    /// file no longer decides them). Each value may be `none` to clear it.
+    Set {
+        /// The queue.
+        name: String,
+        /// Share of the workers under saturation (1 to 1000; none: 1).
+        #[arg(long)]
+        weight: Option<String>,
+        /// Most of its tasks running at once.
+        #[arg(long)]
+        max_running: Option<String>,
+        /// Most of its tasks started per second.
+        #[arg(long)]
+        rate_per_sec: Option<String>,
+        /// Starts the rate limit allows at once.
+        #[arg(long)]
+        burst: Option<String>,
+        /// Most of its tasks running at once per routing key.
+        #[arg(long)]
+        max_per_key: Option<String>,
+        /// Most of its tasks waiting before submissions get 429.
+        #[arg(long)]
+        max_depth: Option<String>,
+        /// Routing strategy of its tasks that name none.
+        #[arg(long)]
+        strategy: Option<String>,
     },
 }
 
@@ -532,6 +583,41 @@ pub(crate) enum ScheduleAction {
     },
     /// Delete a schedule; the tasks of its past fires stay.
     Delete {
+        /// Its name.
+        name: String,
+    },
+    /// Change a schedule; what is not given stays.
+    Set {
+        /// Its name.
+        name: String,
+        /// A new cron expression.
+        #[arg(long)]
+        cron: Option<String>,
+        /// A new IANA time zone.
+        #[arg(long)]
+        timezone: Option<String>,
+        /// A new task template, as a JSON object (replaces the old one).
+        #[arg(long)]
+        task: Option<String>,
+        /// A new misfire policy: skip, fire_once or catch_up.
+        #[arg(long)]
+        misfire: Option<String>,
+        /// A new catch-up limit.
+        #[arg(long)]
+        catch_up_limit: Option<i64>,
+    },
+    /// Stop a schedule's fires until it is resumed.
+    Pause {
+        /// Its name.
+        name: String,
+    },
+    /// Fire again; fires missed while paused follow the misfire policy.
+    Resume {
+        /// Its name.
+        name: String,
+    },
+    /// Fire once now, whatever the expression (even when paused).
+    Trigger {
         /// Its name.
         name: String,
     },

@@ -11,6 +11,22 @@ use dispatch_proto::{BulkFilter, CreateSchedule, ListTasks, SubmitTask};
 use crate::cli::{BulkArgs, ClientOpts, Command, QueueAction, ScheduleAction};
 use crate::output;
 
+/// A setting given on the command line as JSON: `none` clears it, a
+/// number is a number, anything else a string (the server names what it
+/// refuses).
+fn setting_value(v: &str) -> serde_json::Value {
+    if v == "none" {
+        return serde_json::Value::Null;
+    }
+    if let Ok(n) = v.parse::<u64>() {
+        return n.into();
+    }
+    match v.parse::<f64>() {
+        Ok(f) if f.is_finite() => f.into(),
+        _ => v.into(),
+    }
+}
+
 /// Runs a client command with the options in force.
 pub(crate) async fn run(command: Command, opts: &ClientOpts) -> Result<()> {
     let server = opts
@@ -147,6 +163,32 @@ fn bulk_filter(f: BulkArgs) -> BulkFilter {
 async fn dispatch(client: &Client, command: Command, json: bool) -> Result<()> {
     match command {
         Command::Submit(args) => crate::submit::run(client, *args, json).await,
+        Command::Task {
+            id, attempts: true, ..
+        } => {
+            let list = client
+                .attempts(&id)
+                .await
+                .map_err(about(format!("task {id}")))?;
+            show(json, &list, |l| {
+                println!(
+                    "{:<8} {:<20} {:<24} {:<24} {:<10} {:<8} ERROR",
+                    "ATTEMPT", "WORKER", "COLLECTED", "FINISHED", "OUTCOME", "RETRY_MS"
+                );
+                for a in &l.attempts {
+                    println!(
+                        "{:<8} {:<20} {:<24} {:<24} {:<10} {:<8} {}",
+                        a.attempt,
+                        a.worker_name,
+                        a.collected_at,
+                        a.finished_at.as_deref().unwrap_or("-"),
+                        a.outcome.as_deref().unwrap_or("running"),
+                        a.retry_delay_ms.map_or("-".to_owned(), |d| d.to_string()),
+                        a.error.as_deref().unwrap_or(""),
+                    );
+                }
+            })
+        }
         Command::Task { id, .. } => {
             let task = client
                 .task(&id)
@@ -208,6 +250,38 @@ async fn dispatch(client: &Client, command: Command, json: bool) -> Result<()> {
             let (q, verb) = match action {
                 QueueAction::Pause { name } => (client.pause_queue(&name).await?, "paused"),
                 QueueAction::Resume { name } => (client.resume_queue(&name).await?, "resumed"),
+                QueueAction::Set {
+                    name,
+                    weight,
+                    max_running,
+                    rate_per_sec,
+                    burst,
+                    max_per_key,
+                    max_depth,
+                    strategy,
+                } => {
+                    let mut changes = serde_json::Map::new();
+                    for (field, value) in [
+                        ("weight", weight),
+                        ("max_running", max_running),
+                        ("rate_per_sec", rate_per_sec),
+                        ("burst", burst),
+                        ("max_per_key", max_per_key),
+                        ("max_depth", max_depth),
+                        ("strategy", strategy),
+                    ] {
+                        if let Some(v) = value {
+                            changes.insert(field.to_owned(), setting_value(&v));
+                        }
+                    }
+                    if changes.is_empty() {
+                        anyhow::bail!(
+                            "nothing to change: give at least one of --weight, --max-running, \
+                             --rate-per-sec, --burst, --max-per-key, --max-depth, --strategy"
+                        );
+                    }
+                    (client.update_queue(&name, &changes).await?, "updated")
+                }
             };
             show(json, &q, |q| {
                 let c = &q.counts;
@@ -259,6 +333,74 @@ async fn dispatch(client: &Client, command: Command, json: bool) -> Result<()> {
                     None => "- (paused)".to_owned(),
                 };
                 println!("created schedule {}; next fire {next}", s.name);
+            })
+        }
+        Command::Schedule {
+            action:
+                ScheduleAction::Set {
+                    name,
+                    cron,
+                    timezone,
+                    task,
+                    misfire,
+                    catch_up_limit,
+                },
+            ..
+        } => {
+            let task = task
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .context("--task is not a JSON task template")?;
+            let req = dispatch_proto::PatchSchedule {
+                cron,
+                timezone,
+                task,
+                misfire,
+                catch_up_limit,
+                ..Default::default()
+            };
+            let s = client
+                .update_schedule(&name, &req)
+                .await
+                .map_err(about(format!("schedule {name}")))?;
+            show(json, &s, |s| println!("changed schedule {}", s.name))
+        }
+        Command::Schedule {
+            action: ScheduleAction::Pause { name },
+            ..
+        } => {
+            let s = client
+                .pause_schedule(&name)
+                .await
+                .map_err(about(format!("schedule {name}")))?;
+            show(json, &s, |s| println!("paused schedule {}", s.name))
+        }
+        Command::Schedule {
+            action: ScheduleAction::Resume { name },
+            ..
+        } => {
+            let s = client
+                .resume_schedule(&name)
+                .await
+                .map_err(about(format!("schedule {name}")))?;
+            show(json, &s, |s| {
+                let next = s
+                    .next_fire_at
+                    .as_deref()
+                    .map_or("-".to_owned(), |at| output::fire_time(at, &s.timezone));
+                println!("resumed schedule {}; next fire {next}", s.name)
+            })
+        }
+        Command::Schedule {
+            action: ScheduleAction::Trigger { name },
+            ..
+        } => {
+            let t = client
+                .trigger_schedule(&name)
+                .await
+                .map_err(about(format!("schedule {name}")))?;
+            show(json, &t, |t| {
+                println!("triggered schedule {name}: task {} ({})", t.id, t.state)
             })
         }
         Command::Schedule {

@@ -244,6 +244,12 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
                     tokens,
                 },
         } => create_token(&scope, name.as_deref(), &tokens),
+        Command::Token {
+            action: TokenAction::List { tokens, json },
+        } => list_tokens(&tokens, json),
+        Command::Token {
+            action: TokenAction::Revoke { name, tokens },
+        } => revoke_token(&name, &tokens),
         Command::Worker { config, client } => {
             let root = &cli.client;
             let sub_given = |id: &str| {
@@ -387,6 +393,61 @@ pub(crate) fn trust_store(
     }
 }
 
+/// `dispatch token list`: the tokens of a file, without their secrets.
+fn list_tokens(file: &std::path::Path, json: bool) -> Result<()> {
+    let tokens = dispatch_server::Tokens::load(file)?;
+    for t in tokens.list() {
+        let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"name": t.name, "scopes": scopes, "created": t.created})
+            );
+        } else {
+            println!(
+                "{:<24} {:<20} {}",
+                t.name.as_deref().unwrap_or("-"),
+                scopes.join(","),
+                t.created.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `dispatch token revoke`: the file without the tokens of that name,
+/// written whole to a new file that then replaces it.
+fn revoke_token(name: &str, file: &std::path::Path) -> Result<()> {
+    use std::io::Write as _;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the token file {}", file.display()))?;
+    // Refuse a file the server would refuse too, before changing it.
+    dispatch_server::Tokens::parse(&text).with_context(|| file.display().to_string())?;
+    let (kept, removed) = dispatch_server::auth::without_token(&text, name);
+    if removed == 0 {
+        bail!("no token named {name:?} in {}", file.display());
+    }
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(std::path::Path::new(".")))
+        .with_context(|| format!("cannot write next to {}", file.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(file).map_or(0o600, |m| m.permissions().mode());
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
+    }
+    tmp.write_all(kept.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write the token file {}", file.display()))?;
+    tmp.persist(file)
+        .with_context(|| format!("cannot replace the token file {}", file.display()))?;
+    eprintln!(
+        "revoked {removed} token(s) named {name} in {}; a running server refuses them once it reads the file (within a second, or on SIGHUP)",
+        file.display()
+    );
+    Ok(())
+}
+
 /// `dispatch token create`: a new token on stdout, its digest in the file.
 fn create_token(scope: &str, name: Option<&str>, file: &std::path::Path) -> Result<()> {
     use std::io::Write as _;
@@ -398,7 +459,12 @@ fn create_token(scope: &str, name: Option<&str>, file: &std::path::Path) -> Resu
         bail!("--name must be one word, without spaces or #");
     }
     let token = dispatch_server::auth::generate_token().map_err(|e| anyhow::anyhow!(e))?;
-    let line = dispatch_server::auth::token_line(&token, &scopes, name);
+    let created = dispatch_proto::time::format_rfc3339(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    );
+    let line = dispatch_server::auth::token_line_created(&token, &scopes, name, &created);
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]

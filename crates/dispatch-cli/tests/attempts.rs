@@ -138,6 +138,21 @@ async fn failed_twice_then_succeeded_is_three_attempts_that_survive_a_restart() 
     let api = Api::new(&server.url);
     check_history(&attempts(&api, &id).await, &w1, &w2);
 
+    // The CLI shows the same history.
+    let out = common::run_cli(&["task", &id, "--attempts", "--server", &server.url], &[]);
+    let text = common::ok(&out);
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(
+        text.contains("disk full") && text.contains("succeeded"),
+        "{text}"
+    );
+    let out = common::run_cli(
+        &["--json", "task", &id, "--attempts", "--server", &server.url],
+        &[],
+    );
+    let listed: Value = serde_json::from_str(&common::ok(&out)).unwrap();
+    check_history(listed["attempts"].as_array().unwrap(), &w1, &w2);
+
     let missing = api.get("/v1/tasks/987654321/attempts").await;
     assert_eq!(missing.status, 404, "{}", missing.text);
     let bad = api.get("/v1/tasks/not-an-id/attempts").await;

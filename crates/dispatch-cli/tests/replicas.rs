@@ -712,3 +712,108 @@ async fn a_restarted_database_is_survived_without_restarting_dispatch() {
         );
     }
 }
+
+/// What operators changed and what attempts ran survive a takeover: the
+/// new leader serves the attempt history written by the old one and loads
+/// the queue settings the API stored, over the config's defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_history_and_queue_settings_survive_a_takeover() {
+    let db = postgres::fresh_database();
+    let mut r = Replicas::start(2, &db, &["--leader-lease-ms", "1500"]).await;
+    let leader = r.leader(Duration::from_secs(20)).await;
+    let urls = r.urls();
+    let post = |path: &'static str, body: Value| {
+        let (client, urls) = (r.client.clone(), urls.clone());
+        async move {
+            send(&client, &urls, reqwest::Method::POST, path, Some(&body))
+                .await
+                .expect("answer")
+        }
+    };
+    let (s, w) = post(
+        "/v1/workers",
+        json!({"name": "pg-worker", "types": ["pg.attempts"], "labels": {}, "capacity": 1}),
+    )
+    .await;
+    assert_eq!(s, 201, "{w}");
+    let worker = w["id"].as_str().unwrap().to_owned();
+    let (s, t) = post(
+        "/v1/tasks",
+        json!({"type": "pg.attempts", "max_attempts": 3}),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let id = t["id"].as_str().unwrap().to_owned();
+    let poll = format!("/v1/workers/{worker}/poll");
+    let (s, got) = send(
+        &r.client,
+        &urls,
+        reqwest::Method::POST,
+        &poll,
+        Some(&json!({"max": 1, "wait_ms": 5000})),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (s, got["tasks"][0]["id"].clone()),
+        (200, json!(id)),
+        "{got}"
+    );
+    let fail = format!("/v1/tasks/{id}/fail");
+    let (s, _) = send(
+        &r.client,
+        &urls,
+        reqwest::Method::POST,
+        &fail,
+        Some(
+            &json!({"worker_id": worker, "error": "before the takeover", "retry_after_ms": 60000}),
+        ),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(s, 200);
+    let (s, q) = send(
+        &r.client,
+        &urls,
+        reqwest::Method::PATCH,
+        "/v1/queues/pg",
+        Some(&json!({"weight": 4, "max_running": 2})),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(s, 200, "{q}");
+
+    r.kill(leader);
+    let next = r.leader(Duration::from_secs(30)).await;
+    let live = vec![urls[next].clone()];
+    let (s, list) = send(
+        &r.client,
+        &live,
+        reqwest::Method::GET,
+        &format!("/v1/tasks/{id}/attempts"),
+        None,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(s, 200, "{list}");
+    let attempts = list["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{list}");
+    assert_eq!(attempts[0]["outcome"], "failed");
+    assert_eq!(attempts[0]["error"], "before the takeover");
+    assert_eq!(attempts[0]["worker_name"], "pg-worker");
+    assert_eq!(attempts[0]["retry_delay_ms"], 60000);
+    let (s, queues) = send(&r.client, &live, reqwest::Method::GET, "/v1/queues", None)
+        .await
+        .expect("answer");
+    assert_eq!(s, 200);
+    let pg = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "pg")
+        .unwrap_or_else(|| panic!("no queue pg: {queues}"));
+    assert_eq!(
+        (pg["weight"].clone(), pg["max_running"].clone()),
+        (json!(4), json!(2))
+    );
+}

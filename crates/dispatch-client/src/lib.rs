@@ -439,6 +439,35 @@ impl Client {
         Ok(self.call::<(), _>(Method::GET, &path, None, None).await?.1)
     }
 
+    /// Changes a cron schedule (what `req` leaves out stays).
+    pub async fn update_schedule(
+        &self,
+        name: &str,
+        req: &dispatch_proto::PatchSchedule,
+    ) -> Result<ScheduleJson, ClientError> {
+        let path = format!("/v1/schedules/{}", encode(name));
+        Ok(self.call(Method::PATCH, &path, Some(req), None).await?.1)
+    }
+
+    /// Pauses a cron schedule: it does not fire until resumed.
+    pub async fn pause_schedule(&self, name: &str) -> Result<ScheduleJson, ClientError> {
+        let path = format!("/v1/schedules/{}/pause", encode(name));
+        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Resumes a paused cron schedule; fires missed meanwhile follow its
+    /// misfire policy.
+    pub async fn resume_schedule(&self, name: &str) -> Result<ScheduleJson, ClientError> {
+        let path = format!("/v1/schedules/{}/resume", encode(name));
+        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Fires a cron schedule once now; returns the fire's task.
+    pub async fn trigger_schedule(&self, name: &str) -> Result<TaskJson, ClientError> {
+        let path = format!("/v1/schedules/{}/trigger", encode(name));
+        Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
     /// Deletes a cron schedule; the tasks of its past fires stay.
     pub async fn delete_schedule(&self, name: &str) -> Result<(), ClientError> {
         let path = format!("/v1/schedules/{}", encode(name));
@@ -460,6 +489,21 @@ impl Client {
     pub async fn pause_queue(&self, name: &str) -> Result<QueueJson, ClientError> {
         let path = format!("/v1/queues/{}/pause", encode(name));
         Ok(self.call::<(), _>(Method::POST, &path, None, None).await?.1)
+    }
+
+    /// Changes a queue's settings: each member of `changes` is one of
+    /// `weight`, `max_running`, `rate_per_sec`, `burst`, `max_per_key`,
+    /// `max_depth`, `strategy`, with a value or null (clears it).
+    pub async fn update_queue(
+        &self,
+        name: &str,
+        changes: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<QueueJson, ClientError> {
+        let path = format!("/v1/queues/{}", encode(name));
+        Ok(self
+            .call(Method::PATCH, &path, Some(changes), None)
+            .await?
+            .1)
     }
 
     /// Resumes a paused queue.

@@ -97,6 +97,12 @@ impl Worker {
         self.running.len() as u32
     }
 
+    /// True for a worker that takes tasks only against the credit it
+    /// granted (the gRPC stream), false for one that polls (HTTP).
+    pub fn streaming(&self) -> bool {
+        self.demand.is_some()
+    }
+
     /// Slots it has free for new tasks, and asks to fill now.
     pub fn free_slots(&self) -> u32 {
         self.room().min(self.asks())

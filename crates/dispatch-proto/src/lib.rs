@@ -35,10 +35,10 @@ pub use attempt::{AttemptJson, AttemptList};
 pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
 pub use health::{ClusterJson, HealthJson, ReplicaJson, StoreFailureJson};
 pub use problem::{FieldError, Problem};
-pub use queue::{QueueCounts, QueueJson, QueueList, parse_queue_name};
+pub use queue::{Change, QueueCounts, QueueJson, QueueList, QueueSettingsPatch, parse_queue_name};
 pub use schedule::{
-    CreateSchedule, ScheduleJson, ScheduleList, ScheduleParts, ValidSchedule, fire_key, fire_task,
-    parse_schedule_name,
+    CreateSchedule, PatchSchedule, ScheduleJson, ScheduleList, ScheduleParts, ValidSchedule,
+    fire_key, fire_task, parse_schedule_name,
 };
 pub use task::{
     BackoffJson, BulkCount, BulkFilter, ListTasks, RequestDigest, SubmitBatch, SubmitTask,

@@ -60,6 +60,65 @@ pub struct CreateSchedule {
     pub paused: Option<bool>,
 }
 
+/// `PATCH /v1/schedules/{name}`: the fields to change; an absent (or
+/// null) field keeps its value. The result is validated as a creation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSchedule {
+    /// The schedule's own name, if given: a schedule is not renamed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A new cron expression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// A new time zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// A new task template (replaces the old one whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<SubmitTask>,
+    /// A new misfire policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<String>,
+    /// A new catch-up limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up_limit: Option<i64>,
+    /// Paused or not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+impl PatchSchedule {
+    /// The creation request `current` becomes with this patch, to validate
+    /// like any creation. Giving another name is refused, naming `name`.
+    pub fn merge(self, current: CreateSchedule) -> Result<CreateSchedule, FieldError> {
+        if let (Some(given), Some(name)) = (&self.name, &current.name)
+            && given != name
+        {
+            return Err(FieldError::new(
+                "name",
+                format!("a schedule cannot be renamed (this one is {name:?}); create another"),
+            ));
+        }
+        Ok(CreateSchedule {
+            name: current.name,
+            cron: self.cron.or(current.cron),
+            timezone: self.timezone.or(current.timezone),
+            task: self.task.or(current.task),
+            misfire: self.misfire.or(current.misfire),
+            catch_up_limit: self.catch_up_limit.or(current.catch_up_limit),
+            paused: self.paused.or(current.paused),
+        })
+    }
+
+    /// Whether the patch changes when the schedule fires (its expression or
+    /// zone), so that fires are decided anew from now.
+    pub fn moves_fires(&self, current: &CreateSchedule) -> bool {
+        (self.cron.is_some() && self.cron != current.cron)
+            || (self.timezone.is_some() && self.timezone != current.timezone)
+    }
+}
+
 /// A schedule that passed validation: what the server stores of it (its
 /// expression, time zone and misfire policy are in `parts`) and what it
 /// needs to run it.

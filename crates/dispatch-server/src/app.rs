@@ -145,6 +145,8 @@ pub(crate) struct App {
     /// Whether registered HTTP workers are kept in the store (a replica
     /// that leads), for the next leader.
     pub(crate) keeps_workers: bool,
+    /// The term this app leads in, for a replica; `None` for a lone server.
+    pub(crate) epoch: Option<u64>,
     /// This term's mark in the `handout` of poll answers: a worker's
     /// `last_handout` from another scheduler (before a restart, or another
     /// leader's) is told apart and ignored.
@@ -171,6 +173,9 @@ pub(crate) struct App {
     /// before the next starts, so the core ends in the state the store has
     /// last.
     pub(crate) pause_order: tokio::sync::Mutex<()>,
+    /// The queue and type settings in force: the config file's, with the
+    /// queues changed through the API replaced (`PATCH /v1/queues`).
+    queue_settings: std::sync::RwLock<Arc<crate::queues::QueueSettings>>,
 }
 
 /// The full record of a live task, as the API shows it.
@@ -245,9 +250,13 @@ impl App {
             ..dispatch_core::Config::default()
         };
         let mut sched = Scheduler::new(core_config, seed());
-        config
+        // The config file gives the defaults; settings changed through the
+        // API were stored and win.
+        let queue_settings = config
             .queue_settings
-            .apply(&mut sched, &store.list_queue_settings()?);
+            .clone()
+            .with_stored(store.list_queue_configs()?);
+        queue_settings.apply(&mut sched, &store.list_queue_settings()?);
         // A leading replica keeps its HTTP workers in the store; the next
         // leader restores them, with their leases starting now, so that a
         // takeover leaves the tasks they run with them.
@@ -376,6 +385,7 @@ impl App {
         let app = App {
             config,
             keeps_workers: epoch.is_some(),
+            epoch,
             handout_mark: handout_mark(),
             shared: Mutex::new(Shared {
                 sched,
@@ -397,6 +407,7 @@ impl App {
             audit,
             owners: Default::default(),
             pause_order: Default::default(),
+            queue_settings: std::sync::RwLock::new(Arc::new(queue_settings)),
         };
         {
             let mut shared = app.lock();
@@ -408,6 +419,23 @@ impl App {
             }
         }
         Ok((Arc::new(app), writer_thread))
+    }
+
+    /// The queue and type settings in force.
+    pub(crate) fn queue_settings(&self) -> Arc<crate::queues::QueueSettings> {
+        self.queue_settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the settings in force (after the store has committed the
+    /// change).
+    pub(crate) fn set_queue_settings(&self, settings: crate::queues::QueueSettings) {
+        *self
+            .queue_settings
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }
 
     /// Takes the lock. A panic elsewhere never leaves it unusable: the
@@ -573,10 +601,12 @@ impl App {
     fn persist(&self, shared: &mut Shared, watch: &mut Watch) -> Option<Ack> {
         let mut last = None;
         let mut new_timer = false;
+        let mut second = crate::throughput::Second::default();
         for event in shared.sched.drain_events() {
             match event {
                 Event::Transition(t) => {
                     self.metrics.transition(t.state);
+                    second.count(&t);
                     new_timer |= t.state == TaskState::Scheduled;
                     if t.state.is_terminal() {
                         for waiter in shared.task_waiters.remove(&t.task).unwrap_or_default() {
@@ -627,6 +657,7 @@ impl App {
         if new_timer {
             self.timer_wake.notify_one();
         }
+        self.metrics.throughput.add(now_ms(), second);
         last
     }
 

@@ -24,7 +24,10 @@
 //! **Invariant:** [`required`] is the only place that maps a route and a
 //! method to what it needs. Handlers never check scopes themselves; the
 //! middleware [`require`] wraps the whole router (REST and gRPC), so a new
-//! route without a row in the table needs at least a valid token.
+//! route without a row in the table needs at least a valid token. The
+//! dashboard (`/ui`) is the one part outside it: its pages check a sign-in
+//! session, and its actions are REST requests with the session's token,
+//! which pass through this middleware.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -136,10 +139,15 @@ pub(crate) const TABLE: &[(&str, &str, Need)] = {
         ("POST", "/v1/tasks/{id}/retry", S(Admin)),
         ("POST", "/v1/tasks/retry", S(Admin)),
         ("POST", "/v1/tasks/cancel", S(Admin)),
+        ("PATCH", "/v1/queues/{name}", S(Admin)),
         ("POST", "/v1/queues/{name}/pause", S(Admin)),
         ("POST", "/v1/queues/{name}/resume", S(Admin)),
         ("POST", "/v1/schedules", S(Admin)),
         ("DELETE", "/v1/schedules/{name}", S(Admin)),
+        ("PATCH", "/v1/schedules/{name}", S(Admin)),
+        ("POST", "/v1/schedules/{name}/pause", S(Admin)),
+        ("POST", "/v1/schedules/{name}/resume", S(Admin)),
+        ("POST", "/v1/schedules/{name}/trigger", S(Admin)),
         // Reads for any valid token.
         ("GET", "/v1/workers", AnyToken),
         ("GET", "/v1/queues", AnyToken),
@@ -161,10 +169,15 @@ const AUDITED: &[(&str, &str, &str)] = &[
     ("POST", "/v1/tasks/{id}/retry", "task.retry"),
     ("POST", "/v1/tasks/retry", "tasks.retry"),
     ("POST", "/v1/tasks/cancel", "tasks.cancel"),
+    ("PATCH", "/v1/queues/{name}", "queue.update"),
     ("POST", "/v1/queues/{name}/pause", "queue.pause"),
     ("POST", "/v1/queues/{name}/resume", "queue.resume"),
     ("POST", "/v1/schedules", "schedule.create"),
     ("DELETE", "/v1/schedules/{name}", "schedule.delete"),
+    ("PATCH", "/v1/schedules/{name}", "schedule.update"),
+    ("POST", "/v1/schedules/{name}/pause", "schedule.pause"),
+    ("POST", "/v1/schedules/{name}/resume", "schedule.resume"),
+    ("POST", "/v1/schedules/{name}/trigger", "schedule.trigger"),
 ];
 
 /// The audit action of a request, if it is one.
@@ -198,17 +211,35 @@ struct Entry {
     digest: [u8; 32],
     scopes: Vec<Scope>,
     name: Option<String>,
+    created: Option<String>,
+}
+
+/// A stored token as `dispatch token list` shows it: never its secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its name, if it has one.
+    pub name: Option<String>,
+    /// Its scopes.
+    pub scopes: Vec<Scope>,
+    /// When it was created (RFC 3339), for tokens created with a date.
+    pub created: Option<String>,
 }
 
 /// The tokens a server accepts, as read from a token file.
+///
+/// Clones share one set: [`Tokens::reload`] (SIGHUP, or a change of the
+/// file, see `crate::reload`) replaces it for every holder at once, and a
+/// request checks the set in force when it arrives.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    entries: Arc<Vec<Entry>>,
+    entries: Arc<std::sync::RwLock<Arc<Vec<Entry>>>>,
+    /// The file they were read from, to read again.
+    path: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Tokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tokens({} tokens)", self.entries.len())
+        write!(f, "Tokens({} tokens)", self.len())
     }
 }
 
@@ -240,7 +271,48 @@ impl Tokens {
             path: path.display().to_string(),
             source,
         })?;
-        Tokens::parse(&text)
+        let mut tokens = Tokens::parse(&text)?;
+        tokens.path = Some(path.to_owned());
+        Ok(tokens)
+    }
+
+    /// The file the tokens were read from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Reads the token file again and puts its tokens in force for every
+    /// clone; answers how many there are. On an error (unreadable file, a
+    /// bad line) the tokens in force stay as they were.
+    pub fn reload(&self) -> Result<usize, TokenFileError> {
+        let Some(path) = &self.path else {
+            return Ok(self.len());
+        };
+        let fresh = Tokens::load(path)?;
+        let entries = fresh.current();
+        let n = entries.len();
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = entries;
+        Ok(n)
+    }
+
+    /// The set in force.
+    fn current(&self) -> Arc<Vec<Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every token in force, in file order, without its digest.
+    pub fn list(&self) -> Vec<TokenInfo> {
+        self.current()
+            .iter()
+            .map(|e| TokenInfo {
+                name: e.name.clone(),
+                scopes: e.scopes.clone(),
+                created: e.created.clone(),
+            })
+            .collect()
     }
 
     /// Parses the text of a token file.
@@ -266,46 +338,66 @@ impl Tokens {
                 .next()
                 .ok_or_else(|| err("no scopes after the digest".to_owned()))?;
             let scopes = Scope::parse_list(scopes).map_err(err)?;
-            let name = parts.next().map(str::to_owned);
+            // Then an optional name and `created=<time>`, in any order; a
+            // `#` starts a comment.
+            let (mut name, mut created) = (None, None);
+            for part in parts.take_while(|p| !p.starts_with('#')) {
+                match part.strip_prefix("created=") {
+                    Some(at) => created = Some(at.to_owned()),
+                    None if name.is_none() => name = Some(part.to_owned()),
+                    None => {}
+                }
+            }
             entries.push(Entry {
                 digest,
                 scopes,
                 name,
+                created,
             });
         }
         Ok(Tokens {
-            entries: Arc::new(entries),
+            entries: Arc::new(std::sync::RwLock::new(Arc::new(entries))),
+            path: None,
         })
     }
 
     /// How many tokens there are.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.current().len()
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.current().is_empty()
     }
 
     /// The scopes of `token`, or `None` when it is not a known token. Every
     /// stored digest is compared, in constant time.
-    fn scopes_of(&self, token: &str) -> Option<&[Scope]> {
+    fn scopes_of(&self, token: &str) -> Option<Vec<Scope>> {
         let digest = sha256(token);
         let mut found = None;
-        for e in self.entries.iter() {
+        let entries = self.current();
+        for e in entries.iter() {
             if bool::from(e.digest.ct_eq(&digest)) && found.is_none() {
-                found = Some(e.scopes.as_slice());
+                found = Some(e.scopes.clone());
             }
         }
         found
+    }
+
+    /// Who `token` is (as [`Tokens::who`] names it) and whether it has the
+    /// admin scope, when it is a known token: the dashboard's sign-in.
+    pub(crate) fn identify(&self, token: &str) -> Option<(String, bool)> {
+        let admin = self.scopes_of(token)?.contains(&Scope::Admin);
+        Some((self.who(token), admin))
     }
 
     /// The caller `token` makes, when it is a known token.
     fn caller(&self, token: &str) -> Option<Caller> {
         let digest = sha256(token);
         let mut found = None;
-        for e in self.entries.iter() {
+        let entries = self.current();
+        for e in entries.iter() {
             if bool::from(e.digest.ct_eq(&digest)) && found.is_none() {
                 found = Some(Caller {
                     digest,
@@ -322,7 +414,8 @@ impl Tokens {
     fn who(&self, token: &str) -> String {
         let digest = sha256(token);
         let mut found = None;
-        for e in self.entries.iter() {
+        let entries = self.current();
+        for e in entries.iter() {
             if bool::from(e.digest.ct_eq(&digest)) && found.is_none() {
                 found = Some(e);
             }
@@ -378,6 +471,39 @@ pub fn token_line(token: &str, scopes: &[Scope], name: Option<&str>) -> String {
         line.push_str(n);
     }
     line
+}
+
+/// [`token_line`] with the time the token was created (`created=` and an
+/// RFC 3339 time), which `dispatch token list` shows.
+pub fn token_line_created(
+    token: &str,
+    scopes: &[Scope],
+    name: Option<&str>,
+    created: &str,
+) -> String {
+    format!("{} created={created}", token_line(token, scopes, name))
+}
+
+/// The text of a token file without the tokens named `name`, and how
+/// many were removed; comments, blank lines and other tokens stay as
+/// they were.
+pub fn without_token(text: &str, name: &str) -> (String, usize) {
+    let mut out = String::with_capacity(text.len());
+    let mut removed = 0;
+    for line in text.lines() {
+        let named = Tokens::parse(line)
+            .ok()
+            .and_then(|t| t.list().into_iter().next())
+            .and_then(|t| t.name)
+            .is_some_and(|n| n == name);
+        if named {
+            removed += 1;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (out, removed)
 }
 
 /// The bearer token of a request, if it carries one.
@@ -582,10 +708,7 @@ mod tests {
         let line = token_line(&t, &[Scope::Submit, Scope::Work], Some("ci"));
         assert!(!line.contains(&t));
         let tokens = Tokens::parse(&format!("# c\n\n{line}\n")).unwrap();
-        assert_eq!(
-            tokens.scopes_of(&t),
-            Some(&[Scope::Submit, Scope::Work][..])
-        );
+        assert_eq!(tokens.scopes_of(&t), Some(vec![Scope::Submit, Scope::Work]));
         assert_eq!(tokens.scopes_of("dsp_nope"), None);
     }
 

@@ -18,6 +18,9 @@ pub(crate) struct Metrics {
     pub(crate) purged: AtomicU64,
     /// Requests by (route, status).
     pub(crate) requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Attempts started, succeeded and failed per second, for the
+    /// dashboard's chart.
+    pub(crate) throughput: crate::throughput::Throughput,
 }
 
 impl Metrics {

@@ -34,6 +34,9 @@
 //!   of SHA-256 digests) and the one table of what each route needs,
 //!   enforced by one middleware around REST and gRPC alike; `owners`:
 //!   which token registered each worker.
+//! - `ui`: the dashboard under `/ui` (pages rendered here, assets compiled
+//!   in; sign-in sessions and CSRF), whose actions are requests to the REST
+//!   router; `throughput`: the per-second counts of its chart.
 //! - `serve`: the connection loop — a cap on open connections, header and
 //!   idle timeouts for HTTP/1.1, keep-alive pings for HTTP/2.
 //! - `tls`: HTTPS on the same listener ([`TlsFiles`], `--tls-cert` and
@@ -57,11 +60,14 @@ mod metrics;
 mod openapi;
 mod owners;
 mod queues;
+mod reload;
 mod router;
 mod schedules;
 mod serve;
 mod tasks;
+mod throughput;
 mod tls;
+mod ui;
 mod wire;
 mod workers;
 
@@ -289,7 +295,12 @@ pub async fn start(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, StartError> {
     check_exposure(&config)?;
-    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::ReloadableAcceptor::load)
+        .transpose()?
+        .map(Arc::new);
     let audit = match &config.audit_log {
         Some(path) => Some(
             audit::AuditLog::open(path, config.audit_log_max_bytes).map_err(|source| {
@@ -323,6 +334,11 @@ pub async fn start(
             source,
         })?;
     let router = node.router();
+    tokio::spawn(reload::reload_loop(
+        config.tokens.clone(),
+        tls.clone(),
+        node.stopping(),
+    ));
     let mut stopped = node.stopping();
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;

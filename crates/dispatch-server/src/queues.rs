@@ -22,10 +22,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use dispatch_core::{QueueConfig, QueueInfo, Scheduler, Strategy, TaskState, TypeConfig};
-use dispatch_proto::{FieldError, QueueJson, QueueList, SubmitTask, ValidTask, parse_queue_name};
-use dispatch_store::Write;
+use dispatch_proto::{
+    FieldError, QueueJson, QueueList, QueueSettingsPatch, SubmitTask, ValidTask, parse_queue_name,
+};
+use dispatch_store::{QueueConfigRecord, Write};
 
-use crate::api::{ApiError, json};
+use crate::api::{ApiError, JsonBody, json};
 use crate::app::{App, acked};
 
 /// A queue's settings from the config file (`[queues.NAME]`).
@@ -83,6 +85,26 @@ impl QueueSettings {
             .values()
             .any(|q| q.config.rate_per_sec.is_some())
             || self.types.values().any(|t| t.config.rate_per_sec.is_some())
+    }
+
+    /// These settings with the queues the API changed (stored) in place of
+    /// the config file's: the API wins once it has set a queue.
+    pub(crate) fn with_stored(mut self, stored: Vec<QueueConfigRecord>) -> Self {
+        for c in stored {
+            let defaults = QueueDefaults {
+                config: QueueConfig {
+                    weight: c.weight.max(1),
+                    max_running: c.max_running,
+                    rate_per_sec: c.rate_per_sec,
+                    burst: c.burst,
+                    max_per_key: c.max_per_key,
+                },
+                strategy: c.strategy,
+                max_depth: c.max_depth,
+            };
+            self.queues.insert(c.name, defaults);
+        }
+        self
     }
 
     /// Hands the settings to a fresh scheduler, then the pause states the
@@ -176,12 +198,17 @@ async fn all_queues(app: &Arc<App>) -> Result<Vec<QueueJson>, ApiError> {
             running: 0,
         });
     }
-    let settings = &app.config.queue_settings;
+    let settings = app.queue_settings();
     Ok(infos
         .into_iter()
         .map(|(name, info)| {
-            let strategy = settings.queues.get(&name).and_then(|q| q.strategy);
-            QueueJson::new(&info, strategy, finished.remove(&name).unwrap_or_default())
+            let q = settings.queues.get(&name);
+            QueueJson::new(
+                &info,
+                q.and_then(|q| q.strategy),
+                q.and_then(|q| q.max_depth),
+                finished.remove(&name).unwrap_or_default(),
+            )
         })
         .collect())
 }
@@ -198,6 +225,69 @@ async fn all_queues(app: &Arc<App>) -> Result<Vec<QueueJson>, ApiError> {
 pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let queues = all_queues(&app).await?;
     Ok(json(StatusCode::OK, &QueueList { queues }))
+}
+
+/// `PATCH /v1/queues/{name}`: changes a queue's weight, limits,
+/// `max_depth` or default strategy (a member set to null clears it); 200
+/// with the queue.
+///
+/// The new settings are stored whole and acknowledged, then put in force:
+/// the server's copy (depth and strategy, read by submissions) and the
+/// core's (weight and limits, for the next dispatch decision; tasks
+/// running now are not touched). Serialized with pauses by `pause_order`,
+/// so the core ends in the state the store has last.
+pub(crate) async fn patch(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    let name = parse_queue_name(&name)?;
+    let patch = QueueSettingsPatch::parse(&body)?;
+    {
+        let _order = app.pause_order.lock().await;
+        let mut settings = QueueSettings::clone(&app.queue_settings());
+        let mut q = match settings.queues.get(name) {
+            Some(q) => q.clone(),
+            // A queue the config file does not name starts from what the
+            // core has (the defaults).
+            None => QueueDefaults {
+                config: app
+                    .lock()
+                    .sched
+                    .queues()
+                    .into_iter()
+                    .find(|i| &*i.name == name)
+                    .map(|i| i.config)
+                    .unwrap_or_default(),
+                ..QueueDefaults::default()
+            },
+        };
+        patch.apply(&mut q.config, &mut q.max_depth, &mut q.strategy)?;
+        let record = QueueConfigRecord {
+            name: name.to_owned(),
+            weight: q.config.weight,
+            max_running: q.config.max_running,
+            rate_per_sec: q.config.rate_per_sec,
+            burst: q.config.burst,
+            max_per_key: q.config.max_per_key,
+            max_depth: q.max_depth,
+            strategy: q.strategy,
+        };
+        acked(Some(app.write(Write::PutQueueConfig(record))?)).await?;
+        let config = q.config.clone();
+        settings.queues.insert(name.to_owned(), q);
+        app.set_queue_settings(settings);
+        app.apply(|step| step.shared.sched.configure_queue(name, config));
+    }
+    // A new rate may let a task start at a later token.
+    app.timer_wake.notify_one();
+    tracing::info!(queue = name, "queue settings changed");
+    let queue = all_queues(&app)
+        .await?
+        .into_iter()
+        .find(|q| q.name == name)
+        .ok_or_else(|| ApiError::new(500, "a queue vanished"))?;
+    Ok(json(StatusCode::OK, &queue))
 }
 
 /// `POST /v1/queues/{name}/pause`: 200 with the queue.

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use dispatch_proto::{FieldError, Problem};
 
 use crate::api::ApiError;
@@ -165,9 +165,20 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::new(500, "internal error").into_response()
 }
 
-/// Every route of the contract served by this version: the REST routes
-/// and the gRPC worker service.
+/// Every route of the contract served by this version: the REST routes,
+/// the gRPC worker service and the dashboard (whose actions are requests
+/// to the REST routes, through their middleware).
 pub(crate) fn router(app: Arc<App>) -> Router {
+    let rest = rest_router(app.clone());
+    rest.clone()
+        .merge(grpc::router(app.clone()))
+        .merge(crate::ui::router(app, rest).layer(
+            tower_http::catch_panic::CatchPanicLayer::custom(panic_response),
+        ))
+}
+
+/// The REST routes with their middleware.
+fn rest_router(app: Arc<App>) -> Router {
     let limit = app.config.max_body_bytes;
     Router::new()
         .route("/v1/tasks", post(tasks::submit).get(tasks::list))
@@ -190,9 +201,15 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/v1/schedules/{name}",
-            get(schedules::get_one).delete(schedules::delete),
+            get(schedules::get_one)
+                .delete(schedules::delete)
+                .patch(schedules::patch),
         )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/v1/schedules/{name}/trigger", post(schedules::trigger))
         .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{name}", patch(queues::patch))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
         .route("/metrics", get(metrics::prometheus))
@@ -212,6 +229,5 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
-        .with_state(app.clone())
-        .merge(grpc::router(app))
+        .with_state(app)
 }

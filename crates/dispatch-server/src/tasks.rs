@@ -51,7 +51,8 @@ async fn check_parents(app: &Arc<App>, task: &ValidTask) -> Result<(), FieldErro
 /// one queue racing may both pass and end slightly over `max_depth`. Tasks
 /// whose idempotency key was seen before count as new here.
 pub(crate) fn check_capacity(app: &App, records: &[TaskRecord]) -> Result<Charge, String> {
-    let settings = &app.config.queue_settings.queues;
+    let settings = app.queue_settings();
+    let settings = &settings.queues;
     let mut adding: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for r in records {
         if settings
@@ -387,7 +388,7 @@ pub(crate) async fn admit(
         .submitted
         .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
     // A rate limit may hold tasks back until its next token.
-    if delayed || app.config.queue_settings.rate_limited() {
+    if delayed || app.queue_settings().rate_limited() {
         app.timer_wake.notify_one();
     }
     Ok(())
@@ -420,7 +421,7 @@ pub(crate) async fn submit(
     let now = now_ms();
     let explicit = req.strategy.is_some();
     let mut valid = req.validate(now)?;
-    apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
+    apply_default_strategy(&app.queue_settings(), explicit, &mut valid)?;
     check_parents(&app, &valid).await?;
     let (record, created) = accept(&app, vec![valid], now, false)
         .await?
@@ -506,7 +507,7 @@ pub(crate) async fn submit_batch(
             let explicit = t.strategy.is_some();
             t.validate(now)
                 .and_then(|mut v| {
-                    apply_default_strategy(&app.config.queue_settings, explicit, &mut v)?;
+                    apply_default_strategy(&app.queue_settings(), explicit, &mut v)?;
                     Ok(v)
                 })
                 .map_err(|e| e.within(&format!("tasks[{i}]")))

@@ -107,6 +107,46 @@ pub(crate) fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The acceptor in force and the files it came from: [`Self::reload`]
+/// reads them again (SIGHUP, or a change of either file, see
+/// `crate::reload`); connections accepted after that get the new
+/// certificate, those open keep theirs. A pair that does not load leaves
+/// the acceptor in force as it was.
+pub(crate) struct ReloadableAcceptor {
+    files: TlsFiles,
+    current: std::sync::RwLock<TlsAcceptor>,
+}
+
+impl ReloadableAcceptor {
+    /// Loads the pair once, checked like at start-up.
+    pub(crate) fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        Ok(ReloadableAcceptor {
+            current: std::sync::RwLock::new(acceptor(files)?),
+            files: files.clone(),
+        })
+    }
+
+    /// The files it reads.
+    pub(crate) fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The acceptor for the next connection.
+    fn get(&self) -> TlsAcceptor {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the pair again and puts it in force.
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
+        let fresh = acceptor(&self.files)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
 /// The TLS settings a standby forwards to the leader with: the replicas
 /// trust the certificates of this server's own chain (`--tls-cert`), as
 /// replicas of one cluster share a certificate or its authority.
@@ -173,12 +213,12 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// handshakes, completed TLS streams out.
 pub(crate) struct TlsListener {
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<ReloadableAcceptor>,
     handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
 }
 
 impl TlsListener {
-    pub(crate) fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> Self {
+    pub(crate) fn new(tcp: TcpListener, acceptor: Arc<ReloadableAcceptor>) -> Self {
         TlsListener {
             tcp,
             acceptor,
@@ -199,7 +239,7 @@ impl axum::serve::Listener for TlsListener {
                 accepted = self.tcp.accept(), if self.handshakes.len() < MAX_HANDSHAKES => {
                     match accepted {
                         Ok((tcp, peer)) => {
-                            let acceptor = self.acceptor.clone();
+                            let acceptor = self.acceptor.get();
                             self.handshakes.spawn(handshake(acceptor, tcp, peer));
                         }
                         Err(e) => accept_error(e).await,

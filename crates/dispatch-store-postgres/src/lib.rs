@@ -108,6 +108,7 @@
 mod attempts;
 mod codec;
 mod lease;
+mod queues;
 mod schema;
 mod write;
 
@@ -672,6 +673,11 @@ impl Store for PgStore {
         };
         let rows = self.read(attempts::LIST_SQL, &[&id], "listing attempts")?;
         rows.iter().map(attempts::decode).collect()
+    }
+
+    fn list_queue_configs(&self) -> Result<Vec<dispatch_store::QueueConfigRecord>, StoreError> {
+        let rows = self.read(queues::LIST_SQL, &[], "listing queue settings")?;
+        rows.iter().map(queues::decode).collect()
     }
 
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {

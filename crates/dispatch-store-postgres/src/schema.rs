@@ -13,6 +13,7 @@ use crate::codec::pg_error;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_tasks.sql"),
     include_str!("../migrations/0002_attempts.sql"),
+    include_str!("../migrations/0003_queue_configs.sql"),
 ];
 
 /// The schema version this build writes.

@@ -1,7 +1,7 @@
 //! One batch of writes in one transaction, pipelined.
 //!
 //! A batch is cut into runs. Inserts, updates, fences, workers, queue
-//! pause states and schedule upserts and deletes need no answer from the
+//! pause states and settings, and schedule upserts and deletes need no answer from the
 //! database to build their statement, so a run of them is sent as one
 //! flight of statements without waiting for each answer (tokio-postgres
 //! pipelines the requests of one connection), the consecutive inserts of
@@ -43,6 +43,7 @@ pub(crate) struct WriterStatements {
     fire_advance: Statement,
     purge: Statement,
     set_queue_paused: Statement,
+    put_queue_config: Statement,
     put_worker: Statement,
     delete_worker: Statement,
 }
@@ -93,7 +94,7 @@ impl WriterStatements {
              SELECT EXISTS (SELECT 1 FROM old)",
             cols = schedule_columns!()
         );
-        let sql: [&str; 15] = [
+        let sql: [&str; 16] = [
             codec::INSERT_SQL,
             &update,
             "SELECT epoch FROM leases WHERE partition = $1 FOR SHARE",
@@ -122,6 +123,7 @@ impl WriterStatements {
              up AS (INSERT INTO queue_settings (name, paused) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET paused = excluded.paused) \
              SELECT COALESCE((SELECT paused FROM old), false)",
+            crate::queues::PUT_SQL,
             "WITH old AS (SELECT 1 FROM workers WHERE id = $1), \
              up AS (INSERT INTO workers (id, name, types, labels, capacity, weight, owner, \
                  registered_at) VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, $5, $6, $7, $8) \
@@ -159,6 +161,7 @@ impl WriterStatements {
             fire_advance: next()?,
             purge: next()?,
             set_queue_paused: next()?,
+            put_queue_config: next()?,
             put_worker: next()?,
             delete_worker: next()?,
         })
@@ -366,6 +369,9 @@ async fn run(
                         &stmts.set_queue_paused,
                         vec![Box::new(name.clone()), Box::new(*paused)],
                     ),
+                    Write::PutQueueConfig(c) => {
+                        (&stmts.put_queue_config, crate::queues::params(c)?)
+                    }
                     Write::PutWorker(w) => (&stmts.put_worker, codec::worker_params(w)?),
                     Write::DeleteWorker(id) => {
                         (&stmts.delete_worker, vec![Box::new(id.get().cast_signed())])
@@ -485,6 +491,9 @@ fn outcome_of(w: &Write, rows: &[Row]) -> Result<WriteOutcome, StoreError> {
             WriteOutcome::QueuePausedSet(flag("setting a queue's pause state")? != *paused)
         }
         Write::PutWorker(_) => WriteOutcome::WorkerPut(flag("storing a worker")?),
+        Write::PutQueueConfig(_) => {
+            WriteOutcome::QueueConfigPut(flag("storing a queue's settings")?)
+        }
         Write::Insert(_) | Write::Update(_) | Write::Fire { .. } | Write::Purge { .. } => {
             unreachable!("not a statement of its own")
         }

@@ -88,6 +88,7 @@ mod attempts;
 mod checkpoint;
 mod codec;
 mod folder_lock;
+mod queues;
 mod read_pool;
 mod replicas;
 mod schema;
@@ -436,6 +437,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn list_queue_configs(&self) -> Result<Vec<dispatch_store::QueueConfigRecord>, StoreError> {
+        self.readers.with(queues::list)
+    }
+
     fn count_by_queue_state(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
         let mut out = self.readers.with(|conn| {
             let mut stmt = conn
@@ -532,6 +537,7 @@ fn apply_in(conn: &Connection, writes: &[Write]) -> Result<Vec<WriteOutcome>, St
                 finished_before,
                 limit,
             } => purge(conn, *finished_before, *limit).map(WriteOutcome::Purged),
+            Write::PutQueueConfig(c) => queues::put(conn, c).map(WriteOutcome::QueueConfigPut),
             Write::SetQueuePaused { name, paused } => {
                 set_queue_paused(conn, name, *paused).map(WriteOutcome::QueuePausedSet)
             }

@@ -174,7 +174,22 @@ BEGIN
 END;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+/// Version 9: queue settings set through the API, by name; they win over
+/// the config file's. `strategy` is a strategy's name.
+const V9: &str = "
+CREATE TABLE queue_configs (
+    name         TEXT    PRIMARY KEY,
+    weight       INTEGER NOT NULL,
+    max_running  INTEGER,
+    rate_per_sec REAL,
+    burst        INTEGER,
+    max_per_key  INTEGER,
+    max_depth    INTEGER,
+    strategy     TEXT
+) STRICT, WITHOUT ROWID;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

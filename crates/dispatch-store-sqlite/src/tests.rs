@@ -38,6 +38,9 @@ impl Store for TempStore {
     ) -> Result<Vec<dispatch_store::AttemptRecord>, StoreError> {
         self.store.list_attempts(task)
     }
+    fn list_queue_configs(&self) -> Result<Vec<dispatch_store::QueueConfigRecord>, StoreError> {
+        self.store.list_queue_configs()
+    }
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.store.load_live()
     }
@@ -418,7 +421,7 @@ fn a_version_1_file_migrates_and_keeps_its_tasks() {
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          ALTER TABLE tasks DROP COLUMN request_digest; \
          DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
-         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; \
+         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; DROP TABLE queue_configs; \
          PRAGMA user_version = 1;",
     )
     .expect("downgrade");
@@ -462,7 +465,7 @@ fn a_version_2_file_migrates_and_keeps_its_tasks_and_schedules() {
          ALTER TABLE tasks DROP COLUMN shard_index; ALTER TABLE tasks DROP COLUMN shard_total; \
          ALTER TABLE tasks DROP COLUMN request_digest; \
          DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
-         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; \
+         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; DROP TABLE queue_configs; \
          PRAGMA user_version = 2;",
     )
     .expect("downgrade");
@@ -500,7 +503,7 @@ fn a_version_4_file_migrates_and_its_keys_match_any_request() {
     // Turn the file back into what version 4 wrote: no digests.
     let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
     raw.execute_batch("ALTER TABLE tasks DROP COLUMN request_digest; DROP TABLE leases; DROP TABLE replicas; DROP TABLE id_counter; DROP TABLE workers; \
-         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; \
+         DROP TRIGGER tasks_delete_attempts; DROP TABLE attempts; DROP TABLE queue_configs; \
          PRAGMA user_version = 4;")
         .expect("downgrade");
     drop(raw);

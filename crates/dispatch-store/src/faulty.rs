@@ -115,6 +115,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.read()?;
         self.inner.list_attempts(task)
     }
+    fn list_queue_configs(&self) -> Result<Vec<crate::QueueConfigRecord>, StoreError> {
+        self.faults.read()?;
+        self.inner.list_queue_configs()
+    }
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.faults.read()?;
         self.inner.load_live()

@@ -7,6 +7,9 @@
 //! - Each ended attempt of a task ([`AttemptRecord`]) rides on the
 //!   [`Write::Update`] of the transition that ends it, so the history costs
 //!   no write of its own; [`Store::list_attempts`] reads it back.
+//! - A queue's settings changed through the API ([`QueueConfigRecord`],
+//!   [`Write::PutQueueConfig`]) are kept by name, like its pause state,
+//!   and win over the config file's at the next start.
 //! - [`StoreError`] / [`ErrorKind`]: what can go wrong, classified so that the
 //!   server can answer 503 for an unavailable store and 500 for a bug.
 //! - [`GroupCommitWriter`]: the single writer thread in front of a store. It
@@ -50,8 +53,8 @@ pub use lease::{DEFAULT_PARTITION, Lease, Replica, ReplicaRecord};
 #[cfg(feature = "testing")]
 pub use memory::MemoryStore;
 pub use record::{
-    AttemptRecord, FireOutcome, InsertOutcome, RequestDigest, ScheduleRecord, TaskBody, TaskQuery,
-    TaskRecord, TaskUpdate, WorkerRecord, Write, WriteOutcome,
+    AttemptRecord, FireOutcome, InsertOutcome, QueueConfigRecord, RequestDigest, ScheduleRecord,
+    TaskBody, TaskQuery, TaskRecord, TaskUpdate, WorkerRecord, Write, WriteOutcome,
 };
 pub use writer::{GroupCommitWriter, StoreHealth, WriterClosed};
 
@@ -128,6 +131,10 @@ pub trait Store: Send + Sync + 'static {
     /// state (`true`: paused).
     fn list_queue_settings(&self) -> Result<Vec<(String, bool)>, StoreError>;
 
+    /// Every queue whose settings were set through the API
+    /// ([`Write::PutQueueConfig`]), by name.
+    fn list_queue_configs(&self) -> Result<Vec<QueueConfigRecord>, StoreError>;
+
     /// How many stored tasks each queue holds in each state, by queue name
     /// then state in life order ([`dispatch_core::TaskState::ALL`]); counts
     /// of zero are left out.
@@ -194,6 +201,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn list_queue_settings(&self) -> Result<Vec<(String, bool)>, StoreError> {
         (**self).list_queue_settings()
+    }
+    fn list_queue_configs(&self) -> Result<Vec<QueueConfigRecord>, StoreError> {
+        (**self).list_queue_configs()
     }
     fn count_by_queue_state(
         &self,

@@ -32,6 +32,8 @@ struct Inner {
     /// The next task id [`Store::reserve_ids`] hands out, at least.
     next_id: u64,
     workers: BTreeMap<dispatch_core::WorkerId, crate::WorkerRecord>,
+    /// Queue settings set through the API, by name.
+    queue_configs: BTreeMap<String, crate::QueueConfigRecord>,
     /// Ended attempts by task and number.
     attempts: BTreeMap<(TaskId, u32), AttemptRecord>,
 }
@@ -287,6 +289,11 @@ impl Store for MemoryStore {
                     }
                     WriteOutcome::Purged(doomed.len())
                 }
+                Write::PutQueueConfig(c) => WriteOutcome::QueueConfigPut(
+                    next.queue_configs
+                        .insert(c.name.clone(), c.clone())
+                        .is_some(),
+                ),
                 Write::SetQueuePaused { name, paused } => {
                     let before = next.queue_settings.insert(name.clone(), *paused);
                     WriteOutcome::QueuePausedSet(before.unwrap_or(false) != *paused)
@@ -350,6 +357,10 @@ impl Store for MemoryStore {
             .iter()
             .map(|(name, paused)| (name.clone(), *paused))
             .collect())
+    }
+
+    fn list_queue_configs(&self) -> Result<Vec<crate::QueueConfigRecord>, StoreError> {
+        Ok(self.lock().queue_configs.values().cloned().collect())
     }
 
     fn count_by_queue_state(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {

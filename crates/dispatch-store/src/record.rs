@@ -201,6 +201,9 @@ pub enum Write {
     /// Forgets a worker (it left, or its lease ran out); `false` outcome
     /// when there was none.
     DeleteWorker(WorkerId),
+    /// Stores a queue's settings, set through the API, replacing those of
+    /// that name: from then on they win over the config file's.
+    PutQueueConfig(QueueConfigRecord),
     /// Pauses or resumes a queue. The state is kept per queue name, so that
     /// it survives a restart; a queue without a stored state is not paused.
     SetQueuePaused {
@@ -238,6 +241,8 @@ pub enum WriteOutcome {
     /// A [`Write::SetQueuePaused`] was stored (`true`: it changed the
     /// queue's state; a queue never set before counts as not paused).
     QueuePausedSet(bool),
+    /// A [`Write::PutQueueConfig`] was stored (`true`: it replaced one).
+    QueueConfigPut(bool),
     /// A [`Write::Fence`] passed: the writer leads at that epoch.
     Fenced,
     /// A [`Write::PutWorker`] was stored (`true`: it replaced one).
@@ -304,6 +309,28 @@ pub struct ScheduleRecord {
     pub created_at: Millis,
     /// The latest fire recorded, if any.
     pub last_fire_at: Option<Millis>,
+}
+
+/// A queue's settings as the API set them: weight and limits, the most
+/// tasks it holds waiting, and the strategy of its tasks that name none.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueConfigRecord {
+    /// The queue's name.
+    pub name: String,
+    /// Its share of the workers, at least 1.
+    pub weight: u32,
+    /// Most of its tasks running at once.
+    pub max_running: Option<u32>,
+    /// Most of its tasks started per second.
+    pub rate_per_sec: Option<f64>,
+    /// The rate limit's bucket size.
+    pub burst: Option<u32>,
+    /// Most of its tasks running at once per routing key.
+    pub max_per_key: Option<u32>,
+    /// Most of its tasks waiting.
+    pub max_depth: Option<u64>,
+    /// The default strategy of its tasks.
+    pub strategy: Option<dispatch_core::Strategy>,
 }
 
 /// What happened to one record of a [`Write::Insert`].

@@ -194,6 +194,9 @@ impl<S: Store> Store for Gated<S> {
     ) -> Result<Vec<dispatch_store::AttemptRecord>, StoreError> {
         self.inner.list_attempts(task)
     }
+    fn list_queue_configs(&self) -> Result<Vec<dispatch_store::QueueConfigRecord>, StoreError> {
+        self.inner.list_queue_configs()
+    }
     fn load_live(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.inner.load_live()
     }

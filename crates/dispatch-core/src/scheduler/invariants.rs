@@ -6,6 +6,14 @@ use super::*;
 impl<B> Scheduler<B> {
     /// Checks the internal invariants; tests call it after every step.
     pub fn check_invariants(&self) -> Result<(), String> {
+        // An attempt noted as ending rides on the transition emitted in the
+        // same input: none is left over between inputs.
+        if let Some((task, end)) = &self.ending {
+            return Err(format!(
+                "attempt {} of task {task} ended without a transition",
+                end.attempt
+            ));
+        }
         // A task waiting for its worker's claim runs on that worker, and
         // both indexes of the claims agree.
         if self.unclaimed.len() != self.claim_by.len() {

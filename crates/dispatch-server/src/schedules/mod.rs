@@ -39,7 +39,10 @@ use crate::app::{Ack, App, acked};
 use crate::clock::{now_ms, wall_ms};
 use crate::wire::schedule_record;
 
+mod changes;
 pub(crate) mod table;
+
+pub(crate) use changes::{patch, pause, resume, trigger};
 
 use table::{Entry, Schedules, rewind, schedule_footprint};
 
@@ -141,7 +144,7 @@ fn new_fire_task(
 ) -> Result<Result<TaskRecord, dispatch_proto::FieldError>, StoreError> {
     let valid = fire_task(template, schedule, fire_at, now).and_then(|mut valid| {
         let explicit = template.strategy.is_some();
-        crate::queues::apply_default_strategy(&app.config.queue_settings, explicit, &mut valid)?;
+        crate::queues::apply_default_strategy(&app.queue_settings(), explicit, &mut valid)?;
         Ok(valid)
     });
     let valid = match valid {
@@ -238,7 +241,7 @@ pub(crate) async fn create(
     JsonBody(req): JsonBody<CreateSchedule>,
 ) -> Result<Response, ApiError> {
     let valid = req.validate(now_ms())?;
-    crate::queues::check_template(&app.config.queue_settings, &valid.parts.template)?;
+    crate::queues::check_template(&app.queue_settings(), &valid.parts.template)?;
     let name = valid.name.clone();
     let record = schedule_record(&valid);
     // A schedule is held in memory like a task: charged to the budget.

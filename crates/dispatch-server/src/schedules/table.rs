@@ -81,6 +81,15 @@ impl Schedules {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every committed schedule, by name, as the API shows it.
+    pub(crate) fn shown(&self) -> Vec<ScheduleJson> {
+        self.lock()
+            .values()
+            .filter(|e| !e.pending)
+            .map(Entry::json)
+            .collect()
+    }
+
     /// Takes the stored schedules at start-up; they are charged to
     /// `budget` whatever it says, like recovered tasks.
     pub(crate) fn load(

@@ -1,9 +1,10 @@
-//! Conformance cases of what operators read and change: attempt history.
+//! Conformance cases of what operators read and change: attempt history
+//! and queue settings.
 
-use dispatch_core::{AttemptOutcome, TaskId, TaskState, WorkerId};
+use dispatch_core::{AttemptOutcome, Strategy, TaskId, TaskState, WorkerId};
 
 use super::{get, insert, sample, update};
-use crate::{AttemptRecord, Store, Write, WriteOutcome};
+use crate::{AttemptRecord, ErrorKind, QueueConfigRecord, Store, Write, WriteOutcome};
 
 /// An ended attempt of task `id` with distinctive values.
 pub(crate) fn attempt(id: u64, n: u32, outcome: AttemptOutcome) -> AttemptRecord {
@@ -125,4 +126,69 @@ pub fn attempts_are_purged_with_their_task(store: impl Store) {
     assert_eq!(get(&store, 1), None);
     assert!(attempts(&store, 1).is_empty());
     assert_eq!(attempts(&store, 2).len(), 1);
+}
+
+fn queue_config(name: &str) -> QueueConfigRecord {
+    QueueConfigRecord {
+        name: name.to_owned(),
+        weight: 7,
+        max_running: Some(u32::MAX),
+        rate_per_sec: Some(0.25),
+        burst: Some(3),
+        max_per_key: Some(2),
+        max_depth: Some(i64::MAX as u64),
+        strategy: Some(Strategy::ConsistentHash),
+    }
+}
+
+/// Queue settings read back exactly, by name (a name sorts by its bytes);
+/// a second write of a name replaces the first, cleared limits included.
+pub fn queue_configs_round_trip_are_replaced_and_list_by_name(store: impl Store) {
+    assert_eq!(store.list_queue_configs().expect("list"), Vec::new());
+    let (b, a) = (queue_config("bulk"), queue_config("Bulk-ä"));
+    let out = store
+        .apply(&[
+            Write::PutQueueConfig(b.clone()),
+            Write::PutQueueConfig(a.clone()),
+        ])
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![
+            WriteOutcome::QueueConfigPut(false),
+            WriteOutcome::QueueConfigPut(false)
+        ]
+    );
+    assert_eq!(
+        store.list_queue_configs().expect("list"),
+        vec![a.clone(), b]
+    );
+    let cleared = QueueConfigRecord {
+        name: "bulk".into(),
+        weight: 1,
+        max_running: None,
+        rate_per_sec: None,
+        burst: None,
+        max_per_key: None,
+        max_depth: None,
+        strategy: None,
+    };
+    let out = store
+        .apply(&[Write::PutQueueConfig(cleared.clone())])
+        .expect("apply");
+    assert_eq!(out, vec![WriteOutcome::QueueConfigPut(true)]);
+    assert_eq!(store.list_queue_configs().expect("list"), vec![a, cleared]);
+}
+
+/// Settings in a batch that fails are not stored.
+pub fn queue_configs_of_a_refused_batch_are_not_stored(store: impl Store) {
+    insert(&store, vec![sample(1, "job")]);
+    let err = store
+        .apply(&[
+            Write::PutQueueConfig(queue_config("bulk")),
+            Write::Insert(vec![sample(1, "job")]),
+        ])
+        .expect_err("duplicate id");
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    assert_eq!(store.list_queue_configs().expect("list"), Vec::new());
 }

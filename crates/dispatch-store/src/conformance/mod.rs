@@ -108,6 +108,8 @@ macro_rules! store_conformance_tests {
             an_attempt_of_a_refused_update_is_not_stored,
             an_attempt_stored_twice_keeps_the_first,
             attempts_are_purged_with_their_task,
+            queue_configs_round_trip_are_replaced_and_list_by_name,
+            queue_configs_of_a_refused_batch_are_not_stored,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
