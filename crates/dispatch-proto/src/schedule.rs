@@ -63,6 +63,7 @@ pub struct CreateSchedule {
 /// `PATCH /v1/schedules/{name}`: the fields to change; an absent (or
 /// null) field keeps its value. The result is validated as a creation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PatchSchedule {
     /// The schedule's own name, if given: a schedule is not renamed.

@@ -236,6 +236,19 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Response, ApiErr
 /// core's (weight and limits, for the next dispatch decision; tasks
 /// running now are not touched). Serialized with pauses by `pause_order`,
 /// so the core ends in the state the store has last.
+#[utoipa::path(
+    patch,
+    path = "/v1/queues/{name}",
+    summary = "Change a queue's settings",
+    description = "Any of `weight`, `max_running`, `rate_per_sec`, `burst`, `max_per_key`, `max_depth` and `strategy`; a member set to null clears it. Stored: the API's settings win over the config file at every start.",
+    tag = "queues",
+    params(("name" = String, Path, description = "The queue's name (a queue exists once named).")),
+    request_body(content = Object, description = "The settings to change."),
+    responses(
+        (status = 200, description = "Changed; the queue.", body = QueueJson),
+        (status = 422, description = "A setting is invalid, or the name is; `field` names it."),
+    ),
+)]
 pub(crate) async fn patch(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,

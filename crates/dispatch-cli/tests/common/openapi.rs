@@ -153,6 +153,10 @@ impl Document {
         if path.starts_with("/dispatch.v1.") {
             return;
         }
+        // Nor are the dashboard's HTML pages part of the API.
+        if path == "/ui" || path.starts_with("/ui/") {
+            return;
+        }
         let op = self
             .template(path)
             .map(|t| &self.doc["paths"][t][method.to_ascii_lowercase()])

@@ -39,7 +39,7 @@ use crate::app::{Ack, App, acked};
 use crate::clock::{now_ms, wall_ms};
 use crate::wire::schedule_record;
 
-mod changes;
+pub(crate) mod changes;
 pub(crate) mod table;
 
 pub(crate) use changes::{patch, pause, resume, trigger};
