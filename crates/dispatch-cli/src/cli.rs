@@ -4,7 +4,7 @@
 //! commands that talk to a running server, under their own help heading;
 //! they may also come before the command (`dispatch --server URL tasks`).
 //! `dispatch worker` takes `--server`, `--token` and `--ca`; `server`,
-//! `demo` and `token create` take none of them.
+//! `demo`, `token create`, `completions` and `man` take none of them.
 
 use std::path::PathBuf;
 
@@ -97,6 +97,17 @@ pub(crate) struct WorkerClientOpts {
     /// scheduler and the config's https:// endpoints.
     #[arg(long, env = "DISPATCH_CA", value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
+}
+
+/// How the server and the worker write their logs on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`,
+    /// `fields`), for log collectors.
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -199,6 +210,10 @@ pub(crate) struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Log format on stderr: text, or JSON lines for a log collector
+    /// (`RUST_LOG` sets the level in both).
+    #[arg(long, value_enum, env = "DISPATCH_LOG_FORMAT", default_value = "text")]
+    pub(crate) log_format: LogFormat,
     #[command(flatten)]
     pub(crate) limits: crate::server_limits::ServerLimits,
 }
@@ -410,6 +425,9 @@ pub(crate) enum Command {
         /// The worker config (TOML): one command or URL per task type.
         #[arg(long)]
         config: PathBuf,
+        /// Log format on stderr: text, or JSON lines.
+        #[arg(long, value_enum, env = "DISPATCH_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
         #[command(flatten)]
         client: WorkerClientOpts,
     },
@@ -422,6 +440,28 @@ pub(crate) enum Command {
         /// Workers to start.
         #[arg(long, default_value_t = 4)]
         workers: usize,
+    },
+    /// Print a shell completion script for `dispatch` on stdout.
+    #[command(after_help = "\
+Install, for example:
+  bash: dispatch completions bash > ~/.local/share/bash-completion/completions/dispatch
+  zsh:  dispatch completions zsh > \"${fpath[1]}/_dispatch\"
+  fish: dispatch completions fish > ~/.config/fish/completions/dispatch.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of `dispatch` (roff) on stdout, or write one page
+    /// per command into a folder.
+    #[command(after_help = "\
+Read it with `dispatch man | man -l -`, or install the pages:
+  dispatch man --out /usr/local/share/man/man1")]
+    Man {
+        /// Write dispatch.1 and a page per command (dispatch-server.1, ...)
+        /// into this folder (created if missing) instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -443,6 +483,8 @@ impl Command {
             Command::Schedule { .. } => "schedule",
             Command::Worker { .. } => "worker",
             Command::Demo { .. } => "demo",
+            Command::Completions { .. } => "completions",
+            Command::Man { .. } => "man",
         }
     }
 
@@ -462,7 +504,9 @@ impl Command {
             Command::Server(_)
             | Command::Token { .. }
             | Command::Worker { .. }
-            | Command::Demo { .. } => None,
+            | Command::Demo { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. } => None,
         }
     }
 }

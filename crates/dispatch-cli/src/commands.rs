@@ -421,7 +421,9 @@ async fn dispatch(client: &Client, command: Command, json: bool) -> Result<()> {
         Command::Server(_)
         | Command::Demo { .. }
         | Command::Worker { .. }
-        | Command::Token { .. } => {
+        | Command::Token { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
             unreachable!("not a client command")
         }
     }

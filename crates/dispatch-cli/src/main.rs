@@ -19,6 +19,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod install_files;
 mod output;
 mod server_config;
 mod server_limits;
@@ -34,7 +35,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use dispatch_client::ClientError;
 
-use cli::{Cli, ClientOpts, Command, ServerArgs, TokenAction};
+use cli::{Cli, ClientOpts, Command, LogFormat, ServerArgs, TokenAction};
 
 /// Exit code of an error: bad input, a refusal, an unreachable server.
 pub(crate) const EXIT_ERROR: u8 = 1;
@@ -156,17 +157,23 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
-/// Logs to stderr at `default` level (`RUST_LOG` changes it), coloured
-/// only when stderr is a terminal and `NO_COLOR` is unset or empty.
-pub(crate) fn init_logs(default: &str) {
+/// Logs to stderr at `default` level (`RUST_LOG` changes it). As text,
+/// coloured only when stderr is a terminal and `NO_COLOR` is unset or
+/// empty; as JSON, one object per line with the event's `timestamp`,
+/// `level`, `target` and `fields` (`message` among them).
+pub(crate) fn init_logs(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(colour_allowed(std::io::stderr().is_terminal()))
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+        .with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => logs
+            .with_ansi(colour_allowed(std::io::stderr().is_terminal()))
+            .with_target(false)
+            .try_init(),
+        LogFormat::Json => logs.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Whether output to a stream may carry ANSI colours: only to a terminal,
@@ -250,7 +257,13 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Token {
             action: TokenAction::Revoke { name, tokens },
         } => revoke_token(&name, &tokens),
-        Command::Worker { config, client } => {
+        Command::Completions { shell } => install_files::completions(shell),
+        Command::Man { out } => install_files::man(out.as_deref()),
+        Command::Worker {
+            config,
+            log_format,
+            client,
+        } => {
             let root = &cli.client;
             let sub_given = |id: &str| {
                 matches
@@ -273,7 +286,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
                 root.ca.clone().or(client.ca)
             };
             let server = server.filter(|s| !s.is_empty());
-            worker::run(&config, server, token, ca.as_deref()).await
+            worker::run(&config, server, token, ca.as_deref(), log_format).await
         }
         command => {
             let sub = command.client_opts().cloned().unwrap_or_default();
@@ -285,7 +298,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
 
 /// `dispatch server`.
 async fn run_server(args: ServerArgs) -> Result<()> {
-    init_logs("info");
+    init_logs("info", args.log_format);
     if args.lease_ms == 0 {
         bail!("--lease-ms must be at least 1");
     }

@@ -13,13 +13,15 @@ use dispatch_worker::generic;
 /// `token` (`--token` / `DISPATCH_TOKEN`) is sent to a server that requires
 /// one. `ca` (`--ca` / `DISPATCH_CA`) is a CA certificate trusted besides
 /// the system's, for an https:// scheduler and https:// endpoints alike.
+/// `log_format` (`--log-format`) chooses text or JSON logs.
 pub(crate) async fn run(
     path: &Path,
     cli_server: Option<String>,
     token: Option<String>,
     ca: Option<&Path>,
+    log_format: crate::cli::LogFormat,
 ) -> Result<()> {
-    crate::init_logs("info");
+    crate::init_logs("info", log_format);
     let config = generic::load(path)?;
     let server = cli_server
         .or(config.server.clone())

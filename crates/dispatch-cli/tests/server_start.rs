@@ -233,3 +233,121 @@ async fn logs_are_coloured_on_a_terminal_unless_no_color() {
         "colours despite NO_COLOR: {plain:?}"
     );
 }
+
+/// Starts `dispatch server` with `args` and `env`, submits a task, stops it
+/// with SIGTERM and returns everything it wrote on stderr.
+fn server_logs_of_one_life(args: &[&str], env: &[(&str, &str)]) -> String {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.path().join("data"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("DISPATCH_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Killed and reaped on every way out, a failed assertion included.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let child = Reaped(child);
+    let errs = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all);
+        all
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let up = rx
+        .recv_timeout(Duration::from_secs(15))
+        .is_ok_and(|l| l.contains("listening"));
+    assert!(up, "the server did not start");
+    let submitted = run_cli(
+        &[
+            "submit",
+            "log.check",
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+        &[],
+    );
+    assert!(submitted.status.success(), "{submitted:?}");
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A clean stop closes stderr; the reader thread then returns.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(errs.join());
+    });
+    let logs = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server stops within 20 s of SIGTERM")
+        .expect("stderr reader");
+    drop(child);
+    logs
+}
+
+/// `--log-format json` (or `DISPATCH_LOG_FORMAT=json`): every line the
+/// server writes on stderr, from start to a clean stop, is one JSON
+/// object with its timestamp, level, target and fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let by_flag = server_logs_of_one_life(&["--log-format", "json"], &[]);
+    let by_env = server_logs_of_one_life(&[], &[("DISPATCH_LOG_FORMAT", "json")]);
+    for logs in [by_flag, by_env] {
+        let lines: Vec<&str> = logs.lines().collect();
+        assert!(lines.len() >= 2, "too few log lines: {logs}");
+        let mut messages = Vec::new();
+        for line in &lines {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            for key in ["timestamp", "level", "target"] {
+                assert!(v[key].is_string(), "no {key} in {line}");
+            }
+            assert!(
+                ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&v["level"].as_str().unwrap()),
+                "{line}"
+            );
+            assert!(v["fields"].is_object(), "no fields in {line}");
+            messages.push(v["fields"]["message"].as_str().unwrap_or("").to_owned());
+            if v["fields"]["message"] == "dispatch server listening" {
+                assert!(v["fields"]["addr"].is_string(), "structured fields: {line}");
+                assert!(
+                    v["target"].as_str().unwrap().starts_with("dispatch_server"),
+                    "{line}"
+                );
+            }
+        }
+        assert!(
+            messages.iter().any(|m| m == "dispatch server listening"),
+            "{messages:?}"
+        );
+    }
+    // Text stays the default.
+    let text = server_logs_of_one_life(&[], &[]);
+    assert!(text.lines().any(|l| l.contains("INFO")), "{text}");
+    assert!(serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).is_err());
+}

@@ -4,7 +4,8 @@
 //! The service is defined in `proto/dispatch/v1/worker.proto` and compiled
 //! at build time with protox and tonic-prost-build (no `protoc` binary). This
 //! crate holds the generated code ([`pb`]), the service's server and client
-//! stubs ([`WorkerServiceServer`], [`WorkerServiceClient`]) and the
+//! stubs ([`WorkerServiceServer`], [`WorkerServiceClient`]), the compiled
+//! descriptors ([`FILE_DESCRIPTOR_SET`], for server reflection) and the
 //! conversions between the protobuf messages and the JSON contract's types
 //! in `dispatch-proto`, so that both transports validate with the same rules:
 //!
@@ -44,6 +45,10 @@ use serde_json::value::RawValue;
 pub mod pb {
     tonic::include_proto!("dispatch.v1");
 }
+
+/// The compiled `worker.proto` (an encoded `FileDescriptorSet`, comments
+/// included), for the server's reflection service.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dispatch_descriptor");
 
 pub use pb::worker_service_client::WorkerServiceClient;
 pub use pb::worker_service_server::{SERVICE_NAME, WorkerService, WorkerServiceServer};

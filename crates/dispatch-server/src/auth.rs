@@ -159,6 +159,20 @@ pub(crate) const TABLE: &[(&str, &str, Need)] = {
         // Open.
         ("GET", "/healthz", Open),
         ("GET", "/openapi.json", Open),
+        // Answered by every replica itself (`grpc_tools.rs`), open: load
+        // balancers hold no token, and reflection tells only what the
+        // published `worker.proto` says.
+        ("POST", "/grpc.health.v1.Health/{*method}", Open),
+        (
+            "POST",
+            "/grpc.reflection.v1.ServerReflection/{*method}",
+            Open,
+        ),
+        (
+            "POST",
+            "/grpc.reflection.v1alpha.ServerReflection/{*method}",
+            Open,
+        ),
     ]
 };
 

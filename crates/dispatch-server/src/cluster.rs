@@ -18,8 +18,9 @@
 //! (long polls and worker streams end with it), as soon as its writes are
 //! refused for a stale epoch, or when it could not renew for five sixths of
 //! the lease: before the lease can run out under it, whatever its clock
-//! says. `/healthz` and `GET /v1/cluster` are answered by every replica
-//! itself, and so is `/openapi.json`.
+//! says. `/healthz`, `GET /v1/cluster`, `/openapi.json` and the gRPC health
+//! and reflection services (`grpc_tools`) are answered by every replica
+//! itself.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -347,11 +348,13 @@ impl Node {
         }
     }
 
-    /// The router every request goes through: `/healthz`, `/v1/cluster`
-    /// and `/openapi.json` here, the rest by role.
+    /// The router every request goes through: `/healthz`, `/v1/cluster`,
+    /// `/openapi.json` and the gRPC health and reflection services here, the
+    /// rest by role.
     pub(crate) fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/healthz", axum::routing::get(healthz))
+            .merge(crate::grpc_tools::router(self.clone()))
             .route("/v1/cluster", axum::routing::get(cluster))
             .route("/openapi.json", axum::routing::get(crate::openapi::serve))
             .fallback(|State(node): State<Arc<Node>>, req: Request| async move {
@@ -557,6 +560,30 @@ impl Node {
             replicas,
         };
         json(StatusCode::OK, &body)
+    }
+}
+
+impl crate::grpc_tools::Readiness for Node {
+    /// Like `/healthz`'s status: leading, with a store that takes writes.
+    fn serving(&self) -> bool {
+        if *self.stop_tx.borrow() {
+            return false;
+        }
+        match self.role() {
+            Role::Leader(term) => {
+                let health = term.app.store_health();
+                !health.is_failing() && !health.is_fenced()
+            }
+            Role::TakingOver { .. } | Role::Standby { .. } => false,
+        }
+    }
+
+    fn role_changes(&self) -> watch::Receiver<u64> {
+        self.role_changes.subscribe()
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop_tx.subscribe()
     }
 }
 

@@ -80,10 +80,10 @@ pub(crate) fn router(app: Arc<App>) -> axum::Router {
         ))
 }
 
-/// Refuses a request on the gRPC path that is not gRPC (plain HTTP, JSON)
+/// Refuses a request on a gRPC path that is not gRPC (plain HTTP, JSON)
 /// with a 415 problem, as the REST routes do, instead of letting the gRPC
 /// server read its body as frames.
-async fn require_grpc(
+pub(crate) async fn require_grpc(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -97,7 +97,7 @@ async fn require_grpc(
     }
     let not_grpc = crate::api::ApiError::new(
         415,
-        "this is the gRPC worker protocol: send application/grpc over HTTP/2",
+        "this is a gRPC service: send application/grpc over HTTP/2",
     );
     axum::response::IntoResponse::into_response(not_grpc)
 }

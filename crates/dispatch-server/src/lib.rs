@@ -18,7 +18,8 @@
 //! - `wire`: the conversions between the wire types and the store's
 //!   records, which meet only here.
 //! - `grpc`: the streaming worker protocol (gRPC, credit-based push), served
-//!   on the same listener as HTTP.
+//!   on the same listener as HTTP. `grpc_tools`: the standard gRPC health
+//!   and reflection services, for load balancers and `grpcurl`.
 //! - `schedules`: cron schedules' endpoints and the loop that fires them,
 //!   each fire stored with its task before the task reaches the core;
 //!   `schedules::table` holds them in memory.
@@ -56,6 +57,7 @@ mod clock;
 mod cluster;
 mod counters;
 mod grpc;
+mod grpc_tools;
 mod metrics;
 mod openapi;
 mod owners;

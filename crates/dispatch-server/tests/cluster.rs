@@ -3,6 +3,7 @@
 //! tested with the real binary in dispatch-cli's `replicas.rs`). One
 //! leads, the others forward to it; a leader cut off from the store steps
 //! down before its lease ends and cannot write once another took over.
+//! gRPC health is `SERVING` on the leader only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,9 @@ use dispatch_proto::{CompleteTask, PollRequest, RegisterWorker, SubmitTask};
 use dispatch_server::{ClusterConfig, Replica, RunningServer, ServerConfig};
 use dispatch_store::{Faults, FaultyStore, MemoryStore, Store};
 use serde_json::value::to_raw_value;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// The lease under test: short, so that takeovers happen within a test.
 const LEASE_MS: u64 = 900;
@@ -395,4 +399,78 @@ async fn a_running_task_stays_with_its_worker_across_a_takeover() {
         .await
         .expect("poll the new leader");
     assert_eq!(polled.tasks[0].id, lost.id);
+}
+
+/// A `Watch` stream of the whole server's gRPC health at `url`.
+async fn watch_health(url: &str) -> tonic::Streaming<HealthCheckResponse> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// The next status a `Watch` stream sends.
+async fn next_status(watch: &mut tonic::Streaming<HealthCheckResponse>) -> ServingStatus {
+    let reply = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("a status within 20 s")
+        .expect("the stream")
+        .expect("a message");
+    ServingStatus::try_from(reply.status).expect("a known status")
+}
+
+/// gRPC health says whether a replica takes work: `SERVING` on the leader
+/// only, `NOT_SERVING` on standbys, so that a load balancer sends workers
+/// to the leader. `Watch` follows the role: the cut-off leader turns
+/// `NOT_SERVING`, the standby that takes over turns `SERVING`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_serves_on_the_leader_only_and_follows_the_role() {
+    let r = three().await;
+    let leader = r.leader().await;
+    let mut watches = Vec::new();
+    for url in &r.urls {
+        watches.push(watch_health(url).await);
+    }
+    for (i, watch) in watches.iter_mut().enumerate() {
+        let expected = if i == leader {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        assert_eq!(next_status(watch).await, expected, "replica {i}");
+    }
+
+    r.faults[leader].fail_writes(true);
+    assert_eq!(
+        next_status(&mut watches[leader]).await,
+        ServingStatus::NotServing,
+        "the cut-off leader stops serving"
+    );
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let urls = r.urls.clone();
+    let next = eventually("another replica leads", || {
+        let (urls, others) = (urls.clone(), others.clone());
+        async move {
+            for &i in &others {
+                if health(&urls[i]).await["role"] == "leader" {
+                    return Some(i);
+                }
+            }
+            None
+        }
+    })
+    .await;
+    assert_eq!(
+        next_status(&mut watches[next]).await,
+        ServingStatus::Serving,
+        "the new leader serves"
+    );
 }

@@ -2,8 +2,8 @@
 //! answer 503 with a problem body, the server stays up and says so in
 //! `/healthz` and `/metrics`, nothing refused is stored, the state changes
 //! made meanwhile reach the store once it works again, and it recovers by
-//! itself. A real server on loopback, over a real SQLite file wrapped in a
-//! fault-injecting store.
+//! itself; gRPC health says the same. A real server on loopback, over a
+//! real SQLite file wrapped in a fault-injecting store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use dispatch_store::{FaultyStore, Store};
 use dispatch_store_sqlite::Durability;
 use dispatch_store_sqlite::SqliteStore;
 use serde_json::value::to_raw_value;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 fn task(kind: &str) -> SubmitTask {
     SubmitTask::new(
@@ -262,5 +264,82 @@ async fn a_poll_answered_503_takes_no_task() {
     waiting.sort();
     assert_eq!(got, waiting);
     assert!(reply.tasks.iter().all(|t| t.attempt == 1));
+    server.shutdown().await;
+}
+
+/// The gRPC health service of a server on `base`.
+async fn grpc_health(
+    base: &str,
+) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(base.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+/// The status `Check` gives for the whole server.
+async fn grpc_status(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+) -> ServingStatus {
+    let reply = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    ServingStatus::try_from(reply.status).expect("a known status")
+}
+
+/// The next status a `Watch` stream sends.
+async fn next_status(watch: &mut tonic::Streaming<HealthCheckResponse>) -> ServingStatus {
+    let reply = tokio::time::timeout(Duration::from_secs(15), watch.message())
+        .await
+        .expect("a status within 15 s")
+        .expect("the stream")
+        .expect("a message");
+    ServingStatus::try_from(reply.status).expect("a known status")
+}
+
+/// gRPC health follows the store like `/healthz`: `NOT_SERVING` while
+/// writes fail, for `Check` and on a `Watch` stream opened before, and
+/// `SERVING` again once the store heals and the retained completion
+/// lands, without a restart or another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_is_not_serving_while_the_store_fails() {
+    let (_dir, server, faults, client, base) = faulty_server().await;
+    let mut health = grpc_health(&base).await;
+    assert_eq!(grpc_status(&mut health).await, ServingStatus::Serving);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: dispatch_grpc::SERVICE_NAME.to_owned(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving);
+
+    let w = client.register(&worker()).await.expect("register").id;
+    let (a, _) = client.submit(&task("job")).await.expect("submit");
+    assert_eq!(poll_one(&client, &w).await, a.id);
+
+    faults.fail_writes(true);
+    let refused = client.submit(&task("job")).await.expect_err("no store");
+    assert_unavailable(&refused);
+    // A completion the server keeps and retries until the store heals.
+    let report = client.complete(&a.id, &complete()(&w)).await;
+    assert_unavailable(&report.expect_err("not stored yet"));
+    assert_eq!(grpc_status(&mut health).await, ServingStatus::NotServing);
+    assert_eq!(next_status(&mut watch).await, ServingStatus::NotServing);
+
+    faults.fail_writes(false);
+    assert_eq!(
+        next_status(&mut watch).await,
+        ServingStatus::Serving,
+        "healed by itself"
+    );
+    assert_eq!(grpc_status(&mut health).await, ServingStatus::Serving);
     server.shutdown().await;
 }

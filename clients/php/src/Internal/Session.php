@@ -23,7 +23,12 @@ use Dispatch\TaskInterface;
  *   `heartbeat_ms` when no fetch is open (every slot busy) to renew the
  *   lease and hear of cancellations.
  *
- * Every poll names the tasks still running (`running`). Tasks run in
+ * Every poll names the tasks still held (`running`): those running, those
+ * handed over and not started yet, and those whose report is not answered
+ * yet. Once the tasks of a fetch's answer are held, the answer's
+ * `handout` is acknowledged (`last_handout`) in every later poll and
+ * heartbeat, so that the scheduler gives back at once a task whose answer
+ * never arrived here. Tasks run in
  * processes of their own ({@see Child}), or one at a time in this process.
  * A request that fails (no answer, 5xx, 429) gives its results back to be
  * sent again, and the next request waits a backoff (100 ms doubling to
@@ -44,9 +49,9 @@ final class Session
     private array $children = [];
     /** @var array<string, string> finished tasks' reports, by task id, not yet sent */
     private array $pending = [];
-    /** @var array{exchange: Exchange, results: array<string, string>}|null */
+    /** @var array{exchange: Exchange, results: array<string, string>, fetch: bool}|null */
     private ?array $fetch = null;
-    /** @var array{exchange: Exchange, results: array<string, string>}|null */
+    /** @var array{exchange: Exchange, results: array<string, string>, fetch: bool}|null */
     private ?array $report = null;
     /** When a poll last renewed the lease (when it was sent). */
     private float $contact;
@@ -63,6 +68,10 @@ final class Session
     private bool $childEnded = false;
     /** @var array<string, array<string, mixed>> tasks handed over, to start, by id */
     private array $handed = [];
+    /** The `handout` of the last fetch answer read: its tasks are all held. */
+    private ?string $lastHandout = null;
+    /** The task running in this process (without fork), if any. */
+    private ?string $inProcess = null;
 
     /**
      * @param float|null $grace seconds a stop lets the running tasks finish (null: no limit)
@@ -224,7 +233,7 @@ final class Session
     /**
      * Acts on one poll's answer.
      *
-     * @param array{exchange: Exchange, results: array<string, string>} $flight
+     * @param array{exchange: Exchange, results: array<string, string>, fetch: bool} $flight
      */
     private function answered(array $flight, int $errno, ?string $body): void
     {
@@ -294,6 +303,12 @@ final class Session
             if (is_array($task)) {
                 $this->handed[(string) ($task['id'] ?? '')] = $task;
             }
+        }
+        // Only the fetch hands tasks over, one answer at a time. Its tasks
+        // are all held now (in $handed, named by every later poll), so the
+        // answer is acknowledged from here on.
+        if ($flight['fetch'] && !empty($reply['tasks']) && is_string($reply['handout'] ?? null)) {
+            $this->lastHandout = $reply['handout'];
         }
         foreach ($reply['cancel'] ?? [] as $id) {
             $this->cancel((string) $id);
@@ -366,7 +381,12 @@ final class Session
         }
         $this->heardCancel = [];
         $ctx = Context::fromTask($task, $this->workerId, $now, fn (): bool => $this->probe($id));
-        $report = Attempt::run($handler, $task, $ctx);
+        $this->inProcess = $id;
+        try {
+            $report = Attempt::run($handler, $task, $ctx);
+        } finally {
+            $this->inProcess = null;
+        }
         if (!$this->lost) {
             $this->pending[$id] = $report;
         }
@@ -392,7 +412,7 @@ final class Session
             return false;
         }
         $sent = microtime(true);
-        $body = '{"max":0,"wait_ms":0,"running":' . Servers::json([$id]) . '}';
+        $body = '{"max":0,"wait_ms":0,' . $this->held([]) . '}';
         try {
             $reply = $this->servers->send('POST', '/v1/workers/' . Servers::segment($this->workerId) . '/poll', $body);
         } catch (ApiException $e) {
@@ -439,22 +459,14 @@ final class Session
     /**
      * Starts a poll carrying every pending result.
      *
-     * @return array{exchange: Exchange, results: array<string, string>}
+     * @return array{exchange: Exchange, results: array<string, string>, fetch: bool}
      */
     private function poll(int $max, int $waitMs): array
     {
         $results = $this->pending;
         $this->pending = [];
-        // Every task still held: those running, and those reported by the
-        // other request in flight.
-        $running = array_keys($this->children);
-        foreach ([$this->fetch, $this->report] as $other) {
-            if ($other !== null) {
-                array_push($running, ...array_keys($other['results']));
-            }
-        }
         $body = '{"max":' . $max . ',"wait_ms":' . $waitMs
-            . ',"running":' . Servers::json(array_map('strval', $running))
+            . ',' . $this->held($results)
             . ($results ? ',"results":[' . implode(',', $results) . ']' : '')
             . '}';
         $exchange = $this->servers->exchange(
@@ -467,7 +479,41 @@ final class Session
         curl_multi_add_handle($this->multi, $exchange->curl);
         // Under way now, not at the next wait.
         curl_multi_exec($this->multi, $active);
-        return ['exchange' => $exchange, 'results' => $results];
+        return ['exchange' => $exchange, 'results' => $results, 'fetch' => $max > 0];
+    }
+
+    /**
+     * The `running` member of a poll, with `last_handout`: every task still
+     * held but those the poll reports (`$reporting`): the running ones,
+     * those handed over and not started yet, and those whose report is not
+     * answered yet (waiting, or carried by a request in flight). A task
+     * leaves it only once the server answered its report, or a poll
+     * acknowledging its answer could have it given back.
+     *
+     * @param array<string, string> $reporting
+     */
+    private function held(array $reporting): string
+    {
+        $running = [];
+        $ids = [array_keys($this->children), array_keys($this->handed), array_keys($this->pending)];
+        foreach ([$this->fetch, $this->report] as $other) {
+            if ($other !== null) {
+                $ids[] = array_keys($other['results']);
+            }
+        }
+        if ($this->inProcess !== null) {
+            $ids[] = [$this->inProcess];
+        }
+        foreach ($ids as $list) {
+            foreach ($list as $id) {
+                $id = (string) $id;
+                if (!isset($reporting[$id])) {
+                    $running[$id] = true;
+                }
+            }
+        }
+        return '"running":' . Servers::json(array_map('strval', array_keys($running)))
+            . ($this->lastHandout !== null ? ',"last_handout":' . Servers::json($this->lastHandout) : '');
     }
 
     /** Reports one task on its own (`/complete` or `/fail`), after its batch was refused. */
@@ -498,7 +544,7 @@ final class Session
     /**
      * Gives back the results of a request abandoned in flight.
      *
-     * @param array{exchange: Exchange, results: array<string, string>} $flight
+     * @param array{exchange: Exchange, results: array<string, string>, fetch: bool} $flight
      */
     private function abandon(array $flight): void
     {

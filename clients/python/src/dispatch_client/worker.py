@@ -8,6 +8,10 @@ Three kinds of threads work together:
   as it has free slots (``max``), names the tasks it runs (``running``),
   holds a long poll while it has a free slot, and polls with ``max: 0`` every
   ``heartbeat_ms`` while every slot is busy (the poll is the heartbeat);
+  once every task a long poll's answer handed over is in the running set,
+  it acknowledges that answer (``last_handout``, its ``handout``) in every
+  later request, so that the scheduler gives back at once a task whose
+  answer never arrived;
 - the **reporter** sends what finishes while a long poll is open, at once,
   in a report-only poll (``max: 0``), and ends the attempts that ran past
   their deadline;
@@ -32,7 +36,7 @@ import threading
 import time
 import traceback
 from types import FrameType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from ._transport import FIRST_BACKOFF, MAX_BACKOFF, Abortable, Transport
 from .errors import (
@@ -207,6 +211,14 @@ class Worker:
         self._cond = threading.Condition()
         self._running: Dict[str, _Attempt] = {}
         self._outbox: List[Dict[str, Any]] = []
+        # Reports sent and not answered yet, by request: their tasks are
+        # still named in `running` by every other request, or a concurrent
+        # one acknowledging their answer would have them given back.
+        self._in_flight: Dict[int, List[str]] = {}
+        self._flights = 0
+        # The handout of the last long poll's answer whose tasks are all in
+        # `_running` (read with it, under the lock).
+        self._last_handout: Optional[str] = None
         self._long_poll: Optional[Abortable] = None
         self._reporting = False
         self._stopping = False
@@ -306,6 +318,8 @@ class Worker:
             with self._cond:
                 self._session_over = False
                 self._lease_lost = False
+                self._in_flight.clear()
+                self._last_handout = None
             reporter = threading.Thread(target=self._reporter, name="dispatch-reporter", daemon=True)
             reporter.start()
             try:
@@ -390,12 +404,11 @@ class Worker:
                     if free > 0 or self._outbox or due <= 0:
                         break
                     self._cond.wait(self._tick(due))
-                results, self._outbox = self._outbox, []
-                running = list(self._running)
+                flight, results, held = self._take()
                 hold = wait if free > 0 else 0.0
                 handle = Abortable() if hold > 0 else None
                 self._long_poll = handle
-            body: Dict[str, Any] = {"max": free, "wait_ms": int(hold * 1000), "running": running}
+            body: Dict[str, Any] = {"max": free, "wait_ms": int(hold * 1000), **held}
             if results:
                 body["results"] = results
             sent_at = time.monotonic()
@@ -411,25 +424,31 @@ class Worker:
             except NotFound:
                 with self._cond:
                     self._long_poll = None
+                    self._landed(flight)
                     self._lease_lost = True
                 continue
             except (Unauthorized, Forbidden):
                 with self._cond:
                     self._long_poll = None
+                    self._landed(flight)
                     self._drop_all("the server refused the worker")
                 raise
             except InvalidRequest as e:
                 with self._cond:
                     self._long_poll = None
                 if not results:
+                    with self._cond:
+                        self._landed(flight)
                     raise
                 log.warning("the server refused a report (%s); reporting one at a time", e)
                 self._report_singly(worker_id, results)
+                with self._cond:
+                    self._landed(flight)
                 continue
             except DispatchError as e:
                 with self._cond:
                     self._long_poll = None
-                    self._outbox[:0] = results
+                    self._landed(flight, results)
                     aborted = handle is not None and handle.aborted
                 if not aborted:
                     delay = _delay(backoff, e)
@@ -439,16 +458,49 @@ class Worker:
                 continue
             with self._cond:
                 self._long_poll = None
+                self._landed(flight)
             backoff = FIRST_BACKOFF
             last_contact = time.monotonic()
             self._answer(reply)
             self._cancel(reply.get("cancel", []))
             tasks = reply.get("tasks", [])
-            self._start(worker_id, tasks)
+            handout = reply.get("handout") if free > 0 else None
+            self._start(worker_id, tasks, handout if isinstance(handout, str) else None)
             if hold > 0 and not tasks and not reply.get("cancel") and last_contact - sent_at < hold / 4:
                 # Answered early with nothing (the server counts a slot
                 # busy that is free here): do not spin.
                 self._sleep_unless_done(min(1.0, hold))
+
+    def _take(self) -> Tuple[int, List[Dict[str, Any]], Dict[str, Any]]:
+        """Takes the reports not sent yet for a request (called with the
+        lock): answers the request's number for :meth:`_landed`, its
+        results, and its ``running`` (the tasks running and those whose
+        report another request carries, unanswered) with ``last_handout``,
+        read together."""
+        results, self._outbox = self._outbox, []
+        self._flights += 1
+        flight = self._flights
+        sent = {r["task_id"] for r in results}
+        self._in_flight[flight] = list(sent)
+        running = list(self._running)
+        named = set(running) | sent
+        for ids in self._in_flight.values():
+            for task_id in ids:
+                if task_id not in named:
+                    named.add(task_id)
+                    running.append(task_id)
+        held: Dict[str, Any] = {"running": running}
+        if self._last_handout is not None:
+            held["last_handout"] = self._last_handout
+        return flight, results, held
+
+    def _landed(self, flight: int, unsent: Optional[List[Dict[str, Any]]] = None) -> None:
+        """A request is over (called with the lock): its reports were
+        answered, or, ``unsent``, are to be sent again (and named till
+        then)."""
+        self._in_flight.pop(flight, None)
+        if unsent:
+            self._outbox[:0] = unsent
 
     def _tick(self, due: float) -> float:
         """How long the poll loop may sleep: until the next heartbeat or
@@ -488,6 +540,7 @@ class Worker:
         self._running.clear()
         if not keep_reports:
             self._outbox.clear()
+            self._in_flight.clear()
 
     def _answer(self, reply: Mapping[str, Any]) -> None:
         for status in reply.get("results", []):
@@ -511,15 +564,22 @@ class Worker:
                     self._outbox.append({"task_id": task_id, "error": "stopped: cancelled by the scheduler"})
             self._cond.notify_all()
 
-    def _start(self, worker_id: str, tasks: List[Mapping[str, Any]]) -> None:
+    def _start(self, worker_id: str, tasks: List[Mapping[str, Any]], handout: Optional[str] = None) -> None:
+        """Starts the tasks of a poll's answer; once every one is in the
+        running set, its ``handout`` is the one acknowledged."""
+        every = True
         for task in tasks:
             att = _Attempt(task, self.handlers.get(str(task.get("type"))), worker_id)
             with self._cond:
                 if self._stopping:
                     # Leaving requeues it, the attempt not counted.
+                    every = False
                     continue
                 self._running[att.ctx.id] = att
             self._launch(att)
+        if tasks and handout is not None and every:
+            with self._cond:
+                self._last_handout = handout
 
     def _launch(self, att: _Attempt) -> None:
         """Runs an attempt's handler, which reports through
@@ -560,16 +620,16 @@ class Worker:
                     if self._outbox and self._long_poll is not None and not self._lease_lost:
                         break
                     self._cond.wait(self._tick(1.0))
-                results, self._outbox = self._outbox, []
-                running = list(self._running)
+                flight, results, held = self._take()
                 worker_id = self.id
                 self._reporting = True
-            body = {"max": 0, "results": results, "running": running}
+            body = {"max": 0, "results": results, **held}
             try:
                 _, reply = self._http.request("POST", f"/v1/workers/{worker_id}/poll", body, idempotent=True)
             except NotFound:
                 with self._cond:
                     self._reporting = False
+                    self._landed(flight)
                     self._lease_lost = True
                     self._cond.notify_all()
                 continue
@@ -579,11 +639,13 @@ class Worker:
                     self._cond.notify_all()
                 assert worker_id is not None
                 self._report_singly(worker_id, results)
+                with self._cond:
+                    self._landed(flight)
                 continue
             except DispatchError as e:
                 with self._cond:
                     self._reporting = False
-                    self._outbox[:0] = results
+                    self._landed(flight, results)
                     self._cond.notify_all()
                 log.warning("report failed (%s); the next poll carries it", e)
                 time.sleep(_delay(backoff, e))
@@ -592,6 +654,7 @@ class Worker:
             backoff = FIRST_BACKOFF
             with self._cond:
                 self._reporting = False
+                self._landed(flight)
                 self._cond.notify_all()
             self._answer(reply)
             self._cancel(reply.get("cancel", []))

@@ -5,8 +5,8 @@
 //! media type one that status documents, and a JSON body must match its
 //! schema. An answer outside every operation (an unknown path, a method
 //! the path does not take) must be a problem. A mismatch fails the test.
-//! The gRPC service on the same port (`/dispatch.v1.*`) is left to its
-//! `.proto`.
+//! The gRPC services on the same port (`/dispatch.v1.*`, `/grpc.*`) are
+//! left to their `.proto` files.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -150,7 +150,7 @@ impl Document {
         let path = path.split('?').next().unwrap_or(path);
         // The gRPC worker service shares the port; its contract is its
         // .proto file, not this document.
-        if path.starts_with("/dispatch.v1.") {
+        if path.starts_with("/dispatch.v1.") || path.starts_with("/grpc.") {
             return;
         }
         // Nor are the dashboard's HTML pages part of the API.

@@ -10,6 +10,11 @@ use serde_json::Value;
 
 use super::*;
 
+/// Whether a route of the scope table is one of the gRPC services'.
+fn is_grpc(path: &str) -> bool {
+    path.starts_with(crate::auth::GRPC_PREFIX) || path.starts_with("/grpc.")
+}
+
 /// The document as JSON.
 fn doc() -> Value {
     serde_json::from_str(document_json()).expect("the document is JSON")
@@ -76,9 +81,17 @@ fn source_routes() -> BTreeSet<(String, String)> {
         for other in [".route_service(", ".nest(", ".nest_service("] {
             for (at, _) in src.match_indices(other) {
                 let text = call_text(&src, at + other.len());
+                // The gRPC services (workers, health, reflection) are
+                // described by their .proto files, not by this document.
+                let grpc = [
+                    "SERVICE_NAME",
+                    "/dispatch.v1.",
+                    "/grpc.",
+                    "health_service_name",
+                ];
                 assert!(
-                    text.contains("SERVICE_NAME") || text.contains("/dispatch.v1."),
-                    "{name}: a route added with {other} outside the gRPC service: \
+                    grpc.iter().any(|g| text.contains(g)),
+                    "{name}: a route added with {other} outside the gRPC services: \
                      route it with .route(PATH, METHOD(handler)) and document it"
                 );
             }
@@ -143,7 +156,7 @@ fn the_scope_table_and_the_document_name_the_same_operations() {
     let documented = doc_operations(&doc());
     let table: BTreeSet<(String, String)> = crate::auth::TABLE
         .iter()
-        .filter(|(_, path, _)| !path.starts_with(crate::auth::GRPC_PREFIX))
+        .filter(|(_, path, _)| !is_grpc(path))
         .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
         .collect();
     assert_eq!(
@@ -156,7 +169,7 @@ fn the_scope_table_and_the_document_name_the_same_operations() {
 fn security_follows_the_scope_table() {
     let doc = doc();
     for (method, path, need) in crate::auth::TABLE {
-        if path.starts_with(crate::auth::GRPC_PREFIX) {
+        if is_grpc(path) {
             continue;
         }
         let op = &doc["paths"][path][method.to_lowercase()];
