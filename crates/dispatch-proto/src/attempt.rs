@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// One attempt of a task: ended, or the one running now (`outcome` and
 /// `finished_at` null).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptJson {
     /// Its number, from 1.
     pub attempt: u32,
@@ -14,8 +15,10 @@ pub struct AttemptJson {
     /// That worker's name.
     pub worker_name: String,
     /// When the worker collected it (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub collected_at: String,
     /// When it ended; null while it runs.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub finished_at: Option<String>,
     /// `succeeded`, `failed`, `timeout`, `lost` or `cancelled`; null while
     /// it runs.
@@ -28,6 +31,7 @@ pub struct AttemptJson {
 
 /// `{"attempts": [...]}`, by number.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptList {
     /// The attempts, oldest first.
     pub attempts: Vec<AttemptJson>,

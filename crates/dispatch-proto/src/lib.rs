@@ -12,6 +12,8 @@
 //! - [`schedule`]: cron schedules ([`CreateSchedule`], [`ScheduleJson`]) and
 //!   the task each fire makes from a schedule's template.
 //! - [`attempt`]: a task's attempt history ([`AttemptList`]).
+//! - [`health`]: the server's health and its replicas ([`HealthJson`],
+//!   [`ClusterJson`]).
 //! - [`problem`]: `application/problem+json` bodies and [`FieldError`].
 //! - [`time`]: RFC 3339 timestamps to and from [`dispatch_core::Millis`].
 //!
@@ -19,6 +21,7 @@
 //! CLI reject the same input with the same message.
 
 pub mod attempt;
+pub mod health;
 pub mod problem;
 pub mod queue;
 pub mod schedule;
@@ -30,6 +33,7 @@ mod decode;
 
 pub use attempt::{AttemptJson, AttemptList};
 pub use decode::{MAX_JSON_DEPTH, decode, json_depth};
+pub use health::{ClusterJson, HealthJson, ReplicaJson, StoreFailureJson};
 pub use problem::{FieldError, Problem};
 pub use queue::{Change, QueueCounts, QueueJson, QueueList, QueueSettingsPatch, parse_queue_name};
 pub use schedule::{

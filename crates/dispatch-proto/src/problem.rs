@@ -47,6 +47,7 @@ impl std::error::Error for FieldError {}
 
 /// An `application/problem+json` body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]

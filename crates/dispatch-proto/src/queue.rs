@@ -8,6 +8,7 @@ use crate::task::validate_name;
 
 /// Tasks of one queue by state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueCounts {
     /// Waiting for their time, a retry backoff or their parents.
     pub scheduled: u64,
@@ -39,6 +40,7 @@ impl QueueCounts {
 
 /// A queue as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueJson {
     /// Its name.
     pub name: String,
@@ -283,6 +285,7 @@ fn unknown(k: &str) -> FieldError {
 
 /// `GET /v1/queues`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueList {
     /// Every queue ever named or configured, by name.
     pub queues: Vec<QueueJson>,

@@ -27,25 +27,33 @@ pub const MAX_CATCH_UP_LIMIT: u32 = 1_000;
 /// Every field is optional at the serde level so that validation, not the
 /// parser, explains what is missing or wrong.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSchedule {
     /// Unique name (required), the characters of a task type.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = true, pattern = "^[A-Za-z0-9._:-]{1,128}$")
+    )]
     pub name: Option<String>,
     /// Cron expression (required): 5 fields, or 6 with seconds first.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub cron: Option<String>,
     /// IANA time zone, default `UTC`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
     /// The task template (required).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub task: Option<SubmitTask>,
     /// `skip`, `fire_once` (default) or `catch_up`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub misfire: Option<String>,
     /// Most missed fires one catch-up runs, 1..=1000, default 100.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub catch_up_limit: Option<i64>,
     /// A paused schedule does not fire; default false.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,6 +63,7 @@ pub struct CreateSchedule {
 /// `PATCH /v1/schedules/{name}`: the fields to change; an absent (or
 /// null) field keeps its value. The result is validated as a creation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PatchSchedule {
     /// The schedule's own name, if given: a schedule is not renamed.
@@ -293,6 +302,7 @@ pub fn parse_schedule_name(s: &str) -> Result<&str, FieldError> {
 
 /// A schedule as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScheduleJson {
     /// Unique name.
     pub name: String,
@@ -301,6 +311,7 @@ pub struct ScheduleJson {
     /// IANA time zone.
     pub timezone: String,
     /// The task template.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub task: Box<RawValue>,
     /// Misfire policy.
     pub misfire: String,
@@ -309,15 +320,19 @@ pub struct ScheduleJson {
     /// A paused schedule does not fire.
     pub paused: bool,
     /// Created at.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
     /// The next fire; null when paused.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub next_fire_at: Option<String>,
     /// The latest fire, if any.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub last_fire_at: Option<String>,
 }
 
 /// `GET /v1/schedules`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScheduleList {
     /// Every schedule, by name.
     pub schedules: Vec<ScheduleJson>,

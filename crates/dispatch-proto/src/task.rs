@@ -36,16 +36,20 @@ pub const STRATEGIES: [&str; 8] = [
 
 /// Retry backoff on the wire.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackoffJson {
     /// Delay after the first failure.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 86400000))]
     pub initial_ms: Option<i64>,
     /// Cap on any delay.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 604800000))]
     pub max_ms: Option<i64>,
     /// Growth between delays.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub multiplier: Option<f64>,
 }
 
@@ -54,40 +58,54 @@ pub struct BackoffJson {
 /// Every field is optional at the serde level so that validation, not the
 /// parser, explains what is missing or wrong.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
     /// Task type (required).
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = true, pattern = "^[A-Za-z0-9._:-]{1,128}$")
+    )]
     pub kind: Option<String>,
     /// Queue, default `default`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._:-]{1,128}$"))]
     pub queue: Option<String>,
     /// Any JSON, default null.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub payload: Option<Box<RawValue>>,
     /// -100..=100, default 0.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = -100, maximum = 100))]
     pub priority: Option<i64>,
     /// Earliest start, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub run_at: Option<String>,
     /// Earliest start, relative to now.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 315_360_000_000.0))]
     pub delay_ms: Option<i64>,
     /// Per-attempt time limit.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604800000))]
     pub timeout_ms: Option<i64>,
     /// Attempts before `dead`, default 3.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max_attempts: Option<i64>,
     /// Retry delays.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffJson>,
     /// Deduplication key.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub idempotency_key: Option<String>,
     /// Key for key-based routing.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub routing_key: Option<String>,
     /// Routing strategy.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,17 +115,21 @@ pub struct SubmitTask {
     pub labels: Option<BTreeMap<String, String>>,
     /// Parent task ids.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     pub depends_on: Option<Vec<String>>,
     /// How many shards, with strategy `sharding` (1 to 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub shards: Option<i64>,
 }
 
 /// `POST /v1/tasks/batch`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBatch {
     /// The tasks, accepted all or none.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 10000))]
     pub tasks: Vec<SubmitTask>,
 }
 
@@ -470,6 +492,7 @@ fn validate_backoff(b: BackoffJson) -> Result<Backoff, FieldError> {
 
 /// A task as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskJson {
     /// Server-assigned id.
     pub id: String,
@@ -479,10 +502,12 @@ pub struct TaskJson {
     /// Queue.
     pub queue: String,
     /// Payload.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub payload: Box<RawValue>,
     /// Priority.
     pub priority: i64,
     /// When a scheduled task becomes ready.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub run_at: Option<String>,
     /// Per-attempt time limit.
     pub timeout_ms: Option<u64>,
@@ -505,16 +530,20 @@ pub struct TaskJson {
     /// Attempts started.
     pub attempts: u32,
     /// Result of a successful run.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub result: Option<Box<RawValue>>,
     /// Last error.
     pub error: Option<String>,
     /// Worker holding or last holding it.
     pub worker_id: Option<String>,
     /// Accepted at.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
     /// Current or last attempt started at.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub started_at: Option<String>,
     /// Terminal since.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub finished_at: Option<String>,
     /// A `sharding` shard's index (from 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -537,6 +566,8 @@ pub fn stored_json(text: &str, fallback: &'static str) -> Box<RawValue> {
 
 /// `GET /v1/tasks` query parameters, as given.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ListTasks {
     /// Only this state.
@@ -550,6 +581,7 @@ pub struct ListTasks {
     pub queue: Option<String>,
     /// Page size, 1..=1000, default 100.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(value_type = Option<i64>, minimum = 1, maximum = 1000))]
     pub limit: Option<String>,
     /// Where the previous page ended.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -617,6 +649,7 @@ impl ListTasks {
 
 /// Reply to a batch submission.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskBatch {
     /// The tasks, in submission order.
     pub tasks: Vec<TaskJson>,
@@ -624,6 +657,7 @@ pub struct TaskBatch {
 
 /// A task as a submission answers it under `Prefer: return=minimal`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRef {
     /// Server-assigned id.
     pub id: String,
@@ -633,6 +667,7 @@ pub struct TaskRef {
 
 /// Reply to a batch submission under `Prefer: return=minimal`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRefBatch {
     /// The tasks' ids and states, in submission order.
     pub tasks: Vec<TaskRef>,
@@ -640,6 +675,7 @@ pub struct TaskRefBatch {
 
 /// A page of tasks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskList {
     /// The tasks, newest first.
     pub tasks: Vec<TaskJson>,
@@ -743,6 +779,7 @@ mod tests {
 /// The filters of a bulk operation (`POST /v1/tasks/retry`,
 /// `POST /v1/tasks/cancel`): the tasks matching all of those given.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BulkFilter {
     /// Only tasks in this state.
@@ -815,6 +852,7 @@ impl ValidBulkFilter {
 
 /// The answer of a bulk operation: how many tasks it changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BulkCount {
     /// Tasks retried or cancelled.
     pub count: u64,

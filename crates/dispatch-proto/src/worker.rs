@@ -42,22 +42,27 @@ impl Default for RegistrationLimits {
 
 /// `POST /v1/workers`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterWorker {
     /// Display name (host, pod); default `worker`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub name: Option<String>,
     /// Task types it runs (non-empty).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(required = true, min_items = 1))]
     pub types: Option<Vec<String>>,
     /// Its labels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
     /// Tasks at once (>= 1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub capacity: Option<i64>,
     /// Share under `weighted_round_robin`, 1..=1000 (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub weight: Option<i64>,
 }
 
@@ -151,6 +156,7 @@ impl RegisterWorker {
 
 /// Reply to a registration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterReply {
     /// The worker's id, for every later call.
     pub id: String,
@@ -170,6 +176,7 @@ pub const MAX_RUNNING_IDS: usize = 100_000;
 
 /// `POST /v1/workers/{id}/heartbeat`'s body, optional.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// Every task the worker is running now. After a scheduler takeover,
@@ -243,6 +250,7 @@ pub fn running_ids(running: Option<&[String]>) -> Result<Option<Vec<TaskId>>, Fi
 
 /// Reply to a heartbeat.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatReply {
     /// Running tasks that were cancelled: stop them.
     pub cancel: Vec<String>,
@@ -250,18 +258,22 @@ pub struct HeartbeatReply {
 
 /// A finished task reported inside a poll.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReportResult {
     /// The task.
     pub task_id: String,
     /// Its result, for a success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub result: Option<Box<RawValue>>,
     /// Its error, for a failure (a string or any JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub error: Option<serde_json::Value>,
     /// Retry after this long instead of the task's backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 604800000))]
     pub retry_after_ms: Option<i64>,
     /// Do not retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -332,22 +344,25 @@ impl ReportResult {
 
 /// `POST /v1/workers/{id}/poll`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
     /// Most tasks to take (default: the worker's capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10000))]
     pub max: Option<i64>,
     /// Hold up to this long when nothing is assigned (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 60000))]
     pub wait_ms: Option<i64>,
     /// Finished tasks, reported in the same round trip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<ReportResult>>,
     /// Every task the worker is still running (those in `results` aside);
-    /// see [`HeartbeatRequest::running`].
+    /// see `running` of a heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<Vec<String>>,
-    /// See [`HeartbeatRequest::last_handout`].
+    /// See `last_handout` of a heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handout: Option<String>,
 }
@@ -376,6 +391,7 @@ impl PollRequest {
 
 /// A task handed to a worker.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolledTask {
     /// Task id, for the report.
     pub id: String,
@@ -385,6 +401,7 @@ pub struct PolledTask {
     /// Queue.
     pub queue: String,
     /// Payload.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub payload: Box<RawValue>,
     /// This attempt's number, from 1.
     pub attempt: u32,
@@ -405,6 +422,7 @@ pub struct PolledTask {
 /// What happened to one report: the answer of `POST /v1/tasks/{id}/complete`
 /// and `.../fail`, and each item of a poll reply's `results`, in one shape.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultStatus {
     /// The task, as the worker named it.
     pub task_id: String,
@@ -421,6 +439,7 @@ pub struct ResultStatus {
 
 /// Reply to a poll.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollReply {
     /// Tasks to run.
     pub tasks: Vec<PolledTask>,
@@ -439,26 +458,33 @@ pub struct PollReply {
 
 /// `POST /v1/tasks/{id}/complete`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteTask {
     /// The reporting worker.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub worker_id: Option<String>,
     /// The result (any JSON, default null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub result: Option<Box<RawValue>>,
 }
 
 /// `POST /v1/tasks/{id}/fail`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FailTask {
     /// The reporting worker.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub worker_id: Option<String>,
     /// What went wrong (a string or any JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub error: Option<serde_json::Value>,
     /// Retry after this long instead of the task's backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 604800000))]
     pub retry_after_ms: Option<i64>,
     /// Do not retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -498,6 +524,7 @@ impl FailTask {
 
 /// A worker as `GET /v1/workers` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerJson {
     /// Its id.
     pub id: String,
@@ -516,8 +543,10 @@ pub struct WorkerJson {
     /// `active`.
     pub state: String,
     /// Last heartbeat, poll or report.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub last_seen_at: String,
     /// Registered at.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub registered_at: String,
     /// Tasks completed.
     pub completed: u64,
@@ -547,6 +576,7 @@ impl WorkerJson {
 
 /// `GET /v1/workers`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerList {
     /// Registered workers.
     pub workers: Vec<WorkerJson>,

@@ -22,6 +22,18 @@ use crate::wire::attempt_json;
 
 /// `GET /v1/tasks/{id}/attempts` -> 200 `{"attempts": [...]}`, 404 for a
 /// task that does not exist (or was purged).
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/attempts",
+    summary = "A task's attempts",
+    description = "Every attempt of the task, oldest first: its worker, when it was collected and ended, its outcome (`succeeded`, `failed`, `timeout`, `lost` or `cancelled`), its error and the wait before the next one. The attempt running now has no end and no outcome. Kept with the task and purged with it.",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "The attempts, oldest first.", body = AttemptList),
+        (status = 404, description = "No such task (or it was purged)."),
+    ),
+)]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,

@@ -116,7 +116,7 @@ pub(crate) const GRPC_PREFIX: &str = "/dispatch.v1.WorkerService/";
 
 /// THE scope table: (method, route pattern) -> what it needs. Anything not
 /// listed (unknown routes, other methods) needs a valid token.
-const TABLE: &[(&str, &str, Need)] = {
+pub(crate) const TABLE: &[(&str, &str, Need)] = {
     use Need::{AnyToken, Open, Scope as S};
     use Scope::{Admin, Submit, Work};
     &[
@@ -158,6 +158,7 @@ const TABLE: &[(&str, &str, Need)] = {
         ("GET", "/metrics", AnyToken),
         // Open.
         ("GET", "/healthz", Open),
+        ("GET", "/openapi.json", Open),
         // Answered by every replica itself (`grpc_tools.rs`), open: load
         // balancers hold no token, and reflection tells only what the
         // published `worker.proto` says.

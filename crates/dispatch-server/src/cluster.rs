@@ -18,8 +18,9 @@
 //! (long polls and worker streams end with it), as soon as its writes are
 //! refused for a stale epoch, or when it could not renew for five sixths of
 //! the lease: before the lease can run out under it, whatever its clock
-//! says. `/healthz`, `GET /v1/cluster` and the gRPC health and reflection
-//! services (`grpc_tools`) are answered by every replica itself.
+//! says. `/healthz`, `GET /v1/cluster`, `/openapi.json` and the gRPC health
+//! and reflection services (`grpc_tools`) are answered by every replica
+//! itself.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use dispatch_proto::{ClusterJson, HealthJson, ReplicaJson};
 use dispatch_store::{DEFAULT_PARTITION, Lease, Replica, Store, StoreError};
 use tokio::sync::watch;
 
@@ -346,21 +348,15 @@ impl Node {
         }
     }
 
-    /// The router every request goes through: `/healthz`, `/v1/cluster`
-    /// and the gRPC health and reflection services here, the rest by role.
+    /// The router every request goes through: `/healthz`, `/v1/cluster`,
+    /// `/openapi.json` and the gRPC health and reflection services here, the
+    /// rest by role.
     pub(crate) fn router(self: &Arc<Self>) -> Router {
         Router::new()
-            .route(
-                "/healthz",
-                axum::routing::get(|State(node): State<Arc<Node>>| async move { node.healthz() }),
-            )
+            .route("/healthz", axum::routing::get(healthz))
             .merge(crate::grpc_tools::router(self.clone()))
-            .route(
-                "/v1/cluster",
-                axum::routing::get(|State(node): State<Arc<Node>>, req: Request| async move {
-                    node.cluster(req).await
-                }),
-            )
+            .route("/v1/cluster", axum::routing::get(cluster))
+            .route("/openapi.json", axum::routing::get(crate::openapi::serve))
             .fallback(|State(node): State<Arc<Node>>, req: Request| async move {
                 node.handle(req).await
             })
@@ -493,25 +489,29 @@ impl Node {
             }
             Role::TakingOver { epoch } => (
                 StatusCode::OK,
-                serde_json::json!({ "status": "taking_over" }),
+                HealthJson {
+                    status: "taking_over".to_owned(),
+                    ..HealthJson::default()
+                },
                 "standby",
                 epoch,
                 None,
             ),
             Role::Standby { leader, epoch } => (
                 StatusCode::OK,
-                serde_json::json!({ "status": "ok" }),
+                HealthJson {
+                    status: "ok".to_owned(),
+                    ..HealthJson::default()
+                },
                 "standby",
                 epoch,
                 leader,
             ),
         };
-        if let Some(map) = body.as_object_mut() {
-            map.insert("role".into(), role.into());
-            map.insert("epoch".into(), epoch.into());
-            map.insert("replica".into(), self.me.id.clone().into());
-            map.insert("leader_url".into(), leader.map(|l| l.url).into());
-        }
+        body.role = role.to_owned();
+        body.epoch = epoch;
+        body.replica = self.me.id.clone();
+        body.leader_url = leader.map(|l| l.url);
         json(status, &body)
     }
 
@@ -534,7 +534,7 @@ impl Node {
         };
         let lease_ms = self.config.cluster.as_ref().map_or(0, |c| c.lease_ms);
         let now = crate::clock::wall_ms();
-        let list: Vec<serde_json::Value> = replicas
+        let replicas = replicas
             .iter()
             .map(|r| {
                 let role = if Some(&r.id) == leader_id.as_ref() {
@@ -542,26 +542,24 @@ impl Node {
                 } else {
                     "standby"
                 };
-                serde_json::json!({
-                    "id": r.id,
-                    "url": r.url,
-                    "role": role,
-                    "last_seen_at": dispatch_proto::time::format_rfc3339(r.last_seen_at),
+                ReplicaJson {
+                    id: r.id.clone(),
+                    url: r.url.clone(),
+                    role: role.to_owned(),
+                    last_seen_at: dispatch_proto::time::format_rfc3339(r.last_seen_at),
                     // Seen within two leases: it claims every third of one.
-                    "alive": lease_ms == 0 || now.saturating_sub(r.last_seen_at) <= 2 * lease_ms,
-                })
+                    alive: lease_ms == 0 || now.saturating_sub(r.last_seen_at) <= 2 * lease_ms,
+                }
             })
             .collect();
-        json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "partition": DEFAULT_PARTITION,
-                "epoch": epoch,
-                "leader": leader_id,
-                "replica": self.me.id,
-                "replicas": list,
-            }),
-        )
+        let body = ClusterJson {
+            partition: DEFAULT_PARTITION.to_owned(),
+            epoch,
+            leader: leader_id,
+            replica: self.me.id.clone(),
+            replicas,
+        };
+        json(StatusCode::OK, &body)
     }
 }
 
@@ -587,6 +585,37 @@ impl crate::grpc_tools::Readiness for Node {
     fn stopping(&self) -> watch::Receiver<bool> {
         self.stop_tx.subscribe()
     }
+}
+
+/// `GET /healthz`, answered by every replica itself.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "Health",
+    description = "Answered by every replica itself: its role, the term, and the leader's health.",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The store takes writes (or this replica stands by).", body = HealthJson),
+        (status = 503, description = "The leader's store fails: nothing new is accepted until it works again.", body = HealthJson),
+    ),
+)]
+async fn healthz(State(node): State<Arc<Node>>) -> Response {
+    node.healthz()
+}
+
+/// `GET /v1/cluster`, answered by every replica itself.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    summary = "Replicas",
+    description = "Answered by every replica itself: the replicas sharing the store, which leads, and the term.",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The replicas sharing the store, the leader and the term.", body = ClusterJson),
+    ),
+)]
+async fn cluster(State(node): State<Arc<Node>>, req: Request) -> Response {
+    node.cluster(req).await
 }
 
 /// Headers of one connection, not of the request: never forwarded.

@@ -25,6 +25,8 @@
 //!   `schedules::table` holds them in memory.
 //! - `queues`: `/v1/queues` (listing, pause, resume), the queue and type
 //!   settings of the config file ([`QueueSettings`]) and default strategies.
+//! - `openapi`: the OpenAPI 3.1 document at `/openapi.json`, generated
+//!   from the handlers' annotations and the wire types.
 //! - `counters`, `metrics`: the counters, and the Prometheus text at
 //!   `/metrics`.
 //! - `audit`: the audit log (`--audit-log`), one JSON line per admin action
@@ -57,6 +59,7 @@ mod counters;
 mod grpc;
 mod grpc_tools;
 mod metrics;
+mod openapi;
 mod owners;
 mod queues;
 mod reload;

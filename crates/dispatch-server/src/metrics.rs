@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dispatch_core::TaskState;
+use dispatch_proto::{HealthJson, StoreFailureJson};
 
 use crate::app::App;
 
@@ -36,33 +37,30 @@ pub(crate) async fn count_requests(
     resp
 }
 
-/// The leader's part of `GET /healthz` (the replica adds its role): 200
-/// while the store takes writes, 503 while it fails.
-pub(crate) fn health(app: &App) -> (StatusCode, serde_json::Value) {
+/// The leader's part of `GET /healthz` (the replica adds its role and
+/// term): 200 while the store takes writes, 503 while it fails.
+pub(crate) fn health(app: &App) -> (StatusCode, HealthJson) {
     let (live, workers) = {
         let shared = app.lock();
         (shared.sched.live_tasks(), shared.sched.worker_count())
     };
     let health = app.store_health();
+    let mut body = HealthJson {
+        status: "ok".to_owned(),
+        live_tasks: Some(live as u64),
+        workers: Some(workers as u64),
+        ..HealthJson::default()
+    };
     if health.is_failing() {
         // Reads and live work go on, but nothing new can be accepted.
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({
-                "status": "store_unavailable",
-                "store": {
-                    "error": health.last_error(),
-                    "retained_writes": health.retained(),
-                },
-                "live_tasks": live,
-                "workers": workers,
-            }),
-        );
+        body.status = "store_unavailable".to_owned();
+        body.store = Some(StoreFailureJson {
+            error: health.last_error(),
+            retained_writes: health.retained() as u64,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, body);
     }
-    (
-        StatusCode::OK,
-        serde_json::json!({ "status": "ok", "live_tasks": live, "workers": workers }),
-    )
+    (StatusCode::OK, body)
 }
 
 /// Most series one labelled metric has per queue or per worker; beyond,
@@ -74,6 +72,16 @@ const SERIES_LIMIT: usize = 500;
 const OTHER: &str = "_other";
 
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "Prometheus metrics",
+    description = "Tasks by state and queue, workers, requests by route and status, store writes, in the text exposition format.",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+    ),
+)]
 pub(crate) async fn prometheus(State(app): State<Arc<App>>) -> Response {
     let mut by_state: BTreeMap<&str, u64> = TaskState::ALL
         .iter()

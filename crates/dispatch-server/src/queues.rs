@@ -214,6 +214,14 @@ async fn all_queues(app: &Arc<App>) -> Result<Vec<QueueJson>, ApiError> {
 }
 
 /// `GET /v1/queues`.
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    summary = "List queues",
+    description = "Every queue named by a task, configured, or paused once, with its settings and its tasks counted by state.",
+    tag = "queues",
+    responses((status = 200, description = "Every queue, by name, with its settings and counts.", body = QueueList)),
+)]
 pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let queues = all_queues(&app).await?;
     Ok(json(StatusCode::OK, &QueueList { queues }))
@@ -228,6 +236,19 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Response, ApiErr
 /// core's (weight and limits, for the next dispatch decision; tasks
 /// running now are not touched). Serialized with pauses by `pause_order`,
 /// so the core ends in the state the store has last.
+#[utoipa::path(
+    patch,
+    path = "/v1/queues/{name}",
+    summary = "Change a queue's settings",
+    description = "Any of `weight`, `max_running`, `rate_per_sec`, `burst`, `max_per_key`, `max_depth` and `strategy`; a member set to null clears it. Stored: the API's settings win over the config file at every start.",
+    tag = "queues",
+    params(("name" = String, Path, description = "The queue's name (a queue exists once named).")),
+    request_body(content = Object, description = "The settings to change."),
+    responses(
+        (status = 200, description = "Changed; the queue.", body = QueueJson),
+        (status = 422, description = "A setting is invalid, or the name is; `field` names it."),
+    ),
+)]
 pub(crate) async fn patch(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -283,6 +304,18 @@ pub(crate) async fn patch(
 }
 
 /// `POST /v1/queues/{name}/pause`: 200 with the queue.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/pause",
+    summary = "Pause a queue",
+    description = "No task of the queue starts until it is resumed; running tasks go on. Stored: it survives a restart.",
+    tag = "queues",
+    params(("name" = String, Path, description = "The queue's name (a queue exists once named).")),
+    responses(
+        (status = 200, description = "Paused: nothing more starts from it; the queue.", body = QueueJson),
+        (status = 422, description = "The name is not a valid queue name."),
+    ),
+)]
 pub(crate) async fn pause(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -291,6 +324,18 @@ pub(crate) async fn pause(
 }
 
 /// `POST /v1/queues/{name}/resume`: 200 with the queue.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/resume",
+    summary = "Resume a queue",
+    description = "Its tasks are dispatched again at once.",
+    tag = "queues",
+    params(("name" = String, Path, description = "The queue's name (a queue exists once named).")),
+    responses(
+        (status = 200, description = "Resumed: its tasks are dispatched again; the queue.", body = QueueJson),
+        (status = 422, description = "The name is not a valid queue name."),
+    ),
+)]
 pub(crate) async fn resume(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,

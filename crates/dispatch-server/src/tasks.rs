@@ -9,8 +9,8 @@ use axum::response::Response;
 use dispatch_core::{CoreError, Strategy, TaskId, TaskSpec, TaskState, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::{
-    FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch, TaskList, TaskRefBatch,
-    ValidTask,
+    BulkCount, BulkFilter, FieldError, ListTasks, Problem, SubmitBatch, SubmitTask, TaskBatch,
+    TaskJson, TaskList, TaskRefBatch, ValidTask,
 };
 use dispatch_store::{InsertOutcome, TaskRecord, TaskUpdate, Write, WriteOutcome};
 
@@ -396,6 +396,23 @@ pub(crate) async fn admit(
 
 /// `POST /v1/tasks`: 201 with the task, or 200 with the original when the
 /// idempotency key was seen before.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    summary = "Submit a task",
+    description = "Validates and stores the task durably before answering. A task with `run_at`, `delay_ms` or `depends_on` waits as `scheduled`; else it is `queued`, or already `running` when a worker was free. With an `idempotency_key` seen before, the same request answers 200 with the original task, and a different request 409. Under `Prefer: return=minimal` the answer holds only `id` and `state`.",
+    tag = "tasks",
+    request_body = SubmitTask,
+    params(("Prefer" = Option<String>, Header, description = "`return=minimal`: answer with ids and states only.")),
+    responses(
+        (status = 201, description = "Stored durably; the task as it is now (queued, scheduled, or already running).", body = inline(crate::openapi::TaskOrRef)),
+        (status = 200, description = "The idempotency key was seen with the same request: the original task.", body = inline(crate::openapi::TaskOrRef)),
+        (status = 409, description = "The idempotency key was used for another request; `field` is `idempotency_key`."),
+        (status = 413, description = "The body, or the tasks it would create (broadcast copies and shards included), is over the limit."),
+        (status = 422, description = "A field is invalid (named in `field`), a parent in `depends_on` does not exist, or a broadcast has no worker."),
+        (status = 429, description = "The server, the queue or the memory budget is full; retry after `Retry-After`."),
+    ),
+)]
 pub(crate) async fn submit(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -447,6 +464,22 @@ fn minimal(mut resp: Response) -> Response {
 }
 
 /// `POST /v1/tasks/batch`: all valid and stored, or none.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/batch",
+    summary = "Submit tasks in one request",
+    description = "All the tasks are stored, or none: one invalid task refuses the batch, naming it (`tasks[3].priority`). The answer lists the tasks in submission order.",
+    tag = "tasks",
+    request_body = SubmitBatch,
+    params(("Prefer" = Option<String>, Header, description = "`return=minimal`: answer with ids and states only.")),
+    responses(
+        (status = 201, description = "All stored, in submission order (a task whose idempotency key was seen is the original).", body = inline(crate::openapi::BatchOrRefs)),
+        (status = 409, description = "An idempotency key was used for another request; `field` names it (`tasks[i].idempotency_key`)."),
+        (status = 413, description = "The body, or the tasks it would create, is over the limit."),
+        (status = 422, description = "A task is invalid; `field` names it (`tasks[i].priority`). Nothing was stored."),
+        (status = 429, description = "The server, a queue or the memory budget is full; retry after `Retry-After`."),
+    ),
+)]
 pub(crate) async fn submit_batch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -500,9 +533,13 @@ fn path_task_id(s: &str) -> Result<TaskId, ApiError> {
 
 /// Query of `GET /v1/tasks/{id}`; its parameters are listed in the query
 /// table of `router.rs`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GetQuery {
+    /// Hold the answer up to this long (milliseconds) until the task is
+    /// terminal.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 300000)]
     wait_ms: Option<String>,
 }
 
@@ -511,6 +548,19 @@ const MAX_TASK_WAIT_MS: u64 = 300_000;
 
 /// `GET /v1/tasks/{id}`, optionally holding up to `wait_ms` until the task
 /// is terminal.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    summary = "Read a task",
+    description = "With `wait_ms`, the answer waits until the task is terminal or the time passes, whichever comes first.",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id."), GetQuery),
+    responses(
+        (status = 200, description = "The task (once terminal, or when `wait_ms` passed).", body = TaskJson),
+        (status = 404, description = "No such task."),
+        (status = 422, description = "`wait_ms` is not an integer between 0 and 300000."),
+    ),
+)]
 pub(crate) async fn get_one(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -548,6 +598,18 @@ pub(crate) async fn get_one(
 }
 
 /// `GET /v1/tasks?state=&type=&queue=&limit=&cursor=`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    summary = "List tasks",
+    description = "Newest first, filtered by state, type and queue. Pass `next_cursor` as `cursor` for the next page; it is null on the last one.",
+    tag = "tasks",
+    params(ListTasks),
+    responses(
+        (status = 200, description = "A page of tasks, newest first.", body = TaskList),
+        (status = 422, description = "A filter is invalid; `field` names it."),
+    ),
+)]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     query: Result<Query<ListTasks>, QueryRejection>,
@@ -609,6 +671,19 @@ fn list_within(
 
 /// `POST /v1/tasks/{id}/cancel`: 200 with the cancelled task; 409 when it
 /// already ended.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    summary = "Cancel a task",
+    description = "A scheduled or queued task is cancelled at once; a running task's worker is told to stop (in its next heartbeat or poll, or on its stream), and tasks that depend on it are cancelled too.",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "Cancelled (a running task's worker is told to stop).", body = TaskJson),
+        (status = 404, description = "No such task."),
+        (status = 409, description = "The task already ended, or is ending."),
+    ),
+)]
 pub(crate) async fn cancel(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -648,6 +723,19 @@ pub(crate) async fn cancel(
 
 /// `POST /v1/tasks/{id}/retry`: requeues a dead task with a fresh set of
 /// attempts. 409 unless it is dead.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/retry",
+    summary = "Retry a dead task",
+    description = "Requeues a `dead` task with a fresh set of attempts; nothing of its last run is kept.",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "Requeued with a fresh set of attempts.", body = TaskJson),
+        (status = 404, description = "No such task."),
+        (status = 409, description = "The task is not dead, or is being retried."),
+    ),
+)]
 pub(crate) async fn retry(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -725,7 +813,7 @@ const BULK_PAGE: usize = 1_000;
 
 /// Refuses a bulk operation without any filter: one that reaches every
 /// task must say so (`{"state": "dead"}` replays every dead task).
-fn require_filter(filter: &dispatch_proto::BulkFilter) -> Result<(), ApiError> {
+fn require_filter(filter: &BulkFilter) -> Result<(), ApiError> {
     if filter.is_empty() {
         return Err(ApiError::new(
             422,
@@ -743,9 +831,21 @@ fn require_filter(filter: &dispatch_proto::BulkFilter) -> Result<(), ApiError> {
 /// newest first, and each page is requeued before the next is read (its
 /// updates committed together by the writer's group commit). A task being
 /// retried by another request meanwhile is left to that request.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/retry",
+    summary = "Retry every dead task matching filters",
+    description = "Requeues every dead task matching all the filters given (at least one), as the retry of one task does. Answers how many.",
+    tag = "tasks",
+    request_body = BulkFilter,
+    responses(
+        (status = 200, description = "How many dead tasks were requeued.", body = BulkCount),
+        (status = 422, description = "No filter was given, or one is invalid (`state` must be `dead`)."),
+    ),
+)]
 pub(crate) async fn retry_matching(
     State(app): State<Arc<App>>,
-    JsonBody(filter): JsonBody<dispatch_proto::BulkFilter>,
+    JsonBody(filter): JsonBody<BulkFilter>,
 ) -> Result<Response, ApiError> {
     require_filter(&filter)?;
     let filter = filter.validate(&[TaskState::Dead])?;
@@ -805,7 +905,7 @@ pub(crate) async fn retry_matching(
             break;
         }
     }
-    Ok(json(StatusCode::OK, &dispatch_proto::BulkCount { count }))
+    Ok(json(StatusCode::OK, &BulkCount { count }))
 }
 
 /// `POST /v1/tasks/cancel` with `{"state", "type", "queue"}`: cancels
@@ -816,9 +916,21 @@ pub(crate) async fn retry_matching(
 /// time, each page under one lock and committed as one write batch before
 /// the next. Tasks submitted after the request arrived are not touched; a
 /// task that ended in between is not counted.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/cancel",
+    summary = "Cancel every live task matching filters",
+    description = "Cancels every scheduled, queued or running task matching all the filters given (at least one), as the cancel of one task does. Tasks submitted after the request are not touched. Answers how many.",
+    tag = "tasks",
+    request_body = BulkFilter,
+    responses(
+        (status = 200, description = "How many live tasks were cancelled.", body = BulkCount),
+        (status = 422, description = "No filter was given, or one is invalid (`state` must be scheduled, queued or running)."),
+    ),
+)]
 pub(crate) async fn cancel_matching(
     State(app): State<Arc<App>>,
-    JsonBody(filter): JsonBody<dispatch_proto::BulkFilter>,
+    JsonBody(filter): JsonBody<BulkFilter>,
 ) -> Result<Response, ApiError> {
     require_filter(&filter)?;
     let filter = filter.validate(&[TaskState::Scheduled, TaskState::Queued, TaskState::Running])?;
@@ -844,5 +956,5 @@ pub(crate) async fn cancel_matching(
             })
             .await?;
     }
-    Ok(json(StatusCode::OK, &dispatch_proto::BulkCount { count }))
+    Ok(json(StatusCode::OK, &BulkCount { count }))
 }

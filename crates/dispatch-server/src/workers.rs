@@ -33,6 +33,19 @@ fn lease_lost(id: &str) -> ApiError {
 }
 
 /// `POST /v1/workers`: 201 with the id and lease settings.
+#[utoipa::path(
+    post,
+    path = "/v1/workers",
+    summary = "Register a worker",
+    description = "Declares the task types the worker runs, its labels and capacity. The worker must then poll or heartbeat within `lease_ms`, or it is declared dead and its tasks go back to their queues.",
+    tag = "workers",
+    request_body = RegisterWorker,
+    responses(
+        (status = 201, description = "Registered: its id and lease settings.", body = RegisterReply),
+        (status = 422, description = "A field is invalid; `field` names it."),
+        (status = 429, description = "The server holds as many workers as it takes (`--max-workers`), or its memory budget is full."),
+    ),
+)]
 pub(crate) async fn register(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
@@ -87,6 +100,14 @@ pub(crate) async fn register(
 }
 
 /// `GET /v1/workers`.
+#[utoipa::path(
+    get,
+    path = "/v1/workers",
+    summary = "List workers",
+    description = "Every registered worker, with its load.",
+    tag = "workers",
+    responses((status = 200, description = "Every registered worker.", body = WorkerList)),
+)]
 pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
     let workers = app.lock().sched.workers().map(WorkerJson::new).collect();
     json(StatusCode::OK, &WorkerList { workers })
@@ -94,6 +115,21 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
 
 /// `POST /v1/workers/{id}/heartbeat`: 200 with the tasks to stop; 404 when
 /// the lease was lost.
+#[utoipa::path(
+    post,
+    path = "/v1/workers/{id}/heartbeat",
+    summary = "Renew a worker's lease",
+    description = "Renews the lease and answers the running tasks the worker must stop (cancelled or past their timeout), repeated until it reports them.",
+    tag = "workers",
+    params(("id" = String, Path, description = "The worker's id, as registration gave it.")),
+    request_body(content = Option<HeartbeatRequest>, description = "Optional: the tasks the worker runs."),
+    responses(
+        (status = 200, description = "Lease renewed; running tasks to stop.", body = HeartbeatReply),
+        (status = 403, description = "The worker was registered with another token."),
+        (status = 404, description = "The lease was lost (or the worker never registered): register again."),
+        (status = 422, description = "`running` is invalid; `field` names the entry."),
+    ),
+)]
 pub(crate) async fn heartbeat(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
@@ -133,6 +169,19 @@ pub(crate) async fn heartbeat(
 }
 
 /// `DELETE /v1/workers/{id}`: graceful leave; its tasks are requeued.
+#[utoipa::path(
+    delete,
+    path = "/v1/workers/{id}",
+    summary = "Leave",
+    description = "A graceful leave: the worker is removed and its running tasks go back to their queues.",
+    tag = "workers",
+    params(("id" = String, Path, description = "The worker's id, as registration gave it.")),
+    responses(
+        (status = 204, description = "Gone; its running tasks are requeued."),
+        (status = 403, description = "The worker was registered with another token (an admin token may remove any)."),
+        (status = 404, description = "No such worker."),
+    ),
+)]
 pub(crate) async fn leave(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
@@ -211,6 +260,22 @@ async fn report_one(
 }
 
 /// `POST /v1/tasks/{id}/complete`: 200; 409 when no longer leased to it.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/complete",
+    summary = "Report a success",
+    description = "The worker that holds the task reports its result. Answers the state it left the task in.",
+    tag = "workers",
+    params(("id" = String, Path, description = "The task's id.")),
+    request_body = CompleteTask,
+    responses(
+        (status = 200, description = "A success, with its result; the state it left the task in.", body = ResultStatus),
+        (status = 403, description = "The worker was registered with another token."),
+        (status = 404, description = "No such task."),
+        (status = 409, description = "The task is no longer leased to this worker (it finished, was cancelled, or the lease was lost)."),
+        (status = 422, description = "`worker_id` is missing or invalid, or another field is; `field` names it."),
+    ),
+)]
 pub(crate) async fn complete(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
@@ -224,6 +289,22 @@ pub(crate) async fn complete(
 }
 
 /// `POST /v1/tasks/{id}/fail`: 200; 409 when no longer leased to it.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/fail",
+    summary = "Report a failure",
+    description = "The worker that holds the task reports its error. The task is retried after its backoff (or `retry_after_ms`) while attempts remain and `abort` is not set, else it is dead. Answers the state it left the task in.",
+    tag = "workers",
+    params(("id" = String, Path, description = "The task's id.")),
+    request_body = FailTask,
+    responses(
+        (status = 200, description = "A failure: retried after its backoff, or dead; the state it left the task in.", body = ResultStatus),
+        (status = 403, description = "The worker was registered with another token."),
+        (status = 404, description = "No such task."),
+        (status = 409, description = "The task is no longer leased to this worker (it finished, was cancelled, or the lease was lost)."),
+        (status = 422, description = "`worker_id` is missing or invalid, or another field is; `field` names it."),
+    ),
+)]
 pub(crate) async fn fail(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
@@ -272,6 +353,21 @@ fn collect(app: &App, shared: &mut Shared, w: WorkerId, max: usize) -> Option<Co
 /// collects up to `max` of the tasks assigned to the worker, holding up to
 /// `wait_ms` when none is (never when the worker has no free slot, or asks
 /// for none: `max: 0` is a report-only poll).
+#[utoipa::path(
+    post,
+    path = "/v1/workers/{id}/poll",
+    summary = "Report finished tasks and take new ones",
+    description = "Applies the reports in `results` (each answered in `results` of the reply), then hands over up to `max` tasks assigned to the worker, holding up to `wait_ms` while none is. `max: 0` only reports. A poll renews the lease.",
+    tag = "workers",
+    params(("id" = String, Path, description = "The worker's id, as registration gave it.")),
+    request_body(content = Option<PollRequest>, description = "Optional: how many tasks, how long to hold, and finished tasks to report."),
+    responses(
+        (status = 200, description = "Tasks to run, the status of each report, and running tasks to stop.", body = PollReply),
+        (status = 403, description = "The worker was registered with another token."),
+        (status = 404, description = "The lease was lost (or the worker never registered): register again."),
+        (status = 422, description = "A field is invalid; `field` names it (`results[2].task_id`)."),
+    ),
+)]
 pub(crate) async fn poll(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,

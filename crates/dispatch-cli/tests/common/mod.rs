@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: a real `dispatch server` child
 //! process on a free loopback port and a small HTTP client that refuses to
-//! see a 5xx.
+//! see a 5xx, and checks every answer against the server's OpenAPI
+//! document (`openapi.rs`).
 //!
 //! Every test owns its server. [`Server`] kills (SIGKILL) and reaps the
 //! child when dropped, also when the test panics, and then prints the tail
@@ -8,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod openapi;
 pub(crate) mod postgres;
 
 use std::collections::VecDeque;
@@ -240,6 +242,8 @@ impl Server {
             );
             tokio::time::sleep(POLL_EVERY).await;
         }
+        // Fetched now, while no test holds the server's connections.
+        openapi::document(&api.http, &server.url).await;
         Attempt::Up(server)
     }
 
@@ -460,9 +464,11 @@ impl Api {
         }
     }
 
-    /// Sends a request and reads the whole answer.
+    /// Sends a request and reads the whole answer, which must not be a
+    /// 5xx and must be what the server's OpenAPI document says.
     pub(crate) async fn send(&self, method: &str, path: &str, body: Body) -> Resp {
         let what = format!("{method} {path}");
+        let method_name = method;
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         match body {
@@ -493,6 +499,14 @@ impl Api {
         assert!(
             status < 500,
             "{what} answered {status} (a 5xx is never allowed): {text}"
+        );
+        openapi::document(&self.http, &self.base).await.check(
+            &what,
+            method_name,
+            path,
+            status,
+            &content_type,
+            &text,
         );
         Resp {
             status,
@@ -687,6 +701,11 @@ impl Api {
             tokio::time::sleep(POLL_EVERY).await;
         }
     }
+}
+
+/// The HTTP client of `api`, for requests outside its helpers.
+pub(crate) fn http_client(api: &Api) -> reqwest::Client {
+    api.http.clone()
 }
 
 /// The `id` of a task or worker object.

@@ -34,6 +34,21 @@ use crate::clock::{now_ms, wall_ms};
 use crate::wire::{schedule_record, task_json};
 
 /// `PATCH /v1/schedules/{name}`: 200 with the schedule.
+#[utoipa::path(
+    patch,
+    path = "/v1/schedules/{name}",
+    summary = "Change a schedule",
+    description = "Changes the fields given (an absent or null field keeps its value); the result is validated as a creation, stored, and in force at once.",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name.")),
+    request_body = dispatch_proto::PatchSchedule,
+    responses(
+        (status = 200, description = "Changed; the schedule.", body = dispatch_proto::ScheduleJson),
+        (status = 404, description = "No such schedule."),
+        (status = 409, description = "The schedule is being changed by another request."),
+        (status = 422, description = "A field is invalid; `field` names it."),
+    ),
+)]
 pub(crate) async fn patch(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -43,6 +58,20 @@ pub(crate) async fn patch(
 }
 
 /// `POST /v1/schedules/{name}/pause`: 200 with the schedule.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/pause",
+    summary = "Pause a schedule",
+    description = "A paused schedule does not fire. Stored and in force at once.",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name.")),
+    responses(
+        (status = 200, description = "The schedule.", body = dispatch_proto::ScheduleJson),
+        (status = 404, description = "No such schedule."),
+        (status = 409, description = "The schedule is being changed by another request."),
+        (status = 422, description = "The schedule as stored does not validate."),
+    ),
+)]
 pub(crate) async fn pause(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -55,6 +84,20 @@ pub(crate) async fn pause(
 }
 
 /// `POST /v1/schedules/{name}/resume`: 200 with the schedule.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/resume",
+    summary = "Resume a schedule",
+    description = "A paused schedule does not fire. Stored and in force at once.",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name.")),
+    responses(
+        (status = 200, description = "The schedule.", body = dispatch_proto::ScheduleJson),
+        (status = 404, description = "No such schedule."),
+        (status = 409, description = "The schedule is being changed by another request."),
+        (status = 422, description = "The schedule as stored does not validate."),
+    ),
+)]
 pub(crate) async fn resume(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -136,6 +179,21 @@ async fn update(app: &Arc<App>, name: &str, req: PatchSchedule) -> Result<Respon
 
 /// `POST /v1/schedules/{name}/trigger`: one fire now, whatever the
 /// expression and even when paused; 201 with its task.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/trigger",
+    summary = "Fire a schedule now",
+    description = "One fire now, whatever the expression and even when paused, recorded as a manual fire; answers its task.",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name.")),
+    responses(
+        (status = 201, description = "The task of the fire.", body = dispatch_proto::TaskJson),
+        (status = 404, description = "No such schedule."),
+        (status = 409, description = "The schedule as stored does not validate, or the fire's task conflicts."),
+        (status = 422, description = "The fire's task is invalid."),
+        (status = 429, description = "The server, the queue or the memory budget is full."),
+    ),
+)]
 pub(crate) async fn trigger(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,

@@ -29,7 +29,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dispatch_core::{Millis, TaskId};
-use dispatch_proto::{CreateSchedule, ScheduleList, SubmitTask, fire_task, parse_schedule_name};
+use dispatch_proto::{
+    CreateSchedule, ScheduleJson, ScheduleList, SubmitTask, fire_task, parse_schedule_name,
+};
 use dispatch_store::{FireOutcome, StoreError, TaskRecord, Write, WriteOutcome};
 
 use crate::api::{ApiError, JsonBody, json};
@@ -37,7 +39,7 @@ use crate::app::{Ack, App, acked};
 use crate::clock::{now_ms, wall_ms};
 use crate::wire::schedule_record;
 
-mod changes;
+pub(crate) mod changes;
 pub(crate) mod table;
 
 pub(crate) use changes::{patch, pause, resume, trigger};
@@ -220,6 +222,20 @@ pub(crate) async fn schedule_loop(app: Arc<App>) {
 }
 
 /// `POST /v1/schedules`: 201 with the schedule; 409 when the name is taken.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules",
+    summary = "Create a cron schedule",
+    description = "Each fire submits a task from the template `task`, keyed `schedule:{name}:{fire_at_ms}` so that no fire runs twice.",
+    tag = "schedules",
+    request_body = CreateSchedule,
+    responses(
+        (status = 201, description = "Stored; it fires from now on.", body = ScheduleJson),
+        (status = 409, description = "A schedule of that name exists."),
+        (status = 422, description = "A field is invalid (the expression, the zone, the template...); `field` names it."),
+        (status = 429, description = "The memory budget is full."),
+    ),
+)]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
     JsonBody(req): JsonBody<CreateSchedule>,
@@ -271,6 +287,14 @@ pub(crate) async fn create(
 }
 
 /// `GET /v1/schedules`: every schedule, by name.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    summary = "List schedules",
+    description = "Every schedule, by name, with its next and last fire.",
+    tag = "schedules",
+    responses((status = 200, description = "Every schedule, by name.", body = ScheduleList)),
+)]
 pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
     let schedules = app
         .schedules
@@ -283,6 +307,18 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /v1/schedules/{name}`: 200 with the schedule, 404.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{name}",
+    summary = "Read a schedule",
+    description = "The schedule with its next fire.",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name.")),
+    responses(
+        (status = 200, description = "The schedule, with its next fire.", body = ScheduleJson),
+        (status = 404, description = "No such schedule."),
+    ),
+)]
 pub(crate) async fn get_one(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -301,6 +337,18 @@ pub(crate) async fn get_one(
 
 /// `DELETE /v1/schedules/{name}`: 204, 404 when unknown. The tasks of past
 /// fires stay.
+#[utoipa::path(
+    delete,
+    path = "/v1/schedules/{name}",
+    summary = "Delete a schedule",
+    description = "It fires no more; the tasks of its past fires stay.",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name.")),
+    responses(
+        (status = 204, description = "Deleted; the tasks of past fires stay."),
+        (status = 404, description = "No such schedule."),
+    ),
+)]
 pub(crate) async fn delete(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
