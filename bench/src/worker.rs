@@ -92,6 +92,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
             wait_ms: Some(if stopping { 0 } else { args.wait_ms }),
             results,
             running: None,
+            last_handout: None,
         };
         let reply = match client.poll(&id, &req).await {
             Ok(r) => {
