@@ -18,7 +18,10 @@ use crate::app::App;
 use crate::{attempts, grpc, metrics, queues, schedules, tasks, workers};
 
 async fn not_found() -> ApiError {
-    ApiError::new(404, "no such endpoint; the API is described at /openapi.json")
+    ApiError::new(
+        404,
+        "no such endpoint; the API is described at /openapi.json",
+    )
 }
 
 pub(crate) async fn method_not_allowed() -> ApiError {
