@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dispatch_core::{TaskId, WorkerId};
+use dispatch_core::{Millis, Scheduler, TaskId, WorkerId};
 use dispatch_proto::task::parse_task_id;
 use dispatch_proto::worker::parse_worker_id;
 use dispatch_proto::{
@@ -17,7 +17,7 @@ use dispatch_proto::{
 };
 
 use crate::api::{ApiError, JsonBody, OptionalJsonBody, json};
-use crate::app::{Ack, App, Settled, Shared, acked};
+use crate::app::{Ack, App, Body, Settled, Shared, acked};
 use crate::clock::now_ms;
 use crate::owners::{Act, Caller};
 
@@ -113,6 +113,31 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
     json(StatusCode::OK, &WorkerList { workers })
 }
 
+/// A worker named what it runs (`held`) and acknowledged poll answers up
+/// to `seen`: a task kept on it across a takeover, or handed in an answer
+/// it received or lost, that it does not name goes back to its queue. A
+/// heartbeat or report-only poll judges the answers it acknowledges (a
+/// later one may be on its way); a long poll comes after the previous long
+/// poll's answer was read or abandoned, so it judges every earlier answer.
+fn account_held(
+    sched: &mut Scheduler<Body>,
+    w: WorkerId,
+    held: &[TaskId],
+    seen: Option<LastHandout>,
+    long_poll: bool,
+    now: Millis,
+) {
+    sched.claim_running(w, held, now);
+    let seen = match seen {
+        Some(_) if long_poll => Some(u32::MAX),
+        Some(LastHandout::Ours(n)) => Some(n),
+        _ => None,
+    };
+    if let Some(seen) = seen {
+        sched.reconcile(w, seen, held, now);
+    }
+}
+
 /// `POST /v1/workers/{id}/heartbeat`: 200 with the tasks to stop; 404 when
 /// the lease was lost.
 #[utoipa::path(
@@ -153,10 +178,7 @@ pub(crate) async fn heartbeat(
             let (cancel, _) = app.try_apply(|step| {
                 let sched = &mut step.shared.sched;
                 let cancel = sched.heartbeat(w, step.now).map_err(|_| lease_lost(&id))?;
-                sched.claim_running(w, &held, step.now);
-                if let Some(LastHandout::Ours(seen)) = seen {
-                    sched.reconcile(w, seen, &held, step.now);
-                }
+                account_held(sched, w, &held, seen, false, step.now);
                 Ok::<_, ApiError>(cancel)
             })?;
             cancel
@@ -408,21 +430,9 @@ pub(crate) async fn poll(
                 .into_iter()
                 .map(|(task, sent, outcome)| (task, sent, step.report(task, w, outcome).is_ok()))
                 .collect();
-            // What it still runs, once its reports are in: a task kept on
-            // it across a takeover, or handed in an answer it received or
-            // lost, that it does not name goes back. A long poll comes
-            // after the answer to the previous one was read or abandoned:
-            // every earlier answer is judged.
+            // What it still runs, once its reports are in.
             if let Some(held) = &held {
-                step.shared.sched.claim_running(w, held, step.now);
-                let seen = match seen {
-                    Some(_) if max > 0 => Some(u32::MAX),
-                    Some(LastHandout::Ours(n)) => Some(n),
-                    _ => None,
-                };
-                if let Some(seen) = seen {
-                    step.shared.sched.reconcile(w, seen, held, step.now);
-                }
+                account_held(&mut step.shared.sched, w, held, seen, max > 0, step.now);
             }
             Ok::<_, ApiError>((applied, max, wait_ms))
         })?;
