@@ -3,7 +3,7 @@ and the client and the worker, given both URLs, carry on with the other
 once it has taken over (its 503s meanwhile are retried).
 
 Needs the PostgreSQL server that ``./scripts/test`` starts
-(``DISPATCH_TEST_POSTGRES``); skipped without one.
+(``DISPATCH_TEST_POSTGRES``); fails without one, saying so.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ POSTGRES = os.environ.get("DISPATCH_TEST_POSTGRES")
 
 
 def fresh_database() -> str:
-    assert POSTGRES is not None
+    if POSTGRES is None:
+        pytest.fail(
+            "DISPATCH_TEST_POSTGRES is not set: run the tests with ./scripts/test, or "
+            "./scripts/with-postgres scripts/test-python (from the repository root), which start a throwaway PostgreSQL"
+        )
     name = f"dispatch_py_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     subprocess.run(["psql", POSTGRES, "-v", "ON_ERROR_STOP=1", "-q", "-c", f"CREATE DATABASE {name}"], check=True)
     return POSTGRES.rsplit("/", 1)[0] + "/" + name
@@ -35,7 +39,6 @@ def role(url: str) -> Dict[str, Any]:
         return {}
 
 
-@pytest.mark.skipif(POSTGRES is None, reason="DISPATCH_TEST_POSTGRES is not set (./scripts/test sets it)")
 def test_client_and_worker_survive_the_leaders_death(
     make_server: Callable[..., Server], start_worker: Callable[[Worker], RunningWorker]
 ) -> None:

@@ -15,6 +15,9 @@ from dispatch_client import Client, Unreachable, Worker
 
 
 def make_certificates(folder: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("the TLS test makes its certificates with openssl: apt-get install openssl")
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
@@ -28,7 +31,6 @@ def make_certificates(folder: Path) -> None:
     )
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_https_with_a_private_ca(
     tmp_path: Path, make_server: Callable[..., Server], start_worker: Callable[[Worker], RunningWorker]
 ) -> None:
