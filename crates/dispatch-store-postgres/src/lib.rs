@@ -133,12 +133,14 @@ use crate::write::WriterStatements;
 /// The read connections kept by default.
 pub const READ_CONNECTIONS: usize = 4;
 
-/// The writer's transactions are pipelined and never wait on the client;
-/// one that sits idle this long belongs to a process that froze (stopped,
-/// paused, cut off) in the middle of a batch, and PostgreSQL ends its
-/// session. Its fence holds a lock on the lease row that would otherwise
-/// keep every other replica from taking over until the frozen one woke.
-const WRITER_IDLE_TIMEOUT: &str = "; SET idle_in_transaction_session_timeout TO 1000";
+/// The writer's transactions are pipelined and wait on the client only
+/// while it reads an answer and builds the next flight; one that sits idle
+/// this long belongs to a process that froze (stopped, paused, cut off) in
+/// the middle of a batch, and PostgreSQL ends its session. Its fence holds
+/// a lock on the lease row that would otherwise keep every other replica
+/// from taking over until the frozen one woke. (1 s proved too short: a
+/// writer starved of CPU on a loaded machine lost whole batches to it.)
+const WRITER_IDLE_TIMEOUT: &str = "; SET idle_in_transaction_session_timeout TO 5000";
 
 /// How long opening a connection may take before it fails, unless the URL
 /// says otherwise (`connect_timeout`).
