@@ -161,11 +161,14 @@ fn fail_fast_writes_sent_during_an_outage_do_not_overtake_retained_ones() {
     thread.join().expect("the writer stops cleanly");
 }
 
+/// Whether the gate is open, and its condition variable.
+type Gate = Arc<(Mutex<bool>, Condvar)>;
+
 /// A store whose `apply` waits at a gate the test opens, so that writes
 /// sent meanwhile pile up into one batch; it records each batch's size.
 struct Gated<S> {
     inner: S,
-    open: Arc<(Mutex<bool>, Condvar)>,
+    open: Gate,
     waiting: Arc<AtomicUsize>,
     batches: Arc<Mutex<Vec<usize>>>,
 }
