@@ -183,13 +183,7 @@ impl<S> Gated<S> {
         }
     }
 
-    fn handles(
-        &self,
-    ) -> (
-        Arc<(Mutex<bool>, Condvar)>,
-        Arc<AtomicUsize>,
-        Arc<Mutex<Vec<usize>>>,
-    ) {
+    fn handles(&self) -> (Gate, Arc<AtomicUsize>, Arc<Mutex<Vec<usize>>>) {
         (
             self.open.clone(),
             self.waiting.clone(),
