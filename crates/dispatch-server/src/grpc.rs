@@ -64,13 +64,7 @@ const OUTBOUND_QUEUE: usize = 64;
 /// 2 x 16 slots ran at 30-45% of a relaxed one, with sixteen at 75-95%),
 /// and the writes it has in flight stay bounded (at most sixteen reports of
 /// its capacity).
-const MAX_UNACKED_DEFAULT: usize = 2;
-static MAX_UNACKED: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
-    std::env::var("EXP_MAX_UNACKED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MAX_UNACKED_DEFAULT)
-});
+const MAX_UNACKED: usize = 16;
 
 /// The routes of the gRPC worker service, to merge into the HTTP router.
 pub(crate) fn router(app: Arc<App>) -> axum::Router {
