@@ -1,6 +1,7 @@
-//! A streaming worker cannot run ahead of the disk: while two of its
+//! A streaming worker cannot run ahead of the disk: while sixteen of its
 //! report batches wait for their commit, the server pushes it nothing new,
-//! whatever credit it grants; once they are durable, pushing resumes. A
+//! whatever credit it grants; once they are durable, pushing resumes. With
+//! fewer waiting, the syncs are pipelined: its next tasks are pushed. A
 //! real server on loopback over a store whose commits the test holds
 //! (`Faults::hold_writes`).
 
@@ -29,8 +30,12 @@ async fn pushed(inbound: &mut tonic::Streaming<pb::SchedulerMessage>, want: usiz
     ids
 }
 
+/// Report batches of one session that may wait for the disk (the server's
+/// `MAX_UNACKED`).
+const WAITING: usize = 16;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_is_pushed_while_two_report_batches_wait_for_the_disk() {
+async fn nothing_is_pushed_while_sixteen_report_batches_wait_for_the_disk() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (store, faults) = FaultyStore::new(MemoryStore::new());
     let config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), "gated memory store");
@@ -40,11 +45,11 @@ async fn nothing_is_pushed_while_two_report_batches_wait_for_the_disk() {
     let url = format!("http://{}", server.local_addr());
     let client = dispatch_client::Client::new(&url).expect("client");
     let payload = RawValue::from_string("1".into()).expect("json");
-    let tasks = (0..12)
+    let tasks = (0..3 * WAITING)
         .map(|_| SubmitTask::new("bp.job", payload.clone()))
         .collect();
     let submitted = client.submit_batch(tasks).await.expect("submit");
-    assert_eq!(submitted.len(), 12);
+    assert_eq!(submitted.len(), 3 * WAITING);
 
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .expect("endpoint")
@@ -52,38 +57,45 @@ async fn nothing_is_pushed_while_two_report_batches_wait_for_the_disk() {
         .await
         .expect("connect");
     let mut grpc = WorkerServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let (tx, rx) = tokio::sync::mpsc::channel(4 * WAITING);
     tx.send(pb::WorkerMessage::register(pb::Register {
         name: Some("fast".into()),
         types: vec!["bp.job".into()],
         labels: Default::default(),
-        capacity: 4,
+        capacity: WAITING as u32,
         weight: None,
     }))
     .await
     .expect("send");
-    tx.send(pb::WorkerMessage::credit(4)).await.expect("send");
+    tx.send(pb::WorkerMessage::credit(WAITING as u32))
+        .await
+        .expect("send");
     let mut inbound = grpc
         .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .expect("connect")
         .into_inner();
-    let first = pushed(&mut inbound, 4).await;
+    let first = pushed(&mut inbound, WAITING).await;
 
-    // The disk stalls; two report batches of two tasks each wait for it.
+    // The disk stalls. One report batch per task, each freeing its slot:
+    // while fewer than sixteen wait, the next tasks are pushed regardless.
     faults.hold_writes(true);
     let ok = RawValue::from_string("true".into()).expect("json");
-    for pair in first.chunks(2) {
-        let reports = pair
-            .iter()
-            .map(|id| pb::Report::succeeded(id.clone(), &ok))
-            .collect();
-        tx.send(pb::WorkerMessage::reports(reports))
-            .await
-            .expect("send");
+    let report =
+        |id: &String| pb::WorkerMessage::reports(vec![pb::Report::succeeded(id.clone(), &ok)]);
+    for id in &first[..WAITING - 1] {
+        tx.send(report(id)).await.expect("send");
     }
-    // Slots are free and credit is granted: still nothing is pushed.
-    tx.send(pb::WorkerMessage::credit(4)).await.expect("send");
+    tx.send(pb::WorkerMessage::credit(WAITING as u32 - 1))
+        .await
+        .expect("send");
+    let meanwhile = pushed(&mut inbound, WAITING - 1).await;
+    assert!(meanwhile.iter().all(|id| !first.contains(id)));
+
+    // The sixteenth waits too: slots are free and credit is granted, yet
+    // nothing is pushed.
+    tx.send(report(&first[WAITING - 1])).await.expect("send");
+    tx.send(pb::WorkerMessage::credit(1)).await.expect("send");
     let quiet = tokio::time::timeout(Duration::from_millis(800), async {
         loop {
             match inbound.message().await {
@@ -98,14 +110,15 @@ async fn nothing_is_pushed_while_two_report_batches_wait_for_the_disk() {
     .await;
     assert!(
         quiet.is_err(),
-        "tasks were pushed while two report batches waited for the disk: {quiet:?}"
+        "tasks were pushed while sixteen report batches waited for the disk: {quiet:?}"
     );
 
     // The disk is back: the batches commit and pushing resumes.
     faults.hold_writes(false);
-    let next = pushed(&mut inbound, 4).await;
+    let next = pushed(&mut inbound, 1).await;
     assert!(
-        next.iter().all(|id| !first.contains(id)),
+        next.iter()
+            .all(|id| !first.contains(id) && !meanwhile.contains(id)),
         "new tasks: {next:?}"
     );
     for id in &first {
