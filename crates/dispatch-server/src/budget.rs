@@ -20,8 +20,9 @@ use dispatch_store::{TaskBody, TaskRecord};
 /// Bytes charged per live task beyond its payload and strings: the core's
 /// task entry, its place in a lane, its timers, the id maps, the body's
 /// allocation and the allocator's slack. Measured with `bench/chaos/run
-/// flood`: 1M queued tasks without payloads took 504 MiB of server RSS, 13
-/// of them before the first task: 515 bytes a task.
+/// flood`: 1M queued tasks without payloads took 388 MiB of server RSS, 15
+/// of them before the first task: 391 bytes a task, so this charge keeps a
+/// margin.
 pub(crate) const TASK_OVERHEAD: u64 = 512;
 
 /// What a registered worker is charged: its registration's strings and
