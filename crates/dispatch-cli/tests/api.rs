@@ -521,4 +521,7 @@ async fn get_with_wait_ms_holds_until_terminal_or_timeout() {
         held < Duration::from_secs(4),
         "held {held:?} after the task ended"
     );
+    // The waiter is answered from memory: exactly what the store holds.
+    assert_eq!(t["result"], "done");
+    assert_eq!(t, api.get(&format!("/v1/tasks/{id}")).await.expect(200));
 }

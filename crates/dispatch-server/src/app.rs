@@ -34,7 +34,16 @@ pub(crate) struct Shared {
     /// forgotten there when they go.
     pub(crate) stored_workers: std::collections::HashSet<WorkerId>,
     /// Requests waiting for a task to end (`GET /v1/tasks/{id}?wait_ms`).
-    task_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
+    task_waiters: HashMap<TaskId, TaskWaiters>,
+}
+
+/// The requests waiting for one live task to end, and its record as the
+/// first of them saw it: its final record is that one with the final
+/// transition applied, as the store applies it, so that the answer needs
+/// no read of the store.
+struct TaskWaiters {
+    record: TaskRecord,
+    waiters: Vec<oneshot::Sender<TaskRecord>>,
 }
 
 /// One step of a request under the scheduler lock (see [`App::apply`]):
@@ -608,25 +617,40 @@ impl App {
                     self.metrics.transition(t.state);
                     second.count(&t);
                     new_timer |= t.state == TaskState::Scheduled;
-                    if t.state.is_terminal() {
-                        for waiter in shared.task_waiters.remove(&t.task).unwrap_or_default() {
-                            let _ = waiter.send(());
-                        }
-                    }
                     if let Some(seen) = watch.seen.get_mut(&t.task) {
                         *seen = Some(t.clone());
                     }
+                    let ended = t.state.is_terminal();
                     let mut update = TaskUpdate::from(t);
                     if update.state == TaskState::Succeeded
                         && let Some(r) = watch.results.remove(&update.id)
                     {
                         update.result = Some(r);
                     }
+                    let waiting = ended
+                        .then(|| shared.task_waiters.remove(&update.id))
+                        .flatten()
+                        .map(|w| (w, update.clone()));
                     // The core has moved on: the store must follow, even
                     // through an outage, so the write is retained.
                     match self.writer.write_retained(Write::Update(update)) {
                         Ok(ack) => last = Some(ack),
                         Err(e) => tracing::error!(error = %e, "cannot persist a transition"),
+                    }
+                    // Told only once the write is on its way, so that a
+                    // waiter's barrier comes after it.
+                    if let Some((
+                        TaskWaiters {
+                            mut record,
+                            waiters,
+                        },
+                        update,
+                    )) = waiting
+                    {
+                        record.apply(&update);
+                        for waiter in waiters {
+                            let _ = waiter.send(record.clone());
+                        }
                     }
                 }
                 Event::Assigned { worker, .. } => {
@@ -695,15 +719,24 @@ impl App {
         Ok((id, self.waker(shared, id)))
     }
 
-    /// A receiver that fires when the live task `id` ends; `None` when the
-    /// core does not hold it (it already ended, or never existed).
-    pub(crate) fn watch_task(&self, id: TaskId) -> Option<oneshot::Receiver<()>> {
+    /// A receiver of the final record of the live task `id` once it ends
+    /// and its final write is sent (not yet committed: see [`App::barrier`]);
+    /// `None` when the core does not hold it (it already ended, or never
+    /// existed).
+    pub(crate) fn watch_task(&self, id: TaskId) -> Option<oneshot::Receiver<TaskRecord>> {
         let mut shared = self.lock();
-        shared.sched.task(id)?;
+        let shared = &mut *shared;
+        let task = shared.sched.task(id)?;
         let (tx, rx) = oneshot::channel();
-        let waiters = shared.task_waiters.entry(id).or_default();
-        waiters.retain(|w| !w.is_closed());
-        waiters.push(tx);
+        let entry = shared
+            .task_waiters
+            .entry(id)
+            .or_insert_with(|| TaskWaiters {
+                record: live_record(task),
+                waiters: Vec::new(),
+            });
+        entry.waiters.retain(|w| !w.is_closed());
+        entry.waiters.push(tx);
         Some(rx)
     }
 

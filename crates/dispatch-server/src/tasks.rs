@@ -585,10 +585,15 @@ pub(crate) async fn get_one(
         && let Some(ended) = app.watch_task(tid)
     {
         let mut stopping = app.stopping.clone();
-        tokio::select! {
-            _ = ended => {}
-            _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms)) => {}
-            _ = stopping.wait_for(|s| *s) => {}
+        let last = tokio::select! {
+            r = ended => r.ok(),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms)) => None,
+            _ = stopping.wait_for(|s| *s) => None,
+        };
+        if let Some(r) = last {
+            // Answered once the final state is durable, like a read.
+            app.barrier().await?;
+            return Ok(json(StatusCode::OK, &task_json(&r)));
         }
     }
     match app.find_task(tid).await? {

@@ -73,7 +73,7 @@ pub(crate) const INSERT_SQL: &str = concat!(
     columns!(),
     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
      ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29) \
-     ON CONFLICT (idempotency_key) DO NOTHING"
+     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 );
 
 /// An update keeps a stored result when it brings none, like

@@ -52,8 +52,9 @@
 //!   (and sorts them by id), never the finished tasks. The schema version is
 //!   `PRAGMA user_version`; opening runs the migrations the file has not seen
 //!   yet, in one transaction, and refuses a file from a newer version.
-//! - **Idempotency keys.** `idempotency_key` is `UNIQUE`; an insert is
-//!   `INSERT ... ON CONFLICT (idempotency_key) DO NOTHING`, and when it
+//! - **Idempotency keys.** A partial unique index holds the keyed tasks
+//!   only (most have no key); an insert is `INSERT ... ON CONFLICT
+//!   (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING`, and when it
 //!   stored nothing the task holding the key is looked up and answered as
 //!   [`InsertOutcome::Existing`]. The key is checked before the id, so that
 //!   replaying an insert that was already committed answers the original.

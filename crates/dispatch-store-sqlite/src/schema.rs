@@ -189,7 +189,62 @@ CREATE TABLE queue_configs (
 ) STRICT, WITHOUT ROWID;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+/// Version 10: the idempotency key's index holds keyed tasks only. Its
+/// `UNIQUE` column constraint indexed every task, the many without a key
+/// too (as NULL), at a B-tree insert per submission; a column constraint
+/// cannot be dropped, so the table is rebuilt (SQLite's twelve steps) with
+/// a partial unique index instead, and its indexes and trigger with it.
+/// Inserts name the index's condition in their `ON CONFLICT` target.
+const V10: &str = "
+CREATE TABLE tasks_v10 (
+    id                 INTEGER PRIMARY KEY,
+    type               TEXT    NOT NULL,
+    queue              TEXT    NOT NULL,
+    payload            TEXT    NOT NULL,
+    priority           INTEGER NOT NULL,
+    state              TEXT    NOT NULL,
+    attempts           INTEGER NOT NULL,
+    max_attempts       INTEGER NOT NULL,
+    timeout_ms         INTEGER,
+    backoff_initial_ms INTEGER NOT NULL,
+    backoff_max_ms     INTEGER NOT NULL,
+    backoff_multiplier REAL    NOT NULL,
+    run_at             INTEGER,
+    idempotency_key    TEXT,
+    routing_key        TEXT,
+    strategy           TEXT,
+    labels             TEXT    NOT NULL,
+    depends_on         TEXT    NOT NULL,
+    result             TEXT,
+    error              TEXT,
+    worker_id          INTEGER,
+    created_at         INTEGER NOT NULL,
+    started_at         INTEGER,
+    finished_at        INTEGER,
+    pinned_worker      INTEGER,
+    is_join            INTEGER NOT NULL DEFAULT 0,
+    shard_index        INTEGER,
+    shard_total        INTEGER,
+    request_digest     BLOB
+) STRICT;
+
+INSERT INTO tasks_v10 SELECT * FROM tasks;
+DROP TABLE tasks;
+ALTER TABLE tasks_v10 RENAME TO tasks;
+
+CREATE INDEX tasks_state_id ON tasks (state, id);
+CREATE INDEX tasks_type_id ON tasks (type, id);
+CREATE INDEX tasks_queue_id ON tasks (queue, id);
+CREATE UNIQUE INDEX tasks_idempotency_key ON tasks (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+CREATE TRIGGER tasks_delete_attempts AFTER DELETE ON tasks
+BEGIN
+    DELETE FROM attempts WHERE task_id = OLD.id;
+END;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: usize = MIGRATIONS.len();

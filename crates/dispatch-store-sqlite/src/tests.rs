@@ -521,6 +521,71 @@ fn a_version_4_file_migrates_and_its_keys_match_any_request() {
     );
 }
 
+/// The idempotency key's index holds the keyed tasks only, on a new file
+/// and on one migrated from before version 10 (whose `UNIQUE` column
+/// indexed every task), and it still refuses a second holder of a key.
+#[test]
+fn the_key_index_holds_keyed_tasks_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut keyed = sample(1, "email");
+    keyed.body.idempotency_key = Some("order-1".into());
+    {
+        let store = SqliteStore::open(dir.path(), Durability::Durable).expect("open");
+        store
+            .apply(&[Write::Insert(vec![keyed.clone(), sample(2, "email")])])
+            .expect("insert");
+    }
+    let indexed = |raw: &Connection| -> (i64, i64) {
+        let partial: i64 = raw
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' \
+                 AND sql LIKE '%WHERE idempotency_key IS NOT NULL%'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("indexes");
+        let entries: i64 = raw
+            .query_row(
+                "SELECT count(*) FROM tasks INDEXED BY tasks_idempotency_key \
+                 WHERE idempotency_key IS NOT NULL",
+                [],
+                |row| row.get(0),
+            )
+            .expect("entries");
+        (partial, entries)
+    };
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    assert_eq!(indexed(&raw), (1, 1));
+    // What version 9 had: the key as a UNIQUE column.
+    raw.execute_batch(
+        "DROP INDEX tasks_idempotency_key; \
+         CREATE UNIQUE INDEX tasks_key_before_v10 ON tasks (idempotency_key); \
+         PRAGMA user_version = 9;",
+    )
+    .expect("downgrade");
+    drop(raw);
+    let store = SqliteStore::open(dir.path(), Durability::Durable).expect("migrate");
+    let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw connection");
+    assert_eq!(indexed(&raw), (1, 1));
+    let old: i64 = raw
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'tasks_key_before_v10'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("indexes");
+    assert_eq!(old, 0, "the old index went with the old table");
+    assert_eq!(store.get_task(TaskId(1)).expect("get"), Some(keyed));
+    let mut again = sample(3, "sms");
+    again.body.idempotency_key = Some("order-1".into());
+    assert_eq!(
+        store.apply(&[Write::Insert(vec![again])]).expect("insert"),
+        vec![WriteOutcome::Inserted(vec![InsertOutcome::Existing(
+            TaskId(1)
+        )])]
+    );
+}
+
 #[test]
 fn queue_pause_states_survive_reopening() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -56,7 +56,7 @@ pub use record::{
     AttemptRecord, FireOutcome, InsertOutcome, QueueConfigRecord, RequestDigest, ScheduleRecord,
     TaskBody, TaskQuery, TaskRecord, TaskUpdate, WorkerRecord, Write, WriteOutcome,
 };
-pub use writer::{GroupCommitWriter, StoreHealth, WriterClosed};
+pub use writer::{GroupCommitWriter, LINGER, StoreHealth, WriterClosed};
 
 /// How a store failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

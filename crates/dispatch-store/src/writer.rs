@@ -10,6 +10,15 @@
 //! Writes are applied in the order they were sent: a task's insert always
 //! precedes its updates, whichever request sent them.
 //!
+//! A batch that holds only writes nobody waits for (a detached write, or
+//! one whose receiver was dropped: a task handed to a worker, a timer's
+//! transition) lingers up to [`LINGER`] for a write someone waits for, and
+//! commits with it. Nothing a caller was told depends on those writes, so
+//! a crash in that window does what a crash just before them would; and a
+//! task's start then usually shares the commit of the next submission or of
+//! its own result instead of costing a commit (and, when durable, an fsync)
+//! of its own.
+//!
 //! # When the store fails
 //!
 //! A write is sent one of two ways:
@@ -47,7 +56,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -55,6 +64,9 @@ use crate::{ErrorKind, Store, StoreError, Write, WriteOutcome};
 
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 8_192;
+
+/// Longest a batch of writes nobody waits for waits for company.
+pub const LINGER: Duration = Duration::from_millis(2);
 
 /// First wait before retrying retained writes after a failure.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -138,6 +150,13 @@ struct Item {
     retain: bool,
 }
 
+impl Item {
+    /// Whether anyone waits for this write's commit.
+    fn awaited(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| !r.is_closed())
+    }
+}
+
 /// A handle to the writer thread. Cloning it is cheap; the thread stops when
 /// every handle is dropped, after committing what was sent.
 #[derive(Clone, Debug)]
@@ -158,7 +177,16 @@ impl std::fmt::Debug for Item {
 impl GroupCommitWriter {
     /// Starts the writer thread for `store`.
     pub fn start<S: Store>(store: S) -> (GroupCommitWriter, thread::JoinHandle<()>) {
-        Self::spawn(store, None)
+        Self::spawn(store, None, LINGER)
+    }
+
+    /// Starts the writer thread for `store`, with batches nobody waits for
+    /// lingering up to `linger` instead of [`LINGER`].
+    pub fn start_lingering<S: Store>(
+        store: S,
+        linger: Duration,
+    ) -> (GroupCommitWriter, thread::JoinHandle<()>) {
+        Self::spawn(store, None, linger)
     }
 
     /// Starts the writer thread of a leader's term: every batch is fenced
@@ -172,12 +200,13 @@ impl GroupCommitWriter {
             partition: partition.to_owned(),
             epoch,
         };
-        Self::spawn(store, Some(fence))
+        Self::spawn(store, Some(fence), LINGER)
     }
 
     fn spawn<S: Store>(
         store: S,
         fence: Option<Write>,
+        linger: Duration,
     ) -> (GroupCommitWriter, thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Item>();
         let health = Arc::new(StoreHealth::default());
@@ -186,7 +215,7 @@ impl GroupCommitWriter {
             .name("dispatch-store-writer".into())
             .spawn(move || {
                 let store = Fenced { store, fence };
-                run(store, rx, &thread_health)
+                run(store, rx, &thread_health, linger)
             })
             .expect("spawning the store writer thread");
         (GroupCommitWriter { tx, health }, handle)
@@ -272,7 +301,12 @@ impl<S: Store> Fenced<S> {
     }
 }
 
-fn run<S: Store>(store: Fenced<S>, rx: mpsc::Receiver<Item>, health: &StoreHealth) {
+fn run<S: Store>(
+    store: Fenced<S>,
+    rx: mpsc::Receiver<Item>,
+    health: &StoreHealth,
+    linger: Duration,
+) {
     // Retained writes whose commit failed, oldest first: they go before
     // anything newer.
     let mut retained: Vec<Item> = Vec::new();
@@ -281,6 +315,7 @@ fn run<S: Store>(store: Fenced<S>, rx: mpsc::Receiver<Item>, health: &StoreHealt
     let mut shutdown_tries = 0;
     loop {
         let mut batch = std::mem::take(&mut retained);
+        let retained_none = batch.is_empty();
         if !closed {
             let first = if batch.is_empty() {
                 rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
@@ -291,6 +326,9 @@ fn run<S: Store>(store: Fenced<S>, rx: mpsc::Receiver<Item>, health: &StoreHealt
                 Ok(item) => batch.push(item),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+            }
+            if retained_none && !closed && !batch.iter().any(Item::awaited) {
+                closed = wait_for_company(&rx, &mut batch, linger);
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -333,6 +371,28 @@ fn run<S: Store>(store: Fenced<S>, rx: mpsc::Receiver<Item>, health: &StoreHealt
             (backoff * 2).min(MAX_BACKOFF)
         };
     }
+}
+
+/// Adds to `batch`, which nobody waits for, what arrives within `linger`,
+/// until a write someone waits for arrives or the batch is full. Returns
+/// whether every handle is gone.
+fn wait_for_company(rx: &mpsc::Receiver<Item>, batch: &mut Vec<Item>, linger: Duration) -> bool {
+    let until = Instant::now() + linger;
+    while batch.len() < MAX_BATCH {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(item) => {
+                let awaited = item.awaited();
+                batch.push(item);
+                if awaited {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+        }
+    }
+    false
 }
 
 /// Commits `batch`, answers every waiter, and returns the retained writes

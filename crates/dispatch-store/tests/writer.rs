@@ -161,16 +161,40 @@ fn fail_fast_writes_sent_during_an_outage_do_not_overtake_retained_ones() {
     thread.join().expect("the writer stops cleanly");
 }
 
+/// Whether the gate is open, and its condition variable.
+type Gate = Arc<(Mutex<bool>, Condvar)>;
+
 /// A store whose `apply` waits at a gate the test opens, so that writes
-/// sent meanwhile pile up into one batch.
+/// sent meanwhile pile up into one batch; it records each batch's size.
 struct Gated<S> {
     inner: S,
-    open: Arc<(Mutex<bool>, Condvar)>,
+    open: Gate,
     waiting: Arc<AtomicUsize>,
+    batches: Arc<Mutex<Vec<usize>>>,
+}
+
+impl<S> Gated<S> {
+    fn new(inner: S) -> Self {
+        Gated {
+            inner,
+            open: Arc::new((Mutex::new(true), Condvar::new())),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            batches: Arc::default(),
+        }
+    }
+
+    fn handles(&self) -> (Gate, Arc<AtomicUsize>, Arc<Mutex<Vec<usize>>>) {
+        (
+            self.open.clone(),
+            self.waiting.clone(),
+            self.batches.clone(),
+        )
+    }
 }
 
 impl<S: Store> Store for Gated<S> {
     fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.batches.lock().expect("batches").push(writes.len());
         let (open, cv) = &*self.open;
         let mut open = open.lock().expect("gate");
         if !*open {
@@ -245,13 +269,9 @@ impl<S: Store> Store for Gated<S> {
 #[test]
 fn one_bad_write_does_not_sink_its_batch() {
     let store = Arc::new(MemoryStore::new());
-    let open = Arc::new((Mutex::new(true), Condvar::new()));
-    let waiting = Arc::new(AtomicUsize::new(0));
-    let (writer, thread) = GroupCommitWriter::start(Gated {
-        inner: store.clone(),
-        open: open.clone(),
-        waiting: waiting.clone(),
-    });
+    let gated = Gated::new(store.clone());
+    let (open, waiting, _) = gated.handles();
+    let (writer, thread) = GroupCommitWriter::start(gated);
     wait(writer.write(insert(&[1])).expect("running")).expect("works");
 
     // Hold the writer at the gate with one write, then queue a batch
@@ -283,6 +303,52 @@ fn one_bad_write_does_not_sink_its_batch() {
     assert_eq!(state_of(&store, 3), Some(TaskState::Queued));
     assert!(!writer.health().is_failing(), "a bug is not an outage");
 
+    drop(writer);
+    thread.join().expect("the writer stops cleanly");
+}
+
+/// A write nobody waits for (a task handed out) lingers for one someone
+/// waits for and shares its commit; alone, it is committed all the same.
+#[test]
+fn writes_nobody_waits_for_share_the_next_awaited_commit() {
+    let store = Arc::new(MemoryStore::new());
+    let gated = Gated::new(store.clone());
+    let (_, _, batches) = gated.handles();
+    // A linger far longer than the test: only the awaited write ends it.
+    let (writer, thread) = GroupCommitWriter::start_lingering(gated, Duration::from_secs(600));
+    wait(writer.write(insert(&[1, 2, 3])).expect("running")).expect("works");
+    writer
+        .write_detached(update(1, TaskState::Running, 1))
+        .expect("running");
+    writer
+        .write_detached(update(2, TaskState::Running, 1))
+        .expect("running");
+    // Time to commit them early, were they not waiting for company.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(state_of(&store, 1), Some(TaskState::Queued));
+    wait(
+        writer
+            .write_retained(update(1, TaskState::Succeeded, 1))
+            .expect("running"),
+    )
+    .expect("works");
+    assert_eq!(*batches.lock().expect("batches"), [1, 3]);
+    assert_eq!(state_of(&store, 1), Some(TaskState::Succeeded));
+    assert_eq!(state_of(&store, 2), Some(TaskState::Running));
+    drop(writer);
+    thread.join().expect("the writer stops cleanly");
+
+    // Alone, after its linger.
+    let gated = Gated::new(store.clone());
+    let (_, _, batches) = gated.handles();
+    let (writer, thread) = GroupCommitWriter::start_lingering(gated, Duration::from_millis(20));
+    writer
+        .write_detached(update(3, TaskState::Running, 1))
+        .expect("running");
+    eventually("the lone write is committed", || {
+        state_of(&store, 3) == Some(TaskState::Running)
+    });
+    assert_eq!(*batches.lock().expect("batches"), [1]);
     drop(writer);
     thread.join().expect("the writer stops cleanly");
 }
