@@ -572,6 +572,10 @@ pub(crate) fn pg_error(doing: &str) -> impl FnOnce(tokio_postgres::Error) -> Sto
 ///   value that does not decode): `Corrupt`.
 pub(crate) fn kind_of(e: &tokio_postgres::Error) -> ErrorKind {
     if let Some(db) = e.as_db_error() {
+        // `dispatch_fence` (migration 0004): another replica leads.
+        if db.code().code() == "P0001" && db.message().starts_with("dispatch fence:") {
+            return ErrorKind::Fenced;
+        }
         return match &db.code().code()[..2] {
             "08" | "53" | "57" | "58" | "40" | "55" | "28" | "3D" => ErrorKind::Unavailable,
             "23" | "22" => ErrorKind::Conflict,

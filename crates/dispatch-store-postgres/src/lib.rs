@@ -65,11 +65,14 @@
 //! - **Leases and fencing.** A lease is timed on the database's clock
 //!   (`clock_timestamp()`), never a replica's. A claim by the holder of a
 //!   live lease renews it at the same epoch; any other successful claim
-//!   raises the epoch. A batch that starts with a [`Write::Fence`] reads
-//!   the partition's epoch `FOR SHARE` inside its transaction: a takeover
-//!   (which updates the row) waits for that batch to commit, and a batch
-//!   that starts after a takeover sees the new epoch and fails as
-//!   [`ErrorKind::Fenced`], storing nothing.
+//!   raises the epoch. A batch that starts with a [`Write::Fence`] calls
+//!   `dispatch_fence(partition, epoch)` (migration 0004), which reads the
+//!   partition's epoch `FOR SHARE` inside its transaction and raises when
+//!   it is not the batch's: a takeover (which updates the row) waits for
+//!   that batch to commit, and a batch that starts after a takeover fails
+//!   as [`ErrorKind::Fenced`], storing nothing. Because the fence fails on
+//!   the server, most batches (no fire, purge or idempotency key) are sent
+//!   as one flight, `BEGIN` to `COMMIT`, in one round trip (see `write.rs`).
 //! - **Conditional updates.** An update of a task in a terminal state is
 //!   applied only when it is a retry (`dead` set `queued` with no
 //!   attempts): the condition is in the `UPDATE`'s `WHERE`, so a stale
@@ -133,8 +136,9 @@ use crate::write::WriterStatements;
 /// The read connections kept by default.
 pub const READ_CONNECTIONS: usize = 4;
 
-/// The writer's transactions are pipelined and wait on the client only
-/// while it reads an answer and builds the next flight; one that sits idle
+/// The writer's transactions are pipelined (most are one flight, `BEGIN`
+/// to `COMMIT`) and wait on the client only while it reads an answer and
+/// builds the next flight; one that sits idle
 /// this long belongs to a process that froze (stopped, paused, cut off) in
 /// the middle of a batch, and PostgreSQL ends its session. Its fence holds
 /// a lock on the lease row that would otherwise keep every other replica
@@ -605,6 +609,9 @@ impl Store for PgStore {
         let mut guard = self.lock_writer();
         let result = self.block_on(async {
             let conn = self.writer_conn(&mut guard).await?;
+            if write::fits_one_flight(writes) {
+                return write::apply_in_one_flight(&conn.client, &conn.stmts, writes).await;
+            }
             let tx = conn
                 .client
                 .transaction()

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_tasks.sql"),
     include_str!("../migrations/0002_attempts.sql"),
     include_str!("../migrations/0003_queue_configs.sql"),
+    include_str!("../migrations/0004_fence.sql"),
 ];
 
 /// The schema version this build writes.
