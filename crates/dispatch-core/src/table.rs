@@ -98,7 +98,6 @@ mod tests {
             ready_at: None,
             last_error: None,
             waiting_on: 0,
-            deadline: None,
             seq: id,
             handout: 0,
             rank: 0,

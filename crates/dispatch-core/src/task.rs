@@ -145,9 +145,6 @@ pub struct Task<B> {
     /// Parents that have not succeeded yet; a task with any is `Scheduled`
     /// and has no timer.
     pub waiting_on: u32,
-    /// When the current attempt times out (set when the worker collects it
-    /// and the task has a `timeout_ms`).
-    pub deadline: Option<Millis>,
     /// Submission order, the tie-breaker between equal ranks.
     pub(crate) seq: u64,
     /// The worker's hand-out number of the poll that collected the current
@@ -156,4 +153,15 @@ pub struct Task<B> {
     pub(crate) handout: u32,
     /// Position in its ready lane while `Queued` (see `Config::aging_ms`).
     pub(crate) rank: i64,
+}
+
+impl<B> Task<B> {
+    /// When the current attempt times out: `timeout_ms` after the worker
+    /// collected it (`started_at`), for a task that has a timeout. Derived,
+    /// not stored: each of a million live tasks would carry 16 bytes for
+    /// it.
+    pub fn deadline(&self) -> Option<Millis> {
+        let started = self.started_at?;
+        Some(started.saturating_add(self.spec.timeout_ms?))
+    }
 }

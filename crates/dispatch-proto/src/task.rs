@@ -332,7 +332,7 @@ impl SubmitTask {
         // and by the records the server keeps and writes.
         let payload: Arc<str> = match self.payload {
             Some(p) => Arc::from(Box::<str>::from(p)),
-            None => "null".into(),
+            None => null_payload(),
         };
         let mut valid = ValidTask {
             spec: TaskSpec {
@@ -562,6 +562,13 @@ pub struct TaskJson {
 pub fn stored_json(text: &str, fallback: &'static str) -> Box<RawValue> {
     RawValue::from_string(text.to_owned())
         .unwrap_or_else(|_| RawValue::from_string(fallback.to_owned()).expect("fallback is JSON"))
+}
+
+/// The payload of a task submitted without one: one `null` shared by all
+/// of them, rather than an allocation per task.
+fn null_payload() -> Arc<str> {
+    static NULL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| Arc::from("null")).clone()
 }
 
 /// `GET /v1/tasks` query parameters, as given.

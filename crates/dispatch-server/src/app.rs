@@ -11,7 +11,7 @@ use dispatch_core::{
 };
 use dispatch_proto::Outcome;
 use dispatch_store::{
-    GroupCommitWriter, Store, StoreError, TaskBody, TaskRecord, TaskUpdate, Write, WriteOutcome,
+    GroupCommitWriter, Store, StoreError, TaskRecord, TaskUpdate, Write, WriteOutcome,
 };
 use tokio::sync::{Notify, oneshot, watch};
 
@@ -194,7 +194,7 @@ pub(crate) fn live_record(t: &Task<Body>) -> TaskRecord {
     TaskRecord {
         id: t.id,
         spec,
-        body: TaskBody::clone(&t.body),
+        body: t.body.to_task_body(),
         state: t.state,
         attempts: t.attempts,
         worker: t.worker,

@@ -115,13 +115,13 @@ pub(crate) fn polled_task(t: &Task<Body>) -> PolledTask {
         id: t.id.to_string(),
         kind: t.spec.kind.to_string(),
         queue: t.spec.queue.to_string(),
-        payload: stored_json(&t.body.payload, "null"),
+        payload: stored_json(t.body.payload(), "null"),
         attempt: t.attempts,
         max_attempts: t.spec.max_attempts,
         timeout_ms: t.spec.timeout_ms,
         priority: i64::from(t.spec.priority),
-        shard_index: t.body.shard.map(|(i, _)| i),
-        shard_total: t.body.shard.map(|(_, n)| n),
+        shard_index: t.body.shard().map(|(i, _)| i),
+        shard_total: t.body.shard().map(|(_, n)| n),
     }
 }
 
@@ -131,13 +131,13 @@ pub(crate) fn task_message(t: &Task<Body>) -> dispatch_grpc::pb::Task {
         id: t.id.to_string(),
         r#type: t.spec.kind.to_string(),
         queue: t.spec.queue.to_string(),
-        payload_json: t.body.payload.to_string(),
+        payload_json: t.body.payload().to_string(),
         attempt: t.attempts,
         max_attempts: t.spec.max_attempts,
         timeout_ms: t.spec.timeout_ms,
         priority: i32::from(t.spec.priority),
-        shard_index: t.body.shard.map(|(i, _)| i),
-        shard_total: t.body.shard.map(|(_, n)| n),
+        shard_index: t.body.shard().map(|(i, _)| i),
+        shard_total: t.body.shard().map(|(_, n)| n),
     }
 }
 

@@ -55,8 +55,11 @@ impl<B> Scheduler<B> {
                 if collected && (task.attempts == 0 || task.started_at.is_none()) {
                     return Err(format!("running task {t} has no attempt or start"));
                 }
-                if collected && task.spec.timeout_ms.is_some() != task.deadline.is_some() {
-                    return Err(format!("running task {t} and its deadline disagree"));
+                if collected
+                    && let Some(at) = task.deadline()
+                    && !self.deadlines.contains(&(at, *t))
+                {
+                    return Err(format!("running task {t} has no deadline timer"));
                 }
                 if task.spec.pinned.is_some_and(|p| p != w.id) {
                     return Err(format!("task {t} pinned elsewhere runs on {}", w.id));
@@ -203,7 +206,7 @@ impl<B> Scheduler<B> {
             let ok = self
                 .tasks
                 .get(&id)
-                .is_some_and(|t| t.state == TaskState::Running && t.deadline == Some(at));
+                .is_some_and(|t| t.state == TaskState::Running && t.deadline() == Some(at));
             if !ok {
                 return Err(format!(
                     "deadline of task {id} does not match a running attempt"

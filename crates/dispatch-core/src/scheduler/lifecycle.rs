@@ -182,7 +182,7 @@ impl<B> Scheduler<B> {
     }
 
     pub(super) fn clear_deadline(&mut self, task: TaskId) {
-        if let Some(at) = self.tasks.get_mut(&task).and_then(|t| t.deadline.take()) {
+        if let Some(at) = self.tasks.get(&task).and_then(Task::deadline) {
             self.deadlines.remove(&(at, task));
         }
     }

@@ -251,7 +251,6 @@ impl<B> Scheduler<B> {
             ready_at: None,
             last_error: last_error.map(String::into_boxed_str),
             waiting_on: 0,
-            deadline: None,
             seq,
             rank: 0,
             handout: 0,

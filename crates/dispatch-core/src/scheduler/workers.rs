@@ -269,9 +269,7 @@ impl<B> Scheduler<B> {
         t.started_at = Some(now);
         t.last_error = None;
         // The attempt's clock starts when the worker has the task in hand.
-        if let Some(timeout) = t.spec.timeout_ms {
-            let at = now.saturating_add(timeout);
-            t.deadline = Some(at);
+        if let Some(at) = t.deadline() {
             self.deadlines.insert((at, id));
         }
         self.emit(id, None);
