@@ -36,6 +36,7 @@
 //! Rust: serialization to JSON happens in `dispatch-proto`, and each backend
 //! chooses its own column encoding.
 
+mod coalesce;
 #[cfg(feature = "testing")]
 mod faulty;
 mod lease;

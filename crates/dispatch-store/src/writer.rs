@@ -19,6 +19,10 @@
 //! its own result instead of costing a commit (and, when durable, an fsync)
 //! of its own.
 //!
+//! When a task's start and its outcome share a batch, the store is sent the
+//! outcome alone: it stands for both ([`crate::coalesce`] says when it
+//! may), so the task's row and indexes change once instead of twice.
+//!
 //! # When the store fails
 //!
 //! A write is sent one of two ways:
@@ -284,7 +288,16 @@ struct Fenced<S> {
 }
 
 impl<S: Store> Fenced<S> {
+    /// Applies `writes` behind the fence, without the updates that later
+    /// updates of the same task stand for ([`crate::coalesce`]).
     fn apply(&self, writes: Vec<Write>) -> (Vec<Write>, Result<Vec<WriteOutcome>, StoreError>) {
+        crate::coalesce::apply_coalesced(writes, |writes| self.apply_fenced(writes))
+    }
+
+    fn apply_fenced(
+        &self,
+        writes: Vec<Write>,
+    ) -> (Vec<Write>, Result<Vec<WriteOutcome>, StoreError>) {
         let Some(fence) = &self.fence else {
             let result = self.store.apply(&writes);
             return (writes, result);
