@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_attempts.sql"),
     include_str!("../migrations/0003_queue_configs.sql"),
     include_str!("../migrations/0004_fence.sql"),
+    include_str!("../migrations/0005_attempts_without_foreign_key.sql"),
 ];
 
 /// The schema version this build writes.

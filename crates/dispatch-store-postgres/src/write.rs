@@ -120,12 +120,15 @@ impl WriterStatements {
             "UPDATE schedule_fires SET task_id = $3 WHERE schedule = $1 AND fire_at = $2",
             "UPDATE schedules SET last_fire_at = GREATEST(COALESCE(last_fire_at, $2), $2) \
              WHERE name = $1",
-            // Never the newest task: it holds the id high-water mark.
-            "DELETE FROM tasks WHERE id IN ( \
+            // Never the newest task: it holds the id high-water mark. The
+            // tasks' attempts go with them.
+            "WITH doomed AS (DELETE FROM tasks WHERE id IN ( \
                  SELECT id FROM tasks \
                  WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < $1 \
                    AND id < (SELECT MAX(id) FROM tasks) \
-                 ORDER BY id LIMIT $2)",
+                 ORDER BY id LIMIT $2) RETURNING id), \
+             attempts AS (DELETE FROM attempts WHERE task_id IN (SELECT id FROM doomed)) \
+             SELECT count(*) FROM doomed",
             "WITH old AS (SELECT paused FROM queue_settings WHERE name = $1), \
              up AS (INSERT INTO queue_settings (name, paused) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET paused = excluded.paused) \
@@ -235,10 +238,11 @@ pub(crate) async fn apply_batch(
             } => {
                 let before = codec::to_sql_int(*finished_before, "finished_before")?;
                 let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
-                let n = tx
-                    .execute(&stmts.purge, &[&before, &limit])
+                let n: i64 = tx
+                    .query_one(&stmts.purge, &[&before, &limit])
                     .await
-                    .map_err(pg_error("purging finished tasks"))?;
+                    .map_err(pg_error("purging finished tasks"))?
+                    .get(0);
                 outcomes.push(WriteOutcome::Purged(
                     usize::try_from(n).unwrap_or(usize::MAX),
                 ));
